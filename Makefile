@@ -1,0 +1,49 @@
+# Two commands a newcomer needs: `make demo` and `make test`.  Both create
+# .venv on first use and rebuild the Cython core when its sources change.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CORE_SOURCES := $(wildcard vyrecache/_core/*.pyx vyrecache/_core/*.pxd vyrecache/_core/*.pxi shaders/*.comp) setup.py pyproject.toml
+
+.PHONY: demo test test-debug bench build system-deps clean shaders
+
+$(STAMP): pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "Cython>=3.0.8" "setuptools>=64" wheel "numpy>=1.26"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test,bench]"
+	touch $(STAMP)
+
+# Rebuild the extensions in place whenever a .pyx/.pxd or shader changes.
+$(VENV)/.built: $(STAMP) $(CORE_SOURCES)
+	$(PY) setup.py -q build_ext --inplace
+	touch $(VENV)/.built
+
+build: $(VENV)/.built
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+demo: system-deps build
+	$(PY) -m vyrecache demo
+
+# VYRECACHE_REQUIRE_VULKAN makes the Vulkan tests fail instead of skipping
+# when no device is found, so a broken driver install cannot pass silently.
+test: system-deps build
+	VYRECACHE_REQUIRE_VULKAN=1 $(PY) -m pytest -q
+
+# The same suite against a build with the internal invariant checks compiled in.
+test-debug: system-deps $(STAMP)
+	VYRECACHE_DEBUG=1 $(PY) setup.py -q build_ext --inplace --force
+	VYRECACHE_REQUIRE_VULKAN=1 $(PY) -m pytest -q -x
+	rm -f $(VENV)/.built
+
+bench: system-deps build
+	$(PY) -m vyrecache bench
+
+shaders:
+	for f in shaders/*.comp; do glslangValidator -V --target-env vulkan1.1 -o vyrecache/shaders/$$(basename $${f%.comp}).spv $$f >/dev/null || exit 1; done
+
+clean:
+	rm -rf build dist *.egg-info vyrecache/_core/*.c vyrecache/_core/*.so vyrecache/_core/*.html $(VENV)/.built

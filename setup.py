@@ -1,0 +1,78 @@
+"""Build the Cython core and ship the compiled SPIR-V shaders.
+
+Every ``vyrecache/_core/*.pyx`` becomes one extension module.  When
+``glslangValidator`` is on PATH, ``shaders/*.comp`` are recompiled into
+``vyrecache/shaders/*.spv`` first; otherwise the shipped SPIR-V is used, so an
+install from the sdist needs no shader compiler.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+
+MIN_CYTHON = (3, 0, 8)
+HERE = Path(__file__).resolve().parent
+
+
+def require_cython():
+    try:
+        import Cython
+        from Cython.Build import cythonize
+    except ImportError:
+        sys.exit("vyrecache needs Cython >= %s to build. Fix: pip install 'Cython>=%s'"
+                 % (".".join(map(str, MIN_CYTHON)), ".".join(map(str, MIN_CYTHON))))
+    found = tuple(int(part) for part in Cython.__version__.split(".")[:3] if part.isdigit())
+    if found < MIN_CYTHON:
+        sys.exit("vyrecache needs Cython >= %s, found %s. Fix: pip install -U 'Cython>=%s'"
+                 % (".".join(map(str, MIN_CYTHON)), Cython.__version__, ".".join(map(str, MIN_CYTHON))))
+    return cythonize
+
+
+def compile_shaders():
+    """Recompile shaders/*.comp into the package when the compiler is present."""
+    compiler = shutil.which("glslangValidator")
+    sources = sorted((HERE / "shaders").glob("*.comp"))
+    if compiler is None or not sources:
+        return
+    out_dir = HERE / "vyrecache" / "shaders"
+    out_dir.mkdir(exist_ok=True)
+    for source in sources:
+        target = out_dir / (source.stem + ".spv")
+        subprocess.run([compiler, "-V", "--target-env", "vulkan1.1", "-o", str(target), str(source)],
+                       check=True, stdout=subprocess.DEVNULL)
+
+
+def extensions():
+    import numpy
+
+    debug = os.environ.get("VYRECACHE_DEBUG") == "1"
+    macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+    if debug:
+        macros.append(("VYRECACHE_DEBUG", "1"))
+    flags = ["-O0", "-g"] if debug else ["-O3"]
+    modules = []
+    for pyx in sorted((HERE / "vyrecache" / "_core").glob("*.pyx")):
+        modules.append(Extension(
+            "vyrecache._core." + pyx.stem,
+            [str(pyx.relative_to(HERE))],
+            include_dirs=[numpy.get_include()],
+            define_macros=macros,
+            extra_compile_args=flags,
+        ))
+    return modules
+
+
+cythonize = require_cython()
+compile_shaders()
+setup(
+    ext_modules=cythonize(
+        extensions(),
+        language_level=3,
+        compile_time_env={"VYRECACHE_DEBUG": os.environ.get("VYRECACHE_DEBUG") == "1"},
+        compiler_directives={"embedsignature": True},
+    ),
+)

@@ -1,0 +1,13 @@
+"""vyrecache: a tiered cache for GPU buffers."""
+
+from ._version import __version__
+from .errors import (AllPinnedError, CacheClosedError, CacheError, CapacityAccountingError,
+                     DeviceError, DeviceLostError, DeviceOutOfMemoryError, EntryTooLargeError,
+                     KeyNotFoundError, VulkanUnavailableError)
+
+__all__ = [
+    "__version__",
+    "CacheError", "KeyNotFoundError", "EntryTooLargeError", "CapacityAccountingError",
+    "AllPinnedError", "CacheClosedError", "DeviceError", "DeviceOutOfMemoryError",
+    "DeviceLostError", "VulkanUnavailableError",
+]
