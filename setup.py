@@ -54,8 +54,12 @@ def extensions():
     if debug:
         macros.append(("VYRECACHE_DEBUG", "1"))
     flags = ["-O0", "-g"] if debug else ["-O3"]
+    # VYRECACHE_ONLY=engine,allocator builds just those modules (a quick edit-build loop).
+    only = set(filter(None, os.environ.get("VYRECACHE_ONLY", "").split(",")))
     modules = []
     for pyx in sorted((HERE / "vyrecache" / "_core").glob("*.pyx")):
+        if only and pyx.stem not in only:
+            continue
         modules.append(Extension(
             "vyrecache._core." + pyx.stem,
             [str(pyx.relative_to(HERE))],
