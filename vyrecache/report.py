@@ -1,0 +1,165 @@
+"""Per-tier statistics as a table a person can read.
+
+``cache.counters()`` returns ``{tier_name: {counter_name: value}}``; this module
+turns that into the table that ``cache.report()`` (of both ``TieredCache`` and
+``BufferCache``) and ``python -m vyrecache demo`` print::
+
+    counter                 host     device      total
+    ---------------------  -------  ---------  ---------
+    hits                    41,230    180,911    222,141
+    hit ratio                16.8%      73.5%      90.3%
+    ...
+
+The counter names below are stable: they are part of the public API, so they
+can feed a metrics system (one gauge or counter per ``tier`` label and name).
+New counters may be added in later versions; existing names never change
+meaning.  A counter a cache reports but this table does not know is still
+shown, after the known ones, so nothing is hidden.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+__all__ = ["COUNTERS", "TierUsage", "format_bytes", "format_report", "hit_ratios"]
+
+#: Every documented counter, in the order the report shows them, with its meaning.
+#: All are cumulative since the cache was made or its counters were last reset,
+#: except ``fragmentation``, which is the tier's state now.
+COUNTERS: dict[str, str] = {
+    "hits": "accesses that found the entry in this tier",
+    "misses": "accesses that did not find the entry and whose new entry was placed in this tier",
+    "inserts": "entries placed in this tier by insert/put (replacements included)",
+    "evictions": "entries that left the cache from this tier to make room (on_evict was called)",
+    "promotions": "entries moved into this tier from the next slower one",
+    "demotions": "entries moved into this tier from the next faster one by demote",
+    "spills": "entries moved out of this tier into the next slower one to make room",
+    "bytes_in": "bytes of entries that arrived in this tier (insert, promotion, demotion, spill)",
+    "bytes_out": "bytes of entries that left this tier (removal, eviction, promotion, demotion, spill)",
+    "compactions": "compaction passes run on this tier (automatic or by cache.compact())",
+    "compaction_bytes_moved": "bytes moved inside this tier by compaction",
+    "fragmentation_evictions": "entries evicted because no contiguous range was free even after compaction",
+    "fragmentation": "1 - largest free range / free bytes of this tier, now (0.0 = no holes)",
+}
+
+# Counters that are byte amounts (shown as KiB/MiB/GiB) and ratios (shown as %).
+_BYTE_COUNTERS = frozenset({"bytes_in", "bytes_out", "compaction_bytes_moved"})
+_RATIO_COUNTERS = frozenset({"fragmentation"})
+
+
+class TierUsage(Protocol):
+    """What the report reads from a tier view (``cache.tiers[i]``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def used(self) -> int: ...
+    @property
+    def count(self) -> int: ...
+
+
+def format_bytes(size: float) -> str:
+    """Return *size* bytes in the largest binary unit that keeps it >= 1, e.g. ``"1.5 MiB"``.
+
+    Raises:
+        ValueError: *size* is negative or not finite (byte counts never are).
+    """
+    if not math.isfinite(size) or size < 0:
+        raise ValueError(f"a byte count must be finite and >= 0, got {size!r}. "
+                         "Fix: pass the counter value as the cache reported it.")
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift:
+            return f"{size / (1 << shift):.1f} {unit}"
+    return f"{int(size)} B"
+
+
+def hit_ratios(counters: Mapping[str, Mapping[str, int | float]]) -> dict[str, float]:
+    """Return each tier's share of all accesses that hit it, plus ``"total"``.
+
+    The denominator is every access the cache saw: the hits of all tiers plus
+    the misses of all tiers.  With no accesses at all every ratio is 0.0.
+    """
+    hits = {tier: float(values.get("hits", 0)) for tier, values in counters.items()}
+    accesses = sum(hits.values()) + sum(float(values.get("misses", 0)) for values in counters.values())
+    ratios = {tier: (hit / accesses if accesses else 0.0) for tier, hit in hits.items()}
+    ratios["total"] = sum(hits.values()) / accesses if accesses else 0.0
+    return ratios
+
+
+def _cell(name: str, value: int | float) -> str:
+    if name in _RATIO_COUNTERS:
+        return f"{100.0 * value:.1f}%"
+    if name in _BYTE_COUNTERS:
+        return format_bytes(value)
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.3f}"
+    return f"{int(value):,}"
+
+
+def format_report(counters: Mapping[str, Mapping[str, int | float]],
+                  tier_names: Sequence[str] | None = None, *,
+                  tiers: Sequence[TierUsage] | None = None,
+                  title: str | None = None,
+                  footer: Mapping[str, str] | None = None) -> str:
+    """Return the per-tier counters as a plain-text table, one column per tier.
+
+    *counters* is what ``cache.counters()`` returns.  *tier_names* gives the
+    column order (slowest tier first, as the cache numbers them); by default
+    the order of *counters*.  When *tiers* (``cache.tiers``) is given, the table
+    also shows each tier's entries, used bytes and capacity.  A total column sums
+    every counter over the tiers (fragmentation has no total).  The *title* is
+    printed above the table and each *footer* item below it as ``key: value``.
+
+    Raises:
+        KeyError: a name in *tier_names* has no counters.
+        ValueError: a byte counter is negative or not finite.
+    """
+    names = list(tier_names) if tier_names is not None else list(counters)
+    missing = [name for name in names if name not in counters]
+    if missing:
+        raise KeyError(f"no counters for tier(s) {missing!r} (counters have {list(counters)!r}). "
+                       "Fix: pass the tier names of the cache that produced the counters.")
+    present = {counter for name in names for counter in counters[name]}
+    order = [counter for counter in COUNTERS if counter in present]
+    order += sorted(present - set(COUNTERS))
+
+    rows: list[list[str]] = []
+    if tiers is not None:
+        by_name = {tier.name: tier for tier in tiers}
+        usage = [by_name.get(name) for name in names]
+        rows.append(["entries"] + [f"{t.count:,}" if t else "-" for t in usage]
+                    + [f"{sum(t.count for t in usage if t):,}"])
+        rows.append(["used"] + [format_bytes(t.used) if t else "-" for t in usage]
+                    + [format_bytes(sum(t.used for t in usage if t))])
+        rows.append(["capacity"] + [format_bytes(t.capacity) if t else "-" for t in usage]
+                    + [format_bytes(sum(t.capacity for t in usage if t))])
+    if "hits" in present:
+        ratios = hit_ratios({name: counters[name] for name in names})
+        rows.append(["hit ratio"] + [f"{100.0 * ratios[name]:.1f}%" for name in names]
+                    + [f"{100.0 * ratios['total']:.1f}%"])
+    for counter in order:
+        values = [counters[name].get(counter, 0) for name in names]
+        total = "-" if counter in _RATIO_COUNTERS else _cell(counter, sum(values))
+        rows.append([counter] + [_cell(counter, value) for value in values] + [total])
+
+    header = ["counter"] + names + ["total"]
+    widths = [max(len(row[column]) for row in [header] + rows) for column in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:])]
+        return "  ".join([first] + rest).rstrip()
+
+    out = []
+    if title:
+        out.append(title)
+    out.append(line(header))
+    out.append(line(["-" * width for width in widths]))
+    out.extend(line(row) for row in rows)
+    for key, value in (footer or {}).items():
+        out.append(f"{key}: {value}")
+    return "\n".join(out)
