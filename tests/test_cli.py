@@ -309,6 +309,15 @@ def test_report_formats_bytes_and_fragmentation_and_tier_usage():
     assert row["fragmentation"] == ["25.0%", "0.0%", "-"]
 
 
+def test_report_takes_counters_as_a_list_in_tier_order_too():
+    rows = [{"hits": 1, "misses": 1}, {"hits": 2, "misses": 0}]
+    as_dict = {"host": rows[0], "vram": rows[1]}
+    assert format_report(rows, ["host", "vram"]) == format_report(as_dict, ["host", "vram"])
+    assert hit_ratios(rows, ["host", "vram"]) == hit_ratios(as_dict)
+    with pytest.raises(ValueError, match="Fix:"):
+        format_report(rows, ["host"])
+
+
 def test_report_names_a_tier_without_counters():
     with pytest.raises(KeyError, match="Fix:"):
         format_report({"host": {}}, ["host", "vram"])
@@ -317,7 +326,8 @@ def test_report_names_a_tier_without_counters():
 def test_counter_names_are_documented_and_stable():
     assert list(COUNTERS)[:9] == ["hits", "misses", "inserts", "evictions", "promotions", "demotions",
                                   "spills", "bytes_in", "bytes_out"]
-    assert {"compactions", "compaction_bytes_moved", "fragmentation", "fragmentation_evictions"} <= set(COUNTERS)
+    assert {"compactions", "compaction_bytes", "fragmentation", "fragmentation_evictions",
+            "evacuations"} <= set(COUNTERS)
     assert all(description for description in COUNTERS.values())
 
 

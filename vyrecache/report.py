@@ -23,7 +23,11 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-__all__ = ["COUNTERS", "TierUsage", "format_bytes", "format_report", "hit_ratios"]
+__all__ = ["COUNTERS", "TierUsage", "counters_by_tier", "format_bytes", "format_report", "hit_ratios"]
+
+#: What ``cache.counters()`` returns: per tier name, per counter name, the value.
+#: A list in tier order (slowest first) is accepted too, with the tier names given separately.
+Counters = Mapping[str, Mapping[str, int | float]] | Sequence[Mapping[str, int | float]]
 
 #: Every documented counter, in the order the report shows them, with its meaning.
 #: All are cumulative since the cache was made or its counters were last reset,
@@ -33,19 +37,21 @@ COUNTERS: dict[str, str] = {
     "misses": "accesses that did not find the entry and whose new entry was placed in this tier",
     "inserts": "entries placed in this tier by insert/put (replacements included)",
     "evictions": "entries that left the cache from this tier to make room (on_evict was called)",
-    "promotions": "entries moved into this tier from the next slower one",
-    "demotions": "entries moved into this tier from the next faster one by demote",
-    "spills": "entries moved out of this tier into the next slower one to make room",
-    "bytes_in": "bytes of entries that arrived in this tier (insert, promotion, demotion, spill)",
-    "bytes_out": "bytes of entries that left this tier (removal, eviction, promotion, demotion, spill)",
+    "promotions": "entries that arrived in this tier by promotion from the next slower one",
+    "demotions": "entries that arrived in this tier by demote from the next faster one",
+    "spills": "entries that arrived in this tier by spilling: pushed out of the next faster one to make room",
+    "bytes_in": "bytes of entries that arrived in this tier, for any reason",
+    "bytes_out": "bytes of entries that left this tier, for any reason",
     "compactions": "compaction passes run on this tier (automatic or by cache.compact())",
-    "compaction_bytes_moved": "bytes moved inside this tier by compaction",
+    "compaction_bytes": "bytes moved inside this tier by compaction",
     "fragmentation_evictions": "entries evicted because no contiguous range was free even after compaction",
+    "evacuations": "entries parked in host memory during an operation because their new range was still "
+                   "occupied (a swap between two full tiers)",
     "fragmentation": "1 - largest free range / free bytes of this tier, now (0.0 = no holes)",
 }
 
 # Counters that are byte amounts (shown as KiB/MiB/GiB) and ratios (shown as %).
-_BYTE_COUNTERS = frozenset({"bytes_in", "bytes_out", "compaction_bytes_moved"})
+_BYTE_COUNTERS = frozenset({"bytes_in", "bytes_out", "compaction_bytes"})
 _RATIO_COUNTERS = frozenset({"fragmentation"})
 
 
@@ -77,12 +83,32 @@ def format_bytes(size: float) -> str:
     return f"{int(size)} B"
 
 
-def hit_ratios(counters: Mapping[str, Mapping[str, int | float]]) -> dict[str, float]:
+def counters_by_tier(counters: Counters, tier_names: Sequence[str] | None = None
+                     ) -> dict[str, dict[str, int | float]]:
+    """Return *counters* as ``{tier name: {counter: value}}``, whichever form it came in.
+
+    Raises:
+        ValueError: *counters* is a list, and *tier_names* is missing or of another length.
+    """
+    if isinstance(counters, Mapping):
+        return {str(name): dict(values) for name, values in counters.items()}
+    rows = list(counters)
+    if tier_names is None or len(tier_names) != len(rows):
+        raise ValueError(f"{len(rows)} per-tier counter rows need as many tier names, got {tier_names!r}. "
+                         "Fix: pass [tier.name for tier in cache.tiers].")
+    return {name: dict(values) for name, values in zip(tier_names, rows)}
+
+
+def hit_ratios(counters: Counters, tier_names: Sequence[str] | None = None) -> dict[str, float]:
     """Return each tier's share of all accesses that hit it, plus ``"total"``.
 
     The denominator is every access the cache saw: the hits of all tiers plus
     the misses of all tiers.  With no accesses at all every ratio is 0.0.
+
+    Raises:
+        ValueError: as :func:`counters_by_tier`.
     """
+    counters = counters_by_tier(counters, tier_names)
     hits = {tier: float(values.get("hits", 0)) for tier, values in counters.items()}
     accesses = sum(hits.values()) + sum(float(values.get("misses", 0)) for values in counters.values())
     ratios = {tier: (hit / accesses if accesses else 0.0) for tier, hit in hits.items()}
@@ -100,7 +126,7 @@ def _cell(name: str, value: int | float) -> str:
     return f"{int(value):,}"
 
 
-def format_report(counters: Mapping[str, Mapping[str, int | float]],
+def format_report(counters: Counters,
                   tier_names: Sequence[str] | None = None, *,
                   tiers: Sequence[TierUsage] | None = None,
                   title: str | None = None,
@@ -109,15 +135,17 @@ def format_report(counters: Mapping[str, Mapping[str, int | float]],
 
     *counters* is what ``cache.counters()`` returns.  *tier_names* gives the
     column order (slowest tier first, as the cache numbers them); by default
-    the order of *counters*.  When *tiers* (``cache.tiers``) is given, the table
+    the order of *counters* (required when *counters* is a list in tier order).  When *tiers* (``cache.tiers``) is given, the table
     also shows each tier's entries, used bytes and capacity.  A total column sums
     every counter over the tiers (fragmentation has no total).  The *title* is
     printed above the table and each *footer* item below it as ``key: value``.
 
     Raises:
         KeyError: a name in *tier_names* has no counters.
-        ValueError: a byte counter is negative or not finite.
+        ValueError: a byte counter is negative or not finite, or *counters* is
+            a list whose length differs from *tier_names*.
     """
+    counters = counters_by_tier(counters, tier_names)
     names = list(tier_names) if tier_names is not None else list(counters)
     missing = [name for name in names if name not in counters]
     if missing:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..report import format_bytes, format_report
+from ..report import counters_by_tier, format_bytes, format_report
 from . import (CommandError, non_negative_int, parse_size, positive_float, positive_int)
 from .workload import DECODE_KEY_BASE, KvWorkload
 
@@ -145,8 +145,8 @@ def run(args: argparse.Namespace) -> int:
             interrupted = True
         seconds = time.perf_counter() - start
         checked, mismatched = _verify(cache, workload, args.verify, args.seed)
-        counters = cache.counters()
         tier_names = [tier.name for tier in cache.tiers]
+        counters = counters_by_tier(cache.counters(), tier_names)
         block_hits = {name: hits / max(1, accesses) for name, hits in zip(tier_names, hits_by_tier)}
         block_hits["total"] = sum(hits_by_tier) / max(1, accesses)
         usage = [{"name": tier.name, "capacity": int(tier.capacity), "used": int(tier.used),
