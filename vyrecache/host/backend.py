@@ -1,0 +1,90 @@
+"""Storage on plain host memory: numpy blocks, memcpy moves, memmove compaction.
+
+Used when ``backend="host"`` is asked for, or when ``backend="auto"`` finds no
+Vulkan device.  Every block is "host visible", so the storage layer moves bytes
+with memcpy and never calls ``run_copies``; the method still works, so the
+contract is complete.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..backend import StorageBackend, StorageBlock, TierMemory
+
+__all__ = ["HostBackend", "HostDeviceInfo"]
+
+# Blocks start on a cache-line boundary, like a driver's allocation would.
+_BLOCK_ALIGNMENT = 64
+
+
+@dataclass(frozen=True)
+class HostDeviceInfo:
+    """What the host backend reports as its device."""
+
+    name: str = "host memory"
+    backend: str = "host"
+    memory_types: tuple[Any, ...] = field(default_factory=tuple)
+
+    def __str__(self) -> str:
+        return "host memory (no Vulkan device)"
+
+
+class HostBackend(StorageBackend):
+    """Blocks are numpy arrays; every tier kind resolves to plain host memory."""
+
+    name = "host"
+    alignment = 16
+    max_block_size = 1 << 30
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._blocks: dict[int, StorageBlock] = {}
+        self._info = HostDeviceInfo()
+
+    @property
+    def device(self) -> HostDeviceInfo:
+        return self._info
+
+    def resolve_memory(self, kind: str, capacity: int) -> TierMemory:
+        return TierMemory(kind=kind, memory_type_index=-1, host_visible=True)
+
+    def allocate_block(self, memory: TierMemory, size: int) -> StorageBlock:
+        raw = np.empty(size + _BLOCK_ALIGNMENT, dtype=np.uint8)
+        start = (-raw.ctypes.data) % _BLOCK_ALIGNMENT
+        array = raw[start:start + size]
+        block = StorageBlock(next(self._ids), array.ctypes.data, 0, size, -1, True, array, raw)
+        self._blocks[block.id] = block
+        return block
+
+    def free_block(self, block: StorageBlock) -> None:
+        self._blocks.pop(block.id, None)
+        block.array = None
+        block.native = None
+        block.address = 0
+
+    def run_copies(self, table: np.ndarray, wave_starts: list[int]) -> None:
+        # Rows run in order, so every barrier is already honoured.
+        for row in table:
+            src = self._blocks[int(row["src_block"])].array
+            dst = self._blocks[int(row["dst_block"])].array
+            s, d, n = int(row["src_offset"]), int(row["dst_offset"]), int(row["size"])
+            dst[d:d + n] = src[s:s + n]
+
+    def write(self, block: StorageBlock, offset: int, data: memoryview) -> None:
+        block.array[offset:offset + data.nbytes] = np.frombuffer(data, dtype=np.uint8)
+
+    def read_into(self, block: StorageBlock, offset: int, out: memoryview) -> None:
+        np.frombuffer(out, dtype=np.uint8)[:] = block.array[offset:offset + out.nbytes]
+
+    def compact(self, blocks: list[StorageBlock], plan: Any) -> None:
+        from .._core import compaction
+        compaction.execute_on_host(plan, [block.array for block in blocks])
+
+    def close(self) -> None:
+        for block in list(self._blocks.values()):
+            self.free_block(block)

@@ -1,0 +1,110 @@
+"""The buffer cache's storage contract on a Vulkan device.
+
+Tiers get blocks of the memory type their kind resolves to (by property flags:
+see ``memory.py``); copy tables run as ``vkCmdCopyBuffer`` batches in one
+submit; compaction runs the compute shader.  Host-visible blocks are read and
+written through their persistent mapping, device-only ones through the
+device's staging buffer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..backend import StorageBackend, StorageBlock, TierMemory
+from .device import Device
+from .memory import HOST_VISIBLE
+
+__all__ = ["VulkanBackend"]
+
+
+class VulkanBackend(StorageBackend):
+    """Storage on a Vulkan device.
+
+    ``device_index`` picks the physical device (default: the first);
+    ``device`` shares an existing :class:`Device` instead, which ``close()`` then
+    leaves open (the caller owns it).
+
+    Raises:
+        VulkanUnavailableError: no loader, driver or device.
+    """
+
+    name = "vulkan"
+
+    def __init__(self, device_index: int | None = None, device: Device | None = None,
+                 validation: bool | None = None) -> None:
+        self._owns_device = device is None
+        self._device = Device(device_index, validation) if device is None else device
+        info = self._device.info
+        alignment = 16
+        while alignment < info.min_storage_buffer_offset_alignment:
+            alignment *= 2
+        self.alignment = alignment
+        self.max_block_size = info.max_block_size // alignment * alignment
+        self._blocks: dict[int, StorageBlock] = {}
+        self._kernel: Any = None
+
+    @property
+    def device(self) -> Any:
+        return self._device.info
+
+    @property
+    def vulkan_device(self) -> Device:
+        """The wrapper's Device (for benchmarks and tests)."""
+        return self._device
+
+    def resolve_memory(self, kind: str, capacity: int) -> TierMemory:
+        # A tier is made of blocks; the heap must hold the whole tier.
+        index = self._device.memory_type_for(kind, max(capacity, 1))
+        flags = self._device.info.memory_types[index].flags
+        return TierMemory(kind=kind, memory_type_index=index, host_visible=bool(flags & HOST_VISIBLE))
+
+    def allocate_block(self, memory: TierMemory, size: int) -> StorageBlock:
+        native = self._device.allocate_block(memory.memory_type_index, size)
+        block = StorageBlock(native.id, native.mapped_address if native.host_visible else 0,
+                             native.buffer_handle, size, native.memory_type_index, native.host_visible,
+                             native.array if native.host_visible else None, native)
+        self._blocks[block.id] = block
+        return block
+
+    def free_block(self, block: StorageBlock) -> None:
+        if self._blocks.pop(block.id, None) is None:
+            return
+        native, block.native = block.native, None
+        block.array = None
+        block.address = 0
+        if native is not None and not native.freed and not self._device.closed:
+            self._device.free_block(native)
+
+    def run_copies(self, table: np.ndarray, wave_starts: list[int]) -> None:
+        with self._device.record() as recorder:
+            recorder.copy(table, wave_starts)
+
+    def write(self, block: StorageBlock, offset: int, data: memoryview) -> None:
+        self._device.upload(block.native, offset, data)
+
+    def read_into(self, block: StorageBlock, offset: int, out: memoryview) -> None:
+        self._device.download(block.native, offset, out.nbytes, out)
+
+    def prepare_write(self, nbytes: int) -> None:
+        # Grow the staging buffer before the engine changes anything, so an
+        # out-of-memory error leaves the cache as it was.
+        if nbytes and any(not block.host_visible for block in self._blocks.values()):
+            self._device._staging_block(nbytes)
+
+    def compact(self, blocks: list[StorageBlock], plan: Any) -> None:
+        if self._kernel is None:
+            from .compaction import CompactionKernel
+            self._kernel = CompactionKernel(self._device)
+        self._kernel.run([block.native for block in blocks], plan)
+
+    def close(self) -> None:
+        for block in list(self._blocks.values()):
+            self.free_block(block)
+        kernel, self._kernel = self._kernel, None
+        if kernel is not None:
+            kernel.close()
+        if self._owns_device:
+            self._device.close()
