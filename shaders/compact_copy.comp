@@ -26,12 +26,12 @@ struct Chunk {
     uint unused;
 };
 
-// Source and destination are separate descriptor sets so that a chunk can
-// read from one window and write another (or another block); both may be the
-// same buffer range.
+// Source and destination are separate bindings so that a chunk can read from
+// one window and write another (or another block); both may be the same
+// buffer range.
 layout(std430, set = 0, binding = 0) readonly buffer SourceWindow { uvec4 source[]; };
-layout(std430, set = 1, binding = 0) writeonly buffer DestinationWindow { uvec4 destination[]; };
-layout(std430, set = 2, binding = 0) readonly buffer ChunkTable { Chunk chunks[]; };
+layout(std430, set = 0, binding = 1) writeonly buffer DestinationWindow { uvec4 destination[]; };
+layout(std430, set = 0, binding = 2) readonly buffer ChunkTable { Chunk chunks[]; };
 
 layout(push_constant) uniform Push {
     uint first_chunk;  // table index of this dispatch's workgroup 0

@@ -1,0 +1,263 @@
+"""The compaction kernel: runs a :class:`~vyrecache._core.compaction.CompactionPlan` on the GPU.
+
+The shader (``shaders/compact_copy.comp``, shipped as ``vyrecache/shaders/compact_copy.spv``)
+copies one chunk of at most 64 KiB per workgroup.  Its set 0 binds three storage buffers:
+
+    binding 0   source window        (a window of the chunk's source block)
+    binding 1   destination window   (a window of the chunk's destination block; may be the same)
+    binding 2   chunk table          (uvec4 per chunk: source element, destination element, count, 0)
+
+Windows.  A block may be larger than ``maxStorageBufferRange`` (128 MiB on lavapipe, blocks are up
+to 1 GiB), so the kernel binds windows: ``window_size`` is that limit rounded down to a power of
+two and window ``k`` starts at ``k * window_size / 2``.  A chunk starting at ``offset`` lies
+wholly in window ``offset // (window_size / 2)`` because it is at most 64 KiB long, far less than
+half a window.  A block no larger than one window is bound whole.
+
+Order.  Waves are recorded in order with a compute-to-compute barrier between consecutive waves;
+within a wave, chunks are grouped by (source block, source window, destination block,
+destination window), one dispatch per group (split at ``maxComputeWorkGroupCount[0]``).  A
+barrier before the first wave orders the kernel after earlier copies and dispatches, and one
+after the last makes its writes visible to later copies, dispatches and (through the recorder's
+final barrier) the host.
+"""
+
+from __future__ import annotations
+
+import struct
+from importlib import resources
+
+import numpy as np
+
+from ..errors import DeviceError
+
+__all__ = ["CompactionKernel", "load_compaction_spirv"]
+
+_SPIRV_NAME = "compact_copy.spv"
+_TABLE_ENTRY_BYTES = 16  # uvec4 per chunk
+_ELEMENT_BYTES = 16
+_MIN_TABLE_ROWS = 1024
+_SETS_PER_POOL = 64
+
+
+def load_compaction_spirv() -> bytes:
+    """The packaged SPIR-V of the compaction copy shader.
+
+    Raises:
+        DeviceError: the package was installed without its compiled shaders.
+    """
+    try:
+        return resources.files("vyrecache").joinpath("shaders", _SPIRV_NAME).read_bytes()
+    except FileNotFoundError:
+        raise DeviceError(f"vyrecache/shaders/{_SPIRV_NAME} is missing from the installed package. "
+                          "Fix: reinstall vyrecache, or run `make shaders` in a source checkout.") from None
+
+
+class CompactionKernel:
+    """Records compaction plans into a device's command buffer.
+
+    One kernel per device; it owns a compute pipeline, descriptor pools (sets cached per
+    source/destination window pair) and a host-visible chunk-table buffer grown on demand.
+    Not thread-safe, like the device.
+
+    *max_groups_per_dispatch* caps the workgroups of one dispatch (default and upper bound:
+    ``maxComputeWorkGroupCount[0]``); tests lower it to exercise the split.
+
+    Raises:
+        DeviceError: the shader is missing or the driver rejected the pipeline.
+    """
+
+    def __init__(self, device, max_groups_per_dispatch: int | None = None) -> None:
+        self.device = device
+        info = device.info
+        limit = info.max_compute_work_group_count[0]
+        self.max_groups_per_dispatch = limit if max_groups_per_dispatch is None else max(
+            1, min(int(max_groups_per_dispatch), limit))
+        # A power of two so that half of it is a multiple of minStorageBufferOffsetAlignment.
+        self.window_size = 1 << (int(info.max_storage_buffer_range).bit_length() - 1)
+        self.window_step = self.window_size // 2
+        self.pipeline = device.create_compute_pipeline(load_compaction_spirv(), storage_buffers=3,
+                                                       push_constant_size=4)
+        self._pools: list = []
+        self._sets_free = 0
+        self._sets: dict[tuple, tuple] = {}
+        self._table = None
+        self._table_rows_used = 0
+        self._retired_tables: list = []
+        self._recorder = None
+        self._sets_handed_out = False  # whether the current recording binds any cached set
+
+    # -- windows -----------------------------------------------------------------------------------
+
+    def window_of(self, block, offset: int) -> tuple[int, int, int]:
+        """(index, start, size) of the window of *block* a chunk starting at *offset* uses."""
+        if block.size <= self.window_size:
+            return 0, 0, block.size
+        index = offset // self.window_step
+        start = index * self.window_step
+        return index, start, min(self.window_size, block.size - start)
+
+    # -- resources ---------------------------------------------------------------------------------
+
+    def _new_recording(self, recorder) -> bool:
+        """Note *recorder*; True when it starts a new recording (every earlier one has finished)."""
+        if recorder is self._recorder:
+            return False
+        self._recorder = recorder
+        self._table_rows_used = 0
+        self._sets_handed_out = False
+        # The previous recording was submitted and waited for: retired tables are idle now.
+        for table in self._retired_tables:
+            if not table.freed:
+                self.device.free_block(table)
+        self._retired_tables.clear()
+        return True
+
+    def _table_rows(self, count: int) -> tuple[object, int]:
+        """Room for *count* table rows in this recording: (table block, first row)."""
+        first = self._table_rows_used
+        needed = first + count
+        table = self._table
+        if table is None or table.freed or needed * _TABLE_ENTRY_BYTES > table.size:
+            rows = max(_MIN_TABLE_ROWS, 1 << (max(needed, count) - 1).bit_length())
+            size = rows * _TABLE_ENTRY_BYTES
+            grown = self.device.allocate_block(self.device.memory_type_for("host", size), size)
+            if table is not None and not table.freed:
+                # Commands recorded earlier in this recording may still read it.
+                self._retired_tables.append(table)
+            self._table = table = grown
+            # Rows used earlier in this recording live in the old table; start afresh.
+            first = 0
+        self._table_rows_used = first + count
+        return table, first
+
+    def _descriptor_set(self, source, source_window, destination, destination_window, table):
+        key = (source.id, source_window[0], destination.id, destination_window[0], table.id)
+        cached = self._sets.get(key)
+        bound_already = self._sets_handed_out
+        self._sets_handed_out = True
+        if cached is not None and cached[1] is source and cached[2] is destination and cached[3] is table:
+            return cached[0]
+        if self._sets_free == 0:
+            if self._pools and not bound_already:
+                # No set is bound in this recording yet: every pool can be recycled.
+                for pool in self._pools:
+                    pool.reset()
+                self._sets.clear()
+                self._sets_free = len(self._pools) * _SETS_PER_POOL
+            else:
+                self._pools.append(self.device.create_descriptor_pool(_SETS_PER_POOL, 3))
+                self._sets_free = _SETS_PER_POOL
+        pool_index = len(self._pools) - 1 - (self._sets_free - 1) // _SETS_PER_POOL
+        (descriptor_set,) = self._pools[pool_index].allocate(self.pipeline)
+        self._sets_free -= 1
+        self._pools[pool_index].update(descriptor_set, [
+            (source, source_window[1], source_window[2]),
+            (destination, destination_window[1], destination_window[2]),
+            (table, 0, table.size),
+        ])
+        self._sets[key] = (descriptor_set, source, destination, table)
+        return descriptor_set
+
+    # -- recording ---------------------------------------------------------------------------------
+
+    def record(self, recorder, blocks, plan) -> int:
+        """Record *plan* into *recorder*, wave by wave; returns the number of dispatches.
+
+        *blocks* is one :class:`~vyrecache.vulkan.device.Block` per planned block, indexed like
+        the planner's blocks (a single Block is accepted for a one-block plan).  The table is
+        written now; the copies happen when the recorder submits.  Several plans may be recorded
+        into one recorder.
+
+        Raises:
+            ValueError: wrong number of blocks, a freed block, or a block smaller than planned.
+            DeviceOutOfMemoryError: the chunk table could not be grown.
+        """
+        if not isinstance(blocks, (list, tuple)):
+            blocks = [blocks]
+        planned = plan.block_sizes
+        if len(blocks) != len(planned):
+            raise ValueError(f"the plan covers {len(planned)} blocks, got {len(blocks)}. "
+                             "Fix: pass one Block per planned block, in the planner's order.")
+        for index, (block, size) in enumerate(zip(blocks, planned)):
+            if block.freed or block.size < size:
+                raise ValueError(f"planned block {index} ({size} bytes) is {block!r}. "
+                                 "Fix: pass the live blocks the plan was made for.")
+        chunks = plan.chunks
+        count = len(chunks)
+        if count == 0:
+            return 0
+        self._new_recording(recorder)
+
+        # Window of every chunk's source and destination (vectorised: plans hold 10**5 chunks).
+        src_block = chunks["src_block"].astype(np.int64)
+        dst_block = chunks["dst_block"].astype(np.int64)
+        sizes = np.array([block.size for block in blocks], dtype=np.uint64)
+        step = np.uint64(self.window_step)
+        windowed = sizes > self.window_size
+        src_window = np.where(windowed[src_block], chunks["src_offset"] // step, 0).astype(np.int64)
+        dst_window = np.where(windowed[dst_block], chunks["dst_offset"] // step, 0).astype(np.int64)
+        order = np.lexsort((dst_window, dst_block, src_window, src_block, chunks["wave"]))
+        chunks = chunks[order]
+        src_block, dst_block = src_block[order], dst_block[order]
+        src_window, dst_window = src_window[order], dst_window[order]
+
+        table, first_row = self._table_rows(count)
+        rows = table.array[first_row * _TABLE_ENTRY_BYTES:(first_row + count) * _TABLE_ENTRY_BYTES]
+        rows = rows.view(np.uint32).reshape(count, 4)
+        rows[:, 0] = (chunks["src_offset"] - src_window.astype(np.uint64) * step * windowed[src_block]) // 16
+        rows[:, 1] = (chunks["dst_offset"] - dst_window.astype(np.uint64) * step * windowed[dst_block]) // 16
+        rows[:, 2] = chunks["size"] // _ELEMENT_BYTES
+        rows[:, 3] = 0
+
+        # Dispatch groups: runs of equal (wave, source window, destination window).
+        keys = np.stack([chunks["wave"].astype(np.int64), src_block, src_window, dst_block, dst_window])
+        breaks = np.flatnonzero(np.any(keys[:, 1:] != keys[:, :-1], axis=0)) + 1
+        starts = [0, *breaks.tolist()]
+        ends = [*breaks.tolist(), count]
+        waves = chunks["wave"][starts].tolist()
+        group_keys = keys[1:, starts].T.tolist()
+
+        recorder.barrier()
+        dispatches = 0
+        previous_wave = waves[0]
+        limit = self.max_groups_per_dispatch
+        for start, end, wave, (source, s_window, destination, d_window) in zip(starts, ends, waves, group_keys):
+            if wave != previous_wave:
+                recorder.compute_barrier()
+                previous_wave = wave
+            source_block, destination_block = blocks[source], blocks[destination]
+            descriptor_set = self._descriptor_set(
+                source_block, self.window_of(source_block, s_window * self.window_step),
+                destination_block, self.window_of(destination_block, d_window * self.window_step),
+                table)
+            for first in range(start, end, limit):
+                groups = min(limit, end - first)
+                recorder.dispatch(self.pipeline, None, [descriptor_set],
+                                  struct.pack("<I", first_row + first), groups)
+                dispatches += 1
+        recorder.barrier()
+        return dispatches
+
+    def run(self, blocks, plan) -> int:
+        """Record *plan* into a fresh recording of the device, submit it and wait; see :meth:`record`."""
+        with self.device.record() as recorder:
+            return self.record(recorder, blocks, plan)
+
+    # -- release -----------------------------------------------------------------------------------
+
+    def destroy(self) -> None:
+        """Destroy the pipeline, pools and table; calling it again does nothing."""
+        pools, self._pools = self._pools, []
+        self._sets.clear()
+        self._sets_free = 0
+        for pool in pools:
+            pool.destroy()
+        tables = [*self._retired_tables, self._table]
+        self._retired_tables, self._table = [], None
+        if not self.device.closed:
+            for table in tables:
+                if table is not None and not table.freed:
+                    self.device.free_block(table)
+        pipeline, self.pipeline = self.pipeline, None
+        if pipeline is not None:
+            pipeline.destroy()
