@@ -137,8 +137,8 @@ def test_upload_and_download_through_staging(vulkan_device):
     data = random_bytes(3 * MiB - 100, seed=2)
     device.upload(block, 37, data)
     assert device._staging is not None
-    # The mapping itself shows the bytes arrived through a GPU copy, not a memcpy.
-    assert np.array_equal(block.array[37:37 + data.size], data)
+    if block.host_visible:  # lavapipe: the mapping shows the bytes a GPU copy delivered
+        assert np.array_equal(block.array[37:37 + data.size], data)
     out = np.empty(data.size, dtype=np.uint8)
     device.download(block, 37, data.size, out)
     assert np.array_equal(out, data)
