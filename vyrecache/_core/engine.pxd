@@ -1,0 +1,140 @@
+# Declarations of the tiered-cache engine: the C layout other core modules cimport.
+#
+# The storage layer (`storage.pyx`) reads the event log, the slot array and the per-tier state
+# directly; everything it may touch is declared here.  Method bodies live in engine.pyx.
+
+from libc.stdint cimport int8_t, int32_t, uint8_t, uint16_t, uint32_t, uint64_t
+
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_mutexattr_t:
+        pass
+    int pthread_mutexattr_init(pthread_mutexattr_t*)
+    int pthread_mutexattr_settype(pthread_mutexattr_t*, int)
+    int pthread_mutexattr_destroy(pthread_mutexattr_t*)
+    int pthread_mutex_init(pthread_mutex_t*, const pthread_mutexattr_t*)
+    int pthread_mutex_destroy(pthread_mutex_t*)
+    int pthread_mutex_lock(pthread_mutex_t*)
+    int pthread_mutex_trylock(pthread_mutex_t*)
+    int pthread_mutex_unlock(pthread_mutex_t*)
+    int PTHREAD_MUTEX_RECURSIVE
+
+
+cdef extern from *:
+    """
+    #define VC_NIL ((uint32_t)0xFFFFFFFFu)
+    #define VC_N_COUNTERS 9
+    """
+    # "No slot": the end of a list, an empty hash bucket, an empty free list.
+    const uint32_t VC_NIL
+    const int VC_N_COUNTERS
+
+
+# Event kinds (docs/DESIGN.md, section 1).
+cpdef enum EventKind:
+    EV_INSERT = 1
+    EV_REMOVE = 2
+    EV_EVICT = 3
+    EV_LIFT = 4
+    EV_PLACE = 5
+
+
+# Indices into TierState.counters, in the order counters() reports them.
+cdef enum:
+    C_HITS = 0
+    C_MISSES = 1
+    C_INSERTS = 2
+    C_EVICTIONS = 3
+    C_PROMOTIONS = 4
+    C_DEMOTIONS = 5
+    C_SPILLS = 6
+    C_BYTES_IN = 7
+    C_BYTES_OUT = 8
+
+
+ctypedef struct Slot:
+    # One entry.  A free slot has tier == -1 and is chained through `next`.
+    uint64_t key
+    uint64_t size           # the real size; the tier is charged round_up(size, granularity)
+    uint64_t last_access    # tick of the last recorded access (0: never accessed)
+    uint32_t prev           # towards the most-recent end of the tier's list (VC_NIL at the head)
+    uint32_t next           # towards the coldest end (VC_NIL at the tail); free-list link
+    uint32_t frequency      # recorded accesses, saturating
+    uint32_t offset         # owned by the storage layer: byte offset inside `block`
+    uint16_t block          # owned by the storage layer: block index inside the tier
+    uint16_t pins           # nested pin count; > 0 means never a victim and never moved
+    int8_t tier             # -1 for a free slot
+    uint8_t flags           # reserved
+
+
+ctypedef struct TierState:
+    uint64_t capacity
+    uint64_t used           # charged bytes of the entries in this tier
+    uint64_t pinned         # charged bytes of the pinned entries in this tier
+    uint64_t count
+    uint32_t head           # most recent
+    uint32_t tail           # coldest
+    uint64_t counters[9]    # VC_N_COUNTERS, indexed by the C_* constants
+
+
+ctypedef struct Event:
+    uint64_t key
+    uint64_t size           # real size
+    int32_t slot            # the entry's slot; for EV_REMOVE/EV_EVICT the freed slot, whose
+                            # key/size/block/offset stay readable until the next operation
+    int8_t src_tier         # -1 for EV_INSERT
+    int8_t dst_tier         # -1 for EV_REMOVE/EV_EVICT
+    uint8_t kind            # EventKind
+
+
+cdef class Engine:
+    # --- storage-visible state (read-only for other modules, except Slot.block/offset) ---
+    cdef Slot* slots
+    cdef TierState* tier_state
+    cdef readonly int n_tiers
+    cdef readonly uint64_t granularity
+    cdef Event* events                  # the log of the last mutating operation
+    cdef Py_ssize_t n_events
+
+    # --- private ---
+    cdef uint32_t slot_capacity
+    cdef uint32_t slot_high_water       # slots [0, high_water) have been handed out once
+    cdef uint32_t free_head
+    cdef uint32_t limbo_head            # freed slots kept readable until the next operation
+    cdef uint32_t limbo_tail
+    cdef uint32_t* buckets
+    cdef uint64_t bucket_mask
+    cdef int bucket_shift
+    cdef Py_ssize_t n_live
+    cdef uint64_t tick
+    cdef uint32_t promote_threshold
+    cdef bint native_policy
+    cdef bint spill_victims
+    cdef bint logging                   # record_events or on_evict
+    cdef bint _record_events
+    cdef bint alloc_failed              # an event or slot allocation failed inside nogil code
+    cdef int in_callback                # a Python policy method is running
+    cdef Py_ssize_t events_capacity
+    cdef pthread_mutex_t mutex
+    cdef bint mutex_ready
+    cdef object py_policy
+    cdef object _on_evict
+    cdef object pending_error
+    cdef tuple names
+
+    # --- C-level API for the storage layer (the caller holds the lock: acquire()/release()) ---
+    cdef void acquire(self) noexcept
+    cdef void acquire_nogil(self) noexcept nogil
+    cdef void release(self) noexcept nogil
+    cdef uint64_t charged(self, uint64_t size) noexcept nogil
+    cdef Py_ssize_t slot_of(self, uint64_t key) noexcept nogil
+    cdef void set_location(self, Py_ssize_t slot, uint16_t block, uint32_t offset) noexcept nogil
+    cdef Py_ssize_t first_slot(self, int tier) noexcept nogil
+    cdef Py_ssize_t next_slot(self, Py_ssize_t slot) noexcept nogil
+    cdef int evict_for_room(self, int tier, uint64_t* key_out) noexcept nogil
+
+    # --- helpers of the Python-level API ---
+    cdef int _check_tier(self, int tier) except -1
+    cdef object _move_many(self, keys, bint up)

@@ -1,0 +1,1127 @@
+# cython: language_level=3
+"""The tiered-cache engine: which key lives in which tier, and what moves when.
+
+All metadata lives in C arrays (see engine.pxd): a slot per entry, an open-addressing map from key
+to slot (engine_map.pxi), one intrusive LRU list per tier with its byte accounting
+(engine_lists.pxi).  The rules below (insert, access, promote, demote, spill, evict) keep the
+behaviour of the original Rust `TieredCache`, with its flaws fixed; docs/DESIGN.md section 1 is
+the contract with the storage layer.
+
+Status codes of the internal C functions: >= 0 a tier, -1 a miss, below -1 an error.
+"""
+
+cimport cython
+from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
+from libc.stdint cimport (INT8_MAX, UINT32_MAX, UINT64_MAX, int8_t, int32_t, uint8_t, uint16_t,
+                          uint32_t, uint64_t)
+from libc.string cimport memcpy, memset
+
+import operator
+
+import numpy as np
+
+from vyrecache.errors import (ENTRY_TOO_LARGE_MESSAGE, KEY_NOT_FOUND_MESSAGE, AllPinnedError,
+                              CacheError, CapacityAccountingError, EntryTooLargeError,
+                              KeyNotFoundError)
+
+cdef extern from *:
+    """
+    #ifdef VYRECACHE_DEBUG
+    #define VC_DEBUG 1
+    #else
+    #define VC_DEBUG 0
+    #endif
+    """
+    # Debug builds verify every invariant after every mutating call (slow; tests only).
+    const bint VC_DEBUG
+
+cdef object _TWO_64 = 1 << 64
+
+include "engine_values.pxi"
+include "engine_map.pxi"
+include "engine_lists.pxi"
+
+cdef enum:
+    ST_MISS = -1
+    ST_TOO_LARGE = -2
+    ST_ALL_PINNED = -3
+    ST_NO_MEMORY = -4
+    ST_NOT_FOUND = -5
+
+COUNTER_NAMES = ("hits", "misses", "inserts", "evictions", "promotions", "demotions", "spills",
+                 "bytes_in", "bytes_out")
+
+
+cdef object _event_dtype():
+    cdef Event probe
+    cdef char* base = <char*>&probe
+    return np.dtype({
+        "names": ["key", "size", "slot", "src_tier", "dst_tier", "kind"],
+        "formats": ["<u8", "<u8", "<i4", "i1", "i1", "u1"],
+        "offsets": [<char*>&probe.key - base, <char*>&probe.size - base,
+                    <char*>&probe.slot - base, <char*>&probe.src_tier - base,
+                    <char*>&probe.dst_tier - base, <char*>&probe.kind - base],
+        "itemsize": sizeof(Event),
+    })
+
+
+EVENT_DTYPE = _event_dtype()
+SLOT_BYTES = sizeof(Slot)
+EVENT_BYTES = sizeof(Event)
+
+
+# --------------------------------------------------------------------------------------------
+# The event log
+
+cdef void _grow_events(Engine e) noexcept nogil:
+    cdef Py_ssize_t wanted = e.events_capacity * 2 if e.events_capacity else 16
+    cdef Event* fresh = <Event*>PyMem_RawRealloc(e.events, wanted * sizeof(Event))
+    if fresh == NULL:
+        e.alloc_failed = True
+        return
+    e.events = fresh
+    e.events_capacity = wanted
+
+
+cdef inline void _emit(Engine e, uint8_t kind, uint32_t slot, int src, int dst) noexcept nogil:
+    cdef Event* ev
+    if not e.logging:
+        return
+    if e.n_events == e.events_capacity:
+        _grow_events(e)
+        if e.n_events == e.events_capacity:
+            return
+    ev = &e.events[e.n_events]
+    e.n_events += 1
+    ev.key = e.slots[slot].key
+    ev.size = e.slots[slot].size
+    ev.slot = <int32_t>slot
+    ev.src_tier = <int8_t>src
+    ev.dst_tier = <int8_t>dst
+    ev.kind = kind
+
+
+cdef inline void _begin_op(Engine e) noexcept nogil:
+    """Start a mutating operation: clear the log, recycle the slots freed by the last one."""
+    e.n_events = 0
+    if e.limbo_head != VC_NIL:
+        e.slots[e.limbo_tail].next = e.free_head
+        e.free_head = e.limbo_head
+        e.limbo_head = VC_NIL
+        e.limbo_tail = VC_NIL
+
+
+# --------------------------------------------------------------------------------------------
+# Python policies (only reached when the policy is not the built-in LruPolicy)
+
+cdef uint32_t _policy_victim(Engine e, int tier) noexcept:
+    cdef uint64_t key
+    cdef uint32_t slot
+    e.in_callback += 1
+    try:
+        choice = e.py_policy.eviction_candidate(tier, e)
+    except BaseException as error:
+        if e.pending_error is None:
+            e.pending_error = error
+        choice = None
+    e.in_callback -= 1
+    # None, a non-key, an absent, pinned or lifted key, or a key of another tier: the built-in
+    # coldest-unpinned choice decides instead.
+    if choice is None or not vc_exact_u64(choice, &key):
+        return VC_NIL
+    slot = _find(e, key)
+    if (slot == VC_NIL or e.slots[slot].tier != tier or e.slots[slot].pins
+            or e.slots[slot].flags & FLAG_LIFTED):
+        return VC_NIL
+    return slot
+
+
+cdef bint _policy_promotes(Engine e, uint32_t slot) noexcept:
+    cdef Slot* s = &e.slots[slot]
+    stats = AccessStats(s.frequency, s.last_access, s.size)
+    e.in_callback += 1
+    try:
+        verdict = bool(e.py_policy.should_promote(s.key, stats))
+    except BaseException as error:
+        if e.pending_error is None:
+            e.pending_error = error
+        verdict = False
+    e.in_callback -= 1
+    return verdict
+
+
+cdef inline uint32_t _pick_victim(Engine e, int tier) noexcept nogil:
+    cdef uint32_t slot
+    if not e.native_policy:
+        with gil:
+            slot = _policy_victim(e, tier)
+        if slot != VC_NIL:
+            return slot
+    return _coldest_unpinned(e, tier)
+
+
+cdef inline bint _should_promote(Engine e, uint32_t slot) noexcept nogil:
+    cdef bint verdict
+    if e.native_policy:
+        return e.slots[slot].frequency >= e.promote_threshold
+    with gil:
+        verdict = _policy_promotes(e, slot)
+    return verdict
+
+
+# --------------------------------------------------------------------------------------------
+# The rules
+
+cdef void _make_room(Engine e, int tier, uint64_t charge) noexcept nogil:
+    """Displace victims of `tier` until `charge` more bytes fit.  The caller checked _can_host."""
+    cdef TierState* t = &e.tier_state[tier]
+    cdef uint32_t victim
+    while t.used > t.capacity - charge:
+        victim = _pick_victim(e, tier)
+        if victim == VC_NIL:        # unreachable after _can_host; never loop forever
+            return
+        _displace(e, victim)
+
+
+cdef void _displace(Engine e, uint32_t victim) noexcept nogil:
+    """A victim leaves its tier: spilled one tier down when allowed and possible, else evicted."""
+    cdef Slot* s = &e.slots[victim]
+    cdef int tier = s.tier
+    cdef uint64_t charge = _charge(e, s.size)
+    if e.spill_victims and tier > 0 and _can_host(e, tier - 1, charge):
+        _move(e, victim, tier - 1, C_SPILLS)
+        return
+    _remove(e, victim, EV_EVICT)
+
+
+cdef void _move(Engine e, uint32_t slot, int dst, int counter) noexcept nogil:
+    """Lift an entry out of its tier and place it at the most-recent end of `dst`."""
+    cdef Slot* s = &e.slots[slot]
+    cdef int src = s.tier
+    _emit(e, EV_LIFT, slot, src, dst)
+    _unlink(e, slot)
+    e.tier_state[src].counters[C_BYTES_OUT] += s.size
+    s.flags |= FLAG_LIFTED
+    _make_room(e, dst, _charge(e, s.size))
+    s = &e.slots[slot]
+    s.flags &= ~FLAG_LIFTED
+    _link_head(e, slot, dst)
+    _emit(e, EV_PLACE, slot, src, dst)
+    e.tier_state[dst].counters[counter] += 1
+    e.tier_state[dst].counters[C_BYTES_IN] += s.size
+
+
+cdef int _first_tier_for(Engine e, uint64_t charge, uint32_t replaced) noexcept nogil:
+    """The tier an insert lands in, or an error status; `replaced` leaves first (VC_NIL: none)."""
+    cdef int tier
+    cdef bint fits_somewhere = False
+    cdef uint64_t pinned
+    cdef TierState* t
+    for tier in range(e.n_tiers):
+        t = &e.tier_state[tier]
+        if charge > t.capacity:
+            continue
+        fits_somewhere = True
+        pinned = t.pinned
+        if replaced != VC_NIL and e.slots[replaced].tier == tier and e.slots[replaced].pins:
+            pinned -= _charge(e, e.slots[replaced].size)
+        if charge <= t.capacity - pinned:
+            return tier
+    return ST_ALL_PINNED if fits_somewhere else ST_TOO_LARGE
+
+
+cdef void _remove(Engine e, uint32_t slot, uint8_t kind) noexcept nogil:
+    cdef Slot* s = &e.slots[slot]
+    cdef int tier = s.tier
+    _emit(e, kind, slot, tier, -1)
+    if s.pins:
+        e.tier_state[tier].pinned -= _charge(e, s.size)
+        s.pins = 0
+    _unlink(e, slot)
+    e.tier_state[tier].counters[C_BYTES_OUT] += s.size
+    if kind == EV_EVICT:
+        e.tier_state[tier].counters[C_EVICTIONS] += 1
+    _free_slot(e, slot)
+
+
+cdef int _insert(Engine e, uint64_t key, uint64_t size, uint32_t old) noexcept nogil:
+    """Insert (replacing `old`, the key's current slot or VC_NIL); the tier, or an error status."""
+    cdef uint64_t charge = _charge(e, size)
+    cdef int tier = _first_tier_for(e, charge, old)
+    cdef uint32_t slot
+    cdef Slot* s
+    if tier < 0:
+        return tier
+    if _reserve_one(e) != 0:
+        return ST_NO_MEMORY
+    if old != VC_NIL:
+        _remove(e, old, EV_REMOVE)
+    _make_room(e, tier, charge)
+    slot = _take_slot(e)
+    s = &e.slots[slot]
+    s.key = key
+    s.size = size
+    s.last_access = 0
+    s.frequency = 0
+    s.pins = 0
+    s.flags = 0
+    s.block = 0
+    s.offset = 0
+    _map_insert(e, slot)
+    e.n_live += 1
+    _link_head(e, slot, tier)
+    _emit(e, EV_INSERT, slot, -1, tier)
+    e.tier_state[tier].counters[C_INSERTS] += 1
+    e.tier_state[tier].counters[C_BYTES_IN] += size
+    return tier
+
+
+cdef int _promote(Engine e, uint32_t slot, bint strict) noexcept nogil:
+    """Move up one tier if the policy says so; not for pinned entries nor too-small targets."""
+    cdef Slot* s = &e.slots[slot]
+    cdef int tier = s.tier
+    cdef uint64_t charge
+    if s.pins or tier + 1 >= e.n_tiers or not _should_promote(e, slot):
+        return 0
+    charge = _charge(e, e.slots[slot].size)
+    if charge > e.tier_state[tier + 1].capacity:
+        return 0
+    if not _can_host(e, tier + 1, charge):
+        return ST_ALL_PINNED if strict else 0
+    _move(e, slot, tier + 1, C_PROMOTIONS)
+    return 0
+
+
+cdef int _demote(Engine e, uint32_t slot) noexcept nogil:
+    cdef Slot* s = &e.slots[slot]
+    cdef int tier = s.tier
+    cdef uint64_t charge = _charge(e, s.size)
+    if s.pins or tier == 0 or charge > e.tier_state[tier - 1].capacity:
+        return 0
+    if not _can_host(e, tier - 1, charge):
+        return ST_ALL_PINNED
+    _move(e, slot, tier - 1, C_DEMOTIONS)
+    return 0
+
+
+cdef inline int _hit(Engine e, uint32_t slot) noexcept nogil:
+    """A use of a present entry: record it, promote if the policy says so; the tier it was in."""
+    cdef int tier
+    _touch(e, slot)
+    tier = e.slots[slot].tier
+    e.tier_state[tier].counters[C_HITS] += 1
+    if tier + 1 < e.n_tiers:
+        _promote(e, slot, False)
+    return tier
+
+
+cdef inline int _access(Engine e, uint64_t key, uint64_t size) noexcept nogil:
+    """The fused per-use call: the tier of a hit (then maybe promoted), or -1 after inserting."""
+    cdef uint32_t slot = _find(e, key)
+    cdef int tier
+    if slot != VC_NIL:
+        return _hit(e, slot)
+    tier = _insert(e, key, size, VC_NIL)
+    if tier < 0:
+        return tier
+    e.tier_state[tier].counters[C_MISSES] += 1
+    return ST_MISS
+
+
+# --------------------------------------------------------------------------------------------
+# Entering and leaving a public call
+
+cdef inline int _enter(Engine e) except -1:
+    e.acquire()
+    if e.in_callback:
+        e.release()
+        raise CacheError("The cache was modified from inside its own policy callback. "
+                         "Fix: only read the cache (get, stats, tiers, iteration) from "
+                         "should_promote/eviction_candidate; mutate it after the call returns.")
+    _begin_op(e)
+    return 0
+
+
+cdef inline int _leave(Engine e, int status, uint64_t key, uint64_t size,
+                       Py_ssize_t index) except -1:
+    """Release the lock, then raise the status's error and run on_evict callbacks, if any."""
+    if (e._on_evict is None and e.pending_error is None and not e.alloc_failed
+            and not VC_DEBUG):
+        e.release()
+        if status < ST_MISS:
+            _raise_status(e, status, key, size, index)
+        return 0
+    return _leave_slow(e, status, key, size, index)
+
+
+cdef int _leave_slow(Engine e, int status, uint64_t key, uint64_t size,
+                     Py_ssize_t index) except -1:
+    cdef Py_ssize_t i
+    cdef list evicted = None
+    if VC_DEBUG:
+        try:
+            _verify(e)
+        except BaseException:
+            e.release()
+            raise
+    if e._on_evict is not None:
+        evicted = [CacheEntry(e.events[i].key, e.events[i].size, e.events[i].src_tier)
+                   for i in range(e.n_events) if e.events[i].kind == EV_EVICT]
+    error = e.pending_error
+    e.pending_error = None
+    alloc_failed = e.alloc_failed
+    e.alloc_failed = False
+    callback = e._on_evict
+    e.release()
+    if status < ST_MISS:
+        _raise_status(e, status, key, size, index)
+    if evicted:
+        for entry in evicted:
+            try:
+                callback(entry)
+            except BaseException as callback_error:
+                if error is None:
+                    error = callback_error
+    if error is not None:
+        raise error
+    if alloc_failed:
+        raise MemoryError("The event log could not grow, so this operation's events are "
+                          "incomplete. Fix: free memory; the cache itself is consistent.")
+    return 0
+
+
+cdef int _raise_status(Engine e, int status, uint64_t key, uint64_t size,
+                       Py_ssize_t index) except -1:
+    where = f" (keys[{index}])" if index >= 0 else ""
+    if status == ST_NOT_FOUND:
+        raise KeyNotFoundError(f"{KEY_NOT_FOUND_MESSAGE} Key: {key}{where}.")
+    if status == ST_TOO_LARGE:
+        largest = 0
+        for tier in range(e.n_tiers):
+            if e.tier_state[tier].capacity > e.tier_state[largest].capacity:
+                largest = tier
+        raise EntryTooLargeError(
+            f"{ENTRY_TOO_LARGE_MESSAGE} Key {key}{where} has size {size} bytes "
+            f"(charged {_charge(e, size)}); the largest tier, {e.names[largest]!r}, "
+            f"holds {e.tier_state[largest].capacity} bytes.")
+    if status == ST_ALL_PINNED:
+        raise AllPinnedError(
+            f"Cannot make room for key {key}{where} ({size} bytes): every eviction candidate in "
+            f"the tiers that could hold it is pinned. Fix: unpin entries (cache.unpin(key)) or "
+            f"enlarge the tiers.")
+    if status == ST_NO_MEMORY:
+        raise MemoryError(f"Out of memory growing the cache's tables for key {key}{where}. "
+                          f"Fix: free memory or cap the number of entries.")
+    raise CacheError(f"Internal status {status} for key {key}. Fix: report this as a bug.")
+
+
+def _broken(what):
+    raise CacheError(f"Cache invariant broken: {what}. Fix: this is a bug in vyrecache; "
+                     f"report it with the operations that led here.")
+
+
+cdef int _verify(Engine e) except -1:
+    """Walk every structure; raise CacheError naming the first broken invariant."""
+    cdef int tier
+    cdef uint32_t slot, prev, steps
+    cdef uint64_t used, pinned, count, total = 0, in_map = 0, free_count = 0
+    cdef uint64_t i
+
+    for tier in range(e.n_tiers):
+        used = pinned = count = 0
+        prev = VC_NIL
+        slot = e.tier_state[tier].head
+        while slot != VC_NIL:
+            if count > <uint64_t>e.n_live:
+                _broken(f"tier {tier}'s list has a cycle")
+            if slot >= e.slot_high_water:
+                _broken(f"tier {tier}'s list points at slot {slot} past the array")
+            if e.slots[slot].tier != tier:
+                _broken(f"slot {slot} is on tier {tier}'s list but says tier {e.slots[slot].tier}")
+            if e.slots[slot].prev != prev:
+                _broken(f"slot {slot}'s prev link is {e.slots[slot].prev}, expected {prev}")
+            if e.slots[slot].flags & FLAG_LIFTED:
+                _broken(f"slot {slot} is still marked lifted")
+            if _find(e, e.slots[slot].key) != slot:
+                _broken(f"key {e.slots[slot].key} of tier {tier} is not found in the map")
+            used += _charge(e, e.slots[slot].size)
+            if e.slots[slot].pins:
+                pinned += _charge(e, e.slots[slot].size)
+            count += 1
+            prev = slot
+            slot = e.slots[slot].next
+        if e.tier_state[tier].tail != prev:
+            _broken(f"tier {tier}'s tail is {e.tier_state[tier].tail}, the list ends at {prev}")
+        if used != e.tier_state[tier].used:
+            _broken(f"tier {tier} used is {e.tier_state[tier].used} bytes, entries sum to {used}")
+        if pinned != e.tier_state[tier].pinned:
+            _broken(f"tier {tier} pinned is {e.tier_state[tier].pinned}, pinned entries sum to {pinned}")
+        if count != e.tier_state[tier].count:
+            _broken(f"tier {tier} count is {e.tier_state[tier].count}, its list holds {count}")
+        if used > e.tier_state[tier].capacity:
+            _broken(f"tier {tier} uses {used} bytes of {e.tier_state[tier].capacity}")
+        total += count
+    if total != <uint64_t>e.n_live:
+        _broken(f"the lists hold {total} entries, the cache counts {e.n_live}")
+    for i in range(e.bucket_mask + 1):
+        slot = e.buckets[i]
+        if slot != VC_NIL:
+            if slot >= e.slot_high_water or e.slots[slot].tier < 0:
+                _broken(f"bucket {i} points at free slot {slot}")
+            in_map += 1
+    if in_map != total:
+        _broken(f"the map holds {in_map} keys, the lists {total}")
+    if in_map * 2 > e.bucket_mask + 1:
+        _broken(f"the map is over half full ({in_map} of {e.bucket_mask + 1})")
+    for head in (e.free_head, e.limbo_head):
+        slot = head
+        while slot != VC_NIL:
+            if free_count > e.slot_high_water:
+                _broken("the free list has a cycle")
+            if e.slots[slot].tier != -1:
+                _broken(f"free slot {slot} says tier {e.slots[slot].tier}")
+            free_count += 1
+            slot = e.slots[slot].next
+    if free_count + total != e.slot_high_water:
+        _broken(f"{free_count} free + {total} live slots != {e.slot_high_water} handed out")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+
+cdef class Engine:
+    """The C core of a tiered cache (metadata only).  Use vyrecache.TieredCache.
+
+    Engine(tiers, *, policy=None, spill=True, on_evict=None, granularity=1): `tiers` is a
+    sequence of objects with `name` and `capacity` (or (name, capacity) pairs), tier 0 the
+    slowest.  Every entry is charged round_up(size, granularity) bytes against its tier.
+    """
+
+    def __cinit__(self, *args, **kwargs):
+        cdef pthread_mutexattr_t attr
+        self.slots = NULL
+        self.tier_state = NULL
+        self.events = NULL
+        self.buckets = NULL
+        self.free_head = VC_NIL
+        self.limbo_head = VC_NIL
+        self.limbo_tail = VC_NIL
+        self.native_policy = True
+        self.promote_threshold = 3
+        self.spill_victims = True
+        self.granularity = 1
+        self.names = ()
+        # Recursive, so that a policy callback may read the cache and the storage layer may hold
+        # the lock across an operation and the processing of its events.
+        pthread_mutexattr_init(&attr)
+        pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE)
+        if pthread_mutex_init(&self.mutex, &attr) != 0:
+            pthread_mutexattr_destroy(&attr)
+            raise MemoryError("Could not create the cache's mutex. Fix: free system resources.")
+        pthread_mutexattr_destroy(&attr)
+        self.mutex_ready = True
+        self.buckets = <uint32_t*>PyMem_RawMalloc(sizeof(uint32_t) << MIN_BUCKET_BITS)
+        if self.buckets == NULL:
+            raise MemoryError("Could not allocate the cache's map. Fix: free memory.")
+        memset(self.buckets, 0xFF, sizeof(uint32_t) << MIN_BUCKET_BITS)
+        self.bucket_mask = (1 << MIN_BUCKET_BITS) - 1
+        self.bucket_shift = 64 - MIN_BUCKET_BITS
+
+    def __init__(self, tiers, *, policy=None, spill=True, on_evict=None, granularity=1):
+        cdef int tier
+        if self.tier_state != NULL:
+            raise CacheError("This cache is already initialised. Fix: create a new cache "
+                             "instead of calling __init__ again.")
+        specs = []
+        for spec in list(tiers):
+            if isinstance(spec, tuple) and len(spec) == 2:
+                name, capacity = spec
+            else:
+                name, capacity = getattr(spec, "name", None), getattr(spec, "capacity", None)
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"Tier names must be non-empty strings, got {name!r}. "
+                                 f"Fix: name every tier, e.g. CacheTier('host', 1 << 30).")
+            if any(name == seen for seen, _ in specs):
+                raise ValueError(f"Tier name {name!r} is used twice. Fix: give every tier a "
+                                 f"unique name.")
+            specs.append((name, _as_u64(capacity, f"capacity of tier {name!r}")))
+        if not specs:
+            raise ValueError("A cache needs at least one tier, got none. "
+                             "Fix: pass e.g. [CacheTier('host', 1 << 30)].")
+        if len(specs) > INT8_MAX:
+            raise ValueError(f"At most {INT8_MAX} tiers are supported, got {len(specs)}. "
+                             f"Fix: merge tiers.")
+        if isinstance(granularity, bool) or _as_u64(granularity, "granularity") == 0:
+            raise ValueError(f"granularity must be a positive int, got {granularity!r}. "
+                             f"Fix: pass 1 for exact accounting or the allocation alignment.")
+        if not isinstance(spill, (bool, np.bool_)):
+            raise TypeError(f"spill must be True or False, got {spill!r}. Fix: pass a bool.")
+        if on_evict is not None and not callable(on_evict):
+            raise TypeError(f"on_evict must be callable or None, got {on_evict!r}. "
+                            f"Fix: pass a function taking one CacheEntry.")
+        if policy is not None:
+            if not (callable(getattr(policy, "should_promote", None))
+                    and callable(getattr(policy, "eviction_candidate", None))):
+                raise TypeError(f"policy must be a TierPolicy, got {policy!r}. Fix: pass "
+                                f"LruPolicy(...) or an instance of a TierPolicy subclass.")
+            if getattr(type(policy), "_native", False):
+                threshold = getattr(policy, "promote_threshold")
+                if isinstance(threshold, bool) or _as_u64(threshold, "promote_threshold") > UINT32_MAX:
+                    raise ValueError(f"promote_threshold must be an int in [0, 2**32), got "
+                                     f"{threshold!r}. Fix: pass a small non-negative int.")
+                self.promote_threshold = <uint32_t>threshold
+            else:
+                self.native_policy = False
+        self.tier_state = <TierState*>PyMem_RawMalloc(len(specs) * sizeof(TierState))
+        if self.tier_state == NULL:
+            raise MemoryError("Could not allocate the tiers. Fix: free memory.")
+        memset(self.tier_state, 0, len(specs) * sizeof(TierState))
+        self.n_tiers = len(specs)
+        for tier in range(self.n_tiers):
+            self.tier_state[tier].capacity = specs[tier][1]
+            self.tier_state[tier].head = VC_NIL
+            self.tier_state[tier].tail = VC_NIL
+        self.names = tuple(name for name, _ in specs)
+        self.granularity = granularity
+        self.spill_victims = bool(spill)
+        self.py_policy = policy
+        self._on_evict = on_evict
+        self.logging = on_evict is not None
+
+    def __dealloc__(self):
+        PyMem_RawFree(self.slots)
+        self.slots = NULL
+        PyMem_RawFree(self.tier_state)
+        self.tier_state = NULL
+        PyMem_RawFree(self.events)
+        self.events = NULL
+        PyMem_RawFree(self.buckets)
+        self.buckets = NULL
+        if self.mutex_ready:
+            pthread_mutex_destroy(&self.mutex)
+            self.mutex_ready = False
+
+    # ---- C-level API for the storage layer ----
+
+    cdef void acquire(self) noexcept:
+        """Take the engine's lock from a thread that holds the GIL (waits without the GIL)."""
+        if pthread_mutex_trylock(&self.mutex) != 0:
+            with nogil:
+                pthread_mutex_lock(&self.mutex)
+
+    cdef void acquire_nogil(self) noexcept nogil:
+        pthread_mutex_lock(&self.mutex)
+
+    cdef void release(self) noexcept nogil:
+        pthread_mutex_unlock(&self.mutex)
+
+    cdef uint64_t charged(self, uint64_t size) noexcept nogil:
+        return _charge(self, size)
+
+    cdef Py_ssize_t slot_of(self, uint64_t key) noexcept nogil:
+        cdef uint32_t slot = _find(self, key)
+        return -1 if slot == VC_NIL else <Py_ssize_t>slot
+
+    cdef void set_location(self, Py_ssize_t slot, uint16_t block, uint32_t offset) noexcept nogil:
+        self.slots[slot].block = block
+        self.slots[slot].offset = offset
+
+    cdef Py_ssize_t first_slot(self, int tier) noexcept nogil:
+        """The most recent slot of `tier`, -1 when it is empty; walk on with next_slot()."""
+        cdef uint32_t slot = self.tier_state[tier].head
+        return -1 if slot == VC_NIL else <Py_ssize_t>slot
+
+    cdef Py_ssize_t next_slot(self, Py_ssize_t slot) noexcept nogil:
+        cdef uint32_t following = self.slots[slot].next
+        return -1 if following == VC_NIL else <Py_ssize_t>following
+
+    cdef int evict_for_room(self, int tier, uint64_t* key_out) noexcept nogil:
+        """Displace the coldest unpinned entry of `tier` (spilled down when allowed), appending
+        its events to the log; 1 when an entry was displaced, 0 when none can be."""
+        cdef uint32_t victim = _pick_victim(self, tier)
+        if victim == VC_NIL:
+            return 0
+        if key_out != NULL:
+            key_out[0] = self.slots[victim].key
+        _displace(self, victim)
+        return 1
+
+    # ---- configuration ----
+
+    @property
+    def record_events(self):
+        """Whether each mutating call records its events (events()); on while on_evict is set."""
+        return self._record_events
+
+    @record_events.setter
+    def record_events(self, value):
+        self._record_events = bool(value)
+        self.logging = self._record_events or self._on_evict is not None
+
+    @property
+    def on_evict(self):
+        """Called with a CacheEntry for every entry that leaves the cache as a victim."""
+        return self._on_evict
+
+    @on_evict.setter
+    def on_evict(self, callback):
+        if callback is not None and not callable(callback):
+            raise TypeError(f"on_evict must be callable or None, got {callback!r}. "
+                            f"Fix: pass a function taking one CacheEntry.")
+        self._on_evict = callback
+        self.logging = self._record_events or callback is not None
+
+    @property
+    def spill(self):
+        """Whether victims of tier k > 0 move down to tier k - 1 instead of leaving."""
+        return self.spill_victims
+
+    @property
+    def policy(self):
+        return self.py_policy
+
+    @property
+    def tier_names(self):
+        return self.names
+
+    def tier_info(self, int tier):
+        """(name, capacity, used, count, pinned) of one tier."""
+        self._check_tier(tier)
+        cdef TierState* t = &self.tier_state[tier]
+        return (self.names[tier], t.capacity, t.used, t.count, t.pinned)
+
+    cdef int _check_tier(self, int tier) except -1:
+        if tier < 0 or tier >= self.n_tiers:
+            raise IndexError(f"Tier index {tier} is out of range; this cache has {self.n_tiers} "
+                             f"tiers. Fix: use an index in [0, {self.n_tiers}).")
+        return 0
+
+    # ---- single-key calls ----
+
+    def access(self, key, size):
+        """Use `key`: on a hit record the access, promote if the policy says so, return the tier
+        it was found in; on a miss insert it with `size` bytes and return -1."""
+        cdef uint64_t k, s
+        cdef int result
+        if not vc_exact_u64(key, &k):
+            k = _u64_slow(key, "key")
+        if not vc_exact_u64(size, &s):
+            s = _u64_slow(size, "size")
+        _enter(self)
+        result = _access(self, k, s)
+        _leave(self, result, k, s, -1)
+        return result
+
+    def touch(self, key):
+        """access() without the insert: the tier of a hit (recorded, maybe promoted), or -1 for
+        a missing key (nothing changes, nothing is counted)."""
+        cdef uint64_t k = _as_u64(key, "key")
+        cdef uint32_t slot
+        cdef int result = ST_MISS
+        _enter(self)
+        slot = _find(self, k)
+        if slot != VC_NIL:
+            result = _hit(self, slot)
+        _leave(self, result, k, 0, -1)
+        return result
+
+    def insert(self, key, size):
+        """Insert `key` with `size` bytes into the lowest tier that can hold it, replacing an
+        existing entry (statistics reset).  Not an access."""
+        cdef uint64_t k = _as_u64(key, "key")
+        cdef uint64_t s = _as_u64(size, "size")
+        cdef int result
+        _enter(self)
+        result = _insert(self, k, s, _find(self, k))
+        _leave(self, result, k, s, -1)
+
+    def record_access(self, key):
+        """Record an access (frequency, last_access, most-recent end); no-op for a missing key."""
+        cdef uint64_t k = _as_u64(key, "key")
+        cdef uint32_t slot
+        _enter(self)
+        slot = _find(self, k)
+        if slot != VC_NIL:
+            _touch(self, slot)
+        _leave(self, 0, k, 0, -1)
+
+    def promote(self, key):
+        """Move up one tier if the policy allows; no-op in the top tier, for a pinned entry, or
+        when the target tier is smaller than the entry."""
+        cdef uint64_t k = _as_u64(key, "key")
+        cdef uint32_t slot
+        cdef int result
+        _enter(self)
+        slot = _find(self, k)
+        result = ST_NOT_FOUND if slot == VC_NIL else _promote(self, slot, True)
+        _leave(self, result, k, 0 if slot == VC_NIL else self.slots[slot].size, -1)
+
+    def demote(self, key):
+        """Move down one tier (no policy check); no-op in tier 0, for a pinned entry, or when the
+        target tier is smaller than the entry."""
+        cdef uint64_t k = _as_u64(key, "key")
+        cdef uint32_t slot
+        cdef int result
+        _enter(self)
+        slot = _find(self, k)
+        result = ST_NOT_FOUND if slot == VC_NIL else _demote(self, slot)
+        _leave(self, result, k, 0 if slot == VC_NIL else self.slots[slot].size, -1)
+
+    def remove(self, key):
+        """Remove `key` (pinned or not) and return its CacheEntry."""
+        cdef uint64_t k = _as_u64(key, "key")
+        cdef uint32_t slot
+        _enter(self)
+        slot = _find(self, k)
+        if slot == VC_NIL:
+            _leave(self, ST_NOT_FOUND, k, 0, -1)
+        entry = CacheEntry(self.slots[slot].key, self.slots[slot].size, self.slots[slot].tier)
+        _remove(self, slot, EV_REMOVE)
+        _leave(self, 0, k, 0, -1)
+        return entry
+
+    def evict_coldest(self):
+        """Evict the coldest unpinned entry of the lowest tier that has one; its key, or None."""
+        cdef int tier
+        cdef uint32_t victim = VC_NIL
+        _enter(self)
+        for tier in range(self.n_tiers):
+            victim = _pick_victim(self, tier)
+            if victim != VC_NIL:
+                break
+        key = None
+        if victim != VC_NIL:
+            key = self.slots[victim].key
+            _remove(self, victim, EV_EVICT)
+        _leave(self, 0, 0, 0, -1)
+        return key
+
+    def evict_from_tier(self, int tier):
+        """Displace the coldest unpinned entry of `tier` (spilled down when allowed); its key, or
+        None when the tier has no unpinned entry."""
+        cdef uint64_t key
+        self._check_tier(tier)
+        _enter(self)
+        found = self.evict_for_room(tier, &key)
+        _leave(self, 0, 0, 0, -1)
+        return key if found else None
+
+    def pin(self, key):
+        """Pin `key`: never a victim, never moved (pins nest; unpin as often as pinned)."""
+        cdef uint64_t k = _as_u64(key, "key")
+        cdef uint32_t slot
+        _enter(self)
+        slot = _find(self, k)
+        if slot == VC_NIL:
+            _leave(self, ST_NOT_FOUND, k, 0, -1)
+        if self.slots[slot].pins == 0xFFFF:
+            self.release()
+            raise CapacityAccountingError(
+                f"Key {k} is already pinned 65535 times, the most a pin count holds. "
+                f"Fix: unpin it as often as it was pinned; pins nest.")
+        if self.slots[slot].pins == 0:
+            self.tier_state[self.slots[slot].tier].pinned += _charge(self, self.slots[slot].size)
+        self.slots[slot].pins += 1
+        _leave(self, 0, k, 0, -1)
+
+    def unpin(self, key):
+        """Undo one pin() of `key`."""
+        cdef uint64_t k = _as_u64(key, "key")
+        cdef uint32_t slot
+        _enter(self)
+        slot = _find(self, k)
+        if slot == VC_NIL:
+            _leave(self, ST_NOT_FOUND, k, 0, -1)
+        if self.slots[slot].pins == 0:
+            self.release()
+            raise CacheError(f"Key {k} is not pinned, so it cannot be unpinned. "
+                             f"Fix: call unpin() once per pin().")
+        self.slots[slot].pins -= 1
+        if self.slots[slot].pins == 0:
+            self.tier_state[self.slots[slot].tier].pinned -= _charge(self, self.slots[slot].size)
+        _leave(self, 0, k, 0, -1)
+
+    # ---- reads (no event-log change) ----
+
+    def get(self, key):
+        """The CacheEntry of `key`, or None.  Not an access."""
+        cdef uint64_t k = _as_u64(key, "key")
+        cdef uint32_t slot
+        self.acquire()
+        slot = _find(self, k)
+        entry = None
+        if slot != VC_NIL:
+            entry = CacheEntry(self.slots[slot].key, self.slots[slot].size, self.slots[slot].tier)
+        self.release()
+        return entry
+
+    def stats(self, key):
+        """The AccessStats of `key`, or None."""
+        cdef uint64_t k = _as_u64(key, "key")
+        cdef uint32_t slot
+        self.acquire()
+        slot = _find(self, k)
+        result = None
+        if slot != VC_NIL:
+            result = AccessStats(self.slots[slot].frequency, self.slots[slot].last_access,
+                                 self.slots[slot].size)
+        self.release()
+        return result
+
+    def pins(self, key):
+        """How many times `key` is pinned (0 when not pinned); KeyNotFoundError if absent."""
+        cdef uint64_t k = _as_u64(key, "key")
+        cdef uint32_t slot
+        self.acquire()
+        slot = _find(self, k)
+        count = self.slots[slot].pins if slot != VC_NIL else None
+        self.release()
+        if count is None:
+            _raise_status(self, ST_NOT_FOUND, k, 0, -1)
+        return count
+
+    def __len__(self):
+        return self.n_live
+
+    def __contains__(self, key):
+        cdef uint64_t k = _as_u64(key, "key")
+        cdef bint found
+        self.acquire()
+        found = _find(self, k) != VC_NIL
+        self.release()
+        return found
+
+    def coldest_key(self, int tier):
+        """The coldest unpinned key of `tier` (the built-in victim choice), or None."""
+        cdef uint32_t slot
+        self._check_tier(tier)
+        self.acquire()
+        slot = _coldest_unpinned(self, tier)
+        key = None if slot == VC_NIL else self.slots[slot].key
+        self.release()
+        return key
+
+    def tier_keys(self, int tier):
+        """The keys of one tier, most recent first."""
+        cdef uint32_t slot
+        self._check_tier(tier)
+        keys = []
+        self.acquire()
+        slot = self.tier_state[tier].head
+        while slot != VC_NIL:
+            keys.append(self.slots[slot].key)
+            slot = self.slots[slot].next
+        self.release()
+        return keys
+
+    def keys(self):
+        """Every key: tier 0 first, each tier most recent first (a snapshot list)."""
+        cdef int tier
+        keys = []
+        for tier in range(self.n_tiers):
+            keys.extend(self.tier_keys(tier))
+        return keys
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def event_log(self):
+        """The events of the last mutating call, as a numpy array of EVENT_DTYPE."""
+        self.acquire()
+        out = np.empty(self.n_events, dtype=EVENT_DTYPE)
+        if self.n_events:
+            memcpy(<char*><Py_ssize_t>out.ctypes.data, self.events, self.n_events * sizeof(Event))
+        self.release()
+        return out
+
+    def counters(self):
+        """One dict per tier (index = tier) of {counter name: value}, names as in COUNTER_NAMES.
+
+        hits/misses: access() results (a miss counts in the tier the entry landed in);
+        inserts: entries inserted into the tier; evictions: entries that left the cache from it;
+        promotions/demotions/spills: entries that arrived by that move; bytes_in/bytes_out: real
+        sizes that arrived in / left the tier for any reason.
+        """
+        cdef int tier, index
+        report = []
+        self.acquire()
+        for tier in range(self.n_tiers):
+            report.append({COUNTER_NAMES[index]: self.tier_state[tier].counters[index]
+                           for index in range(VC_N_COUNTERS)})
+        self.release()
+        return report
+
+    def reset_counters(self):
+        """Set every counter of every tier to 0."""
+        cdef int tier
+        self.acquire()
+        for tier in range(self.n_tiers):
+            memset(self.tier_state[tier].counters, 0, sizeof(self.tier_state[tier].counters))
+        self.release()
+
+    def check(self):
+        """Walk every structure and raise CacheError naming the first broken invariant."""
+        self.acquire()
+        try:
+            _verify(self)
+        finally:
+            self.release()
+
+    def sizeof(self):
+        """Bytes of C memory the engine holds (slots, map, tiers, event log)."""
+        return (self.slot_capacity * sizeof(Slot) + (self.bucket_mask + 1) * sizeof(uint32_t)
+                + self.n_tiers * sizeof(TierState) + self.events_capacity * sizeof(Event))
+
+    # ---- batch calls ----
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def access_many(self, keys, sizes):
+        """access() for each key in order; int8 array of tiers (-1 for misses).  `sizes` is an
+        array or one int for all.  Stops at the first error and raises it (earlier keys done)."""
+        key_array = _as_u64_array(keys, "keys")
+        cdef Py_ssize_t n = key_array.shape[0]
+        size_array = _as_u64_array(sizes, "sizes", n)
+        cdef const uint64_t[:] kv = key_array
+        cdef const uint64_t[:] sv = size_array
+        out = np.empty(n, dtype=np.int8)
+        cdef int8_t[::1] result = out
+        cdef Py_ssize_t i, failed = -1
+        cdef int status = 0
+        _enter(self)
+        if self.native_policy:
+            with nogil:
+                for i in range(n):
+                    status = _access(self, kv[i], sv[i])
+                    if status < ST_MISS:
+                        failed = i
+                        break
+                    result[i] = <int8_t>status
+        else:
+            for i in range(n):
+                status = _access(self, kv[i], sv[i])
+                if status < ST_MISS:
+                    failed = i
+                    break
+                result[i] = <int8_t>status
+        if failed >= 0:
+            _leave(self, status, kv[failed], sv[failed], failed)
+        _leave(self, 0, 0, 0, -1)
+        return out
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def insert_many(self, keys, sizes):
+        """insert() for each key in order; int8 array of the tiers they landed in.  Stops at the
+        first error and raises it (earlier keys done)."""
+        key_array = _as_u64_array(keys, "keys")
+        cdef Py_ssize_t n = key_array.shape[0]
+        size_array = _as_u64_array(sizes, "sizes", n)
+        cdef const uint64_t[:] kv = key_array
+        cdef const uint64_t[:] sv = size_array
+        out = np.empty(n, dtype=np.int8)
+        cdef int8_t[::1] result = out
+        cdef Py_ssize_t i, failed = -1
+        cdef int status = 0
+        _enter(self)
+        if self.native_policy:
+            with nogil:
+                for i in range(n):
+                    status = _insert(self, kv[i], sv[i], _find(self, kv[i]))
+                    if status < 0:
+                        failed = i
+                        break
+                    result[i] = <int8_t>status
+        else:
+            for i in range(n):
+                status = _insert(self, kv[i], sv[i], _find(self, kv[i]))
+                if status < 0:
+                    failed = i
+                    break
+                result[i] = <int8_t>status
+        if failed >= 0:
+            _leave(self, status, kv[failed], sv[failed], failed)
+        _leave(self, 0, 0, 0, -1)
+        return out
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def record_access_many(self, keys):
+        """record_access() for each key; the number of keys that were present."""
+        key_array = _as_u64_array(keys, "keys")
+        cdef const uint64_t[:] kv = key_array
+        cdef Py_ssize_t i, n = kv.shape[0], present = 0
+        cdef uint32_t slot
+        _enter(self)
+        with nogil:
+            for i in range(n):
+                slot = _find(self, kv[i])
+                if slot != VC_NIL:
+                    _touch(self, slot)
+                    present += 1
+        _leave(self, 0, 0, 0, -1)
+        return present
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def get_tiers(self, keys):
+        """int8 array of each key's tier, -1 when absent.  Not an access."""
+        key_array = _as_u64_array(keys, "keys")
+        cdef const uint64_t[:] kv = key_array
+        cdef Py_ssize_t i, n = kv.shape[0]
+        out = np.empty(n, dtype=np.int8)
+        cdef int8_t[::1] result = out
+        cdef uint32_t slot
+        self.acquire()
+        with nogil:
+            for i in range(n):
+                slot = _find(self, kv[i])
+                result[i] = -1 if slot == VC_NIL else self.slots[slot].tier
+        self.release()
+        return out
+
+    def promote_many(self, keys):
+        """promote() for each key in order; int8 array of each key's tier afterwards (-1 when
+        absent).  A promotion blocked by pins is skipped instead of raising."""
+        return self._move_many(keys, True)
+
+    def demote_many(self, keys):
+        """demote() for each key in order; int8 array of each key's tier afterwards (-1 when
+        absent).  A demotion blocked by pins is skipped instead of raising."""
+        return self._move_many(keys, False)
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef object _move_many(self, keys, bint up):
+        key_array = _as_u64_array(keys, "keys")
+        cdef const uint64_t[:] kv = key_array
+        cdef Py_ssize_t i, n = kv.shape[0]
+        out = np.empty(n, dtype=np.int8)
+        cdef int8_t[::1] result = out
+        cdef uint32_t slot
+        _enter(self)
+        if self.native_policy:
+            with nogil:
+                for i in range(n):
+                    slot = _find(self, kv[i])
+                    if slot == VC_NIL:
+                        result[i] = -1
+                        continue
+                    if up:
+                        _promote(self, slot, False)
+                    else:
+                        _demote(self, slot)
+                    result[i] = self.slots[slot].tier
+        else:
+            for i in range(n):
+                slot = _find(self, kv[i])
+                if slot == VC_NIL:
+                    result[i] = -1
+                    continue
+                if up:
+                    _promote(self, slot, False)
+                else:
+                    _demote(self, slot)
+                result[i] = self.slots[slot].tier
+        _leave(self, 0, 0, 0, -1)
+        return out

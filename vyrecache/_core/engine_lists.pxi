@@ -1,0 +1,152 @@
+# The per-tier LRU lists and the byte accounting that moves with them.
+#
+#   tier_state[t].head                                        tier_state[t].tail
+#        |                                                            |
+#        v                                                            v
+#     [slot 9] <--prev-- next--> [slot 2] <--> [slot 14] <--> ... [slot 5]
+#     most recent                                                  coldest
+#
+# Invariant: "head is the most recently used, tail the coldest"; every entry of tier t is on
+# list t exactly once, except while it is lifted (between EV_LIFT and EV_PLACE of one operation);
+# used == sum of charged sizes on the list, pinned == the same sum over entries with pins > 0,
+# count == the list length, used <= capacity between operations.
+#
+# Slots live in one array grown by doubling; free slots chain through `next`.  While the event log
+# is on, freed slots wait in a "limbo" list until the next operation starts, so the slot index an
+# EV_REMOVE/EV_EVICT event names still holds that entry's key, size, block and offset.
+
+cdef enum:
+    FLAG_LIFTED = 1
+    MIN_SLOTS = 16
+
+
+cdef inline uint64_t _charge(Engine e, uint64_t size) noexcept nogil:
+    cdef uint64_t rounded
+    if e.granularity == 1:
+        return size
+    rounded = size + (e.granularity - 1)
+    if rounded < size:                  # overflow: larger than any tier can hold
+        return UINT64_MAX
+    return rounded - rounded % e.granularity
+
+
+cdef inline void _unlink(Engine e, uint32_t slot) noexcept nogil:
+    cdef Slot* s = &e.slots[slot]
+    cdef TierState* t = &e.tier_state[s.tier]
+    if s.prev != VC_NIL:
+        e.slots[s.prev].next = s.next
+    else:
+        t.head = s.next
+    if s.next != VC_NIL:
+        e.slots[s.next].prev = s.prev
+    else:
+        t.tail = s.prev
+    t.count -= 1
+    t.used -= _charge(e, s.size)
+
+
+cdef inline void _link_head(Engine e, uint32_t slot, int tier) noexcept nogil:
+    cdef Slot* s = &e.slots[slot]
+    cdef TierState* t = &e.tier_state[tier]
+    s.tier = <int8_t>tier
+    s.prev = VC_NIL
+    s.next = t.head
+    if t.head != VC_NIL:
+        e.slots[t.head].prev = slot
+    else:
+        t.tail = slot
+    t.head = slot
+    t.count += 1
+    t.used += _charge(e, s.size)
+
+
+cdef inline void _touch(Engine e, uint32_t slot) noexcept nogil:
+    """Record an access: tick, frequency, last_access, and move to the most-recent end."""
+    cdef Slot* s = &e.slots[slot]
+    cdef TierState* t = &e.tier_state[s.tier]
+    e.tick += 1
+    s.last_access = e.tick
+    if s.frequency != UINT32_MAX:
+        s.frequency += 1
+    if t.head == slot:
+        return
+    # Not the head, so prev is a slot.
+    e.slots[s.prev].next = s.next
+    if s.next != VC_NIL:
+        e.slots[s.next].prev = s.prev
+    else:
+        t.tail = s.prev
+    s.prev = VC_NIL
+    s.next = t.head
+    e.slots[t.head].prev = slot
+    t.head = slot
+
+
+cdef int _grow_slots(Engine e) noexcept nogil:
+    cdef uint64_t wanted = <uint64_t>e.slot_capacity * 2 if e.slot_capacity else MIN_SLOTS
+    cdef Slot* fresh
+    if wanted > VC_NIL:
+        wanted = VC_NIL                 # VC_NIL itself is never a slot index
+        if wanted <= e.slot_capacity:
+            return -1
+    fresh = <Slot*>PyMem_RawRealloc(e.slots, wanted * sizeof(Slot))
+    if fresh == NULL:
+        return -1
+    e.slots = fresh
+    e.slot_capacity = <uint32_t>wanted
+    return 0
+
+
+cdef inline int _reserve_one(Engine e) noexcept nogil:
+    """Make sure one more entry fits in the slot array and the map; -1 when out of memory."""
+    cdef int bits
+    if e.free_head == VC_NIL and e.slot_high_water == e.slot_capacity:
+        if _grow_slots(e) != 0:
+            return -1
+    if <uint64_t>(e.n_live + 1) * 2 > e.bucket_mask + 1:
+        bits = 64 - e.bucket_shift + 1
+        if _resize_buckets(e, bits) != 0:
+            return -1
+    return 0
+
+
+cdef inline uint32_t _take_slot(Engine e) noexcept nogil:
+    cdef uint32_t slot
+    if e.free_head != VC_NIL:
+        slot = e.free_head
+        e.free_head = e.slots[slot].next
+    else:
+        slot = e.slot_high_water
+        e.slot_high_water += 1
+    return slot
+
+
+cdef inline void _free_slot(Engine e, uint32_t slot) noexcept nogil:
+    """Forget an entry that is already off its list."""
+    _map_erase(e, slot)
+    e.slots[slot].tier = -1
+    e.slots[slot].next = VC_NIL
+    e.n_live -= 1
+    if e.logging:
+        if e.limbo_head == VC_NIL:
+            e.limbo_head = slot
+        else:
+            e.slots[e.limbo_tail].next = slot
+        e.limbo_tail = slot
+    else:
+        e.slots[slot].next = e.free_head
+        e.free_head = slot
+
+
+cdef inline uint32_t _coldest_unpinned(Engine e, int tier) noexcept nogil:
+    # Pinned entries stay on the list; the walk skips them from the cold end.
+    cdef uint32_t slot = e.tier_state[tier].tail
+    while slot != VC_NIL and e.slots[slot].pins:
+        slot = e.slots[slot].prev
+    return slot
+
+
+cdef inline bint _can_host(Engine e, int tier, uint64_t charge) noexcept nogil:
+    """Whether room for `charge` can be made in `tier` by evicting its unpinned entries."""
+    cdef TierState* t = &e.tier_state[tier]
+    return charge <= t.capacity and charge <= t.capacity - t.pinned

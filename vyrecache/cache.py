@@ -1,0 +1,186 @@
+"""The public tiered cache (metadata only): TieredCache and its policies and value types.
+
+``TieredCache`` is a Python subclass of the compiled ``Engine``: ``access``, ``insert``,
+``record_access`` and the other hot calls are the engine's own C methods, so each costs one
+vectorcall.  This module adds what is comfortable rather than fast: tier views, the policy
+classes, the printable report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from ._core.engine import COUNTER_NAMES, EVENT_DTYPE, AccessStats, CacheEntry, Engine
+
+__all__ = ["TieredCache", "CacheTier", "TierPolicy", "LruPolicy", "CacheEntry", "AccessStats",
+           "TierView", "COUNTER_NAMES", "EVENT_DTYPE"]
+
+
+@dataclass(frozen=True)
+class CacheTier:
+    """One tier: a unique name and a capacity in bytes.  Tier 0 is the slowest.
+
+    ``memory`` ("auto", "host" or "device") is where a BufferCache keeps the bytes;
+    TieredCache ignores it.
+    """
+
+    name: str
+    capacity: int
+    memory: str = "auto"
+
+
+class TierPolicy:
+    """Base class of custom policies, written in Python.
+
+    ``should_promote(key, stats)`` says whether an entry with these AccessStats moves up a tier;
+    ``eviction_candidate(tier, cache)`` names the key to displace from ``tier`` when room is
+    needed.  Returning None, or a key that is absent, pinned or in another tier, leaves the
+    choice to the built-in rule (the tier's coldest unpinned entry), so a policy can never make
+    the cache stall.  A policy may read the cache (get, stats, tiers, coldest_key, iteration) but
+    not modify it: a mutating call from inside raises CacheError.  An exception raised by a policy
+    method is re-raised once the operation has completed with the built-in choice.
+
+    With a custom policy the batch calls keep the GIL, since they call into Python.
+    """
+
+    #: True when the engine may run this policy in C (LruPolicy, not overridden).
+    _native = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        lru = globals().get("LruPolicy")
+        cls._native = (lru is not None and issubclass(cls, lru)
+                       and cls.should_promote is lru.should_promote
+                       and cls.eviction_candidate is lru.eviction_candidate)
+
+    def should_promote(self, key: int, stats: AccessStats) -> bool:
+        """Whether the entry ``key`` should move one tier up.  The base class never promotes."""
+        return False
+
+    def eviction_candidate(self, tier: int, cache: "TieredCache") -> int | None:
+        """The key to displace from ``tier``, or None for the built-in coldest-unpinned choice."""
+        return None
+
+
+class LruPolicy(TierPolicy):
+    """Least-recently-used eviction, promotion once an entry was accessed ``promote_threshold``
+    times.  The engine runs it in C; it never calls back into Python."""
+
+    DEFAULT_THRESHOLD = 3
+
+    def __init__(self, promote_threshold: int = DEFAULT_THRESHOLD) -> None:
+        if (isinstance(promote_threshold, bool) or not isinstance(promote_threshold, int)
+                or not 0 <= promote_threshold < 1 << 32):
+            raise ValueError(f"promote_threshold must be an int in [0, 2**32), got "
+                             f"{promote_threshold!r}. Fix: pass a small non-negative int, "
+                             f"e.g. LruPolicy.DEFAULT_THRESHOLD.")
+        self.promote_threshold = promote_threshold
+
+    def should_promote(self, key: int, stats: AccessStats) -> bool:
+        return stats.frequency >= self.promote_threshold
+
+    def eviction_candidate(self, tier: int, cache: "TieredCache") -> int | None:
+        return cache.coldest_key(tier)
+
+    def __repr__(self) -> str:
+        return f"LruPolicy(promote_threshold={self.promote_threshold})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.promote_threshold == self.promote_threshold
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.promote_threshold))
+
+
+LruPolicy._native = True
+
+
+class TierView:
+    """A live view of one tier: name, capacity, used (charged bytes), count, pinned."""
+
+    __slots__ = ("_cache", "_index")
+
+    def __init__(self, cache: Engine, index: int) -> None:
+        self._cache = cache
+        self._index = index
+
+    @property
+    def index(self) -> int:
+        return self._index
+
+    @property
+    def name(self) -> str:
+        return self._cache.tier_info(self._index)[0]
+
+    @property
+    def capacity(self) -> int:
+        return self._cache.tier_info(self._index)[1]
+
+    @property
+    def used(self) -> int:
+        return self._cache.tier_info(self._index)[2]
+
+    @property
+    def count(self) -> int:
+        return self._cache.tier_info(self._index)[3]
+
+    @property
+    def pinned(self) -> int:
+        return self._cache.tier_info(self._index)[4]
+
+    def keys(self) -> list[int]:
+        """This tier's keys, most recent first."""
+        return self._cache.tier_keys(self._index)
+
+    def __repr__(self) -> str:
+        name, capacity, used, count, pinned = self._cache.tier_info(self._index)
+        return (f"TierView({name!r}, capacity={capacity}, used={used}, count={count}, "
+                f"pinned={pinned})")
+
+
+class TieredCache(Engine):
+    """A tiered cache of entry metadata: which key lives in which tier.
+
+    ``TieredCache(tiers, policy=LruPolicy(), spill=True, on_evict=None)``; ``tiers`` go from
+    slowest (index 0) to fastest.  ``insert`` places an entry in the lowest tier that can hold
+    it, evicting that tier's least-recently-used entries; ``access`` is the per-use call.  With
+    ``spill`` a victim of tier k > 0 moves down to tier k - 1 instead of leaving.  ``on_evict``
+    gets a CacheEntry for every entry that leaves the cache as a victim, after the operation.
+    ``granularity`` (default 1, exact) charges each entry round_up(size, granularity) bytes.
+
+    Every method is safe to call from several threads.
+    """
+
+    __slots__ = ("_views",)
+
+    def __init__(self, tiers: Iterable[CacheTier | tuple[str, int]], policy: TierPolicy | None = None,
+                 spill: bool = True, on_evict: Callable[[CacheEntry], Any] | None = None,
+                 granularity: int = 1) -> None:
+        if policy is None:
+            policy = LruPolicy()
+        elif not isinstance(policy, TierPolicy):
+            raise TypeError(f"policy must be a TierPolicy, got {policy!r}. Fix: pass "
+                            f"LruPolicy(...) or an instance of a TierPolicy subclass.")
+        super().__init__(tiers, policy=policy, spill=spill, on_evict=on_evict,
+                         granularity=granularity)
+        self._views = tuple(TierView(self, index) for index in range(self.n_tiers))
+
+    @property
+    def tiers(self) -> tuple[TierView, ...]:
+        """Per-tier live views (name, capacity, used, count, pinned), slowest first."""
+        return self._views
+
+    def events(self) -> Any:
+        """The last mutating call's events as a numpy array of EVENT_DTYPE (see record_events)."""
+        return self.event_log()
+
+    def report(self) -> str:
+        """The per-tier counters as a table a person can read."""
+        from .report import format_report
+        return format_report(self.counters(), list(self.tier_names))
+
+    def __repr__(self) -> str:
+        tiers = ", ".join(f"{view.name}: {view.count} entries, {view.used}/{view.capacity} B"
+                          for view in self._views)
+        return f"<TieredCache {len(self)} entries [{tiers}]>"
