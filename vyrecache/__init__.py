@@ -1,6 +1,9 @@
 """vyrecache: a tiered cache for GPU buffers."""
 
 from ._version import __version__
+from .backend import BufferLocation
+from .buffer_cache import BufferCache
+from .compactor import CompactionReport
 from .cache import (AccessStats, CacheEntry, CacheTier, LruPolicy, TieredCache, TierPolicy,
                     TierView)
 from .errors import (AllPinnedError, CacheClosedError, CacheError, CapacityAccountingError,
@@ -13,4 +16,14 @@ __all__ = [
     "AllPinnedError", "CacheClosedError", "DeviceError", "DeviceOutOfMemoryError",
     "DeviceLostError", "VulkanUnavailableError",
     "TieredCache", "CacheTier", "LruPolicy", "TierPolicy", "CacheEntry", "AccessStats", "TierView",
+    "BufferCache", "BufferLocation", "CompactionReport", "devices",
 ]
+
+
+def devices():
+    """Every Vulkan physical device with its memory heaps, types and limits (see ``vyrecache.vulkan.devices``).
+
+    Raises VulkanUnavailableError, saying what to install, when there is no loader or driver.
+    """
+    from .vulkan import devices as list_devices
+    return list_devices()

@@ -164,7 +164,8 @@ class BufferCache:
             self._backend.prepare_write(flat.nbytes)
             self._engine.insert(key, flat.nbytes)
             evicted = self._storage.replay()
-            self._storage.write_new(self._storage.slot_of(key), flat)
+            if key in self._engine:   # gone only if room had to be made by evicting it again
+                self._storage.write_new(self._storage.slot_of(key), flat)
         self._report(evicted)
 
     def read(self, key: int) -> np.ndarray:
@@ -238,7 +239,15 @@ class BufferCache:
         Returns the tier the entry was found in, or -1 when it is absent (nothing
         is inserted: a buffer cache needs the bytes, use ``put``).
         """
-        return self._mutate(self._engine.touch, key)
+        return self._mutate(self._touch, key)
+
+    def _touch(self, key: int) -> int:
+        entry = self._engine.get(key)
+        if entry is None:
+            return -1
+        self._engine.record_access(key)
+        self._engine.promote(key)
+        return entry.tier
 
     def promote(self, key: int) -> None:
         """Move the entry one tier up when the policy allows it (its bytes move too)."""

@@ -103,6 +103,7 @@ cdef class Storage:
     cdef public bint report_evictions
     cdef uint64_t* counters          # SC_N per tier
     cdef object compaction_hook      # callable(storage, tier) used for automatic compaction
+    cdef bint device_copies          # move through copy tables even between mapped blocks
 
     def __cinit__(self):
         self.n_blocks = 0
@@ -130,6 +131,9 @@ cdef class Storage:
         self.evicted = []
         self.report_evictions = False
         self.compaction_hook = None
+        # A backend may ask to treat every block as unmapped: copies through copy tables and
+        # reads/writes through the backend, the discrete-GPU paths, testable on a UMA device.
+        self.device_copies = bool(getattr(backend, "device_copies", False))
         max_block = backend.max_block_size // self.alignment * self.alignment
         self.tier_first = <int32_t*>realloc(NULL, max(self.n_tiers, 1) * sizeof(int32_t))
         self.tier_count = <int32_t*>realloc(NULL, max(self.n_tiers, 1) * sizeof(int32_t))
@@ -158,7 +162,10 @@ cdef class Storage:
             self.release_blocks()
             raise MemoryError()
         for index, block in enumerate(self.blocks):
-            self.b_addr[index] = <char*><size_t>block.address if block.host_visible else NULL
+            if block.host_visible and not self.device_copies:
+                self.b_addr[index] = <char*><size_t>block.address
+            else:
+                self.b_addr[index] = NULL
             self.b_id[index] = block.id
 
     def __dealloc__(self):
@@ -331,7 +338,7 @@ cdef class Storage:
 
     cdef int drop(self, Py_ssize_t slot) except -1:
         cdef uint8_t state = self.s_state[slot]
-        if state == S_PLACED or state == S_LIFTED:
+        if state == S_PLACED or state == S_LIFTED or state == S_NEW:
             self.free_range(self.s_block[slot], self.s_offset[slot],
                             self.engine.slots[slot].size)
         elif state == S_EVACUATED:
@@ -466,6 +473,8 @@ cdef class Storage:
                                  % (tier, self.engine.slots[self.unplaced[0]].size))
             self.counters[tier * SC_N + SC_FRAGMENTATION_EVICTIONS] += 1
         self.flush()
+        # Consumed: a call that changes nothing (and so leaves the log alone) must not replay it.
+        self.engine.n_events = 0
         return 0
 
     # -- public operations (called by BufferCache) ---------------------------------------------
@@ -540,7 +549,9 @@ cdef class Storage:
         """The entries whose bytes are in block ``gb``: arrays (slots, offsets, sizes, pinned), by offset."""
         slots = []
         for slot in range(self.cap_slots):
-            if self.s_block[slot] == gb and (self.s_state[slot] == S_PLACED or self.s_state[slot] == S_LIFTED):
+            # A new entry's range counts as live too: its bytes are written once the batch is done.
+            if self.s_block[slot] == gb and (self.s_state[slot] == S_PLACED or self.s_state[slot] == S_LIFTED
+                                             or self.s_state[slot] == S_NEW):
                 slots.append(slot)
         slots_arr = np.array(slots, dtype=np.int64)
         offsets = np.array([self.s_offset[s] for s in slots], dtype=np.uint64)

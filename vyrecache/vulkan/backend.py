@@ -34,7 +34,10 @@ class VulkanBackend(StorageBackend):
     name = "vulkan"
 
     def __init__(self, device_index: int | None = None, device: Device | None = None,
-                 validation: bool | None = None) -> None:
+                 validation: bool | None = None, device_copies: bool = False) -> None:
+        #: Move entries between tiers with vkCmdCopyBuffer even when both blocks are mapped
+        #: (memcpy is faster on a UMA device; this exercises the device path there).
+        self.device_copies = device_copies
         self._owns_device = device is None
         self._device = Device(device_index, validation) if device is None else device
         info = self._device.info
@@ -58,7 +61,7 @@ class VulkanBackend(StorageBackend):
     def resolve_memory(self, kind: str, capacity: int) -> TierMemory:
         # A tier is made of blocks; the heap must hold the whole tier.
         index = self._device.memory_type_for(kind, max(capacity, 1))
-        flags = self._device.info.memory_types[index].flags
+        flags = self._device.info.memory_types[index].property_flags
         return TierMemory(kind=kind, memory_type_index=index, host_visible=bool(flags & HOST_VISIBLE))
 
     def allocate_block(self, memory: TierMemory, size: int) -> StorageBlock:
@@ -96,7 +99,7 @@ class VulkanBackend(StorageBackend):
 
     def compact(self, blocks: list[StorageBlock], plan: Any) -> None:
         if self._kernel is None:
-            from .compaction import CompactionKernel
+            from .compute import CompactionKernel
             self._kernel = CompactionKernel(self._device)
         self._kernel.run([block.native for block in blocks], plan)
 
@@ -105,6 +108,6 @@ class VulkanBackend(StorageBackend):
             self.free_block(block)
         kernel, self._kernel = self._kernel, None
         if kernel is not None:
-            kernel.close()
+            kernel.destroy()
         if self._owns_device:
             self._device.close()

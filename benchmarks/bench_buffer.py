@@ -1,0 +1,142 @@
+"""BufferCache byte movement, side by side with its floor in the same process.
+
+* put/read of 4 KiB, 64 KiB and 16 MiB entries into a host-visible tier
+  against ``np.copyto`` of the same bytes;
+* the per-call overhead of put + read of 64-byte entries;
+* promote_many bandwidth (1,000 x 64 KiB and 16,000 x 4 KiB) against one
+  ``vkCmdCopyBuffer`` of the same total bytes between the same memory types.
+
+Run: ``python benchmarks/bench_buffer.py [--backend auto|vulkan|host] [--json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+import vyrecache as vc
+
+
+def best_of(function, repeat=5):
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        function()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def bench_put_read(backend: str, entry_size: int, total_bytes: int) -> dict:
+    count = max(1, total_bytes // entry_size)
+    capacity = count * entry_size + (1 << 20)
+    tiers = [vc.CacheTier("host", capacity, memory="host")]
+    data = [np.random.default_rng(i).integers(0, 256, entry_size, dtype=np.uint8) for i in range(min(count, 64))]
+    sink = np.empty(entry_size, dtype=np.uint8)
+    with vc.BufferCache(tiers, backend=backend) as cache:
+        def put_all():
+            for key in range(count):
+                cache.put(key, data[key % len(data)])
+
+        def read_all():
+            for key in range(count):
+                cache.read_into(key, sink)
+
+        def copy_all():
+            for key in range(count):
+                np.copyto(sink, data[key % len(data)])
+
+        put_all()
+        t_put, t_read, t_copy = best_of(put_all), best_of(read_all), best_of(copy_all)
+    gib = count * entry_size / 2**30
+    return {"entry": entry_size, "count": count, "put_GiBps": gib / t_put, "read_GiBps": gib / t_read,
+            "copyto_GiBps": gib / t_copy, "put_ratio": t_copy / t_put, "read_ratio": t_copy / t_read}
+
+
+def bench_small_calls(backend: str, calls: int = 20000) -> dict:
+    tiers = [vc.CacheTier("host", 64 << 20, memory="host")]
+    data = np.arange(64, dtype=np.uint8)
+    with vc.BufferCache(tiers, backend=backend) as cache:
+        def puts():
+            for key in range(calls):
+                cache.put(key, data)
+
+        def reads():
+            for key in range(calls):
+                cache.read(key)
+
+        puts()
+        t_put, t_read = best_of(puts, 3), best_of(reads, 3)
+    return {"put_us": t_put / calls * 1e6, "read_us": t_read / calls * 1e6}
+
+
+def bench_promote_many(backend: str, entry_size: int, count: int) -> dict:
+    total = entry_size * count
+    tiers = [vc.CacheTier("host", total + (1 << 20), memory="host"),
+             vc.CacheTier("vram", total + (1 << 20), memory="device")]
+    payload = np.random.default_rng(1).integers(0, 256, entry_size, dtype=np.uint8)
+    keys = np.arange(count, dtype=np.uint64)
+    with vc.BufferCache(tiers, backend=backend, policy=vc.LruPolicy(promote_threshold=0)) as cache:
+        for key in range(count):
+            cache.put(key, payload)
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            cache.promote_many(keys)
+            times.append(time.perf_counter() - started)
+            cache.demote_many(keys)
+        t_promote = min(times)
+        peer = None
+        if cache.backend_name == "vulkan":
+            device = cache._backend.vulkan_device
+            host_type = cache._memories[0].memory_type_index
+            device_type = cache._memories[1].memory_type_index
+            peer = total / device.copy_bandwidth(total, host_type, device_type, repeat=5)
+        else:
+            src = np.empty(total, dtype=np.uint8)
+            dst = np.empty(total, dtype=np.uint8)
+            peer = best_of(lambda: np.copyto(dst, src))
+        cache.check()
+    return {"entry": entry_size, "count": count, "promote_GiBps": total / t_promote / 2**30,
+            "single_copy_GiBps": total / peer / 2**30, "ratio": peer / t_promote}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", default="auto", choices=["auto", "vulkan", "host"])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    args = parser.parse_args(argv)
+    big = 16 << 20 if not args.quick else 1 << 20
+    results = {
+        "put_read": [bench_put_read(args.backend, size, total) for size, total in
+                     ((4096, 32 << 20), (65536, 64 << 20), (big, 4 * big))],
+        "small_calls": bench_small_calls(args.backend, 20000 if not args.quick else 2000),
+        "promote_many": [bench_promote_many(args.backend, 65536, 1000 if not args.quick else 100),
+                         bench_promote_many(args.backend, 4096, 16000 if not args.quick else 1600)],
+    }
+    with vc.BufferCache([vc.CacheTier("t", 1 << 20)], backend=args.backend) as probe:
+        results["device"] = str(getattr(probe.device, "name", probe.device))
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"device: {results['device']}")
+    print(f"{'put/read':<10}{'entry':>10}{'put GiB/s':>11}{'read GiB/s':>11}{'copyto GiB/s':>13}"
+          f"{'put/copyto':>11}{'read/copyto':>12}")
+    for row in results["put_read"]:
+        print(f"{'':<10}{row['entry']:>10}{row['put_GiBps']:>11.2f}{row['read_GiBps']:>11.2f}"
+              f"{row['copyto_GiBps']:>13.2f}{row['put_ratio']:>11.2f}{row['read_ratio']:>12.2f}")
+    small = results["small_calls"]
+    print(f"64-byte entries: put {small['put_us']:.2f} us/call, read {small['read_us']:.2f} us/call")
+    print(f"{'promote_many':<14}{'entry':>8}{'count':>8}{'GiB/s':>9}{'1 copy GiB/s':>14}{'ratio':>8}")
+    for row in results["promote_many"]:
+        print(f"{'':<14}{row['entry']:>8}{row['count']:>8}{row['promote_GiBps']:>9.2f}"
+              f"{row['single_copy_GiBps']:>14.2f}{row['ratio']:>8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,356 @@
+"""BufferCache on both backends: real bytes, the engine's rules, and atomic failures.
+
+The differential test drives three things with one random operation sequence:
+a BufferCache, a metadata-only TieredCache with the same charge granularity,
+and a dict of bytes.  Every key the cache holds must read back the bytes last
+put; every key that left without remove() must have been reported to
+on_evict; the metadata must equal the TieredCache's.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import vyrecache as vc
+from vyrecache.buffer_cache import open_backend
+
+
+def payload(key: int, size: int, version: int = 0) -> bytes:
+    rng = np.random.default_rng(key * 7919 + size * 31 + version)
+    return rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+
+
+@pytest.fixture(params=["host", "vulkan", "vulkan-device-copies"])
+def make_cache(request):
+    """Build BufferCaches on one backend; closes them and checks for validation messages.
+
+    "vulkan-device-copies" moves entries with vkCmdCopyBuffer and reads/writes
+    through the staging buffer even on a UMA device where memcpy would do, so
+    the discrete-GPU paths run on lavapipe too.
+    """
+    made = []
+    if request.param.startswith("vulkan"):
+        device = request.getfixturevalue("vulkan_device")
+        device.force_staging = request.param == "vulkan-device-copies"
+        from vyrecache.vulkan.backend import VulkanBackend
+
+        def backend():
+            return VulkanBackend(device=device, device_copies=request.param == "vulkan-device-copies")
+    else:
+        def backend():
+            return "host"
+
+    def build(tiers, **options):
+        cache = vc.BufferCache(tiers, backend=backend(), **options)
+        made.append(cache)
+        return cache
+
+    build.backend = request.param
+    yield build
+    for cache in made:
+        cache.close()
+
+
+def small_tiers(host=4096, device=1024):
+    return [vc.CacheTier("host", host, memory="host"), vc.CacheTier("vram", device, memory="device")]
+
+
+def test_put_then_read_returns_the_same_bytes(make_cache):
+    cache = make_cache(small_tiers())
+    data = payload(1, 100)
+    cache.put(1, data)
+    assert cache.read(1).tobytes() == data
+    assert cache.get(1) == vc.CacheEntry(1, 100, 0)
+    cache.check()
+
+
+def test_put_accepts_any_contiguous_buffer(make_cache):
+    cache = make_cache(small_tiers())
+    floats = np.arange(24, dtype=np.float32).reshape(4, 6)
+    cache.put(2, floats)
+    assert cache.read(2).view(np.float32).reshape(4, 6).tolist() == floats.tolist()
+    cache.put(3, bytearray(b"abc"))
+    cache.put(4, memoryview(b"xyz"))
+    out = bytearray(3)
+    cache.read_into(4, out)
+    assert bytes(out) == b"xyz"
+    cache.check()
+
+
+def test_replacement_reads_the_new_bytes(make_cache):
+    cache = make_cache(small_tiers())
+    cache.put(5, b"old" * 10)
+    cache.put(5, b"new!")
+    assert cache.read(5).tobytes() == b"new!"
+    assert len(cache) == 1
+    cache.check()
+
+
+def test_promotion_moves_the_bytes_to_the_device_tier(make_cache):
+    cache = make_cache(small_tiers())
+    data = payload(9, 300)
+    cache.put(9, data)
+    for _ in range(3):
+        cache.access(9)
+    assert cache.get(9).tier == 1
+    assert cache.location(9).tier == 1
+    assert cache.read(9).tobytes() == data
+    cache.demote(9)
+    assert cache.get(9).tier == 0 and cache.read(9).tobytes() == data
+    cache.check()
+
+
+def test_promote_into_a_full_tier_swaps_bytes_correctly(make_cache):
+    # The device tier holds exactly one entry: promoting B spills A into the
+    # host tier, which only has room once B has left it (a swap).
+    cache = make_cache(small_tiers(host=512, device=256))
+    a, b = payload(1, 256), payload(2, 256)
+    cache.put(1, a)
+    cache.put(2, b)
+    for _ in range(3):
+        cache.access(1)
+    assert cache.get(1).tier == 1
+    cache.put(3, payload(3, 256))
+    for _ in range(3):
+        cache.access(2)
+    assert cache.get(2).tier == 1
+    assert cache.get(1).tier == 0
+    assert cache.read(1).tobytes() == a and cache.read(2).tobytes() == b
+    cache.check()
+
+
+def test_evicted_entries_are_reported_after_their_bytes_are_gone(make_cache):
+    left = []
+    cache = make_cache(small_tiers(host=256, device=256), on_evict=left.append)
+    for key in range(4):
+        cache.put(key, payload(key, 128))
+    assert [entry.key for entry in left] == [0, 1]
+    assert 0 not in cache and cache.read(3).tobytes() == payload(3, 128)
+    cache.check()
+
+
+def test_bad_input_raises_and_changes_nothing(make_cache):
+    cache = make_cache(small_tiers())
+    cache.put(1, b"keep me")
+    before = (list(cache), cache.read(1).tobytes(), [t.used for t in cache.tiers])
+    with pytest.raises(TypeError, match="Fix:"):
+        cache.put(2, 12345)
+    with pytest.raises(ValueError, match="Fix:"):
+        cache.put(2, np.arange(10, dtype=np.uint8)[::2])
+    with pytest.raises(vc.EntryTooLargeError):
+        cache.put(1, bytes(5000))
+    with pytest.raises(ValueError, match="Fix:"):
+        cache.read_into(1, bytearray(3))
+    with pytest.raises(TypeError):
+        cache.put(True, b"x")
+    with pytest.raises(vc.KeyNotFoundError):
+        cache.read(99)
+    assert (list(cache), cache.read(1).tobytes(), [t.used for t in cache.tiers]) == before
+    cache.check()
+
+
+def test_compaction_makes_room_without_evicting(make_cache):
+    cache = make_cache(small_tiers(host=4096, device=16))
+    for key in range(16):
+        cache.put(key, payload(key, 256))
+    for key in range(0, 16, 2):
+        cache.remove(key)
+    evictions_before = cache.counters()[0]["evictions"]
+    cache.put(100, payload(100, 1024))
+    counters = cache.counters()[0]
+    assert counters["evictions"] == evictions_before
+    assert counters["compactions"] >= 1
+    for key in range(1, 16, 2):
+        assert cache.read(key).tobytes() == payload(key, 256)
+    assert cache.read(100).tobytes() == payload(100, 1024)
+    cache.check()
+
+
+def test_explicit_compaction_reports_one_free_range(make_cache):
+    cache = make_cache(small_tiers(host=8192, device=16))
+    for key in range(32):
+        cache.put(key, payload(key, 200))
+    for key in range(0, 32, 3):
+        cache.remove(key)
+    report = cache.compact(0)
+    assert report.moves > 0 and report.bytes_moved > 0
+    assert report.largest_free_after == report.free_bytes
+    assert cache.counters()[0]["fragmentation"] == 0.0
+    for key in range(32):
+        if key % 3:
+            assert cache.read(key).tobytes() == payload(key, 200)
+    cache.check()
+
+
+def test_pinned_entries_keep_their_location_through_compaction(make_cache):
+    cache = make_cache(small_tiers(host=8192, device=16))
+    for key in range(20):
+        cache.put(key, payload(key, 256))
+    cache.pin(11)
+    where = cache.location(11)
+    for key in range(0, 11):
+        cache.remove(key)
+    cache.compact(0)
+    assert cache.location(11) == where
+    for key in range(11, 20):
+        assert cache.read(key).tobytes() == payload(key, 256)
+    cache.check()
+
+
+def test_promote_many_moves_every_entry(make_cache):
+    cache = make_cache(small_tiers(host=64 * 1024, device=32 * 1024))
+    keys = np.arange(64, dtype=np.uint64)
+    for key in keys.tolist():
+        cache.put(key, payload(key, 512))
+    for _ in range(3):
+        for key in keys.tolist():
+            cache.record_access(key)
+    cache.promote_many(keys)
+    assert cache.counters()[1]["promotions"] == 64
+    for key in keys.tolist():
+        assert cache.get(key).tier == 1 and cache.read(key).tobytes() == payload(key, 512)
+    cache.demote_many(keys[:10])
+    for key in keys.tolist():
+        assert cache.read(key).tobytes() == payload(key, 512)
+    cache.check()
+
+
+def test_use_after_close_raises(make_cache):
+    cache = make_cache(small_tiers())
+    cache.put(1, b"x")
+    cache.close()
+    cache.close()
+    with pytest.raises(vc.CacheClosedError, match="Fix:"):
+        cache.read(1)
+
+
+def test_unclosed_cache_warns_and_frees():
+    cache = vc.BufferCache(small_tiers(), backend="host")
+    cache.put(1, b"x")
+    with pytest.warns(ResourceWarning):
+        del cache
+        gc.collect()
+
+
+OPS = st.one_of(
+    st.tuples(st.just("put"), st.integers(0, 15), st.sampled_from([0, 1, 15, 16, 17, 100, 250, 600, 1500])),
+    st.tuples(st.just("read"), st.integers(0, 15), st.just(0)),
+    st.tuples(st.just("access"), st.integers(0, 15), st.just(0)),
+    st.tuples(st.just("promote"), st.integers(0, 15), st.just(0)),
+    st.tuples(st.just("demote"), st.integers(0, 15), st.just(0)),
+    st.tuples(st.just("remove"), st.integers(0, 15), st.just(0)),
+    st.tuples(st.just("pin"), st.integers(0, 15), st.just(0)),
+    st.tuples(st.just("unpin"), st.integers(0, 15), st.just(0)),
+    st.tuples(st.just("evict"), st.just(0), st.just(0)),
+    st.tuples(st.just("compact"), st.integers(0, 1), st.just(0)),
+)
+
+
+@settings(max_examples=int(__import__("os").environ.get("VC_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operations=st.lists(OPS, max_size=60), spill=st.booleans())
+def test_differential_against_tiered_cache_and_a_dict(make_cache, operations, spill):
+    left = []
+    cache = make_cache(small_tiers(host=2048, device=1024), spill=spill, on_evict=left.append)
+    reference = vc.TieredCache(small_tiers(host=2048, device=1024), spill=spill,
+                               granularity=cache._backend.alignment)
+    model: dict[int, bytes] = {}
+    # Pinned entries can leave holes that compaction cannot close; then the cache
+    # evicts more than the metadata-only engine would (counted as
+    # fragmentation_evictions) and only the byte-level checks still apply.
+    diverged = False
+    for version, (op, key, size) in enumerate(operations):
+        if diverged and op in ("put", "access", "promote", "demote", "remove", "pin", "unpin", "evict"):
+            run_on_cache_only(cache, op, key, size, version, model)
+            check_bytes(cache, model, left)
+            continue
+        outcomes = []
+        for target in (cache, reference):
+            try:
+                if op == "put":
+                    if target is cache:
+                        target.put(key, payload(key, size, version))
+                    else:
+                        target.insert(key, size)
+                elif op == "read":
+                    if target is cache and key in model:
+                        assert cache.read(key).tobytes() == model[key]
+                elif op == "access":
+                    outcomes.append(target.access(key) if target is cache else reference_touch(reference, key))
+                elif op == "promote":
+                    target.promote(key)
+                elif op == "demote":
+                    target.demote(key)
+                elif op == "remove":
+                    target.remove(key)
+                elif op == "pin":
+                    target.pin(key)
+                elif op == "unpin":
+                    target.unpin(key)
+                elif op == "evict":
+                    outcomes.append(target.evict_coldest())
+                elif op == "compact" and target is cache:
+                    cache.compact(key)
+                outcomes.append("ok")
+            except vc.CacheError as error:
+                outcomes.append(type(error))
+        if op == "put" and outcomes[0] == "ok":
+            model[key] = payload(key, size, version)
+        if op == "remove" and outcomes[0] == "ok":
+            model.pop(key, None)
+        check_bytes(cache, model, left)
+        if sum(tier["fragmentation_evictions"] for tier in cache.counters()):
+            diverged = True
+            continue
+        assert outcomes[: len(outcomes) // 2] == outcomes[len(outcomes) // 2:], (op, key, outcomes)
+        assert sorted(cache) == sorted(reference) == sorted(model)
+        for present in model:
+            assert cache.get(present) == reference.get(present)
+        assert [(t.used, t.count) for t in cache.tiers] == [(t.used, t.count) for t in reference.tiers]
+        reference.check()
+
+
+def run_on_cache_only(cache, op, key, size, version, model):
+    try:
+        if op == "put":
+            cache.put(key, payload(key, size, version))
+            model[key] = payload(key, size, version)
+        elif op == "remove":
+            cache.remove(key)
+            model.pop(key, None)
+        elif op == "evict":
+            cache.evict_coldest()
+        else:
+            getattr(cache, op)(key)
+    except vc.CacheError:
+        pass
+
+
+def check_bytes(cache, model, left):
+    """Every entry that left was reported; every present entry reads back its bytes."""
+    for entry in left:
+        assert entry.key not in cache
+        model.pop(entry.key, None)
+    left.clear()
+    assert sorted(cache) == sorted(model)
+    for present, data in model.items():
+        assert cache.read(present).tobytes() == data
+    cache.check()
+
+
+def reference_touch(reference, key):
+    """What BufferCache.access does, on the metadata-only cache."""
+    entry = reference.get(key)
+    if entry is None:
+        return -1
+    reference.record_access(key)
+    reference.promote(key)
+    return entry.tier
+
+
+def test_open_backend_rejects_unknown_names():
+    with pytest.raises(ValueError, match="Fix:"):
+        open_backend("cuda")
