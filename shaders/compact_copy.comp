@@ -42,9 +42,13 @@ void main() {
     uint lane = gl_LocalInvocationID.x;
     uvec4 held[ELEMENTS_PER_INVOCATION];
 
+    // Uniform over the workgroup: short chunks skip the rounds they do not
+    // need (lavapipe runs every predicated access of a round lane by lane).
     // Element i * 256 + lane: neighbouring invocations touch neighbouring
     // elements, which is what GPUs coalesce.
+    uint rounds = (chunk.element_count + INVOCATIONS - 1u) / INVOCATIONS;
     [[unroll]] for (uint i = 0u; i < ELEMENTS_PER_INVOCATION; ++i) {
+        if (i >= rounds) break;
         uint element = i * INVOCATIONS + lane;
         if (element < chunk.element_count) {
             held[i] = source[chunk.source_element + element];
@@ -56,6 +60,7 @@ void main() {
     barrier();
 
     [[unroll]] for (uint i = 0u; i < ELEMENTS_PER_INVOCATION; ++i) {
+        if (i >= rounds) break;
         uint element = i * INVOCATIONS + lane;
         if (element < chunk.element_count) {
             destination[chunk.destination_element + element] = held[i];

@@ -18,9 +18,10 @@ ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
 
 
-@pytest.fixture
-def kernel(vulkan_device):
-    kernel = CompactionKernel(vulkan_device)
+@pytest.fixture(params=[False, True], ids=["shader", "shader+transfer"])
+def kernel(vulkan_device, request):
+    """Every chunk in the shader, or only the self-overlapping ones (the rest as buffer copies)."""
+    kernel = CompactionKernel(vulkan_device, transfer_disjoint=request.param)
     yield kernel
     kernel.destroy()
 
@@ -53,12 +54,13 @@ def gpu_matches_host(device, kernel, plan, arrays, kind="device"):
     blocks = [allocate_with(device, array, kind) for array in arrays]
     expected = [array.copy() for array in arrays]
     execute_on_host(plan, expected)
-    kernel.run(blocks, plan)
+    dispatches = kernel.run(blocks, plan)
     for block, want in zip(blocks, expected):
         got = device.download(block, 0, block.size)
         mismatches = np.flatnonzero(got != want)
         assert mismatches.size == 0, f"block {block.id}: first bad byte at {mismatches[:4]}"
         device.free_block(block)
+    return dispatches
 
 
 def entries_intact(plan, layout, before, after):
@@ -105,12 +107,15 @@ def test_many_waves_and_split_dispatches(vulkan_device):
     plan = plan_block(offsets, np.full(count, 81920, np.uint64), np.zeros(count, bool), 4 * MIB)
     assert plan.waves == 2 * count
     kernel = CompactionKernel(vulkan_device, max_groups_per_dispatch=3)
+    assert kernel.max_groups_per_dispatch == 3
     try:
         gpu_matches_host(vulkan_device, kernel, plan, [rng.integers(0, 256, 4 * MIB, dtype=np.uint8)])
         # Many independent chunks in one wave: dispatches of at most 3 workgroups.
         layout = random_layout(rng, 4 * MIB, 16, [20_000], evict=0.5)
         plan = plan_block(*layout, 4 * MIB)
-        gpu_matches_host(vulkan_device, kernel, plan, [rng.integers(0, 256, 4 * MIB, dtype=np.uint8)])
+        dispatches = gpu_matches_host(vulkan_device, kernel, plan,
+                                      [rng.integers(0, 256, 4 * MIB, dtype=np.uint8)])
+        assert dispatches >= len(plan.chunks) / 3
     finally:
         kernel.destroy()
 

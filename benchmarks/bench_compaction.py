@@ -1,0 +1,103 @@
+"""Compaction throughput against one vkCmdCopyBuffer of the same bytes, in the same run.
+
+For each case a 256 MiB device block is filled with entries, some are evicted at random, and the
+block is compacted by the compute kernel (record, one submit, wait: what a cache pays).  The
+baseline copies the same number of bytes with a single vkCmdCopyBuffer between two other device
+blocks, timed the same way.  Best of --repeat runs after a warm-up.
+
+    .venv/bin/python benchmarks/bench_compaction.py [--size-mib 256] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from vyrecache._core.compaction import plan_block
+from vyrecache.vulkan import Device
+from vyrecache.vulkan.compute import CompactionKernel
+
+MIB = 1 << 20
+
+
+def layout_half_evicted(block_size: int, entry_size: int, seed: int):
+    rng = np.random.default_rng(seed)
+    count = block_size // entry_size
+    keep = np.sort(rng.permutation(count)[:count // 2])
+    offsets = keep.astype(np.uint64) * entry_size
+    return offsets, np.full(len(keep), entry_size, np.uint64), np.zeros(len(keep), bool)
+
+
+def layout_sixteen_byte_slide(block_size: int, entry_size: int):
+    """Entries packed after a 16-byte hole: every entry slides by 16 bytes onto itself."""
+    count = (block_size - 16) // entry_size
+    offsets = 16 + np.arange(count, dtype=np.uint64) * entry_size
+    return offsets, np.full(count, entry_size, np.uint64), np.zeros(count, bool)
+
+
+def best_time(action, repeat: int) -> float:
+    action()  # warm-up: page faults, shader compilation, descriptor sets
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        action()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--overlap-mib", type=int, default=32,
+                        help="block size of the 16-byte-slide case (one chunk per wave)")
+    args = parser.parse_args()
+    block_size = args.size_mib * MIB
+
+    device = Device(validation=False)
+    memory_type = device.memory_type_for("device", block_size)
+    block = device.allocate_block(memory_type, block_size)
+    source = device.allocate_block(memory_type, block_size)
+    target = device.allocate_block(memory_type, block_size)
+    device.upload(block, 0, np.random.default_rng(0).integers(0, 256, block_size, dtype=np.uint8))
+    device.upload(source, 0, np.zeros(block_size, np.uint8))
+    kernels = {"shader": CompactionKernel(device),
+               "shader+transfer": CompactionKernel(device, transfer_disjoint=True)}
+
+    cases = [
+        (f"64 KiB entries, half evicted", layout_half_evicted(block_size, 64 << 10, 1), block_size),
+        (f"4 KiB entries, half evicted", layout_half_evicted(block_size, 4 << 10, 2), block_size),
+        (f"1 MiB entries, half evicted", layout_half_evicted(block_size, MIB, 3), block_size),
+        (f"1 MiB entries slid by 16 B ({args.overlap_mib} MiB)",
+         layout_sixteen_byte_slide(args.overlap_mib * MIB, MIB), args.overlap_mib * MIB),
+    ]
+    print(f"device: {device.info.name}; block {args.size_mib} MiB; best of {args.repeat}")
+    header = (f"{'case':<36} {'moved MiB':>9} {'chunks':>6} {'waves':>5} {'plan ms':>7} "
+              f"{'copy GB/s':>9} {'shader GB/s':>11} {'ratio':>5} {'shader+transfer GB/s':>20} {'ratio':>5}")
+    print(header)
+    print("-" * len(header))
+    for name, layout, size in cases:
+        start = time.perf_counter()
+        plan = plan_block(*layout, size)
+        plan_seconds = time.perf_counter() - start
+        moved = plan.chunk_bytes
+
+        def copy_once():
+            with device.record() as recorder:
+                recorder.copy_region(source, 0, target, 0, moved)
+
+        copy_rate = moved / best_time(copy_once, args.repeat)
+        rates = [moved / best_time(lambda: kernel.run(block, plan), args.repeat)
+                 for kernel in kernels.values()]
+        print(f"{name:<36} {moved / MIB:>9.1f} {len(plan.chunks):>6} {plan.waves:>5} "
+              f"{plan_seconds * 1e3:>7.1f} {copy_rate / 1e9:>9.2f} {rates[0] / 1e9:>11.2f} "
+              f"{rates[0] / copy_rate:>5.2f} {rates[1] / 1e9:>20.2f} {rates[1] / copy_rate:>5.2f}")
+    for kernel in kernels.values():
+        kernel.destroy()
+    device.close()
+
+
+if __name__ == "__main__":
+    main()
