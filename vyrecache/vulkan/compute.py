@@ -53,6 +53,24 @@ def load_compaction_spirv() -> bytes:
                           "Fix: reinstall vyrecache, or run `make shaders` in a source checkout.") from None
 
 
+def _merge_contiguous(rows: np.ndarray) -> np.ndarray:
+    """Join copy rows that continue each other in both source and destination (one wave's rows).
+
+    The chunks of one long entry, or of neighbouring entries that slide by the same distance,
+    become one region: a memcpy-backed copy then runs at contiguous speed.
+    """
+    rows = rows[np.lexsort((rows["src_offset"], rows["dst_block"], rows["src_block"]))]
+    ends_src = rows["src_offset"][:-1] + rows["size"][:-1]
+    ends_dst = rows["dst_offset"][:-1] + rows["size"][:-1]
+    continues = ((rows["src_block"][1:] == rows["src_block"][:-1])
+                 & (rows["dst_block"][1:] == rows["dst_block"][:-1])
+                 & (rows["src_offset"][1:] == ends_src) & (rows["dst_offset"][1:] == ends_dst))
+    heads = np.flatnonzero(np.concatenate(([True], ~continues)))
+    merged = rows[heads].copy()
+    merged["size"] = np.add.reduceat(rows["size"], heads)
+    return merged
+
+
 class CompactionKernel:
     """Records compaction plans into a device's command buffer.
 
@@ -258,7 +276,7 @@ class CompactionKernel:
                 had_copies = copy_bounds[wave] > copy_bounds[wave - 1]
                 recorder.barrier() if had_copies else recorder.compute_barrier()
             if copy_bounds[wave + 1] > copy_bounds[wave]:
-                recorder.copy(copy_table[copy_bounds[wave]:copy_bounds[wave + 1]])
+                recorder.copy(_merge_contiguous(copy_table[copy_bounds[wave]:copy_bounds[wave + 1]]))
             while group < len(starts) and waves[group] == wave:
                 source, s_window, destination, d_window = group_keys[group]
                 source_block, destination_block = blocks[source], blocks[destination]
