@@ -66,6 +66,8 @@ cdef object _event_dtype():
 
 
 EVENT_DTYPE = _event_dtype()
+# The event kinds as plain module constants too (EventKind.EV_INSERT == EV_INSERT).
+globals().update({kind.name: kind for kind in EventKind})
 SLOT_BYTES = sizeof(Slot)
 EVENT_BYTES = sizeof(Event)
 
