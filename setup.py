@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 MIN_CYTHON = (3, 0, 8)
 HERE = Path(__file__).resolve().parent
@@ -70,9 +71,23 @@ def extensions():
     return modules
 
 
+class ParallelBuildExt(build_ext):
+    """build_ext that compiles the extensions on every core unless told otherwise (-j N).
+
+    pip cannot pass -j, and compiling the core modules one after another is most
+    of the time an install from the sdist takes.
+    """
+
+    def finalize_options(self):
+        super().finalize_options()
+        if self.parallel is None:
+            self.parallel = os.cpu_count() or 1
+
+
 cythonize = require_cython()
 compile_shaders()
 setup(
+    cmdclass={"build_ext": ParallelBuildExt},
     ext_modules=cythonize(
         extensions(),
         language_level=3,

@@ -28,12 +28,21 @@ def register(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
+def _budgets_left(device: Any) -> list[int | None] | None:
+    """Per heap, the bytes this process may still allocate (budget - usage), where known."""
+    budgets = getattr(device, "heap_budgets", None)
+    if budgets is None:
+        return None
+    usage = getattr(device, "heap_usage", None) or [0] * len(budgets)
+    return [max(0, budget - used) for budget, used in zip(budgets, usage)]
+
+
 def _tier_types(device: Any) -> dict[str, int | str]:
     """The memory type index each tier kind resolves to, or the reason it cannot."""
     from ..vulkan.memory import choose_memory_type
 
-    budgets = getattr(device, "budgets", None)
     chosen: dict[str, int | str] = {}
+    budgets = _budgets_left(device)
     for kind in _KINDS:
         try:
             chosen[kind] = choose_memory_type(device.memory_types, device.memory_heaps, kind, 0, budgets)
@@ -44,17 +53,20 @@ def _tier_types(device: Any) -> dict[str, int | str]:
 
 def describe_device(device: Any, index: int) -> dict[str, Any]:
     """Return a JSON-ready description of one entry of ``vc.devices()``."""
-    budgets = getattr(device, "budgets", None)
+    budgets = getattr(device, "heap_budgets", None)
+    usage = getattr(device, "heap_usage", None)
+    version = getattr(device, "api_version", "")
     return {
         "index": index,
         "name": device.name,
         "type": str(getattr(device, "device_type", "")),
-        "api_version": str(getattr(device, "api_version", "")),
+        "api_version": ".".join(map(str, version)) if isinstance(version, tuple) else str(version),
         "max_memory_allocation_size": getattr(device, "max_memory_allocation_size", None),
         "max_storage_buffer_range": getattr(device, "max_storage_buffer_range", None),
         "min_storage_buffer_offset_alignment": getattr(device, "min_storage_buffer_offset_alignment", None),
         "memory_heaps": [dict(heap.to_dict(), index=i,
-                              budget=budgets[i] if budgets is not None and i < len(budgets) else None)
+                              budget=budgets[i] if budgets is not None and i < len(budgets) else None,
+                              usage=usage[i] if usage is not None and i < len(usage) else None)
                          for i, heap in enumerate(device.memory_heaps)],
         "memory_types": [dict(memory_type.to_dict(), index=i) for i, memory_type in enumerate(device.memory_types)],
         "tier_memory_types": _tier_types(device),
@@ -83,8 +95,9 @@ def format_device(info: dict[str, Any]) -> str:
              f"min storage buffer offset alignment {info['min_storage_buffer_offset_alignment']}",
              "  memory heaps:"]
     lines += ["  " + line for line in _table(
-        ["heap", "size", "budget", "flags"],
-        [[str(heap["index"]), format_bytes(heap["size"]), _size(heap["budget"]), heap["flag_names"]]
+        ["heap", "size", "budget", "used", "flags"],
+        [[str(heap["index"]), format_bytes(heap["size"]), _size(heap["budget"]), _size(heap["usage"]),
+          heap["flag_names"]]
          for heap in info["memory_heaps"]])]
     lines.append("  memory types:")
     lines += ["  " + line for line in _table(
