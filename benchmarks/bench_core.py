@@ -1,0 +1,224 @@
+"""Side-by-side benchmark of the core engine against Python's usual caches, in one process.
+
+Workload: Zipf(0.99) over 100,000 random 63-bit keys, 1,000,000 accesses, entries of equal size;
+vyrecache has tier 0 = 10,000 entries and tier 1 = 2,000, the peers one LRU of 12,000.  Each
+vyrecache access is ``access(key, size)``; each peer access is a get, plus a set on a miss.
+
+Prints ns/op (best of --repeat runs), hit ratio and every peer's time relative to vyrecache's
+per-call ``access``; then an evicting insert, the cost at 10,000 vs 1,000,000 live entries, and
+the engine's memory per entry.  Run: ``python benchmarks/bench_core.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import platform
+import subprocess
+import time
+import tracemalloc
+
+import numpy as np
+
+import vyrecache as vc
+
+TIER0, TIER1 = 10_000, 2_000
+CAPACITY = TIER0 + TIER1
+
+
+def zipf_trace(universe: int, accesses: int, skew: float, seed: int) -> np.ndarray:
+    """`accesses` keys drawn with P(rank r) ~ 1/r**skew from `universe` random 63-bit keys."""
+    rng = np.random.default_rng(seed)
+    keys = rng.integers(0, 2**63, universe, dtype=np.uint64)
+    weights = np.cumsum(1.0 / np.arange(1, universe + 1) ** skew)
+    ranks = np.searchsorted(weights, rng.random(accesses) * weights[-1])
+    return keys[np.minimum(ranks, universe - 1)]
+
+
+def best(run, repeat: int) -> tuple[float, object]:
+    timings, result = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = run()
+        timings.append(time.perf_counter() - start)
+    return min(timings), result
+
+
+# ---- one function per contestant: returns the number of hits ----
+
+def run_dict(keys: list) -> int:
+    table, hits = {}, 0
+    get = table.get
+    for key in keys:
+        if get(key) is None:
+            table[key] = 1
+        else:
+            hits += 1
+    return hits
+
+
+def run_lru_cache(keys: list) -> int:
+    @functools.lru_cache(maxsize=CAPACITY)
+    def load(key):
+        return 1
+    for key in keys:
+        load(key)
+    return load.cache_info().hits
+
+
+def run_mapping(cache, keys: list) -> int:
+    hits = 0
+    get = cache.get
+    for key in keys:
+        if get(key) is None:
+            cache[key] = 1
+        else:
+            hits += 1
+    return hits
+
+
+def run_cachebox(keys: list) -> int:
+    import cachebox
+    cache, hits = cachebox.LRUCache(CAPACITY), 0
+    get, insert = cache.get, cache.insert
+    for key in keys:
+        if get(key) is None:
+            insert(key, 1)
+        else:
+            hits += 1
+    return hits
+
+
+def new_cache(tier0: int = TIER0, tier1: int = TIER1) -> vc.TieredCache:
+    return vc.TieredCache([vc.CacheTier("host", tier0), vc.CacheTier("vram", tier1)])
+
+
+def run_vyrecache(keys: list) -> int:
+    cache, hits = new_cache(), 0
+    access = cache.access
+    for key in keys:
+        if access(key, 1) >= 0:
+            hits += 1
+    return hits
+
+
+def run_vyrecache_batch(array: np.ndarray) -> int:
+    return int((new_cache().access_many(array, 1) >= 0).sum())
+
+
+def peers() -> list[tuple[str, object]]:
+    import cachetools
+    import lru
+    return [
+        ("dict get/set (no eviction)", run_dict),
+        ("functools.lru_cache", run_lru_cache),
+        ("cachetools.LRUCache", lambda keys: run_mapping(cachetools.LRUCache(CAPACITY), keys)),
+        ("lru-dict LRU", lambda keys: run_mapping(lru.LRU(CAPACITY), keys)),
+        ("cachebox.LRUCache", run_cachebox),
+    ]
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown"
+
+
+def scale_cost(live: int, accesses: int, repeat: int, seed: int) -> tuple[float, float]:
+    """ns per access() call and per access_many key with `live` entries, all hits (Zipf)."""
+    rng = np.random.default_rng(seed)
+    keys = rng.integers(0, 2**63, live, dtype=np.uint64)
+    cache = vc.TieredCache([vc.CacheTier("host", live)])
+    cache.insert_many(keys, 1)
+    weights = np.cumsum(1.0 / np.arange(1, live + 1) ** 0.99)
+    order = keys[rng.permutation(live)]      # Zipf ranks over a random order of the keys
+    trace = order[np.minimum(np.searchsorted(weights, rng.random(accesses) * weights[-1]), live - 1)]
+    trace_list = trace.tolist()
+    access = cache.access
+
+    def per_call():
+        for key in trace_list:
+            access(key, 1)
+    call_seconds, _ = best(per_call, repeat)
+    batch_seconds, _ = best(lambda: cache.access_many(trace, 1), repeat)
+    return call_seconds / accesses * 1e9, batch_seconds / accesses * 1e9
+
+
+def evicting_insert_cost(inserts: int, repeat: int) -> float:
+    fresh = np.arange(TIER0, TIER0 + inserts, dtype=np.uint64).tolist()
+
+    def run():
+        cache = vc.TieredCache([vc.CacheTier("host", TIER0)])
+        cache.insert_many(np.arange(TIER0, dtype=np.uint64), 1)
+        insert = cache.insert
+        start = time.perf_counter()
+        for key in fresh:
+            insert(key, 1)
+        return time.perf_counter() - start
+    return min(run() for _ in range(repeat)) / inserts * 1e9
+
+
+def memory_per_entry(count: int) -> tuple[float, float]:
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        cache = vc.TieredCache([vc.CacheTier("host", count)])
+        cache.insert_many(np.arange(count, dtype=np.uint64), 1)
+        traced = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    return cache.sizeof() / count, traced / count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="100,000 accesses, one repeat")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    accesses = 100_000 if args.quick else 1_000_000
+    repeat = 1 if args.quick else args.repeat
+
+    trace = zipf_trace(100_000, accesses, 0.99, seed=7)
+    trace_list = trace.tolist()
+    print(f"machine: {cpu_model()}, {platform.python_implementation()} {platform.python_version()}")
+    print(f"workload: Zipf(0.99) over 100,000 keys, {accesses:,} accesses, capacity {CAPACITY:,} "
+          f"entries; best of {repeat}\n")
+
+    rows = []
+    for name, run in peers():
+        seconds, hits = best(lambda: run(trace_list), repeat)
+        rows.append((name, seconds / accesses * 1e9, hits / accesses))
+    seconds, hits = best(lambda: run_vyrecache(trace_list), repeat)
+    per_call = seconds / accesses * 1e9
+    rows.append(("vyrecache access() per call", per_call, hits / accesses))
+    seconds, hits = best(lambda: run_vyrecache_batch(trace), repeat)
+    rows.append(("vyrecache access_many() per key", seconds / accesses * 1e9, hits / accesses))
+
+    print(f"{'contestant':34} {'ns/op':>8} {'hit ratio':>10} {'time / vyrecache access()':>26}")
+    for name, ns, ratio in rows:
+        print(f"{name:34} {ns:8.1f} {ratio:10.3f} {ns / per_call:25.2f}x")
+
+    insert_ns = evicting_insert_cost(accesses, repeat)
+    print(f"\nevicting insert() per call: {insert_ns:.1f} ns")
+
+    small_call, small_batch = scale_cost(10_000, accesses, repeat, seed=3)
+    large_call, large_batch = scale_cost(1_000_000, accesses, repeat, seed=3)
+    print(f"all-hit access() at 10,000 live entries: {small_call:.1f} ns/call, "
+          f"{small_batch:.1f} ns/key batched")
+    print(f"all-hit access() at 1,000,000 live entries: {large_call:.1f} ns/call "
+          f"({large_call / small_call:.2f}x), {large_batch:.1f} ns/key batched "
+          f"({large_batch / small_batch:.2f}x)")
+
+    print("\nengine memory per entry (sizeof() / tracemalloc):")
+    for count in (10_000, 100_000, 1_000_000):
+        by_sizeof, by_trace = memory_per_entry(count)
+        print(f"  {count:>9,} entries: {by_sizeof:6.1f} B / {by_trace:6.1f} B")
+
+
+if __name__ == "__main__":
+    main()
