@@ -8,7 +8,6 @@ is atomic: it either completes, or raises and leaves the cache as it was.
 
 from __future__ import annotations
 
-import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
@@ -104,7 +103,7 @@ class BufferCache:
         self._on_evict = on_evict
         self._storage.report_evictions = on_evict is not None
         self._storage.set_compaction_hook(self._auto_compact)
-        self._lock = threading.RLock()
+        self._lock = self._storage.lock
         self._closed = False
 
     # -- lifetime ---------------------------------------------------------------------------
@@ -115,7 +114,7 @@ class BufferCache:
             return
         self._closed = True
         try:
-            self._storage.release_blocks()
+            self._storage.close()
         finally:
             self._backend.close()
 
@@ -150,53 +149,21 @@ class BufferCache:
         EntryTooLargeError/AllPinnedError when it cannot be placed — and then the
         cache is unchanged, the old entry under ``key`` included.
         """
-        try:
-            view = memoryview(data)
-        except TypeError:
-            raise TypeError("put() needs a buffer (bytes, bytearray, numpy array, memoryview), got %s. "
-                            "Fix: pass np.asarray(data) or bytes(data)." % type(data).__name__) from None
-        if not view.c_contiguous:
-            raise ValueError("put() needs C-contiguous data, got a strided %s view. "
-                             "Fix: pass np.ascontiguousarray(data)." % (view.format,))
-        flat = view.cast("B") if view.ndim != 1 or view.format != "B" else view
-        with self._lock:
-            self._live()
-            self._backend.prepare_write(flat.nbytes)
-            self._engine.insert(key, flat.nbytes)
-            evicted = self._storage.replay()
-            if key in self._engine:   # gone only if room had to be made by evicting it again
-                self._storage.write_new(self._storage.slot_of(key), flat)
-        self._report(evicted)
+        evicted = self._storage.put(key, data)
+        if evicted and self._on_evict is not None:
+            self._report(evicted)
 
     def read(self, key: int) -> np.ndarray:
         """A numpy uint8 copy of the entry's bytes. Raises KeyNotFoundError if absent."""
-        with self._lock:
-            self._live()
-            slot = self._slot(key)
-            out = np.empty(self._storage.slot_size(slot), dtype=np.uint8)
-            self._storage.read_slot(slot, out)
-        return out
+        return self._storage.read(key)
 
     def read_into(self, key: int, out: Any) -> None:
-        """Copy the entry's bytes into ``out``, a writable C-contiguous buffer of exactly its size."""
-        try:
-            view = memoryview(out)
-        except TypeError:
-            raise TypeError("read_into() needs a writable buffer, got %s. Fix: pass a numpy array or "
-                            "bytearray." % type(out).__name__) from None
-        if view.readonly or not view.c_contiguous:
-            raise ValueError("read_into() needs a writable C-contiguous buffer. "
-                             "Fix: pass np.empty(size, np.uint8) or a bytearray.")
-        flat = view.cast("B") if view.ndim != 1 or view.format != "B" else view
-        with self._lock:
-            self._live()
-            slot = self._slot(key)
-            size = self._storage.slot_size(slot)
-            if flat.nbytes != size:
-                raise ValueError("read_into(%r): the entry has %d bytes but out has %d. "
-                                 "Fix: pass a buffer of exactly %d bytes (cache.get(key).size)."
-                                 % (key, size, flat.nbytes, size))
-            self._storage.read_slot(slot, flat)
+        """Copy the entry's bytes into ``out``, a writable C-contiguous buffer of exactly its size.
+
+        Raises KeyNotFoundError if absent, ValueError for a buffer of another size,
+        TypeError/ValueError for a read-only or strided one.
+        """
+        self._storage.read_into(key, out)
 
     def location(self, key: int) -> BufferLocation:
         """Where the entry's bytes are now: tier, memory type, VkBuffer handle, offset, size.

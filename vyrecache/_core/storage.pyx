@@ -26,14 +26,59 @@ their own placement), then compacts the tier, and only when none of that helps
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memset
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE
+from cpython.long cimport PyLong_AsUnsignedLongLong
+from cpython.object cimport PyObject
+cimport numpy as cnp
+
+cnp.import_array()
+
+cdef extern from "Python.h":
+    bint PyLong_CheckExact(object)
 
 from vyrecache._core.allocator cimport Allocator
 from vyrecache._core.engine cimport Engine, Event, EV_INSERT, EV_REMOVE, EV_EVICT, EV_LIFT, EV_PLACE
 
+import threading
+
 import numpy as np
 
 from vyrecache.copytable import COPY_DTYPE
-from vyrecache.errors import CacheError, KeyNotFoundError, KEY_NOT_FOUND_MESSAGE
+from vyrecache.errors import CacheClosedError, CacheError, KeyNotFoundError, KEY_NOT_FOUND_MESSAGE
+
+cdef extern from *:
+    """
+    #include <string.h>
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    /* Copy with non-temporal stores: a batch move of many megabytes is not read back soon, and
+       streaming stores skip the read-for-ownership of every destination line that a plain
+       memcpy of a small entry pays (glibc streams only single copies above its threshold). */
+    static void vc_stream_copy(char* dst, const char* src, size_t n) {
+        while (n && ((size_t)dst & 15)) { *dst++ = *src++; n--; }
+        __m128i* d = (__m128i*)dst;
+        const __m128i* s = (const __m128i*)src;
+        size_t blocks = n / 64;
+        for (size_t i = 0; i < blocks; i++) {
+            __m128i a = _mm_loadu_si128(s), b = _mm_loadu_si128(s + 1);
+            __m128i c = _mm_loadu_si128(s + 2), e = _mm_loadu_si128(s + 3);
+            _mm_stream_si128(d, a); _mm_stream_si128(d + 1, b);
+            _mm_stream_si128(d + 2, c); _mm_stream_si128(d + 3, e);
+            d += 4; s += 4;
+        }
+        memcpy(d, s, n % 64);
+    }
+    static void vc_stream_fence(void) { _mm_sfence(); }
+    #else
+    static void vc_stream_copy(char* dst, const char* src, size_t n) { memcpy(dst, src, n); }
+    static void vc_stream_fence(void) { }
+    #endif
+    """
+    void vc_stream_copy(char* dst, const char* src, size_t n) nogil
+    void vc_stream_fence() nogil
+
+# Batches that move more than this stream their copies (about the last-level cache a core sees).
+DEF STREAM_THRESHOLD = 4 << 20
 
 # Where an entry's bytes are.
 cdef enum SlotState:
@@ -103,7 +148,17 @@ cdef class Storage:
     cdef public bint report_evictions
     cdef uint64_t* counters          # SC_N per tier
     cdef object compaction_hook      # callable(storage, tier) used for automatic compaction
+    cdef public object lock          # the cache's one lock (an RLock): every operation holds it
+    cdef bint closed
+    cdef bint needs_staging          # some tier is not host-mapped: writes may need the staging buffer
     cdef bint device_copies          # move through copy tables even between mapped blocks
+    cdef bint streaming              # this batch moves enough bytes to bypass the cache
+    cdef public uint64_t stream_threshold
+    # A run of CPU copies that continue each other on both sides, done as one memcpy:
+    # promote_many of neighbouring entries into a fresh range becomes one large copy.
+    cdef char* run_src
+    cdef char* run_dst
+    cdef size_t run_len
 
     def __cinit__(self):
         self.n_blocks = 0
@@ -131,6 +186,7 @@ cdef class Storage:
         self.evicted = []
         self.report_evictions = False
         self.compaction_hook = None
+        self.stream_threshold = STREAM_THRESHOLD
         # A backend may ask to treat every block as unmapped: copies through copy tables and
         # reads/writes through the backend, the discrete-GPU paths, testable on a UMA device.
         self.device_copies = bool(getattr(backend, "device_copies", False))
@@ -156,6 +212,8 @@ cdef class Storage:
             self.release_blocks()
             raise
         self.n_blocks = len(self.blocks)
+        self.needs_staging = any(not block.host_visible for block in self.blocks)
+        self.lock = threading.RLock()
         self.b_addr = <char**>realloc(NULL, max(self.n_blocks, 1) * sizeof(char*))
         self.b_id = <uint32_t*>realloc(NULL, max(self.n_blocks, 1) * sizeof(uint32_t))
         if self.b_addr == NULL or self.b_id == NULL:
@@ -289,6 +347,7 @@ cdef class Storage:
     cdef int flush(self) except -1:
         """Run the pending copy rows on the device and wait; then every deferred free is safe."""
         cdef Py_ssize_t i
+        self.finish_run()
         if self.n_rows == 0:
             return 0
         table = np.empty(self.n_rows, dtype=COPY_DTYPE)
@@ -311,8 +370,7 @@ cdef class Storage:
         cdef int32_t src = self.s_block[slot]
         cdef uint64_t src_offset = self.s_offset[slot]
         if self.n_rows == 0 and self.b_addr[src] != NULL and self.b_addr[dst] != NULL:
-            with nogil:
-                memcpy(self.b_addr[dst] + dst_offset, self.b_addr[src] + src_offset, size)
+            self.cpu_copy(self.b_addr[dst] + dst_offset, self.b_addr[src] + src_offset, size)
         else:
             if self.s_wave[slot] == self.wave:
                 self.new_wave()      # read-after-write: the entry was written in this wave
@@ -320,6 +378,27 @@ cdef class Storage:
         self.free_range(src, src_offset, size)
         self.s_wave[slot] = self.wave
         return 0
+
+    cdef void cpu_copy(self, char* dst, const char* src, size_t size) noexcept:
+        # Moves between tiers never share a block, so extending a run can never write bytes
+        # that the run still has to read; anything else touching memory ends the run first.
+        if self.run_len and src == self.run_src + self.run_len and dst == self.run_dst + self.run_len:
+            self.run_len += size
+            return
+        self.finish_run()
+        self.run_src = <char*>src
+        self.run_dst = dst
+        self.run_len = size
+
+    cdef void finish_run(self) noexcept:
+        if self.run_len == 0:
+            return
+        with nogil:
+            if self.streaming and self.run_len >= 4096:
+                vc_stream_copy(self.run_dst, self.run_src, self.run_len)
+            else:
+                memcpy(self.run_dst, self.run_src, self.run_len)
+        self.run_len = 0
 
     cdef int write_host_bytes(self, int32_t gb, uint64_t offset, object data) except -1:
         """Write host bytes (a numpy array or memoryview) into a block, after pending copies."""
@@ -417,6 +496,7 @@ cdef class Storage:
 
     cdef int read_bytes(self, int32_t gb, uint64_t offset, object out) except -1:
         cdef uint8_t[::1] view = out
+        self.finish_run()
         if view.shape[0] == 0:
             return 0
         if self.b_addr[gb] != NULL:
@@ -431,7 +511,13 @@ cdef class Storage:
         cdef Event* ev
         cdef uint64_t victim
         cdef int tier
+        cdef uint64_t moving = 0
         self.evicted = []
+        for i in range(self.engine.n_events):
+            if self.engine.events[i].kind == EV_PLACE:
+                moving += self.engine.events[i].size
+        self.streaming = moving > self.stream_threshold
+        i = 0
         while True:
             while i < self.engine.n_events:
                 ev = &self.engine.events[i]
@@ -473,6 +559,9 @@ cdef class Storage:
                                  % (tier, self.engine.slots[self.unplaced[0]].size))
             self.counters[tier * SC_N + SC_FRAGMENTATION_EVICTIONS] += 1
         self.flush()
+        if self.streaming:
+            vc_stream_fence()   # streaming stores are weakly ordered: publish them before returning
+            self.streaming = False
         # Consumed: a call that changes nothing (and so leaves the log alone) must not replay it.
         self.engine.n_events = 0
         return 0
@@ -496,8 +585,146 @@ cdef class Storage:
         self.s_state[slot] = S_PLACED
         self.s_wave[slot] = self.wave
 
+    # -- the hot byte paths, whole operations in C (the caller holds no lock) ----------------
+
+    def put(self, key, data):
+        """Store ``data`` under ``key``: engine insert, event replay, byte write, one lock.
+
+        Returns the evicted (key, size, tier) tuples for the caller's on_evict.
+        """
+        cdef Py_buffer buffer
+        cdef Py_ssize_t slot
+        cdef int32_t gb
+        try:
+            PyObject_GetBuffer(data, &buffer, PyBUF_C_CONTIGUOUS)
+        except TypeError:
+            raise TypeError("put() needs a buffer (bytes, bytearray, numpy array, memoryview), got %s. "
+                            "Fix: pass np.asarray(data) or bytes(data)." % type(data).__name__) from None
+        except (BufferError, ValueError):
+            raise ValueError("put() needs C-contiguous data, got a strided %s. "
+                             "Fix: pass np.ascontiguousarray(data)." % type(data).__name__) from None
+        try:
+            self.lock.acquire()
+            try:
+                self.require_open()
+                if self.needs_staging:
+                    self.backend.prepare_write(buffer.len)
+                self.engine.insert(key, buffer.len)
+                self.apply_events()
+                slot = self.engine.slot_of(self.native_key(key))
+                if slot >= 0:   # absent only if room had to be made by evicting it again
+                    gb = self.s_block[slot]
+                    if buffer.len and gb >= 0:
+                        if self.b_addr[gb] != NULL:
+                            memcpy(self.b_addr[gb] + self.s_offset[slot], buffer.buf, buffer.len)
+                        else:
+                            self.backend.write(self.blocks[gb], self.s_offset[slot], memoryview(data).cast("B"))
+                    self.s_state[slot] = S_PLACED
+                    self.s_wave[slot] = self.wave
+                return self.evicted
+            finally:
+                self.lock.release()
+        finally:
+            PyBuffer_Release(&buffer)
+
+    def read(self, key):
+        """A new uint8 array with the entry's bytes."""
+        cdef Py_ssize_t slot
+        cdef int32_t gb
+        cdef cnp.npy_intp size
+        self.lock.acquire()
+        try:
+            self.require_open()
+            slot = self.find(key)
+            size = <cnp.npy_intp>self.engine.slots[slot].size
+            out = cnp.PyArray_EMPTY(1, &size, cnp.NPY_UINT8, 0)
+            gb = self.s_block[slot]
+            if size and gb >= 0:
+                if self.b_addr[gb] != NULL:
+                    memcpy(cnp.PyArray_DATA(out), self.b_addr[gb] + self.s_offset[slot], size)
+                else:
+                    self.backend.read_into(self.blocks[gb], self.s_offset[slot], memoryview(out))
+            return out
+        finally:
+            self.lock.release()
+
+    def read_into(self, key, out):
+        """Copy the entry's bytes into ``out``, a writable C-contiguous buffer of exactly its size."""
+        cdef Py_buffer buffer
+        cdef Py_ssize_t slot
+        cdef int32_t gb
+        cdef uint64_t size
+        try:
+            PyObject_GetBuffer(out, &buffer, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+        except TypeError:
+            raise TypeError("read_into() needs a writable buffer, got %s. Fix: pass a numpy array or "
+                            "bytearray." % type(out).__name__) from None
+        except (BufferError, ValueError):
+            raise ValueError("read_into() needs a writable C-contiguous buffer. "
+                             "Fix: pass np.empty(size, np.uint8) or a bytearray.") from None
+        try:
+            self.lock.acquire()
+            try:
+                self.require_open()
+                slot = self.find(key)
+                size = self.engine.slots[slot].size
+                if <uint64_t>buffer.len != size:
+                    raise ValueError("read_into(%r): the entry has %d bytes but out has %d. "
+                                     "Fix: pass a buffer of exactly %d bytes (cache.get(key).size)."
+                                     % (key, size, buffer.len, size))
+                gb = self.s_block[slot]
+                if size and gb >= 0:
+                    if self.b_addr[gb] != NULL:
+                        memcpy(buffer.buf, self.b_addr[gb] + self.s_offset[slot], size)
+                    else:
+                        self.backend.read_into(self.blocks[gb], self.s_offset[slot], memoryview(out).cast("B"))
+            finally:
+                self.lock.release()
+        finally:
+            PyBuffer_Release(&buffer)
+
+    cdef uint64_t native_key(self, object key) except? 0xFFFFFFFFFFFFFFFF:
+        cdef uint64_t value
+        if PyLong_CheckExact(key):
+            value = PyLong_AsUnsignedLongLong(key)    # raises OverflowError out of range
+            return value
+        return self.slow_key(key)
+
+    cdef Py_ssize_t find(self, object key) except -1:
+        cdef uint64_t native
+        try:
+            native = self.native_key(key)
+        except OverflowError:
+            native = self.slow_key(key)      # raises the explained ValueError
+        cdef Py_ssize_t slot = self.engine.slot_of(native)
+        if slot < 0:
+            raise KeyNotFoundError(KEY_NOT_FOUND_MESSAGE + " (key %r)" % (key,))
+        return slot
+
+    cdef inline int require_open(self) except -1:
+        if self.closed:
+            raise CacheClosedError("this BufferCache is closed and its memory was freed. "
+                                   "Fix: create a new BufferCache.")
+        return 0
+
+    def close(self):
+        """Mark closed and free every block (idempotent)."""
+        self.lock.acquire()
+        try:
+            self.closed = True
+            self.release_blocks()
+        finally:
+            self.lock.release()
+
+    @property
+    def is_closed(self):
+        return self.closed
+
     def slot_of(self, key):
         """The engine slot holding ``key``; raises KeyNotFoundError (bad keys: TypeError/ValueError)."""
+        return self.find(key)
+
+    cdef uint64_t slow_key(self, object key) except? 0xFFFFFFFFFFFFFFFF:
         cdef uint64_t native
         if type(key) is bool or not hasattr(type(key), "__index__"):
             raise TypeError("key must be an int in [0, 2**64), got %r (%s). Fix: pass a non-negative int."
@@ -507,10 +734,7 @@ cdef class Storage:
             raise ValueError("key must be in [0, 2**64), got %r. Fix: map keys into 64 bits (e.g. hash & (2**64-1))."
                              % (key,))
         native = value
-        cdef Py_ssize_t slot = self.engine.slot_of(native)
-        if slot < 0:
-            raise KeyNotFoundError(KEY_NOT_FOUND_MESSAGE + " (key %r)" % (key,))
-        return slot
+        return native
 
     def slot_size(self, Py_ssize_t slot):
         return self.engine.slots[slot].size
