@@ -1,8 +1,9 @@
 """Per-tier statistics as a table a person can read.
 
-``cache.counters()`` returns ``{tier_name: {counter_name: value}}``; this module
-turns that into the table that ``cache.report()`` (of both ``TieredCache`` and
-``BufferCache``) and ``python -m vyrecache demo`` print::
+``cache.counters()`` returns one ``{counter_name: value}`` dict per tier, slowest
+first (a ``{tier_name: {counter_name: value}}`` mapping is accepted as well);
+this module turns that into the table that ``cache.report()`` (of both
+``TieredCache`` and ``BufferCache``) and ``python -m vyrecache demo`` print::
 
     counter                 host     device      total
     ---------------------  -------  ---------  ---------
@@ -25,8 +26,8 @@ from typing import Protocol
 
 __all__ = ["COUNTERS", "TierUsage", "counters_by_tier", "format_bytes", "format_report", "hit_ratios"]
 
-#: What ``cache.counters()`` returns: per tier name, per counter name, the value.
-#: A list in tier order (slowest first) is accepted too, with the tier names given separately.
+#: What ``cache.counters()`` returns: per tier (a list in tier order, slowest first, with the tier
+#: names given separately, or a mapping by tier name), per counter name, the value.
 Counters = Mapping[str, Mapping[str, int | float]] | Sequence[Mapping[str, int | float]]
 
 #: Every documented counter, in the order the report shows them, with its meaning.
@@ -133,9 +134,10 @@ def format_report(counters: Counters,
                   footer: Mapping[str, str] | None = None) -> str:
     """Return the per-tier counters as a plain-text table, one column per tier.
 
-    *counters* is what ``cache.counters()`` returns.  *tier_names* gives the
-    column order (slowest tier first, as the cache numbers them); by default
-    the order of *counters* (required when *counters* is a list in tier order).  When *tiers* (``cache.tiers``) is given, the table
+    *counters* is what ``cache.counters()`` returns: a list in tier order, or
+    a mapping by tier name.  *tier_names* names the tiers of a list (required
+    then), or gives the column order of a mapping (by default its own order);
+    columns go slowest tier first, as the cache numbers them.  When *tiers* (``cache.tiers``) is given, the table
     also shows each tier's entries, used bytes and capacity.  A total column sums
     every counter over the tiers (fragmentation has no total).  The *title* is
     printed above the table and each *footer* item below it as ``key: value``.
