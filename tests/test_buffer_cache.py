@@ -24,7 +24,7 @@ def payload(key: int, size: int, version: int = 0) -> bytes:
     return rng.integers(0, 256, size, dtype=np.uint8).tobytes()
 
 
-@pytest.fixture(params=["host", "vulkan", "vulkan-device-copies"])
+@pytest.fixture(params=["host", "vulkan", "vulkan-device-copies", "vulkan-shader-compaction"])
 def make_cache(request):
     """Build BufferCaches on one backend; closes them and checks for validation messages.
 
@@ -39,7 +39,8 @@ def make_cache(request):
         from vyrecache.vulkan.backend import VulkanBackend
 
         def backend():
-            return VulkanBackend(device=device, device_copies=request.param == "vulkan-device-copies")
+            return VulkanBackend(device=device, device_copies=request.param == "vulkan-device-copies",
+                                 compaction="shader" if request.param == "vulkan-shader-compaction" else "hybrid")
     else:
         def backend():
             return "host"
@@ -354,3 +355,87 @@ def reference_touch(reference, key):
 def test_open_backend_rejects_unknown_names():
     with pytest.raises(ValueError, match="Fix:"):
         open_backend("cuda")
+
+
+def test_out_of_device_memory_at_creation_leaves_nothing_behind(vulkan_device, monkeypatch):
+    # Creation allocates each tier's blocks, then the staging buffer: fail each one in turn.
+    from vyrecache.vulkan import faults, live_objects
+    from vyrecache.vulkan.backend import VulkanBackend
+    tiers = [vc.CacheTier("host", 3 << 20, memory="host"), vc.CacheTier("vram", 2 << 20, memory="device")]
+    real_allocate = vulkan_device.allocate_block
+    calls = []
+
+    def counting_allocate(memory_type_index, size):
+        calls.append(size)
+        if len(calls) == failing_call:
+            faults.fail_next_allocation(1)
+        return real_allocate(memory_type_index, size)
+
+    monkeypatch.setattr(vulkan_device, "allocate_block", counting_allocate)
+    failing_call = 0
+    vulkan_device._staging and vulkan_device.free_block(vulkan_device._staging)
+    vulkan_device._staging = None
+    vc.BufferCache(tiers, backend=VulkanBackend(device=vulkan_device, device_copies=True)).close()
+    total_calls = len(calls)
+    assert total_calls >= 3
+    for failing_call in range(1, total_calls + 1):
+        calls.clear()
+        vulkan_device._staging and vulkan_device.free_block(vulkan_device._staging)
+        vulkan_device._staging = None
+        before = live_objects()
+        try:
+            with pytest.raises(vc.DeviceOutOfMemoryError, match="Fix:"):
+                vc.BufferCache(tiers, backend=VulkanBackend(device=vulkan_device, device_copies=True))
+        finally:
+            faults.reset()
+        assert live_objects()["memory"] <= before["memory"], failing_call
+        assert live_objects()["buffers"] <= before["buffers"], failing_call
+
+
+def test_operations_never_allocate_device_memory(vulkan_device):
+    # Every block and the staging buffer are taken at creation, so a pending injected failure
+    # is never consumed by puts, reads, moves or compaction: nothing can fail half-way.
+    from vyrecache.vulkan import faults
+    from vyrecache.vulkan.backend import VulkanBackend
+    vulkan_device.force_staging = True
+    backend = VulkanBackend(device=vulkan_device, device_copies=True)
+    with vc.BufferCache([vc.CacheTier("host", 8 << 20, memory="host"),
+                         vc.CacheTier("vram", 1 << 20, memory="device")], backend=backend) as cache:
+        faults.fail_next_allocation(1)
+        try:
+            for key in range(40):
+                cache.put(key, payload(key, 200_000))
+                cache.access(key % 7)
+            cache.promote_many(np.arange(40, dtype=np.uint64))
+            cache.compact()
+            assert faults.pending_allocation_failures() == 1
+        finally:
+            faults.reset()
+        for key in cache:
+            assert cache.read(key).tobytes() == payload(key, 200_000)
+        cache.check()
+
+
+def test_two_hundred_caches_leave_no_vulkan_objects_and_flat_memory():
+    import resource
+    from vyrecache.vulkan import live_objects
+    from vyrecache.vulkan.backend import VulkanBackend
+    try:
+        backend = VulkanBackend()
+    except vc.VulkanUnavailableError as error:
+        if __import__("os").environ.get("VYRECACHE_REQUIRE_VULKAN") == "1":
+            raise
+        pytest.skip(str(error))
+    backend.close()
+    baseline = {kind: count for kind, count in live_objects().items()}
+    rss = []
+    for round_ in range(200):
+        with vc.BufferCache(small_tiers(1 << 20, 1 << 20), backend="vulkan") as cache:
+            cache.put(round_, payload(round_, 4096))
+            for _ in range(3):
+                cache.access(round_)
+            assert cache.read(round_).tobytes() == payload(round_, 4096)
+        if round_ in (20, 199):
+            rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    assert live_objects() == baseline
+    assert rss[1] - rss[0] < 16 * 1024, "resident memory grew by %d KiB over 180 caches" % (rss[1] - rss[0])

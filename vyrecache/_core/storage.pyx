@@ -212,7 +212,15 @@ cdef class Storage:
             self.release_blocks()
             raise
         self.n_blocks = len(self.blocks)
-        self.needs_staging = any(not block.host_visible for block in self.blocks)
+        self.needs_staging = any(not block.host_visible for block in self.blocks) or self.device_copies
+        if self.needs_staging:
+            # Take the staging memory now, at its full size (transfers larger than it go in
+            # chunks): an operation then never allocates, so it cannot fail half-way for memory.
+            try:
+                backend.prepare_write(min(64 << 20, max(capacities)))
+            except BaseException:
+                self.release_blocks()
+                raise
         self.lock = threading.RLock()
         self.b_addr = <char**>realloc(NULL, max(self.n_blocks, 1) * sizeof(char*))
         self.b_id = <uint32_t*>realloc(NULL, max(self.n_blocks, 1) * sizeof(uint32_t))
@@ -607,8 +615,6 @@ cdef class Storage:
             self.lock.acquire()
             try:
                 self.require_open()
-                if self.needs_staging:
-                    self.backend.prepare_write(buffer.len)
                 self.engine.insert(key, buffer.len)
                 self.apply_events()
                 slot = self.engine.slot_of(self.native_key(key))
