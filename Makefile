@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "Cython>=3.0.8" "setuptools>=64" wheel "numpy>=1.26"
-	$(PY) -m pip install -q --no-build-isolation -e ".[test,bench]"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test,bench,plot]"
 	touch $(STAMP)
 
 # Rebuild the extensions in place whenever a .pyx/.pxd or shader changes.

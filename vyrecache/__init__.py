@@ -1,5 +1,7 @@
 """vyrecache: a tiered cache for GPU buffers."""
 
+from typing import TYPE_CHECKING
+
 from ._version import __version__
 from .backend import BufferLocation
 from .buffer_cache import BufferCache
@@ -9,6 +11,9 @@ from .cache import (AccessStats, CacheEntry, CacheTier, LruPolicy, TieredCache, 
 from .errors import (AllPinnedError, CacheClosedError, CacheError, CapacityAccountingError,
                      DeviceError, DeviceLostError, DeviceOutOfMemoryError, EntryTooLargeError,
                      KeyNotFoundError, VulkanUnavailableError)
+
+if TYPE_CHECKING:
+    from .vulkan.info import DeviceInfo
 
 __all__ = [
     "__version__",
@@ -20,7 +25,7 @@ __all__ = [
 ]
 
 
-def devices():
+def devices() -> "list[DeviceInfo]":
     """Every Vulkan physical device with its memory heaps, types and limits (see ``vyrecache.vulkan.devices``).
 
     Raises VulkanUnavailableError, saying what to install, when there is no loader or driver.

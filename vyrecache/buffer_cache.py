@@ -101,6 +101,7 @@ class BufferCache:
             self._backend.close()
             raise
         self._on_evict = on_evict
+        self._misses = 0
         self._storage.report_evictions = on_evict is not None
         self._storage.set_compaction_hook(self._auto_compact)
         self._lock = self._storage.lock
@@ -206,15 +207,12 @@ class BufferCache:
         Returns the tier the entry was found in, or -1 when it is absent (nothing
         is inserted: a buffer cache needs the bytes, use ``put``).
         """
-        return self._mutate(self._touch, key)
-
-    def _touch(self, key: int) -> int:
-        entry = self._engine.get(key)
-        if entry is None:
-            return -1
-        self._engine.record_access(key)
-        self._engine.promote(key)
-        return entry.tier
+        tier = self._mutate(self._engine.touch, key)
+        if tier < 0:
+            # Nothing is inserted on a miss, so no tier owns it: misses count on the lowest tier,
+            # where the entry lands once the caller puts it.
+            self._misses += 1
+        return tier
 
     def promote(self, key: int) -> None:
         """Move the entry one tier up when the policy allows it (its bytes move too)."""
@@ -274,8 +272,17 @@ class BufferCache:
                                  % (len(self._engine.tiers), tier))
             return compact_tier(self._storage, self._backend, tier, max_bytes)
 
-    def _auto_compact(self, storage: Storage, tier: int) -> None:
-        compact_tier(storage, self._backend, tier)
+    def _auto_compact(self, storage: Storage, tier: int, size: int) -> None:
+        # Slide only as much as it takes to gather a hole of `size` bytes: compaction packs
+        # entries from the block start, so the holes it passes merge into one free range above
+        # the last entry moved.  Budgets grow 4x, so the bytes moved stay within a small factor
+        # of what was needed, instead of repacking the whole tier for every put.
+        budget = max(4 * size, 1 << 20)
+        while True:
+            report = compact_tier(storage, self._backend, tier, budget)
+            if report.complete or storage.largest_free(tier) >= size:
+                return
+            budget *= 4
 
     # -- metadata ---------------------------------------------------------------------------
 
@@ -302,6 +309,8 @@ class BufferCache:
             for index, counts in enumerate(self._engine.counters()):
                 row = dict(counts)
                 row.update(self._storage.counters_of(index))
+                if index == 0:
+                    row["misses"] += self._misses
                 free = self._storage.free_bytes(index)
                 row["fragmentation"] = 1.0 - self._storage.largest_free(index) / free if free else 0.0
                 merged.append(row)
@@ -312,6 +321,7 @@ class BufferCache:
         with self._lock:
             self._engine.reset_counters()
             self._storage.reset_counters()
+            self._misses = 0
 
     def report(self) -> str:
         """The per-tier counter table as text."""

@@ -147,7 +147,7 @@ cdef class Storage:
     cdef public list evicted         # (key, size, tier) of the entries that left in this batch
     cdef public bint report_evictions
     cdef uint64_t* counters          # SC_N per tier
-    cdef object compaction_hook      # callable(storage, tier) used for automatic compaction
+    cdef object compaction_hook      # callable(storage, tier, bytes) used for automatic compaction
     cdef public object lock          # the cache's one lock (an RLock): every operation holds it
     cdef bint closed
     cdef bint needs_staging          # some tier is not host-mapped: writes may need the staging buffer
@@ -470,7 +470,7 @@ cdef class Storage:
             return True
         if self.compaction_hook is not None and self.free_bytes(tier) >= round_up(size, self.alignment):
             self.flush()
-            self.compaction_hook(self, tier)
+            self.compaction_hook(self, tier, round_up(size, self.alignment))
             if self.try_alloc(tier, size, gb, offset):
                 return True
         return False
