@@ -17,7 +17,7 @@ import numpy as np
 from ._core.storage import Storage
 from .backend import BufferLocation, StorageBackend, TierMemory
 from .cache import CacheEntry, CacheTier, TieredCache
-from .compactor import CompactionReport, compact_tier
+from .compactor import CompactionReport, compact_tier, make_hole
 from .errors import CacheClosedError, VulkanUnavailableError
 
 __all__ = ["BufferCache", "BufferLocation", "CompactionReport", "open_backend"]
@@ -273,10 +273,13 @@ class BufferCache:
             return compact_tier(self._storage, self._backend, tier, max_bytes)
 
     def _auto_compact(self, storage: Storage, tier: int, size: int) -> None:
-        # Slide only as much as it takes to gather a hole of `size` bytes: compaction packs
-        # entries from the block start, so the holes it passes merge into one free range above
-        # the last entry moved.  Budgets grow 4x, so the bytes moved stay within a small factor
-        # of what was needed, instead of repacking the whole tier for every put.
+        # First the cheap way: compact only the region that gathers `size` free bytes while
+        # holding the fewest live bytes (bytes moved ~ that region, not the tier).
+        if make_hole(storage, self._backend, tier, size) is not None and storage.largest_free(tier) >= size:
+            return
+        # Else slide: compaction packs entries from the block start, so the holes it passes
+        # merge into one free range above the last entry moved.  Budgets grow 4x, so the bytes
+        # moved stay within a small factor of what was needed.
         budget = max(4 * size, 1 << 20)
         while True:
             report = compact_tier(storage, self._backend, tier, budget)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ._core import compaction
 
-__all__ = ["CompactionReport", "compact_tier"]
+__all__ = ["CompactionReport", "compact_tier", "make_hole"]
 
 
 @dataclass(frozen=True)
@@ -38,16 +38,28 @@ class CompactionReport:
     complete: bool = True
 
 
-def compact_tier(storage, backend, tier: int, max_bytes: int | None = None) -> CompactionReport:
-    """Slide the live, unpinned entries of ``tier`` together; pinned ones stay where they are."""
+def compact_tier(storage, backend, tier: int, max_bytes: int | None = None,
+                 region: tuple[int, int, int] | None = None) -> CompactionReport:
+    """Slide the live, unpinned entries of ``tier`` together; pinned ones stay where they are.
+
+    ``region=(block, first, last)`` moves only the entries ``first..last-1`` (by
+    offset) of that one block, everything else holding still as if pinned.
+    """
     started = time.perf_counter()
     block_ids = list(storage.tier_blocks(tier))
     largest_before = storage.largest_free(tier)
     lives = [storage.live_in_block(gb) for gb in block_ids]
     blocks = [storage.block(gb) for gb in block_ids]
-    plan = compaction.plan_tier([(offsets, sizes, pinned) for _, offsets, sizes, pinned in lives],
-                                [block.size for block in blocks], storage.alignment, max_bytes,
-                                evacuate=len(blocks) > 1)
+    layouts = []
+    for gb, (_, offsets, sizes, pinned) in zip(block_ids, lives):
+        if region is not None:
+            still = np.ones(len(offsets), dtype=bool)
+            if gb == region[0]:
+                still[region[1]:region[2]] = False
+            pinned = pinned | still
+        layouts.append((offsets, sizes, pinned))
+    plan = compaction.plan_tier(layouts, [block.size for block in blocks], storage.alignment, max_bytes,
+                                evacuate=len(blocks) > 1 and region is None)
     if plan.moves:
         backend.compact(blocks, plan)
         for index, (slots, _, _, _) in enumerate(lives):
@@ -63,3 +75,51 @@ def compact_tier(storage, backend, tier: int, max_bytes: int | None = None) -> C
         seconds=time.perf_counter() - started, free_bytes=storage.free_bytes(tier),
         largest_free_before=largest_before, largest_free_after=storage.largest_free(tier),
         complete=plan.complete)
+
+
+def make_hole(storage, backend, tier: int, size: int) -> CompactionReport | None:
+    """Gather ``size`` free bytes of ``tier`` into one range by compacting the cheapest region only.
+
+    A region runs from the end of one entry to the start of a later one; its free
+    bytes are the holes it spans.  With prefix sums over a block's entries (sorted
+    by offset) and one binary search per start, the region with at least ``size``
+    free bytes and the fewest live bytes is found in O(n log n); compacting only
+    its entries (the others count as pinned) merges its holes into one range at
+    its end.  So a put moves about as many bytes as the region holds, not the
+    whole tier.  Returns None when no block holds ``size`` free bytes in a region
+    without pins (the caller then compacts the tier across blocks).
+    """
+    alignment = np.uint64(storage.alignment)
+    best = None
+    for gb in storage.tier_blocks(tier):
+        slots, offsets, sizes, pinned = storage.live_in_block(gb)
+        charged = (sizes + alignment - np.uint64(1)) // alignment * alignment
+        ends = offsets + charged
+        # gaps[k]: free bytes in front of entry k; the last gap is the block's tail.
+        starts_next = np.concatenate((offsets, [np.uint64(storage.block(gb).size)]))
+        ends_prev = np.concatenate(([np.uint64(0)], ends))
+        gaps = (starts_next - ends_prev).astype(np.int64)
+        free_before = np.concatenate(([0], np.cumsum(gaps)))          # free in gaps[:k]
+        live_before = np.concatenate(([0], np.cumsum(charged.astype(np.int64))))
+        pins_before = np.concatenate(([0], np.cumsum(pinned.astype(np.int64))))
+        # Region (i, j): gaps i..j and entries i..j-1; smallest j with enough free bytes.
+        first = np.arange(len(offsets) + 1)
+        after_last_gap = np.searchsorted(free_before, free_before[first] + size, side="left")
+        last = after_last_gap - 1
+        ok = after_last_gap <= len(gaps)
+        if not ok.any():
+            continue
+        first, last = first[ok], last[ok]
+        live = live_before[last] - live_before[first]
+        live[(pins_before[last] - pins_before[first]) > 0] = np.iinfo(np.int64).max
+        pick = int(np.argmin(live))
+        if live[pick] == np.iinfo(np.int64).max:
+            continue
+        if best is None or live[pick] < best[0]:
+            best = (int(live[pick]), gb, int(first[pick]), int(last[pick]))
+    if best is None:
+        return None
+    _, gb, first, last = best
+    return compact_tier(storage, backend, tier, region=(gb, first, last))
+
+
