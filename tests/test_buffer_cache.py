@@ -439,3 +439,26 @@ def test_two_hundred_caches_leave_no_vulkan_objects_and_flat_memory():
             rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     assert live_objects() == baseline
     assert rss[1] - rss[0] < 16 * 1024, "resident memory grew by %d KiB over 180 caches" % (rss[1] - rss[0])
+
+
+def test_compaction_across_blocks_releases_emptied_blocks_and_takes_them_back():
+    from vyrecache.host import HostBackend
+    backend = HostBackend()
+    backend.max_block_size = 4096          # a 16 KiB tier made of four blocks
+    with vc.BufferCache([vc.CacheTier("host", 16384, memory="host")], backend=backend) as cache:
+        for key in range(16):
+            cache.put(key, payload(key, 1000))
+        for key in range(16):
+            if key % 4:
+                cache.remove(key)          # one entry left in each block
+        report = cache.compact(0)
+        assert report.blocks_released == 3
+        assert cache.counters()[0]["fragmentation"] == 0.0
+        for key in (0, 4, 8, 12):
+            assert cache.read(key).tobytes() == payload(key, 1000)
+        cache.check()
+        for key in range(100, 112):        # needs the released blocks again
+            cache.put(key, payload(key, 1000))
+        for key in cache:
+            assert cache.read(key).tobytes() == payload(key, 1000)
+        cache.check()

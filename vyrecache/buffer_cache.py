@@ -196,6 +196,7 @@ class BufferCache:
     def _mutate(self, method: Callable[..., Any], *args: Any) -> Any:
         with self._lock:
             self._live()
+            self._storage.reacquire()
             result = method(*args)
             evicted = self._storage.replay()
         self._report(evicted)
@@ -260,17 +261,22 @@ class BufferCache:
         """Slide live entries together so each block's free bytes form one range.
 
         With ``tier`` None every tier is compacted and a list of reports is
-        returned.  ``max_bytes`` bounds the bytes moved per tier (the pause).
+        returned.  ``max_bytes`` bounds the bytes moved per tier (the pause).  In a
+        tier of several blocks, entries move between blocks when that empties one,
+        and emptied blocks go back to the device (``blocks_released``) until the
+        next operation that may store bytes takes them back; if the device has no
+        memory for them then, that operation raises DeviceOutOfMemoryError and
+        changes nothing.
         """
         with self._lock:
             self._live()
             if tier is None:
-                return [compact_tier(self._storage, self._backend, index, max_bytes)
+                return [compact_tier(self._storage, self._backend, index, max_bytes, release=True)
                         for index in range(len(self._engine.tiers))]
             if not isinstance(tier, int) or not 0 <= tier < len(self._engine.tiers):
                 raise ValueError("tier must be an index in [0, %d), got %r. Fix: pass a tier index."
                                  % (len(self._engine.tiers), tier))
-            return compact_tier(self._storage, self._backend, tier, max_bytes)
+            return compact_tier(self._storage, self._backend, tier, max_bytes, release=True)
 
     def _auto_compact(self, storage: Storage, tier: int, size: int) -> None:
         # First the cheap way: compact only the region that gathers `size` free bytes while

@@ -39,14 +39,17 @@ class CompactionReport:
 
 
 def compact_tier(storage, backend, tier: int, max_bytes: int | None = None,
-                 region: tuple[int, int, int] | None = None) -> CompactionReport:
+                 region: tuple[int, int, int] | None = None, release: bool = False) -> CompactionReport:
     """Slide the live, unpinned entries of ``tier`` together; pinned ones stay where they are.
 
     ``region=(block, first, last)`` moves only the entries ``first..last-1`` (by
-    offset) of that one block, everything else holding still as if pinned.
+    offset) of that one block, everything else holding still as if pinned.  With
+    ``release``, blocks of a several-block tier that end up empty (keeping one)
+    are given back to the backend; the cache takes them back before
+    its next operation that stores bytes.
     """
     started = time.perf_counter()
-    block_ids = list(storage.tier_blocks(tier))
+    block_ids = [gb for gb in storage.tier_blocks(tier) if not storage.is_released(gb)]
     largest_before = storage.largest_free(tier)
     lives = [storage.live_in_block(gb) for gb in block_ids]
     blocks = [storage.block(gb) for gb in block_ids]
@@ -68,13 +71,22 @@ def compact_tier(storage, backend, tier: int, max_bytes: int | None = None,
     for index, gb in enumerate(block_ids):
         ranges = plan.free_ranges[index]
         storage.allocator(gb).reset(zip(ranges["offset"].tolist(), ranges["size"].tolist()))
+    released = 0
+    if release:
+        # Keep one block of the tier: an empty tier still answers without taking memory back.
+        kept = len(block_ids)
+        for gb in block_ids:
+            if kept > 1 and storage.allocator(gb).free_bytes == storage.block(gb).size:
+                storage.release_block(gb)
+                released += 1
+                kept -= 1
     storage.add_counter(tier, "compactions", 1)
     storage.add_counter(tier, "compaction_bytes", plan.bytes_moved)
     return CompactionReport(
         tier=tier, moves=plan.moves, bytes_moved=plan.bytes_moved,
         seconds=time.perf_counter() - started, free_bytes=storage.free_bytes(tier),
         largest_free_before=largest_before, largest_free_after=storage.largest_free(tier),
-        complete=plan.complete)
+        blocks_released=released, complete=plan.complete)
 
 
 def make_hole(storage, backend, tier: int, size: int) -> CompactionReport | None:
@@ -92,6 +104,8 @@ def make_hole(storage, backend, tier: int, size: int) -> CompactionReport | None
     alignment = np.uint64(storage.alignment)
     best = None
     for gb in storage.tier_blocks(tier):
+        if storage.is_released(gb):
+            continue
         slots, offsets, sizes, pinned = storage.live_in_block(gb)
         charged = (sizes + alignment - np.uint64(1)) // alignment * alignment
         ends = offsets + charged

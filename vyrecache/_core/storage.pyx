@@ -151,6 +151,7 @@ cdef class Storage:
     cdef public object lock          # the cache's one lock (an RLock): every operation holds it
     cdef bint closed
     cdef bint needs_staging          # some tier is not host-mapped: writes may need the staging buffer
+    cdef set released                # blocks given back to the backend by compact(); empty allocators
     cdef bint device_copies          # move through copy tables even between mapped blocks
     cdef bint streaming              # this batch moves enough bytes to bypass the cache
     cdef public uint64_t stream_threshold
@@ -184,6 +185,7 @@ cdef class Storage:
         self.unplaced = []
         self.evacuated = {}
         self.evicted = []
+        self.released = set()
         self.report_evictions = False
         self.compaction_hook = None
         self.stream_threshold = STREAM_THRESHOLD
@@ -240,6 +242,36 @@ cdef class Storage:
         free(self.s_block); free(self.s_offset); free(self.s_state); free(self.s_wave)
         free(self.rows)
         free(self.d_block); free(self.d_offset); free(self.d_size)
+
+    def release_block(self, Py_ssize_t gb):
+        """Give an empty block back to the backend until ``reacquire()`` (compact() empties them)."""
+        if gb in self.released:
+            return
+        if (<Allocator>self.allocators[gb]).free_bytes != self.blocks[gb].size:
+            raise CacheError("internal: block %d still holds entries and cannot be released" % gb)
+        self.backend.free_block(self.blocks[gb])
+        self.allocators[gb] = Allocator(0, self.alignment)
+        self.b_addr[gb] = NULL
+        self.released.add(gb)
+
+    def is_released(self, Py_ssize_t gb):
+        return gb in self.released
+
+    def reacquire(self):
+        """Take released blocks back; raises DeviceOutOfMemoryError (changing nothing) when it cannot."""
+        cdef int tier
+        for gb in sorted(self.released):
+            tier = 0
+            while not (self.tier_first[tier] <= gb < self.tier_first[tier] + self.tier_count[tier]):
+                tier += 1
+            size = self.blocks[gb].size
+            block = self.backend.allocate_block(self.memories[tier], size)
+            self.blocks[gb] = block
+            self.allocators[gb] = Allocator(size, self.alignment)
+            self.b_id[gb] = block.id
+            if block.host_visible and not self.device_copies:
+                self.b_addr[gb] = <char*><size_t>block.address
+            self.released.discard(gb)
 
     def release_blocks(self):
         """Give every block back to the backend (idempotent); the storage is unusable afterwards."""
@@ -615,6 +647,8 @@ cdef class Storage:
             self.lock.acquire()
             try:
                 self.require_open()
+                if self.released:
+                    self.reacquire()
                 self.engine.insert(key, buffer.len)
                 self.apply_events()
                 slot = self.engine.slot_of(self.native_key(key))
@@ -846,5 +880,9 @@ cdef class Storage:
                 raise CacheError("block %d: %d bytes live + %d free != %d"
                                  % (gb, used, allocator.free_bytes, self.blocks[gb].size))
         for gb in range(self.n_blocks):
+            if gb in self.released:
+                if gb in ranges:
+                    raise CacheError("block %d was released but holds entries" % gb)
+                continue
             if gb not in ranges and (<Allocator>self.allocators[gb]).free_bytes != self.blocks[gb].size:
                 raise CacheError("block %d holds no entry but is not entirely free" % gb)
