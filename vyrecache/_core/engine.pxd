@@ -7,19 +7,18 @@ from libc.stdint cimport int8_t, int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 
 cdef extern from "<pthread.h>" nogil:
-    ctypedef struct pthread_mutex_t:
+    ctypedef unsigned long pthread_t
+    pthread_t pthread_self()
+
+
+cdef extern from "<semaphore.h>" nogil:
+    ctypedef struct sem_t:
         pass
-    ctypedef struct pthread_mutexattr_t:
-        pass
-    int pthread_mutexattr_init(pthread_mutexattr_t*)
-    int pthread_mutexattr_settype(pthread_mutexattr_t*, int)
-    int pthread_mutexattr_destroy(pthread_mutexattr_t*)
-    int pthread_mutex_init(pthread_mutex_t*, const pthread_mutexattr_t*)
-    int pthread_mutex_destroy(pthread_mutex_t*)
-    int pthread_mutex_lock(pthread_mutex_t*)
-    int pthread_mutex_trylock(pthread_mutex_t*)
-    int pthread_mutex_unlock(pthread_mutex_t*)
-    int PTHREAD_MUTEX_RECURSIVE
+    int sem_init(sem_t*, int, unsigned int)
+    int sem_destroy(sem_t*)
+    int sem_wait(sem_t*)
+    int sem_trywait(sem_t*)
+    int sem_post(sem_t*)
 
 
 cdef extern from *:
@@ -117,15 +116,21 @@ cdef class Engine:
     cdef bint alloc_failed              # an event or slot allocation failed inside nogil code
     cdef int in_callback                # a Python policy method is running
     cdef Py_ssize_t events_capacity
-    cdef pthread_mutex_t mutex
-    cdef bint mutex_ready
+    # The lock (see acquire()): owner and depth are only read and written under the GIL.
+    cdef pthread_t lock_owner           # the thread holding the lock; meaningless at depth 0
+    cdef Py_ssize_t lock_depth          # 0: free; > 1: taken again by its owner (recursive)
+    cdef Py_ssize_t lock_waiters        # threads parked on lock_free
+    cdef sem_t lock_free                # posted when the lock is released while others wait
+    cdef bint lock_ready
     cdef object py_policy
     cdef object _on_evict
     cdef object pending_error
     cdef tuple names
 
-    # --- C-level API for the storage layer (the caller holds the lock: acquire()/release()) ---
+    # --- C-level API for the storage layer (the caller holds the lock: acquire()/release(),
+    #     both called with the GIL held) ---
     cdef void acquire(self) noexcept
+    cdef void _wait_for_lock(self) noexcept
     cdef void acquire_nogil(self) noexcept nogil
     cdef void release(self) noexcept nogil
     cdef uint64_t charged(self, uint64_t size) noexcept nogil
