@@ -61,11 +61,10 @@ ctypedef struct Slot:
     uint32_t prev           # towards the most-recent end of the tier's list (VC_NIL at the head)
     uint32_t next           # towards the coldest end (VC_NIL at the tail); free-list link
     uint32_t frequency      # recorded accesses, saturating
-    uint32_t offset         # owned by the storage layer: byte offset inside `block`
-    uint16_t block          # owned by the storage layer: block index inside the tier
     uint16_t pins           # nested pin count; > 0 means never a victim and never moved
     int8_t tier             # -1 for a free slot
-    uint8_t flags           # reserved
+    uint8_t flags           # FLAG_LIFTED while an entry is between EV_LIFT and EV_PLACE
+                            # 40 bytes in all: keep it so (memory per entry, docs/DESIGN.md)
 
 
 ctypedef struct TierState:
@@ -89,7 +88,7 @@ ctypedef struct Event:
 
 
 cdef class Engine:
-    # --- storage-visible state (read-only for other modules, except Slot.block/offset) ---
+    # --- storage-visible state (read-only for other modules) ---
     cdef Slot* slots
     cdef TierState* tier_state
     cdef readonly int n_tiers
@@ -135,7 +134,6 @@ cdef class Engine:
     cdef void release(self) noexcept nogil
     cdef uint64_t charged(self, uint64_t size) noexcept nogil
     cdef Py_ssize_t slot_of(self, uint64_t key) noexcept nogil
-    cdef void set_location(self, Py_ssize_t slot, uint16_t block, uint32_t offset) noexcept nogil
     cdef Py_ssize_t first_slot(self, int tier) noexcept nogil
     cdef Py_ssize_t next_slot(self, Py_ssize_t slot) noexcept nogil
     cdef int evict_for_room(self, int tier, uint64_t* key_out) noexcept nogil

@@ -275,8 +275,6 @@ cdef int _insert(Engine e, uint64_t key, uint64_t size, uint32_t old) noexcept n
     s.frequency = 0
     s.pins = 0
     s.flags = 0
-    s.block = 0
-    s.offset = 0
     _map_insert(e, slot)
     e.n_live += 1
     _link_head(e, slot, tier)
@@ -657,10 +655,6 @@ cdef class Engine:
     cdef Py_ssize_t slot_of(self, uint64_t key) noexcept nogil:
         cdef uint32_t slot = _find(self, key)
         return -1 if slot == VC_NIL else <Py_ssize_t>slot
-
-    cdef void set_location(self, Py_ssize_t slot, uint16_t block, uint32_t offset) noexcept nogil:
-        self.slots[slot].block = block
-        self.slots[slot].offset = offset
 
     cdef Py_ssize_t first_slot(self, int tier) noexcept nogil:
         """The most recent slot of `tier`, -1 when it is empty; walk on with next_slot()."""
