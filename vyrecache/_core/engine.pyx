@@ -1022,6 +1022,7 @@ cdef class Engine:
         if self.native_policy:
             with nogil:
                 for i in range(n):
+                    _prefetch_keys(self, kv, i, True)
                     status = _access(self, kv[i], sv[i])
                     if status < ST_MISS:
                         failed = i
@@ -1057,6 +1058,7 @@ cdef class Engine:
         if self.native_policy:
             with nogil:
                 for i in range(n):
+                    _prefetch_keys(self, kv, i, False)
                     status = _insert(self, kv[i], sv[i], _find(self, kv[i]))
                     if status < 0:
                         failed = i
@@ -1085,6 +1087,7 @@ cdef class Engine:
         _enter(self)
         with nogil:
             for i in range(n):
+                _prefetch_keys(self, kv, i, True)
                 slot = _find(self, kv[i])
                 if slot != VC_NIL:
                     _touch(self, slot)
@@ -1105,6 +1108,7 @@ cdef class Engine:
         self.acquire()
         with nogil:
             for i in range(n):
+                _prefetch_keys(self, kv, i, False)
                 slot = _find(self, kv[i])
                 result[i] = -1 if slot == VC_NIL else self.slots[slot].tier
         self.release()
