@@ -462,3 +462,42 @@ def test_compaction_across_blocks_releases_emptied_blocks_and_takes_them_back():
         for key in cache:
             assert cache.read(key).tobytes() == payload(key, 1000)
         cache.check()
+
+
+def test_threads_sharing_a_cache_never_corrupt_bytes(make_cache):
+    import threading
+    cache = make_cache(small_tiers(host=64 * 1024, device=16 * 1024))
+    errors = []
+
+    def worker(seed):
+        rng = np.random.default_rng(seed)
+        try:
+            for step in range(300):
+                key = int(rng.integers(0, 40))
+                action = rng.integers(0, 4)
+                if action == 0:
+                    cache.put(key, payload(key, 700))
+                elif action == 1:
+                    try:
+                        assert cache.read(key).tobytes() == payload(key, 700)
+                    except vc.KeyNotFoundError:
+                        pass
+                elif action == 2:
+                    cache.access(key)
+                else:
+                    try:
+                        cache.demote(key)
+                    except vc.KeyNotFoundError:
+                        pass
+        except BaseException as error:   # reported to the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    for key in cache:
+        assert cache.read(key).tobytes() == payload(key, 700)
+    cache.check()
