@@ -371,6 +371,8 @@ def test_out_of_device_memory_at_creation_leaves_nothing_behind(vulkan_device, m
             faults.fail_next_allocation(1)
         return real_allocate(memory_type_index, size)
 
+    from vyrecache.vulkan.backend import calibrate_compaction
+    calibrate_compaction(vulkan_device)   # measured once per driver, before counting allocations
     monkeypatch.setattr(vulkan_device, "allocate_block", counting_allocate)
     failing_call = 0
     vulkan_device._staging and vulkan_device.free_block(vulkan_device._staging)
@@ -501,3 +503,15 @@ def test_threads_sharing_a_cache_never_corrupt_bytes(make_cache):
     for key in cache:
         assert cache.read(key).tobytes() == payload(key, 700)
     cache.check()
+
+
+def test_compaction_mode_is_measured_once_per_driver(vulkan_device):
+    from vyrecache.vulkan.backend import VulkanBackend, calibrate_compaction
+    mode = calibrate_compaction(vulkan_device)
+    assert mode in ("shader", "hybrid")
+    assert calibrate_compaction(vulkan_device) == mode
+    backend = VulkanBackend(device=vulkan_device)
+    assert backend.compaction == mode
+    backend.close()
+    with pytest.raises(ValueError, match="Fix:"):
+        VulkanBackend(device=vulkan_device, compaction="fastest")

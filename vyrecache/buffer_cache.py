@@ -18,7 +18,7 @@ from ._core.storage import Storage
 from .backend import BufferLocation, StorageBackend, TierMemory
 from .cache import CacheEntry, CacheTier, TieredCache
 from .compactor import CompactionReport, compact_tier, make_hole
-from .errors import CacheClosedError, VulkanUnavailableError
+from .errors import CacheClosedError, DeviceOutOfMemoryError, VulkanUnavailableError
 
 __all__ = ["BufferCache", "BufferLocation", "CompactionReport", "open_backend"]
 
@@ -279,6 +279,14 @@ class BufferCache:
             return compact_tier(self._storage, self._backend, tier, max_bytes, release=True)
 
     def _auto_compact(self, storage: Storage, tier: int, size: int) -> None:
+        try:
+            self._compact_for(storage, tier, size)
+        except DeviceOutOfMemoryError:
+            # The kernel could not grow its chunk table: place by evicting instead; the
+            # operation still completes and loses no bytes.
+            pass
+
+    def _compact_for(self, storage: Storage, tier: int, size: int) -> None:
         # First the cheap way: compact only the region that gathers `size` free bytes while
         # holding the fewest live bytes (bytes moved ~ that region, not the tier).
         if make_hole(storage, self._backend, tier, size) is not None and storage.largest_free(tier) >= size:

@@ -135,6 +135,7 @@ cdef class Storage:
     cdef CopyRow* rows
     cdef Py_ssize_t n_rows
     cdef Py_ssize_t cap_rows
+    cdef Py_ssize_t wave_first_row   # rows before it belong to earlier waves: never merged into
     cdef list wave_starts
     cdef uint64_t wave               # global, never reset: stale marks can never match
     cdef int32_t* d_block            # deferred frees
@@ -363,6 +364,7 @@ cdef class Storage:
 
     cdef void new_wave(self):
         self.wave += 1
+        self.wave_first_row = self.n_rows
         if self.n_rows:
             self.wave_starts.append(self.n_rows)
 
@@ -371,6 +373,16 @@ cdef class Storage:
     cdef int add_row(self, int32_t src, uint64_t src_offset, int32_t dst, uint64_t dst_offset,
                      uint64_t size) except -1:
         cdef void* p
+        cdef CopyRow* last
+        if self.n_rows > self.wave_first_row:
+            # A row that continues the previous one on both sides joins it: a promote_many of
+            # neighbours becomes a few large regions (drivers pay per region, NVIDIA heavily).
+            last = &self.rows[self.n_rows - 1]
+            if (last.src_block == self.b_id[src] and last.dst_block == self.b_id[dst]
+                    and last.src_offset + last.size == src_offset
+                    and last.dst_offset + last.size == dst_offset):
+                last.size += size
+                return 0
         if self.n_rows == self.cap_rows:
             self.cap_rows = self.cap_rows * 2 if self.cap_rows else 256
             p = realloc(self.rows, self.cap_rows * sizeof(CopyRow))
@@ -395,6 +407,7 @@ cdef class Storage:
         memcpy(&raw[0], self.rows, self.n_rows * sizeof(CopyRow))
         waves = [start for start in self.wave_starts if 0 < start < self.n_rows]
         self.n_rows = 0
+        self.wave_first_row = 0
         self.wave_starts = []
         self.wave += 1
         try:
