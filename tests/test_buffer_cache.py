@@ -515,3 +515,21 @@ def test_compaction_mode_is_measured_once_per_driver(vulkan_device):
     backend.close()
     with pytest.raises(ValueError, match="Fix:"):
         VulkanBackend(device=vulkan_device, compaction="fastest")
+
+
+@pytest.mark.parametrize("mode", ["shader", "hybrid"])
+def test_plans_larger_than_the_chunk_table_run_in_portions(vulkan_device, monkeypatch, mode):
+    import vyrecache.vulkan.backend as vulkan_backend
+    monkeypatch.setattr(vulkan_backend, "_TABLE_ROWS", 5)
+    backend = vulkan_backend.VulkanBackend(device=vulkan_device, compaction=mode)
+    with vc.BufferCache([vc.CacheTier("host", 1 << 20, memory="host")], backend=backend) as cache:
+        for key in range(60):
+            cache.put(key, payload(key, 3000 + key))
+        for key in range(0, 60, 3):
+            cache.remove(key)
+        report = cache.compact(0)
+        assert report.moves > 5
+        assert report.largest_free_after == report.free_bytes
+        for key in cache:
+            assert cache.read(key).tobytes() == payload(key, 3000 + key)
+        cache.check()

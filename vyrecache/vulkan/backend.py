@@ -19,6 +19,37 @@ from .memory import HOST_VISIBLE
 
 __all__ = ["VulkanBackend", "calibrate_compaction"]
 
+# Chunk-table rows reserved per cache (16 bytes each): 2 GiB of 64 KiB chunks per submit.
+_TABLE_ROWS = 32768
+
+
+class _PlanPortion:
+    """A slice of a compaction plan, in the shape CompactionKernel.record reads."""
+
+    __slots__ = ("chunks", "waves", "block_sizes")
+
+    def __init__(self, chunks: np.ndarray, block_sizes: Any) -> None:
+        self.chunks = chunks
+        self.waves = int(chunks["wave"].max()) + 1 if len(chunks) else 0
+        self.block_sizes = block_sizes
+
+
+def _portions(chunks: np.ndarray, block_sizes: Any, limit: int):
+    """Cut a plan's chunks (sorted by wave) into portions of at most *limit* chunks, waves renumbered."""
+    start = 0
+    while start < len(chunks):
+        end = min(start + limit, len(chunks))
+        if end < len(chunks):
+            # End the portion at a wave boundary when one exists inside it.
+            boundary = np.searchsorted(chunks["wave"][start:end], chunks["wave"][end], side="left")
+            if boundary > 0:
+                end = start + int(boundary)
+        portion = chunks[start:end].copy()
+        portion["wave"] -= portion["wave"][0]
+        yield _PlanPortion(portion, block_sizes)
+        start = end
+
+
 # Per driver (vendor, device, driver version): the faster compaction mode, measured once.
 _calibrated: dict[tuple[int, int, int, str], str] = {}
 
@@ -111,7 +142,10 @@ class VulkanBackend(StorageBackend):
             from .compute import CompactionKernel
             # Made now, with its pipeline: compaction inside an operation creates nothing.
             self._kernel = CompactionKernel(self._device, transfer_disjoint=self.compaction == "hybrid")
+            self._kernel.reserve_table(_TABLE_ROWS)
         except BaseException:
+            if self._kernel is not None:
+                self._kernel.destroy()
             if self._owns_device:
                 self._device.close()
             raise
@@ -165,7 +199,16 @@ class VulkanBackend(StorageBackend):
             self._device._staging_block(nbytes)
 
     def compact(self, blocks: list[StorageBlock], plan: Any) -> None:
-        self._kernel.run([block.native for block in blocks], plan)
+        natives = [block.native for block in blocks]
+        chunks = plan.chunks
+        if len(chunks) <= _TABLE_ROWS:
+            self._kernel.run(natives, plan)
+            return
+        # A plan larger than the reserved chunk table runs in portions of whole waves (a wave
+        # too large for the table is cut: its chunks are independent), one submit each, so the
+        # table is reused instead of grown.
+        for portion in _portions(chunks, plan.block_sizes, _TABLE_ROWS):
+            self._kernel.run(natives, portion)
 
     def close(self) -> None:
         for block in list(self._blocks.values()):

@@ -139,6 +139,25 @@ class CompactionKernel:
         self._retired_tables.clear()
         return True
 
+    def reserve_table(self, rows: int) -> None:
+        """Allocate the chunk table for *rows* rows now, so that recording a plan of up to that many
+        chunks allocates nothing.
+
+        Raises:
+            DeviceOutOfMemoryError: the table could not be allocated.
+        """
+        if self._table is None or self._table.freed or self._table.size < rows * _TABLE_ENTRY_BYTES:
+            size = max(_MIN_TABLE_ROWS, rows) * _TABLE_ENTRY_BYTES
+            table = self.device.allocate_block(self.device.memory_type_for("host", size), size)
+            if self._table is not None and not self._table.freed:
+                self.device.free_block(self._table)
+            self._table = table
+
+    @property
+    def table_rows(self) -> int:
+        """Rows the current chunk table holds (0 before the first plan or reservation)."""
+        return 0 if self._table is None or self._table.freed else self._table.size // _TABLE_ENTRY_BYTES
+
     def _table_rows(self, count: int) -> tuple[object, int]:
         """Room for *count* table rows in this recording: (table block, first row)."""
         first = self._table_rows_used
