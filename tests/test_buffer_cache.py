@@ -533,3 +533,24 @@ def test_plans_larger_than_the_chunk_table_run_in_portions(vulkan_device, monkey
         for key in cache:
             assert cache.read(key).tobytes() == payload(key, 3000 + key)
         cache.check()
+
+
+def test_a_batch_that_fails_part_way_keeps_bytes_and_metadata_together(make_cache):
+    class Refuses(vc.TierPolicy):
+        def should_promote(self, key, stats):
+            if key == 5:
+                raise RuntimeError("policy refuses key 5")
+            return True
+
+        def eviction_candidate(self, tier, cache):
+            return None
+
+    cache = make_cache(small_tiers(host=16384, device=8192), policy=Refuses())
+    for key in range(10):
+        cache.put(key, payload(key, 500))
+    with pytest.raises(RuntimeError, match="refuses"):
+        cache.promote_many(np.arange(10, dtype=np.uint64))
+    assert cache.get(0).tier == 1            # keys before the failure were promoted
+    for key in range(10):
+        assert cache.read(key).tobytes() == payload(key, 500)
+    cache.check()

@@ -197,8 +197,11 @@ class BufferCache:
         with self._lock:
             self._live()
             self._storage.reacquire()
-            result = method(*args)
-            evicted = self._storage.replay()
+            try:
+                result = method(*args)
+            finally:
+                # A batch call that raises part-way has done its earlier keys: their bytes move too.
+                evicted = self._storage.replay()
         self._report(evicted)
         return result
 

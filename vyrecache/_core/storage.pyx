@@ -662,8 +662,10 @@ cdef class Storage:
                 self.require_open()
                 if self.released:
                     self.reacquire()
-                self.engine.insert(key, buffer.len)
-                self.apply_events()
+                try:
+                    self.engine.insert(key, buffer.len)
+                finally:
+                    self.apply_events()     # an insert that raised changed nothing: no events
                 slot = self.engine.slot_of(self.native_key(key))
                 if slot >= 0:   # absent only if room had to be made by evicting it again
                     gb = self.s_block[slot]
