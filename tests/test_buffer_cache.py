@@ -554,3 +554,34 @@ def test_a_batch_that_fails_part_way_keeps_bytes_and_metadata_together(make_cach
     for key in range(10):
         assert cache.read(key).tobytes() == payload(key, 500)
     cache.check()
+
+
+def test_host_and_vulkan_backends_give_identical_layouts(vulkan_device):
+    from vyrecache.vulkan.backend import VulkanBackend
+    rng = np.random.default_rng(7)
+    caches = [vc.BufferCache(small_tiers(host=32768, device=8192), backend="host"),
+              vc.BufferCache(small_tiers(host=32768, device=8192), backend=VulkanBackend(device=vulkan_device))]
+    try:
+        for step in range(400):
+            key, size, action = int(rng.integers(0, 60)), int(rng.integers(1, 3000)), rng.integers(0, 6)
+            for cache in caches:
+                try:
+                    if action < 3:
+                        cache.put(key, payload(key, size, step))
+                    elif action == 3:
+                        cache.access(key)
+                    elif action == 4:
+                        cache.remove(key)
+                    else:
+                        cache.compact(int(key % 2), max_bytes=4096)
+                except vc.KeyNotFoundError:
+                    pass
+            host, device = caches
+            assert sorted(host) == sorted(device)
+            for present in host:
+                a, b = host.location(present), device.location(present)
+                assert (a.tier, a.offset, a.size) == (b.tier, b.offset, b.size)
+        assert sum(c["compactions"] for c in caches[0].counters()) > 0
+    finally:
+        for cache in caches:
+            cache.close()

@@ -189,6 +189,7 @@ class BufferCache:
 
     @property
     def backend_name(self) -> str:
+        """"vulkan" or "host": the backend the bytes live in."""
         return self._backend.name
 
     # -- moves ------------------------------------------------------------------------------
@@ -312,6 +313,7 @@ class BufferCache:
         return self._engine.get(key)
 
     def stats(self, key: int) -> Any:
+        """The entry's AccessStats (frequency, last_access, size), or None when it is absent."""
         self._live()
         return self._engine.stats(key)
 
