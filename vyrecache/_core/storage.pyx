@@ -28,7 +28,6 @@ from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memset
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE
 from cpython.long cimport PyLong_AsUnsignedLongLong
-from cpython.object cimport PyObject
 cimport numpy as cnp
 
 cnp.import_array()
@@ -626,20 +625,6 @@ cdef class Storage:
         self.apply_events()
         return self.evicted
 
-    def write_new(self, Py_ssize_t slot, data):
-        """Write the bytes of an entry just inserted (its slot is in state NEW)."""
-        cdef const uint8_t[::1] view = data
-        cdef int32_t gb = self.s_block[slot]
-        if view.shape[0] and gb >= 0:
-            if self.b_addr[gb] != NULL:
-                memcpy(self.b_addr[gb] + self.s_offset[slot], &view[0], view.shape[0])
-            else:
-                self.backend.write(self.blocks[gb], self.s_offset[slot], memoryview(data))
-        self.s_state[slot] = S_PLACED
-        self.s_wave[slot] = self.wave
-
-    # -- the hot byte paths, whole operations in C (the caller holds no lock) ----------------
-
     def put(self, key, data):
         """Store ``data`` under ``key``: engine insert, event replay, byte write, one lock.
 
@@ -771,10 +756,6 @@ cdef class Storage:
         finally:
             self.lock.release()
 
-    @property
-    def is_closed(self):
-        return self.closed
-
     def slot_of(self, key):
         """The engine slot holding ``key``; raises KeyNotFoundError (bad keys: TypeError/ValueError)."""
         return self.find(key)
@@ -793,10 +774,6 @@ cdef class Storage:
 
     def slot_size(self, Py_ssize_t slot):
         return self.engine.slots[slot].size
-
-    def read_slot(self, Py_ssize_t slot, out):
-        """Copy the entry's bytes into ``out`` (a writable uint8 buffer of exactly its size)."""
-        self.read_bytes(self.s_block[slot], self.s_offset[slot], out)
 
     def slot_location(self, Py_ssize_t slot):
         """(global block index, offset) of a placed entry; block -1 for a zero-size entry."""
