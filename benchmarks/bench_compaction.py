@@ -69,9 +69,9 @@ def main() -> None:
                "shader+transfer": CompactionKernel(device, transfer_disjoint=True)}
 
     cases = [
-        (f"64 KiB entries, half evicted", layout_half_evicted(block_size, 64 << 10, 1), block_size),
-        (f"4 KiB entries, half evicted", layout_half_evicted(block_size, 4 << 10, 2), block_size),
-        (f"1 MiB entries, half evicted", layout_half_evicted(block_size, MIB, 3), block_size),
+        ("64 KiB entries, half evicted", layout_half_evicted(block_size, 64 << 10, 1), block_size),
+        ("4 KiB entries, half evicted", layout_half_evicted(block_size, 4 << 10, 2), block_size),
+        ("1 MiB entries, half evicted", layout_half_evicted(block_size, MIB, 3), block_size),
         (f"1 MiB entries slid by 16 B ({args.overlap_mib} MiB)",
          layout_sixteen_byte_slide(args.overlap_mib * MIB, MIB), args.overlap_mib * MIB),
     ]

@@ -15,10 +15,6 @@ from vyrecache.cli import main, parse_size
 from vyrecache.cli.workload import DECODE_KEY_BASE, KvWorkload
 from vyrecache.report import COUNTERS, format_bytes, format_report, hit_ratios
 
-needs_buffer_cache = pytest.mark.skipif(not hasattr(vc, "BufferCache"),
-                                        reason="BufferCache is not part of this build yet")
-
-
 def run_cli(*args, cwd=None, env=None):
     """Run `python -m vyrecache ARGS` in a child process, as a user would."""
     return subprocess.run([sys.executable, "-m", "vyrecache", *args], capture_output=True, text=True,
@@ -113,7 +109,6 @@ def test_info_json_lists_the_devices_vc_devices_reports(capsys):
 
 # --- demo ------------------------------------------------------------------------------------
 
-@needs_buffer_cache
 def test_demo_prints_the_per_tier_report_and_verifies_bytes():
     result = run_cli("demo", "--backend", "host", "--entries", "200", "--duration", "1", "--quiet")
     assert result.returncode == 0, result.stderr
@@ -123,7 +118,6 @@ def test_demo_prints_the_per_tier_report_and_verifies_bytes():
     assert "sampled entries read back, all bytes match" in out
 
 
-@needs_buffer_cache
 def test_demo_json_is_machine_readable_and_reproducible(capsys):
     args = ["demo", "--backend", "host", "--entries", "300", "--requests", "400", "--duration", "30",
             "--host-size", "2MiB", "--device-size", "512KiB", "--block-size", "4KiB", "--json", "--quiet"]
@@ -140,7 +134,6 @@ def test_demo_json_is_machine_readable_and_reproducible(capsys):
     assert first["tiers"] == second["tiers"]
 
 
-@needs_buffer_cache
 def test_demo_on_the_default_device_runs():
     result = run_cli("demo", "--entries", "200", "--duration", "1", "--quiet")
     assert result.returncode == 0, result.stderr

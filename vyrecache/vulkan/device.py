@@ -23,7 +23,7 @@ import weakref
 import numpy as np
 
 from . import faults
-from .check import check, error_for
+from .check import check
 from .commands import CommandRecorder
 from .info import DeviceInfo, describe_physical_device
 from .instance import Instance
@@ -116,7 +116,7 @@ class Device:
 
     def __init__(self, index: int | None = None, validation: bool | None = None,
                  force_staging: bool = False) -> None:
-        self._vk = vk = load()
+        self._vk = load()
         self._handle = None
         self._closed = False
         self._instance = None
@@ -133,7 +133,6 @@ class Device:
             validation = os.environ.get("VYRECACHE_VALIDATION") == "1"
         self.validation = validation
         self.validation_messages: list[str] = []
-        ffi, lib = vk.ffi, vk.lib
         try:
             self._instance = Instance(validation, self.validation_messages)
             physical_devices = self._instance.physical_devices()

@@ -19,7 +19,7 @@ API_VERSION = (1, 1, 0)
 
 
 def _enumerate_strings(vk, call: str, function, *args, field: str) -> list[str]:
-    ffi, lib = vk.ffi, vk.lib
+    ffi = vk.ffi
     count = ffi.new("uint32_t*")
     check(call, function(*args, count, ffi.NULL))
     array = ffi.new(f"{ffi.typeof(function).args[-1].item.cname}[]", count[0])
