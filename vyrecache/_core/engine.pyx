@@ -35,6 +35,8 @@ cdef extern from *:
     #ifdef Py_GIL_DISABLED
     #error "vyrecache's engine lock needs the GIL; free-threaded CPython is not supported yet"
     #endif
+    #define vc_likely(x) __builtin_expect(!!(x), 1)
+    #define vc_unlikely(x) __builtin_expect(!!(x), 0)
     static void vc_require_gil(const char *where) {
         if (!PyGILState_Check()) Py_FatalError(where);
     }
@@ -42,8 +44,13 @@ cdef extern from *:
     # Debug builds verify every invariant after every mutating call (slow; tests only).
     const bint VC_DEBUG
     void vc_require_gil(const char* where) nogil
+    # Branch hints for the hot paths: the rare side (growth, logging, Python policies, errors).
+    bint vc_likely(bint condition) nogil
+    bint vc_unlikely(bint condition) nogil
 
 cdef object _TWO_64 = 1 << 64
+# access() results boxed once: ST_MISS (-1) and every tier index (at most INT8_MAX tiers).
+cdef tuple _ACCESS_RESULTS = tuple(range(-1, INT8_MAX + 1))
 
 include "engine_values.pxi"
 include "engine_map.pxi"
@@ -95,7 +102,7 @@ cdef void _grow_events(Engine e) noexcept nogil:
 
 cdef inline void _emit(Engine e, uint8_t kind, uint32_t slot, int src, int dst) noexcept nogil:
     cdef Event* ev
-    if not e.logging:
+    if vc_likely(not e.logging):
         return
     if e.n_events == e.events_capacity:
         _grow_events(e)
@@ -182,8 +189,14 @@ cdef inline bint _should_promote(Engine e, uint32_t slot) noexcept nogil:
 # --------------------------------------------------------------------------------------------
 # The rules
 
-cdef void _make_room(Engine e, int tier, uint64_t charge) noexcept nogil:
+cdef inline void _make_room(Engine e, int tier, uint64_t charge) noexcept nogil:
     """Displace victims of `tier` until `charge` more bytes fit.  The caller checked _can_host."""
+    cdef TierState* t = &e.tier_state[tier]
+    if t.used > t.capacity - charge:
+        _displace_until_fits(e, tier, charge)
+
+
+cdef void _displace_until_fits(Engine e, int tier, uint64_t charge) noexcept nogil:
     cdef TierState* t = &e.tier_state[tier]
     cdef uint32_t victim
     while t.used > t.capacity - charge:
@@ -193,7 +206,7 @@ cdef void _make_room(Engine e, int tier, uint64_t charge) noexcept nogil:
         _displace(e, victim)
 
 
-cdef void _displace(Engine e, uint32_t victim) noexcept nogil:
+cdef inline void _displace(Engine e, uint32_t victim) noexcept nogil:
     """A victim leaves its tier: spilled one tier down when allowed and possible, else evicted."""
     cdef Slot* s = &e.slots[victim]
     cdef int tier = s.tier
@@ -240,11 +253,11 @@ cdef int _first_tier_for(Engine e, uint64_t charge, uint32_t replaced) noexcept 
     return ST_ALL_PINNED if fits_somewhere else ST_TOO_LARGE
 
 
-cdef void _remove(Engine e, uint32_t slot, uint8_t kind) noexcept nogil:
+cdef inline void _remove(Engine e, uint32_t slot, uint8_t kind) noexcept nogil:
     cdef Slot* s = &e.slots[slot]
     cdef int tier = s.tier
     _emit(e, kind, slot, tier, -1)
-    if s.pins:
+    if vc_unlikely(s.pins != 0):
         e.tier_state[tier].pinned -= _charge(e, s.size)
         s.pins = 0
     _unlink(e, slot)
@@ -260,9 +273,9 @@ cdef int _insert(Engine e, uint64_t key, uint64_t size, uint32_t old) noexcept n
     cdef int tier = _first_tier_for(e, charge, old)
     cdef uint32_t slot
     cdef Slot* s
-    if tier < 0:
+    if vc_unlikely(tier < 0):
         return tier
-    if _reserve_one(e) != 0:
+    if vc_unlikely(_reserve_one(e) != 0):
         return ST_NO_MEMORY
     if old != VC_NIL:
         _remove(e, old, EV_REMOVE)
@@ -315,10 +328,13 @@ cdef int _demote(Engine e, uint32_t slot) noexcept nogil:
 cdef inline int _hit(Engine e, uint32_t slot) noexcept nogil:
     """A use of a present entry: record it, promote if the policy says so; the tier it was in."""
     cdef int tier
+    cdef Slot* s = &e.slots[slot]
     _touch(e, slot)
-    tier = e.slots[slot].tier
+    tier = s.tier
     e.tier_state[tier].counters[C_HITS] += 1
-    if tier + 1 < e.n_tiers:
+    # The native policy's test inline: most hits do not promote, and skip the call.
+    if (tier + 1 < e.n_tiers and s.pins == 0
+            and (not e.native_policy or s.frequency >= e.promote_threshold)):
         _promote(e, slot, False)
     return tier
 
@@ -327,7 +343,7 @@ cdef inline int _access(Engine e, uint64_t key, uint64_t size) noexcept nogil:
     """The fused per-use call: the tier of a hit (then maybe promoted), or -1 after inserting."""
     cdef uint32_t slot = _find(e, key)
     cdef int tier
-    if slot != VC_NIL:
+    if vc_likely(slot != VC_NIL):
         return _hit(e, slot)
     tier = _insert(e, key, size, VC_NIL)
     if tier < 0:
@@ -339,9 +355,31 @@ cdef inline int _access(Engine e, uint64_t key, uint64_t size) noexcept nogil:
 # --------------------------------------------------------------------------------------------
 # Entering and leaving a public call
 
+cdef inline void _lock(Engine e) noexcept:
+    """Engine.acquire(), with the uncontended case inline (the caller holds the GIL)."""
+    if vc_likely(e.lock_depth == 0):
+        e.lock_owner = pthread_self()
+        e.lock_depth = 1
+    elif e.lock_owner == pthread_self():
+        e.lock_depth += 1
+    else:
+        e._wait_for_lock()
+        e.lock_owner = pthread_self()
+        e.lock_depth = 1
+
+
+cdef inline void _unlock(Engine e) noexcept nogil:
+    """Engine.release() (the caller holds the GIL)."""
+    if VC_DEBUG:
+        vc_require_gil("Engine.release() called without the GIL")
+    e.lock_depth -= 1
+    if vc_unlikely(e.lock_depth == 0 and e.lock_waiters != 0):
+        sem_post(&e.lock_free)
+
+
 cdef inline int _enter(Engine e) except -1:
-    e.acquire()
-    if e.in_callback:
+    _lock(e)
+    if vc_unlikely(e.in_callback != 0):
         e.release()
         raise CacheError("The cache was modified from inside its own policy callback. "
                          "Fix: only read the cache (get, stats, tiers, iteration) from "
@@ -353,10 +391,10 @@ cdef inline int _enter(Engine e) except -1:
 cdef inline int _leave(Engine e, int status, uint64_t key, uint64_t size,
                        Py_ssize_t index) except -1:
     """Release the lock, then raise the status's error and run on_evict callbacks, if any."""
-    if (e._on_evict is None and e.pending_error is None and not e.alloc_failed
-            and not VC_DEBUG):
-        e.release()
-        if status < ST_MISS:
+    if vc_likely(e._on_evict is None and e.pending_error is None and not e.alloc_failed
+                 and not VC_DEBUG):
+        _unlock(e)
+        if vc_unlikely(status < ST_MISS):
             _raise_status(e, status, key, size, index)
         return 0
     return _leave_slow(e, status, key, size, index)
@@ -616,14 +654,7 @@ cdef class Engine:
 
     cdef void acquire(self) noexcept:
         """Take the engine's lock; the caller holds the GIL (kept, except while waiting)."""
-        cdef pthread_t me = pthread_self()
-        if self.lock_depth:
-            if self.lock_owner == me:
-                self.lock_depth += 1
-                return
-            self._wait_for_lock()
-        self.lock_owner = me
-        self.lock_depth = 1
+        _lock(self)
 
     cdef void _wait_for_lock(self) noexcept:
         self.lock_waiters += 1
@@ -643,11 +674,7 @@ cdef class Engine:
 
     cdef void release(self) noexcept nogil:
         """Release the lock once; the caller holds the GIL."""
-        if VC_DEBUG:
-            vc_require_gil("Engine.release() called without the GIL")
-        self.lock_depth -= 1
-        if self.lock_depth == 0 and self.lock_waiters:
-            sem_post(&self.lock_free)
+        _unlock(self)
 
     cdef uint64_t charged(self, uint64_t size) noexcept nogil:
         return _charge(self, size)
@@ -728,6 +755,8 @@ cdef class Engine:
 
     # ---- single-key calls ----
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     def access(self, key, size):
         """Use `key`: on a hit record the access, promote if the policy says so, return the tier
         it was found in; on a miss insert it with `size` bytes and return -1."""
@@ -740,7 +769,7 @@ cdef class Engine:
         _enter(self)
         result = _access(self, k, s)
         _leave(self, result, k, s, -1)
-        return result
+        return _ACCESS_RESULTS[result + 1]      # result >= ST_MISS after _leave
 
     def touch(self, key):
         """access() without the insert: the tier of a hit (recorded, maybe promoted), or -1 for

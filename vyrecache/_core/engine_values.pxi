@@ -59,7 +59,8 @@ cdef inline uint64_t _as_u64(object value, str what) except? 0:
 cdef object _as_u64_array(object values, str what, Py_ssize_t length=-1):
     """A 1-D uint64 array of `values`; a scalar is repeated `length` times when length >= 0."""
     if length >= 0 and not isinstance(values, (np.ndarray, list, tuple)):
-        return np.full(length, _as_u64(values, what), dtype=np.uint64)
+        # A read-only view with stride 0: no per-key fill for the common "one size for all".
+        return np.broadcast_to(np.uint64(_as_u64(values, what)), (length,))
     array = np.asarray(values)
     if array.dtype != np.uint64:
         if array.size == 0:
