@@ -1,6 +1,11 @@
 from libc.stdint cimport uint64_t, int64_t
 
 
+cdef inline uint64_t round_up(uint64_t value, uint64_t alignment) noexcept nogil:
+    """``value`` rounded up to a multiple of ``alignment``, a power of two (a mask, no division)."""
+    return (value + alignment - 1) & ~(alignment - 1)
+
+
 cdef class Allocator:
     """First-fit sub-allocator over one memory block (see allocator.pyx)."""
     cdef readonly uint64_t size

@@ -22,10 +22,6 @@ from libc.string cimport memmove
 from vyrecache.errors import CacheError
 
 
-cdef inline uint64_t round_up(uint64_t value, uint64_t alignment) noexcept nogil:
-    return (value + alignment - 1) // alignment * alignment
-
-
 cdef class Allocator:
     """Hands out aligned byte ranges of a block of ``size`` bytes.
 
@@ -108,7 +104,7 @@ cdef class Allocator:
         cdef bint joins_prev, joins_next
         if length == 0:
             return 0
-        if offset % self.alignment or offset + length > self.size or offset + length < offset:
+        if offset & (self.alignment - 1) or offset + length > self.size or offset + length < offset:
             return -1
         # First free range starting after `offset`.
         while lo < hi:

@@ -29,6 +29,8 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memmove
 
+from vyrecache._core.allocator cimport round_up
+
 import numpy as np
 
 __all__ = ["CHUNK_DTYPE", "FREE_RANGE_DTYPE", "MAX_CHUNK_BYTES", "CompactionPlan", "plan_block",
@@ -51,8 +53,6 @@ MAX_CHUNK_BYTES = CHUNK_BYTES
 assert CHUNK_DTYPE.itemsize == sizeof(Chunk)
 
 
-cdef inline uint64_t round_up(uint64_t value, uint64_t alignment) noexcept nogil:
-    return (value + alignment - 1) // alignment * alignment
 
 
 cdef class CompactionPlan:

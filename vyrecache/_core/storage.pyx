@@ -35,7 +35,7 @@ cnp.import_array()
 cdef extern from "Python.h":
     bint PyLong_CheckExact(object)
 
-from vyrecache._core.allocator cimport Allocator
+from vyrecache._core.allocator cimport Allocator, round_up
 from vyrecache._core.engine cimport Engine, Event, EV_INSERT, EV_REMOVE, EV_EVICT, EV_LIFT, EV_PLACE
 
 import threading
@@ -102,10 +102,6 @@ cdef enum StorageCounter:
     SC_N = 4
 
 STORAGE_COUNTER_NAMES = ("compactions", "compaction_bytes", "fragmentation_evictions", "evacuations")
-
-
-cdef inline uint64_t round_up(uint64_t value, uint64_t alignment) noexcept nogil:
-    return (value + alignment - 1) // alignment * alignment
 
 
 cdef class Storage:
