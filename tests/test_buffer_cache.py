@@ -225,8 +225,11 @@ def test_use_after_close_raises(make_cache):
     cache.put(1, b"x")
     cache.close()
     cache.close()
-    with pytest.raises(vc.CacheClosedError, match="Fix:"):
-        cache.read(1)
+    for use in (lambda: cache.read(1), lambda: cache.put(2, b"y"), lambda: cache.get(1),
+                lambda: len(cache), lambda: 1 in cache, lambda: list(cache), lambda: cache.tiers,
+                lambda: cache.counters(), lambda: cache.compact(), lambda: cache.promote(1)):
+        with pytest.raises(vc.CacheClosedError, match="Fix:"):
+            use()
 
 
 def test_unclosed_cache_warns_and_frees():

@@ -320,6 +320,7 @@ class BufferCache:
     @property
     def tiers(self) -> Any:
         """Per-tier views with name, capacity, used, count."""
+        self._live()
         return self._engine.tiers
 
     def counters(self) -> list[dict[str, float]]:
@@ -358,12 +359,15 @@ class BufferCache:
             self._storage.check()
 
     def __len__(self) -> int:
+        self._live()
         return len(self._engine)
 
     def __contains__(self, key: object) -> bool:
+        self._live()
         return key in self._engine
 
     def __iter__(self) -> Iterator[int]:
+        self._live()
         return iter(self._engine)
 
     def _slot(self, key: int) -> int:
