@@ -353,3 +353,34 @@ def test_record_access_ticks_are_never_lost_across_threads():
         thread.join()
     assert cache.stats(1).frequency == 4 * per_thread + 5000
     cache.check()
+
+
+class _LruInPython(vc.TierPolicy):
+    """LruPolicy's rules through the Python-policy path, which never prefetches."""
+
+    def should_promote(self, key, stats):
+        return stats.frequency >= vc.LruPolicy.DEFAULT_THRESHOLD
+
+    def eviction_candidate(self, tier, cache):
+        return None
+
+
+@pytest.mark.parametrize("call", ["access_many", "insert_many"])
+def test_batch_call_on_tables_large_enough_to_prefetch_matches_the_unprefetched_path(call):
+    # The first call leaves the tables past the prefetching threshold (1 MiB); during the second
+    # the map grows, so the prefetched home buckets are computed again mid-call.
+    rng = np.random.default_rng(5)
+    universe = rng.integers(0, 2**64, 60_000, dtype=np.uint64)
+    keys = universe[rng.integers(0, universe.size, 150_000)]
+    tiers = [vc.CacheTier("host", 40_000), vc.CacheTier("vram", 5_000)]
+    batched, reference = vc.TieredCache(tiers), vc.TieredCache(tiers, policy=_LruInPython())
+    for cache in (batched, reference):
+        cache.insert_many(universe[:30_000], 1)
+    assert batched.sizeof() >= 1 << 20
+    assert getattr(batched, call)(keys, 1).tolist() == getattr(reference, call)(keys, 1).tolist()
+    assert batched.get_tiers(universe).tolist() == reference.get_tiers(universe).tolist()
+    assert batched.counters() == reference.counters()
+    assert batched.record_access_many(universe) == reference.record_access_many(universe)
+    assert [batched.stats(int(key)) for key in universe[::97]] == [
+        reference.stats(int(key)) for key in universe[::97]]
+    batched.check()

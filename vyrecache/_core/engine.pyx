@@ -341,7 +341,11 @@ cdef inline int _hit(Engine e, uint32_t slot) noexcept nogil:
 
 cdef inline int _access(Engine e, uint64_t key, uint64_t size) noexcept nogil:
     """The fused per-use call: the tier of a hit (then maybe promoted), or -1 after inserting."""
-    cdef uint32_t slot = _find(e, key)
+    return _access_slot(e, key, size, _find(e, key))
+
+
+cdef inline int _access_slot(Engine e, uint64_t key, uint64_t size, uint32_t slot) noexcept nogil:
+    """_access() once the key's slot (VC_NIL: absent) is known."""
     cdef int tier
     if vc_likely(slot != VC_NIL):
         return _hit(e, slot)
@@ -1047,12 +1051,15 @@ cdef class Engine:
         cdef int8_t[::1] result = out
         cdef Py_ssize_t i, failed = -1
         cdef int status = 0
+        cdef uint64_t home
+        cdef Prefetcher ring
         _enter(self)
+        _prefetch_start(self, &ring)
         if self.native_policy:
             with nogil:
                 for i in range(n):
-                    _prefetch_keys(self, kv, i, True)
-                    status = _access(self, kv[i], sv[i])
+                    home = _prefetch_keys(self, &ring, kv, i, True)
+                    status = _access_slot(self, kv[i], sv[i], _find_from(self, kv[i], home))
                     if status < ST_MISS:
                         failed = i
                         break
@@ -1083,12 +1090,15 @@ cdef class Engine:
         cdef int8_t[::1] result = out
         cdef Py_ssize_t i, failed = -1
         cdef int status = 0
+        cdef uint64_t home
+        cdef Prefetcher ring
         _enter(self)
+        _prefetch_start(self, &ring)
         if self.native_policy:
             with nogil:
                 for i in range(n):
-                    _prefetch_keys(self, kv, i, False)
-                    status = _insert(self, kv[i], sv[i], _find(self, kv[i]))
+                    home = _prefetch_keys(self, &ring, kv, i, False)
+                    status = _insert(self, kv[i], sv[i], _find_from(self, kv[i], home))
                     if status < 0:
                         failed = i
                         break
@@ -1113,11 +1123,12 @@ cdef class Engine:
         cdef const uint64_t[:] kv = key_array
         cdef Py_ssize_t i, n = kv.shape[0], present = 0
         cdef uint32_t slot
+        cdef Prefetcher ring
         _enter(self)
+        _prefetch_start(self, &ring)
         with nogil:
             for i in range(n):
-                _prefetch_keys(self, kv, i, True)
-                slot = _find(self, kv[i])
+                slot = _find_from(self, kv[i], _prefetch_keys(self, &ring, kv, i, True))
                 if slot != VC_NIL:
                     _touch(self, slot)
                     present += 1
@@ -1134,11 +1145,12 @@ cdef class Engine:
         out = np.empty(n, dtype=np.int8)
         cdef int8_t[::1] result = out
         cdef uint32_t slot
+        cdef Prefetcher ring
         self.acquire()
+        _prefetch_start(self, &ring)
         with nogil:
             for i in range(n):
-                _prefetch_keys(self, kv, i, False)
-                slot = _find(self, kv[i])
+                slot = _find_from(self, kv[i], _prefetch_keys(self, &ring, kv, i, False))
                 result[i] = -1 if slot == VC_NIL else self.slots[slot].tier
         self.release()
         return out

@@ -43,7 +43,11 @@ cdef inline uint64_t _home(Engine e, uint64_t key) noexcept nogil:
 
 
 cdef inline uint32_t _find(Engine e, uint64_t key) noexcept nogil:
-    cdef uint64_t i = _home(e, key)
+    return _find_from(e, key, _home(e, key))
+
+
+cdef inline uint32_t _find_from(Engine e, uint64_t key, uint64_t i) noexcept nogil:
+    """_find() for a key whose home bucket `i` the caller computed (the batch calls' prefetch)."""
     cdef uint32_t slot
     while True:
         slot = e.buckets[i]
@@ -86,7 +90,14 @@ cdef void _map_erase(Engine e, uint32_t slot) noexcept nogil:
 # key i + PREFETCH_STEP's list neighbours (what a hit relinks).  Each stage reads only what an
 # earlier stage fetched, so the chain bucket -> slot -> neighbours overlaps across keys instead
 # of stalling every key.  Only hints: a stage that reads an entry a later key moves or evicts
-# just fetches a useless line.
+# just fetches a useless line.  Each key is hashed once: its home bucket waits in a small ring
+# until the stages and then the lookup itself use it; a map resize (a new bucket_shift) makes
+# the ring compute its homes again.
+#
+# Only for tables beyond PREFETCH_MIN_BYTES: while the slots and buckets fit in the L2 cache the
+# stages cost about 40 instructions per key and save no stall.  (The stages are called for the
+# value they return, the key's home: a void helper that only prefetches is "const" to GCC, and
+# calls to it are dropped as dead code.)
 cdef extern from *:
     """
     #define vc_prefetch_read(p) __builtin_prefetch((const void *)(p), 0, 3)
@@ -97,41 +108,56 @@ cdef extern from *:
 
 cdef enum:
     PREFETCH_STEP = 4
+    PREFETCH_RING = 16          # a power of two above 3 * PREFETCH_STEP
+    PREFETCH_MIN_BYTES = 1 << 20    # half the L2 cache of the machines we measure on
 
 
-cdef inline void _prefetch_bucket(Engine e, uint64_t key) noexcept nogil:
-    vc_prefetch_read(&e.buckets[_home(e, key)])
+ctypedef struct Prefetcher:
+    uint64_t homes[16]          # PREFETCH_RING: the home of keys[k] at homes[k % PREFETCH_RING]
+    int bucket_shift            # the map size they were computed for; -1 before the first key
+    bint enabled                # the tables are large enough for prefetching to pay
 
 
-cdef inline void _prefetch_slot(Engine e, uint64_t key) noexcept nogil:
-    cdef uint32_t slot = e.buckets[_home(e, key)]
-    if slot != VC_NIL:
-        vc_prefetch_write(&e.slots[slot])
-        vc_prefetch_write(<char*>&e.slots[slot] + sizeof(Slot) - 1)     # may span two lines
-
-
-cdef inline void _prefetch_neighbours(Engine e, uint64_t key) noexcept nogil:
-    cdef uint32_t slot = e.buckets[_home(e, key)]
-    cdef Slot* s
-    if slot == VC_NIL or e.slots[slot].key != key:
-        return
-    s = &e.slots[slot]
-    if s.prev != VC_NIL:
-        vc_prefetch_write(&e.slots[s.prev].next)
-    if s.next != VC_NIL:
-        vc_prefetch_write(&e.slots[s.next].prev)
+cdef inline void _prefetch_start(Engine e, Prefetcher* ring) noexcept nogil:
+    ring.bucket_shift = -1
+    ring.enabled = (<uint64_t>e.slot_capacity * sizeof(Slot)
+                    + (e.bucket_mask + 1) * sizeof(uint32_t)) >= PREFETCH_MIN_BYTES
 
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef inline void _prefetch_keys(Engine e, const uint64_t[:] keys, Py_ssize_t i,
-                                bint neighbours) noexcept nogil:
-    """Prefetch for the keys after keys[i] (see above); `neighbours` for calls that relink."""
-    if i + 3 * PREFETCH_STEP < keys.shape[0]:
-        _prefetch_bucket(e, keys[i + 3 * PREFETCH_STEP])
-        _prefetch_slot(e, keys[i + 2 * PREFETCH_STEP])
+cdef inline uint64_t _prefetch_keys(Engine e, Prefetcher* ring, const uint64_t[:] keys,
+                                    Py_ssize_t i, bint neighbours) noexcept nogil:
+    """Prefetch for the keys after keys[i] (see above); `neighbours` for calls that relink.
+    Returns the home bucket of keys[i]."""
+    cdef Py_ssize_t ahead = i + 3 * PREFETCH_STEP
+    cdef Py_ssize_t k, n = keys.shape[0]
+    cdef uint64_t home
+    cdef uint32_t slot
+    cdef Slot* s
+    if not ring.enabled:
+        return _home(e, keys[i])
+    if vc_unlikely(ring.bucket_shift != e.bucket_shift):
+        ring.bucket_shift = e.bucket_shift
+        for k in range(i, ahead if ahead < n else n):
+            ring.homes[k & (PREFETCH_RING - 1)] = _home(e, keys[k])
+    if ahead < n:
+        home = _home(e, keys[ahead])
+        ring.homes[ahead & (PREFETCH_RING - 1)] = home
+        vc_prefetch_read(&e.buckets[home])
+        slot = e.buckets[ring.homes[(i + 2 * PREFETCH_STEP) & (PREFETCH_RING - 1)]]
+        if slot != VC_NIL:
+            vc_prefetch_write(&e.slots[slot])
+            vc_prefetch_write(<char*>&e.slots[slot] + sizeof(Slot) - 1)     # may span two lines
         if neighbours:
-            _prefetch_neighbours(e, keys[i + PREFETCH_STEP])
+            slot = e.buckets[ring.homes[(i + PREFETCH_STEP) & (PREFETCH_RING - 1)]]
+            if slot != VC_NIL and e.slots[slot].key == keys[i + PREFETCH_STEP]:
+                s = &e.slots[slot]
+                if s.prev != VC_NIL:
+                    vc_prefetch_write(&e.slots[s.prev].next)
+                if s.next != VC_NIL:
+                    vc_prefetch_write(&e.slots[s.next].prev)
+    return ring.homes[i & (PREFETCH_RING - 1)]
 
 
 cdef int _resize_buckets(Engine e, int bits) noexcept nogil:
