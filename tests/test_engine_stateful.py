@@ -5,6 +5,7 @@ statistics, each tier's LRU order, used bytes, counters and the event log, and r
 """
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -134,6 +135,14 @@ class EngineVersusModel(RuleBasedStateMachine):
     @rule(keys=st.lists(KEYS, max_size=8), data=st.data())
     def insert_many(self, keys, data):
         sizes = data.draw(st.lists(SIZES, min_size=len(keys), max_size=len(keys)))
+        if any(self.model.charge(size) > max(self.model.capacities) for size in sizes):
+            # A size no tier can hold is found before anything changes.
+            before = self.snapshot()
+            with pytest.raises(vc.EntryTooLargeError):
+                self.cache.insert_many(np.array(keys, dtype=np.uint64), np.array(sizes, dtype=np.uint64))
+            assert self.snapshot() == before
+            self.model_events = []
+            return
         self.batch(self.cache.insert_many, self.model.insert, keys, sizes)
 
     @rule(keys=st.lists(KEYS, max_size=6), up=st.booleans())

@@ -359,6 +359,20 @@ cdef inline int _access_slot(Engine e, uint64_t key, uint64_t size, uint32_t slo
 # --------------------------------------------------------------------------------------------
 # Entering and leaving a public call
 
+cdef Py_ssize_t _first_too_large(Engine e, const uint64_t[:] sizes) noexcept:
+    """Index of the first size whose charge no tier can hold, or -1 (a batch's up-front check)."""
+    cdef uint64_t largest = 0
+    cdef Py_ssize_t i
+    cdef int t
+    for t in range(e.n_tiers):
+        if e.tier_state[t].capacity > largest:
+            largest = e.tier_state[t].capacity
+    for i in range(sizes.shape[0]):
+        if e.charged(sizes[i]) > largest:
+            return i
+    return -1
+
+
 cdef inline void _lock(Engine e) noexcept:
     """Engine.acquire(), with the uncontended case inline (the caller holds the GIL)."""
     if vc_likely(e.lock_depth == 0):
@@ -1079,8 +1093,9 @@ cdef class Engine:
     @cython.boundscheck(False)
     @cython.wraparound(False)
     def insert_many(self, keys, sizes):
-        """insert() for each key in order; int8 array of the tiers they landed in.  Stops at the
-        first error and raises it (earlier keys done)."""
+        """insert() for each key in order; int8 array of the tiers they landed in.  A size too
+        large for every tier is found before anything changes (EntryTooLargeError, cache as it
+        was); an AllPinnedError stops at that key, with the earlier keys done."""
         key_array = _as_u64_array(keys, "keys")
         cdef Py_ssize_t n = key_array.shape[0]
         size_array = _as_u64_array(sizes, "sizes", n)
@@ -1093,6 +1108,9 @@ cdef class Engine:
         cdef uint64_t home
         cdef Prefetcher ring
         _enter(self)
+        failed = _first_too_large(self, sv)
+        if failed >= 0:
+            _leave(self, ST_TOO_LARGE, kv[failed], sv[failed], failed)
         _prefetch_start(self, &ring)
         if self.native_policy:
             with nogil:
