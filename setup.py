@@ -64,7 +64,7 @@ def extensions():
         modules.append(Extension(
             "vyrecache._core." + pyx.stem,
             [str(pyx.relative_to(HERE))],
-            include_dirs=[numpy.get_include()],
+            include_dirs=[numpy.get_include(), str(HERE / "vyrecache" / "_core")],
             define_macros=macros,
             extra_compile_args=flags,
         ))

@@ -10,27 +10,13 @@
 
 cdef extern from *:
     """
-    #include <sys/mman.h>
-    #define VC_HUGE_PAGE_ARRAY_BYTES ((size_t)4 << 20)
-    /* Ask for transparent huge pages on the 2 MiB-aligned inside of a large array.  A hit reads
-       a bucket, its slot and the slot's two list neighbours at random places; with 4 KiB pages
-       each of those also misses the TLB once the arrays pass a few MiB, which costs as much as
-       the cache miss itself (more under virtualisation).  Only a hint: where the kernel keeps
-       THP off it does nothing; the rounding waste is at most 2 MiB of a 4 MiB+ array. */
-    static void vc_advise_huge_pages(void *start, size_t bytes) {
-    #ifdef MADV_HUGEPAGE
-        const uintptr_t huge = (uintptr_t)2 << 20;
-        uintptr_t first = ((uintptr_t)start + huge - 1) & ~(huge - 1);
-        uintptr_t last = ((uintptr_t)start + bytes) & ~(huge - 1);
-        if (bytes >= VC_HUGE_PAGE_ARRAY_BYTES && last > first)
-            madvise((void *)first, last - first, MADV_HUGEPAGE);
-    #endif
-    }
-
     /* Fibonacci hashing: the top bits of key * 2^64/phi spread sequential and random keys alike. */
     #define VC_HASH_MULTIPLIER 0x9E3779B97F4A7C15ull
     """
     const uint64_t VC_HASH_MULTIPLIER
+
+
+cdef extern from "hugepages.h":
     void vc_advise_huge_pages(void* start, size_t bytes) nogil
     const size_t HUGE_PAGE_ARRAY_BYTES "VC_HUGE_PAGE_ARRAY_BYTES"
 
