@@ -8,6 +8,7 @@ is atomic: it either completes, or raises and leaves the cache as it was.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
@@ -17,8 +18,8 @@ import numpy as np
 from ._core.storage import Storage
 from .backend import BufferLocation, StorageBackend, TierMemory
 from .cache import CacheEntry, CacheTier, TieredCache
-from .compactor import CompactionReport, compact_tier, make_hole
-from .errors import CacheClosedError, DeviceOutOfMemoryError, VulkanUnavailableError
+from .compactor import CompactionReport, compact_for_room, compact_tier
+from .errors import CacheClosedError, VulkanUnavailableError
 
 __all__ = ["BufferCache", "BufferLocation", "CompactionReport", "open_backend"]
 
@@ -103,7 +104,9 @@ class BufferCache:
         self._on_evict = on_evict
         self._misses = 0
         self._storage.report_evictions = on_evict is not None
-        self._storage.set_compaction_hook(self._auto_compact)
+        # The hook holds the backend, not the cache: no reference cycle keeps an unclosed cache
+        # alive past its last use (its __del__ then releases the memory at once).
+        self._storage.set_compaction_hook(functools.partial(compact_for_room, backend=self._backend))
         self._lock = self._storage.lock
         self._closed = False
 
@@ -282,28 +285,6 @@ class BufferCache:
                                  % (len(self._engine.tiers), tier))
             return compact_tier(self._storage, self._backend, tier, max_bytes, release=True)
 
-    def _auto_compact(self, storage: Storage, tier: int, size: int) -> None:
-        try:
-            self._compact_for(storage, tier, size)
-        except DeviceOutOfMemoryError:
-            # The kernel could not grow its chunk table: place by evicting instead; the
-            # operation still completes and loses no bytes.
-            pass
-
-    def _compact_for(self, storage: Storage, tier: int, size: int) -> None:
-        # First the cheap way: compact only the region that gathers `size` free bytes while
-        # holding the fewest live bytes (bytes moved ~ that region, not the tier).
-        if make_hole(storage, self._backend, tier, size) is not None and storage.largest_free(tier) >= size:
-            return
-        # Else slide: compaction packs entries from the block start, so the holes it passes
-        # merge into one free range above the last entry moved.  Budgets grow 4x, so the bytes
-        # moved stay within a small factor of what was needed.
-        budget = max(4 * size, 1 << 20)
-        while True:
-            report = compact_tier(storage, self._backend, tier, budget)
-            if report.complete or storage.largest_free(tier) >= size:
-                return
-            budget *= 4
 
     # -- metadata ---------------------------------------------------------------------------
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._core import compaction
+from .errors import DeviceOutOfMemoryError
 
-__all__ = ["CompactionReport", "compact_tier", "make_hole"]
+__all__ = ["CompactionReport", "compact_tier", "make_hole", "compact_for_room"]
 
 
 @dataclass(frozen=True)
@@ -137,3 +138,25 @@ def make_hole(storage, backend, tier: int, size: int) -> CompactionReport | None
     return compact_tier(storage, backend, tier, region=(gb, first, last))
 
 
+
+
+def compact_for_room(storage, tier: int, size: int, backend) -> None:
+    """The storage layer's hook: make a hole of ``size`` bytes in ``tier`` before anything is evicted.
+
+    First the cheap way, :func:`make_hole`; else slides with budgets growing 4x (compaction packs
+    entries from the block start, so the holes it passes merge into one range above the last
+    entry moved), so the bytes moved stay within a small factor of what was needed.  When the
+    device cannot grow the kernel's chunk table the placement falls back to eviction: the
+    operation still completes and loses no bytes.
+    """
+    try:
+        if make_hole(storage, backend, tier, size) is not None and storage.largest_free(tier) >= size:
+            return
+        budget = max(4 * size, 1 << 20)
+        while True:
+            report = compact_tier(storage, backend, tier, budget)
+            if report.complete or storage.largest_free(tier) >= size:
+                return
+            budget *= 4
+    except DeviceOutOfMemoryError:
+        return
