@@ -588,3 +588,22 @@ def test_host_and_vulkan_backends_give_identical_layouts(vulkan_device):
     finally:
         for cache in caches:
             cache.close()
+
+
+def test_large_batches_stream_their_copies_byte_exactly(make_cache):
+    # More than 4 MiB moved in one call takes the non-temporal copy path; odd sizes exercise
+    # its unaligned heads and tails.
+    sizes = [70001 + 37 * key for key in range(80)]           # about 5.5 MiB
+    total = sum(sizes) + (1 << 20)
+    cache = make_cache([vc.CacheTier("host", total, memory="host"),
+                        vc.CacheTier("vram", total, memory="device")],
+                       policy=vc.LruPolicy(promote_threshold=0))
+    for key, size in enumerate(sizes):
+        cache.put(key, payload(key, size))
+    keys = np.arange(len(sizes), dtype=np.uint64)
+    cache.promote_many(keys)
+    assert all(cache.get(key).tier == 1 for key in range(len(sizes)))
+    cache.demote_many(keys[::2])
+    for key, size in enumerate(sizes):
+        assert cache.read(key).tobytes() == payload(key, size)
+    cache.check()
