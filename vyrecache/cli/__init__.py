@@ -57,19 +57,23 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[unit])
 
 
+def _int_at_least(text: str, minimum: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"invalid {what} {text!r} (expected an integer >= {minimum})")
+    return value
+
+
 def positive_int(text: str) -> int:
     """Parse an integer >= 1.
 
     Raises:
         argparse.ArgumentTypeError: the text is not an integer >= 1.
     """
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r} (expected an integer >= 1)") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r} (expected an integer >= 1)")
-    return value
+    return _int_at_least(text, 1, "count")
 
 
 def non_negative_int(text: str) -> int:
@@ -78,13 +82,7 @@ def non_negative_int(text: str) -> int:
     Raises:
         argparse.ArgumentTypeError: the text is not an integer >= 0.
     """
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r} (expected an integer >= 0)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r} (expected an integer >= 0)")
-    return value
+    return _int_at_least(text, 0, "number")
 
 
 def positive_float(text: str) -> float:
