@@ -54,7 +54,7 @@ def extensions():
     macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
     if debug:
         macros.append(("VYRECACHE_DEBUG", "1"))
-    flags = ["-O0", "-g"] if debug else ["-O3"]
+    flags = (["-O0", "-g"] if debug else ["-O3"]) + ["-pthread"]
     # VYRECACHE_ONLY=engine,allocator builds just those modules (a quick edit-build loop).
     only = set(filter(None, os.environ.get("VYRECACHE_ONLY", "").split(",")))
     modules = []
@@ -67,6 +67,7 @@ def extensions():
             include_dirs=[numpy.get_include(), str(HERE / "vyrecache" / "_core")],
             define_macros=macros,
             extra_compile_args=flags,
+            extra_link_args=["-pthread"],
         ))
     return modules
 

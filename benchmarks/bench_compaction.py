@@ -1,9 +1,14 @@
 """Compaction throughput against one vkCmdCopyBuffer of the same bytes, in the same run.
 
 For each case a 256 MiB device block is filled with entries, some are evicted at random, and the
-block is compacted by the compute kernel (record, one submit, wait: what a cache pays).  The
-baseline copies the same number of bytes with a single vkCmdCopyBuffer between two other device
-blocks, timed the same way.  Best of --repeat runs after a warm-up.
+block is compacted in each mode a VulkanBackend can run (record, one submit, wait: what a cache
+pays): "shader" (every chunk in the compute shader), "hybrid" (self-overlapping chunks in the
+shader, the others as copy regions) and, where the device's memory is mapped and cached, "cpu"
+(streaming CPU copies in the mapping on up to 4 threads, the backend's "host" mode; "cpu 1T" is
+the same on one thread).  The baseline copies the same
+number of bytes with a single vkCmdCopyBuffer between two other device blocks, timed the same
+way.  Best of --repeat runs after a warm-up.  The last column is the mode
+``VulkanBackend(compaction="auto")`` picks on this device.
 
     .venv/bin/python benchmarks/bench_compaction.py [--size-mib 256] [--repeat 5]
 """
@@ -15,8 +20,10 @@ import time
 
 import numpy as np
 
-from vyrecache._core.compaction import plan_block
+from vyrecache._core.compaction import execute_on_host, plan_block
 from vyrecache.vulkan import Device
+from vyrecache.host.backend import compact_arrays
+from vyrecache.vulkan.backend import _cpu_compactable, calibrate_compaction
 from vyrecache.vulkan.compute import CompactionKernel
 
 MIB = 1 << 20
@@ -66,7 +73,14 @@ def main() -> None:
     device.upload(block, 0, np.random.default_rng(0).integers(0, 256, block_size, dtype=np.uint8))
     device.upload(source, 0, np.zeros(block_size, np.uint8))
     kernels = {"shader": CompactionKernel(device),
-               "shader+transfer": CompactionKernel(device, transfer_disjoint=True)}
+               "hybrid": CompactionKernel(device, transfer_disjoint=True)}
+    modes = {name: (lambda plan, kernel=kernel: kernel.run(block, plan))
+             for name, kernel in kernels.items()}
+    if block.host_visible and _cpu_compactable(device, memory_type):
+        modes["cpu"] = lambda plan: compact_arrays(plan, [block.array])
+        # The same copies on one thread, to show what the threads add.
+        modes["cpu 1T"] = lambda plan: execute_on_host(plan, [block.array], streaming=True)
+    auto = calibrate_compaction(device)
 
     cases = [
         ("64 KiB entries, half evicted", layout_half_evicted(block_size, 64 << 10, 1), block_size),
@@ -88,7 +102,8 @@ def main() -> None:
           f"{args.warmup:.1f} s warm-up; sustained vkCmdCopyBuffer {sustained / 1e9:.1f} GB/s moved "
           f"({2 * sustained / 1e9:.1f} GB/s read+write, 8 copies in one submit)")
     header = (f"{'case':<36} {'moved MiB':>9} {'chunks':>6} {'waves':>5} {'plan ms':>7} "
-              f"{'copy GB/s':>9} {'shader GB/s':>11} {'ratio':>5} {'shader+transfer GB/s':>20} {'ratio':>5}")
+              f"{'copy GB/s':>9}" + "".join(f" {name + ' GB/s':>11} {'ratio':>5}" for name in modes)
+              + f" {'auto':>6}")
     print(header)
     print("-" * len(header))
     for name, layout, size in cases:
@@ -102,11 +117,11 @@ def main() -> None:
                 recorder.copy_region(source, 0, target, 0, moved)
 
         copy_rate = moved / best_time(copy_once, args.repeat)
-        rates = [moved / best_time(lambda: kernel.run(block, plan), args.repeat)
-                 for kernel in kernels.values()]
+        rates = [moved / best_time(lambda: run(plan), args.repeat) for run in modes.values()]
         print(f"{name:<36} {moved / MIB:>9.1f} {len(plan.chunks):>6} {plan.waves:>5} "
-              f"{plan_seconds * 1e3:>7.1f} {copy_rate / 1e9:>9.2f} {rates[0] / 1e9:>11.2f} "
-              f"{rates[0] / copy_rate:>5.2f} {rates[1] / 1e9:>20.2f} {rates[1] / copy_rate:>5.2f}")
+              f"{plan_seconds * 1e3:>7.1f} {copy_rate / 1e9:>9.2f}"
+              + "".join(f" {rate / 1e9:>11.2f} {rate / copy_rate:>5.2f}" for rate in rates)
+              + f" {'cpu' if auto == 'host' else auto:>6}")
     for kernel in kernels.values():
         kernel.destroy()
     device.close()

@@ -24,7 +24,12 @@ def payload(key: int, size: int, version: int = 0) -> bytes:
     return rng.integers(0, 256, size, dtype=np.uint8).tobytes()
 
 
-@pytest.fixture(params=["host", "vulkan", "vulkan-device-copies", "vulkan-shader-compaction"])
+VULKAN_COMPACTION = {"vulkan": "hybrid", "vulkan-device-copies": "hybrid",
+                     "vulkan-shader-compaction": "shader", "vulkan-host-compaction": "host"}
+
+
+@pytest.fixture(params=["host", "vulkan", "vulkan-device-copies", "vulkan-shader-compaction",
+                        "vulkan-host-compaction"])
 def make_cache(request):
     """Build BufferCaches on one backend; closes them and checks for validation messages.
 
@@ -40,7 +45,7 @@ def make_cache(request):
 
         def backend():
             return VulkanBackend(device=device, device_copies=request.param == "vulkan-device-copies",
-                                 compaction="shader" if request.param == "vulkan-shader-compaction" else "hybrid")
+                                 compaction=VULKAN_COMPACTION[request.param])
     else:
         def backend():
             return "host"
@@ -510,9 +515,15 @@ def test_threads_sharing_a_cache_never_corrupt_bytes(make_cache):
 
 def test_compaction_mode_is_measured_once_per_driver(vulkan_device):
     from vyrecache.vulkan.backend import VulkanBackend, calibrate_compaction
+    from vyrecache.vulkan.memory import HOST_CACHED, HOST_COHERENT, HOST_VISIBLE
     mode = calibrate_compaction(vulkan_device)
-    assert mode in ("shader", "hybrid")
+    assert mode in ("shader", "hybrid", "host")
     assert calibrate_compaction(vulkan_device) == mode
+    # The CPU is a candidate exactly where the device's memory is mapped, coherent and cached.
+    from vyrecache.vulkan.backend import calibration_timings
+    flags = vulkan_device.info.memory_types[vulkan_device.memory_type_for("device", 1 << 20)]
+    cpu = HOST_VISIBLE | HOST_COHERENT | HOST_CACHED
+    assert ("host" in calibration_timings(vulkan_device)) == (flags.property_flags & cpu == cpu)
     backend = VulkanBackend(device=vulkan_device)
     assert backend.compaction == mode
     backend.close()

@@ -117,9 +117,14 @@ def fill_blocks(plan, seed=0):
 
 
 def check_bytes_after_execution(plan, blocks, arrays):
-    """Each entry's bytes sit at its new place exactly as before the plan ran."""
+    """Each entry's bytes sit at its new place exactly as before the plan ran; the streaming
+    executor leaves every byte of every block exactly as the memmove one does."""
     before = [array.copy() for array in arrays]
+    streamed = [array.copy() for array in arrays]
     execute_on_host(plan, arrays)
+    execute_on_host(plan, streamed, streaming=True, threads=3)
+    for plain, stream in zip(arrays, streamed):
+        assert np.array_equal(plain, stream)
     for b, (offsets, sizes, _) in enumerate(blocks):
         for i in range(len(offsets)):
             size = int(sizes[i])
@@ -191,8 +196,53 @@ def test_slide_by_sixteen_bytes_of_a_one_mebibyte_entry_runs_one_chunk_per_wave(
     block = np.random.default_rng(2).integers(0, 256, 2 << 20, dtype=np.uint8)
     expected = block.copy()
     expected[0:1 << 20] = block[16:16 + (1 << 20)]
+    streamed = block.copy()
     execute_on_host(plan, [block])
+    execute_on_host(plan, [streamed], streaming=True)
     assert np.array_equal(block[:1 << 20], expected[:1 << 20])
+    assert np.array_equal(streamed, block)
+
+
+@pytest.mark.parametrize("entry", [4096, 64 << 10, 1 << 20])
+def test_threads_split_large_waves_and_give_the_memmove_result(entry):
+    # 48 MiB with half the entries evicted: every wave is over the 1 MiB split threshold.
+    rng = np.random.default_rng(entry)
+    count = (48 << 20) // entry
+    keep = np.sort(rng.permutation(count)[:count // 2])
+    plan = plan_block(keep.astype(np.uint64) * entry, np.full(len(keep), entry, np.uint64),
+                      np.zeros(len(keep), bool), 48 << 20)
+    block = rng.integers(0, 256, 48 << 20, dtype=np.uint8)
+    expected = block.copy()
+    execute_on_host(plan, [expected])
+    for threads in (2, 3, 8):
+        streamed = block.copy()
+        execute_on_host(plan, [streamed], streaming=True, threads=threads)
+        assert np.array_equal(streamed, expected), threads
+
+
+def test_thread_count_outside_its_range_is_refused_with_a_fix():
+    plan = plan_block([64], [64], [False], 256)
+    for threads in (0, 9):
+        with pytest.raises(ValueError, match="Fix:"):
+            execute_on_host(plan, [np.zeros(256, np.uint8)], streaming=True, threads=threads)
+
+
+def test_streaming_merges_neighbours_only_while_source_and_destination_stay_apart():
+    # 64 entries of 4 KiB, every other one evicted: runs of neighbours slide by the same
+    # distance, and the last runs slide by less than their length (overlapping merged ranges).
+    rng = np.random.default_rng(5)
+    keep = np.sort(rng.permutation(64)[:40])
+    offsets = keep.astype(np.uint64) * 4096
+    plan = plan_block(offsets, np.full(len(keep), 4096, np.uint64), np.zeros(len(keep), bool),
+                      64 * 4096)
+    block = rng.integers(0, 256, 64 * 4096, dtype=np.uint8)
+    plain, streamed = block.copy(), block.copy()
+    execute_on_host(plan, [plain])
+    execute_on_host(plan, [streamed], streaming=True)
+    assert np.array_equal(plain, streamed)
+    for i, old in enumerate(offsets):
+        new = int(plan.new_offsets[0][i])
+        assert np.array_equal(streamed[new:new + 4096], block[int(old):int(old) + 4096])
 
 
 def test_max_bytes_stops_before_the_first_move_that_would_exceed_it():

@@ -41,6 +41,13 @@ CHUNK_DTYPE = np.dtype([("src_block", "<u4"), ("dst_block", "<u4"),
                         ("size", "<u4"), ("wave", "<u4")])
 FREE_RANGE_DTYPE = np.dtype([("offset", "<u8"), ("size", "<u8")])
 
+cdef extern from "chunkcopy.h":
+    ctypedef struct vc_chunk:     # Chunk's layout (asserted below)
+        pass
+    void vc_copy_plan(char** bases, const vc_chunk* chunks, const int64_t* wave_starts, size_t waves,
+                      int threads) nogil
+    const int MAX_COPY_THREADS "VC_MAX_COPY_THREADS"
+
 cdef enum:
     # 4096 16-byte elements: what one 256-invocation workgroup holds in registers (16 each).
     CHUNK_BYTES = 65536
@@ -50,7 +57,7 @@ cdef enum:
 cdef uint64_t NO_BUDGET = 0xFFFFFFFFFFFFFFFF
 MAX_CHUNK_BYTES = CHUNK_BYTES
 
-assert CHUNK_DTYPE.itemsize == sizeof(Chunk)
+assert CHUNK_DTYPE.itemsize == sizeof(Chunk) == sizeof(vc_chunk)
 
 
 
@@ -569,21 +576,35 @@ def plan_tier(blocks, block_sizes, alignment=16, max_bytes=None, evacuate=True):
     return plan
 
 
-def execute_on_host(CompactionPlan plan, blocks):
+def execute_on_host(CompactionPlan plan, blocks, bint streaming=False, int threads=1):
     """Apply ``plan`` to host blocks with memmove, wave by wave.
 
     Args:
         plan: a plan from ``plan_block`` or ``plan_tier``.
         blocks: one writable, C-contiguous uint8 numpy array per planned block (indexed like the
             planner's blocks), each at least as long as the planned block size.
+        streaming: copy chunks whose source and destination are disjoint with non-temporal
+            stores.  A compaction pass that moves megabytes does not read them back soon, and a
+            plain memcpy of each 64 KiB chunk first reads every destination line into the cache
+            (measured on lavapipe's mapped memory: 0.5-0.65 of one large vkCmdCopyBuffer with
+            memmove, against about 1.0 streamed).  Chunks that overlap themselves stay memmoves:
+            their lines are in the cache already.
+        threads: with ``streaming``, split each wave of at least 1 MiB between this many threads
+            (at most 8), meeting between waves.  One core's streaming stores leave memory
+            bandwidth unused (measured on a 2-core VM: 8-9 GB/s on one thread, 12-16 on two).
 
     Raises:
-        ValueError: wrong number of blocks, or a block shorter than planned or not writable.
+        ValueError: wrong number of blocks, a block shorter than planned or not writable, or
+            threads outside 1..8.
 
     This is the host backend's compaction and the reference the GPU kernel is compared with:
     chunks run in table order, which is wave order, so the result is byte-identical.
     """
     cdef Py_ssize_t n_blocks = len(plan.block_sizes), b, i, n
+    cdef const int64_t[::1] wave_starts = plan.wave_starts
+    if not 1 <= threads <= MAX_COPY_THREADS:
+        raise ValueError("threads must be 1 to %d, got %d. Fix: pass a thread count in that range."
+                         % (MAX_COPY_THREADS, threads))
     if len(blocks) != n_blocks:
         raise ValueError("the plan covers %d blocks, got %d arrays. Fix: pass one array per "
                          "planned block, in the same order." % (n_blocks, len(blocks)))
@@ -611,8 +632,13 @@ def execute_on_host(CompactionPlan plan, blocks):
             return
         chunks = plan.chunks
         with nogil:
-            for i in range(n):
-                memmove(bases[chunks[i].dst_block] + chunks[i].dst_offset,
-                        bases[chunks[i].src_block] + chunks[i].src_offset, chunks[i].size)
+            if not streaming:
+                for i in range(n):
+                    memmove(bases[chunks[i].dst_block] + chunks[i].dst_offset,
+                            bases[chunks[i].src_block] + chunks[i].src_offset, chunks[i].size)
+            else:
+                vc_copy_plan(<char**>bases, <const vc_chunk*>&chunks[0], &wave_starts[0], wave_starts.shape[0] - 1,
+                             threads)
     finally:
         free(bases)
+

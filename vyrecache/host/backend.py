@@ -1,4 +1,4 @@
-"""Storage on plain host memory: numpy blocks, memcpy moves, memmove compaction.
+"""Storage on plain host memory: numpy blocks, memcpy moves, CPU compaction.
 
 Used when ``backend="host"`` is asked for, or when ``backend="auto"`` finds no
 Vulkan device.  Every block is "host visible", so the storage layer moves bytes
@@ -9,6 +9,7 @@ contract is complete.
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,10 +17,27 @@ import numpy as np
 
 from ..backend import StorageBackend, StorageBlock, TierMemory
 
-__all__ = ["HostBackend", "HostDeviceInfo"]
+__all__ = ["HostBackend", "HostDeviceInfo", "compact_arrays"]
 
 # Blocks start on a cache-line boundary, like a driver's allocation would.
 _BLOCK_ALIGNMENT = 64
+
+# Plans that move more than this stream their copies past the CPU cache (as the storage layer's
+# batch moves do); smaller ones stay in the cache for the reads that follow.
+_STREAM_BYTES = 4 << 20
+
+# Threads that share a streamed compaction: a few saturate memory bandwidth (measured on a
+# 2-core VM: 8-9 GB/s streamed by one thread, 12-16 GB/s by two).
+_COMPACTION_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                 else os.cpu_count() or 1))
+
+
+def compact_arrays(plan: Any, arrays: list[np.ndarray]) -> None:
+    """Run a compaction plan on the CPU over blocks' bytes (numpy views of host memory)."""
+    from .._core.compaction import execute_on_host
+    streaming = plan.chunk_bytes > _STREAM_BYTES
+    execute_on_host(plan, arrays, streaming=streaming,
+                    threads=_COMPACTION_THREADS if streaming else 1)
 
 
 @dataclass(frozen=True)
@@ -82,8 +100,7 @@ class HostBackend(StorageBackend):
         np.frombuffer(out, dtype=np.uint8)[:] = block.array[offset:offset + out.nbytes]
 
     def compact(self, blocks: list[StorageBlock], plan: Any) -> None:
-        from .._core import compaction
-        compaction.execute_on_host(plan, [block.array for block in blocks])
+        compact_arrays(plan, [block.array for block in blocks])
 
     def close(self) -> None:
         for block in list(self._blocks.values()):

@@ -2,9 +2,10 @@
 
 Tiers get blocks of the memory type their kind resolves to (by property flags:
 see ``memory.py``); copy tables run as ``vkCmdCopyBuffer`` batches in one
-submit; compaction runs the compute shader.  Host-visible blocks are read and
-written through their persistent mapping, device-only ones through the
-device's staging buffer.
+submit; compaction runs the compute shader, or streaming CPU copies where a
+tier's memory is mapped and cached and the CPU measured faster (a UMA device).
+Host-visible blocks are read and written through their persistent mapping,
+device-only ones through the device's staging buffer.
 """
 
 from __future__ import annotations
@@ -14,13 +15,25 @@ from typing import Any
 import numpy as np
 
 from ..backend import StorageBackend, StorageBlock, TierMemory
+from ..host.backend import compact_arrays
 from .device import Device
-from .memory import HOST_VISIBLE
+from .memory import HOST_CACHED, HOST_COHERENT, HOST_VISIBLE
 
-__all__ = ["VulkanBackend", "calibrate_compaction"]
+__all__ = ["COMPACTION_MODES", "VulkanBackend", "calibrate_compaction", "calibration_timings"]
 
 # Chunk-table rows reserved per cache (16 bytes each): 2 GiB of 64 KiB chunks per submit.
 _TABLE_ROWS = 32768
+
+COMPACTION_MODES = ("auto", "shader", "hybrid", "host")
+
+# Memory the CPU may compact in place: mapped, coherent (no flushes) and cached (CPU reads of
+# uncached or write-combined memory run at a small fraction of memory speed).
+_CPU_COMPACTABLE = HOST_VISIBLE | HOST_COHERENT | HOST_CACHED
+
+
+def _cpu_compactable(device: Device, memory_type_index: int) -> bool:
+    flags = device.info.memory_types[memory_type_index].property_flags
+    return flags & _CPU_COMPACTABLE == _CPU_COMPACTABLE
 
 
 class _PlanPortion:
@@ -50,16 +63,17 @@ def _portions(chunks: np.ndarray, block_sizes: Any, limit: int):
         start = end
 
 
-# Per driver (vendor, device, driver version): the faster compaction mode, measured once.
-_calibrated: dict[tuple[int, int, int, str], str] = {}
+# Per driver (vendor, device, driver version): each compaction mode's best time, measured once.
+_calibrated: dict[tuple[int, int, int, str], dict[str, float]] = {}
 
 
-def calibrate_compaction(device: Device, block_bytes: int = 8 << 20) -> str:
-    """Time both compaction modes on a scratch block of device memory; return the faster.
+def calibration_timings(device: Device, block_bytes: int = 8 << 20) -> dict[str, float]:
+    """Seconds each compaction mode takes on a scratch block of the device's memory.
 
     The layout is the common case: 64 KiB entries with every other one evicted, so half the
     bytes slide down by at least their own size.  Best of three runs each, after a warm-up.
-    The result is remembered per driver, so later caches on the same device pay nothing.
+    "host" (streaming CPU copies) is timed only where that memory is mapped and cached.  The
+    result is remembered per driver, so later caches on the same device pay nothing.
     """
     import time
 
@@ -75,25 +89,38 @@ def calibrate_compaction(device: Device, block_bytes: int = 8 << 20) -> str:
     offsets = np.arange(count, dtype=np.uint64) * np.uint64(2 * entry)
     plan = plan_block(offsets, np.full(count, entry, dtype=np.uint64), np.zeros(count, dtype=bool),
                       block_bytes)
-    block = device.allocate_block(device.memory_type_for("device", block_bytes), block_bytes)
+    memory_type = device.memory_type_for("device", block_bytes)
+    block = device.allocate_block(memory_type, block_bytes)
+
+    def best_of(run: Any) -> float:
+        best = float("inf")
+        for attempt in range(4):
+            started = time.perf_counter()
+            run()
+            if attempt:
+                best = min(best, time.perf_counter() - started)
+        return best
+
     timings = {}
     try:
         for mode in ("shader", "hybrid"):
             kernel = CompactionKernel(device, transfer_disjoint=mode == "hybrid")
             try:
-                best = float("inf")
-                for attempt in range(4):
-                    started = time.perf_counter()
-                    kernel.run([block], plan)
-                    if attempt:
-                        best = min(best, time.perf_counter() - started)
-                timings[mode] = best
+                timings[mode] = best_of(lambda: kernel.run([block], plan))
             finally:
                 kernel.destroy()
+        if block.host_visible and _cpu_compactable(device, memory_type):
+            timings["host"] = best_of(lambda: compact_arrays(plan, [block.array]))
     finally:
         device.free_block(block)
-    _calibrated[key] = min(timings, key=timings.__getitem__)
-    return _calibrated[key]
+    _calibrated[key] = timings
+    return timings
+
+
+def calibrate_compaction(device: Device, block_bytes: int = 8 << 20) -> str:
+    """The fastest compaction mode on this device (see calibration_timings)."""
+    timings = calibration_timings(device, block_bytes)
+    return min(timings, key=timings.__getitem__)
 
 
 class VulkanBackend(StorageBackend):
@@ -112,16 +139,21 @@ class VulkanBackend(StorageBackend):
     def __init__(self, device_index: int | None = None, device: Device | None = None,
                  validation: bool | None = None, device_copies: bool = False,
                  compaction: str = "auto") -> None:
-        if compaction not in ("auto", "hybrid", "shader"):
-            raise ValueError("compaction must be 'auto', 'hybrid' or 'shader', got %r. "
-                             "Fix: pass one of those." % (compaction,))
+        if compaction not in COMPACTION_MODES:
+            raise ValueError("compaction must be one of %s, got %r. Fix: pass one of those "
+                             "('auto' measures the others once per driver and keeps the fastest)."
+                             % (", ".join(repr(mode) for mode in COMPACTION_MODES), compaction))
         #: "shader": every compaction chunk runs in the compute shader.  "hybrid": the shader runs
         #: the chunks that overlap themselves (a slide shorter than the entry, which a plain copy
         #: cannot do) and disjoint chunks run as vkCmdCopyBuffer regions of the same waves.  Both
         #: give identical bytes, but which is faster depends on the driver, not on a device type
         #: (measured: hybrid 5x faster on lavapipe, whose storage-buffer accesses are scalar
         #: loops; shader 10x faster on an H100, whose copy commands pay per region).  "auto"
-        #: measures both once per device (see calibrate_compaction) and keeps the faster.
+        #: measures every mode once per driver (see calibration_timings) and keeps the fastest.
+        #: "host": tiers whose memory is mapped, coherent and cached compact on the CPU with
+        #: streaming copies (on a UMA device such as lavapipe the GPU's memory is the CPU's, and
+        #: a streamed copy beats a shader that llvmpipe compiles into scalar loads); tiers in
+        #: other memory still compact on the GPU, with the faster of the two kernels.
         self.compaction = compaction
         #: Move entries between tiers with vkCmdCopyBuffer even when both blocks are mapped
         #: (memcpy is faster on a UMA device; this exercises the device path there).
@@ -137,11 +169,15 @@ class VulkanBackend(StorageBackend):
         self._blocks: dict[int, StorageBlock] = {}
         self._kernel: Any = None
         try:
-            if self.compaction == "auto":
-                self.compaction = calibrate_compaction(self._device)
+            kernel_mode = self.compaction
+            if self.compaction in ("auto", "host"):
+                timings = calibration_timings(self._device)
+                kernel_mode = min(("shader", "hybrid"), key=timings.__getitem__)
+                if self.compaction == "auto":
+                    self.compaction = min(timings, key=timings.__getitem__)
             from .compute import CompactionKernel
             # Made now, with its pipeline: compaction inside an operation creates nothing.
-            self._kernel = CompactionKernel(self._device, transfer_disjoint=self.compaction == "hybrid")
+            self._kernel = CompactionKernel(self._device, transfer_disjoint=kernel_mode == "hybrid")
             self._kernel.reserve_table(_TABLE_ROWS)
         except BaseException:
             if self._kernel is not None:
@@ -199,6 +235,12 @@ class VulkanBackend(StorageBackend):
             self._device._staging_block(nbytes)
 
     def compact(self, blocks: list[StorageBlock], plan: Any) -> None:
+        if self.compaction == "host" and all(
+                block.host_visible and _cpu_compactable(self._device, block.memory_type_index)
+                for block in blocks):
+            # Synchronous like every submit of this backend: no GPU work uses the blocks now.
+            compact_arrays(plan, [block.array for block in blocks])
+            return
         natives = [block.native for block in blocks]
         chunks = plan.chunks
         if len(chunks) <= _TABLE_ROWS:
