@@ -344,11 +344,60 @@ cdef inline int _access(Engine e, uint64_t key, uint64_t size) noexcept nogil:
     return _access_slot(e, key, size, _find(e, key))
 
 
+cdef inline bint _replace_coldest(Engine e, uint64_t key, uint64_t size) noexcept nogil:
+    """The common miss of a full cache, in place: a new key evicts tier 0's coldest entry and
+    takes over its slot.  False, having changed nothing, unless that is exactly what _insert
+    would do: the native policy, no log (freed slots then wait in limbo), tier 0 holding the
+    new entry with no pins in it, and one eviction making room."""
+    cdef TierState* t = &e.tier_state[0]
+    cdef uint32_t victim = t.tail
+    cdef uint64_t charge, victim_charge
+    cdef Slot* s
+    if not e.native_policy or e.logging or t.pinned != 0 or victim == VC_NIL:
+        return False
+    charge = _charge(e, size)
+    if charge > t.capacity or t.used <= t.capacity - charge:
+        return False                    # too large for tier 0, or fits without an eviction
+    s = &e.slots[victim]
+    victim_charge = _charge(e, s.size)
+    if t.used - victim_charge > t.capacity - charge:
+        return False                    # one eviction is not enough
+    t.counters[C_BYTES_OUT] += s.size
+    t.counters[C_EVICTIONS] += 1
+    _map_erase(e, victim)
+    s.key = key
+    s.size = size
+    s.last_access = 0
+    s.frequency = 0
+    s.flags = 0
+    _map_insert(e, victim)
+    t.used += charge - victim_charge
+    if t.head != victim:                # from the cold end to the most recent one
+        t.tail = s.prev
+        e.slots[s.prev].next = VC_NIL
+        s.prev = VC_NIL
+        s.next = t.head
+        e.slots[t.head].prev = victim
+        t.head = victim
+        # The next miss evicts the new tail: its slot is in the cache now (written above), so
+        # start the reads that eviction will stall on, its bucket and the slot before it.
+        s = &e.slots[t.tail]
+        vc_prefetch_write(&e.buckets[_home(e, s.key)])
+        if s.prev != VC_NIL:
+            vc_prefetch_write(&e.slots[s.prev])
+    t.counters[C_INSERTS] += 1
+    t.counters[C_BYTES_IN] += size
+    t.counters[C_MISSES] += 1
+    return True
+
+
 cdef inline int _access_slot(Engine e, uint64_t key, uint64_t size, uint32_t slot) noexcept nogil:
     """_access() once the key's slot (VC_NIL: absent) is known."""
     cdef int tier
     if vc_likely(slot != VC_NIL):
         return _hit(e, slot)
+    if _replace_coldest(e, key, size):
+        return ST_MISS
     tier = _insert(e, key, size, VC_NIL)
     if tier < 0:
         return tier
