@@ -2,8 +2,9 @@
 
 For each case a 256 MiB device block is filled with entries, some are evicted at random, and the
 block is compacted in each mode a VulkanBackend can run (record, one submit, wait: what a cache
-pays): "shader" (every chunk in the compute shader), "hybrid" (self-overlapping chunks in the
-shader, the others as copy regions) and, where the device's memory is mapped and cached, "cpu"
+pays): "shader" (every chunk in the compute shader), "split" (the same with disjoint chunks cut
+into 4 KiB workgroups), "hybrid" (self-overlapping chunks in the shader, the others as copy
+regions) and, where the device's memory is mapped and cached, "cpu"
 (streaming CPU copies in the mapping on up to 4 threads, the backend's "host" mode; "cpu 1T" is
 the same on one thread).  The baseline copies the same
 number of bytes with a single vkCmdCopyBuffer between two other device blocks, timed the same
@@ -73,6 +74,7 @@ def main() -> None:
     device.upload(block, 0, np.random.default_rng(0).integers(0, 256, block_size, dtype=np.uint8))
     device.upload(source, 0, np.zeros(block_size, np.uint8))
     kernels = {"shader": CompactionKernel(device),
+               "split": CompactionKernel(device, split_disjoint=True),
                "hybrid": CompactionKernel(device, transfer_disjoint=True)}
     modes = {name: (lambda plan, kernel=kernel: kernel.run(block, plan))
              for name, kernel in kernels.items()}
@@ -139,7 +141,7 @@ def end_to_end(device: Device, block_size: int, source, target, repeat: int) -> 
     payload = np.random.default_rng(4).integers(0, 256, entry, dtype=np.uint8)
     print(f"\ncache.compact() end to end, {block_size // MIB} MiB tier of 64 KiB entries, half "
           f"removed (best of {repeat}):")
-    for mode in ("auto", "shader", "hybrid"):
+    for mode in ("auto", "shader", "split", "hybrid"):
         best, report = float("inf"), None
         for attempt in range(repeat + 1):
             backend = VulkanBackend(device=device, compaction=mode)

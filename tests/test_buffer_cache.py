@@ -517,7 +517,7 @@ def test_compaction_mode_is_measured_once_per_driver(vulkan_device):
     from vyrecache.vulkan.backend import VulkanBackend, calibrate_compaction
     from vyrecache.vulkan.memory import HOST_CACHED, HOST_COHERENT, HOST_VISIBLE
     mode = calibrate_compaction(vulkan_device)
-    assert mode in ("shader", "hybrid", "host")
+    assert mode in ("shader", "split", "hybrid", "host")
     assert calibrate_compaction(vulkan_device) == mode
     # The CPU is a candidate exactly where the device's memory is mapped, coherent and cached.
     from vyrecache.vulkan.backend import calibration_timings
@@ -531,7 +531,7 @@ def test_compaction_mode_is_measured_once_per_driver(vulkan_device):
         VulkanBackend(device=vulkan_device, compaction="fastest")
 
 
-@pytest.mark.parametrize("mode", ["shader", "hybrid"])
+@pytest.mark.parametrize("mode", ["shader", "split", "hybrid"])
 def test_plans_larger_than_the_chunk_table_run_in_portions(vulkan_device, monkeypatch, mode):
     import vyrecache.vulkan.backend as vulkan_backend
     monkeypatch.setattr(vulkan_backend, "_TABLE_ROWS", 5)

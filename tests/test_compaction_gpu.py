@@ -18,10 +18,12 @@ ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
 
 
-@pytest.fixture(params=[False, True], ids=["shader", "shader+transfer"])
+@pytest.fixture(params=["shader", "shader+transfer", "shader-split"])
 def kernel(vulkan_device, request):
-    """Every chunk in the shader, or only the self-overlapping ones (the rest as buffer copies)."""
-    kernel = CompactionKernel(vulkan_device, transfer_disjoint=request.param)
+    """Every chunk in the shader; only the self-overlapping ones (the rest as buffer copies); or
+    every chunk in the shader with disjoint ones cut into 4 KiB workgroups."""
+    kernel = CompactionKernel(vulkan_device, transfer_disjoint=request.param == "shader+transfer",
+                              split_disjoint=request.param == "shader-split")
     yield kernel
     kernel.destroy()
 
@@ -215,3 +217,27 @@ def test_shader_loops_are_bounded():
     assert source.count("i < ELEMENTS_PER_INVOCATION") == 2
     assert "const uint ELEMENTS_PER_INVOCATION = 16u;" in source
     assert "while" not in source
+
+
+def test_split_cuts_disjoint_chunks_into_workgroup_pieces_and_keeps_overlapping_ones_whole():
+    from vyrecache.vulkan.compute import SPLIT_BYTES, _split_disjoint
+    # Entry A (40,000 bytes) slides by 16 bytes onto itself: one whole chunk.  Entry B (64 KiB)
+    # moves down by more than its size: disjoint, 16 pieces.  Entry C (4 KiB + 16): two pieces.
+    plan = plan_block([16, 131072, 262144], [40000, 65536, SPLIT_BYTES + 16],
+                      [False, False, False], 1 << 20)
+    split = _split_disjoint(plan.chunks)
+    assert split["size"].sum() == plan.chunks["size"].sum()
+    assert len(split) == 16 + 1 + 2
+    for chunk in plan.chunks:
+        pieces = split[(split["src_offset"] >= chunk["src_offset"])
+                       & (split["src_offset"] < chunk["src_offset"] + chunk["size"])]
+        assert np.all(pieces["wave"] == chunk["wave"])
+        assert np.all(pieces["src_offset"] - pieces["dst_offset"]
+                      == chunk["src_offset"] - chunk["dst_offset"])      # entries move down
+        overlapping = chunk["dst_offset"] + chunk["size"] > chunk["src_offset"]
+        assert len(pieces) == (1 if overlapping else -(-int(chunk["size"]) // SPLIT_BYTES))
+
+
+def test_a_kernel_takes_at_most_one_way_of_running_disjoint_chunks(vulkan_device):
+    with pytest.raises(ValueError, match="Fix:"):
+        CompactionKernel(vulkan_device, transfer_disjoint=True, split_disjoint=True)

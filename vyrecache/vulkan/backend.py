@@ -24,7 +24,14 @@ __all__ = ["COMPACTION_MODES", "VulkanBackend", "calibrate_compaction", "calibra
 # Chunk-table rows reserved per cache (16 bytes each): 2 GiB of 64 KiB chunks per submit.
 _TABLE_ROWS = 32768
 
-COMPACTION_MODES = ("auto", "shader", "hybrid", "host")
+COMPACTION_MODES = ("auto", "shader", "split", "hybrid", "host")
+_KERNEL_MODES = ("shader", "split", "hybrid")
+
+
+def _kernel_for(device: Device, mode: str) -> Any:
+    from .compute import CompactionKernel
+    return CompactionKernel(device, transfer_disjoint=mode == "hybrid", split_disjoint=mode == "split")
+
 
 # Memory the CPU may compact in place: mapped, coherent (no flushes) and cached (CPU reads of
 # uncached or write-combined memory run at a small fraction of memory speed).
@@ -78,7 +85,6 @@ def calibration_timings(device: Device, block_bytes: int = 8 << 20) -> dict[str,
     import time
 
     from .._core.compaction import plan_block
-    from .compute import CompactionKernel
 
     info = device.info
     key = (info.vendor_id, info.device_id, info.driver_version, info.name)
@@ -103,8 +109,8 @@ def calibration_timings(device: Device, block_bytes: int = 8 << 20) -> dict[str,
 
     timings = {}
     try:
-        for mode in ("shader", "hybrid"):
-            kernel = CompactionKernel(device, transfer_disjoint=mode == "hybrid")
+        for mode in _KERNEL_MODES:
+            kernel = _kernel_for(device, mode)
             try:
                 timings[mode] = best_of(lambda: kernel.run([block], plan))
             finally:
@@ -143,7 +149,9 @@ class VulkanBackend(StorageBackend):
             raise ValueError("compaction must be one of %s, got %r. Fix: pass one of those "
                              "('auto' measures the others once per driver and keeps the fastest)."
                              % (", ".join(repr(mode) for mode in COMPACTION_MODES), compaction))
-        #: "shader": every compaction chunk runs in the compute shader.  "hybrid": the shader runs
+        #: "shader": every compaction chunk runs in the compute shader.  "split": the same, with
+        #: chunks that do not overlap themselves cut into 4 KiB workgroups (a wave of a few
+        #: hundred 64 KiB chunks leaves most of a large GPU idle).  "hybrid": the shader runs
         #: the chunks that overlap themselves (a slide shorter than the entry, which a plain copy
         #: cannot do) and disjoint chunks run as vkCmdCopyBuffer regions of the same waves.  Both
         #: give identical bytes, but which is faster depends on the driver, not on a device type
@@ -153,7 +161,7 @@ class VulkanBackend(StorageBackend):
         #: "host": tiers whose memory is mapped, coherent and cached compact on the CPU with
         #: streaming copies (on a UMA device such as lavapipe the GPU's memory is the CPU's, and
         #: a streamed copy beats a shader that llvmpipe compiles into scalar loads); tiers in
-        #: other memory still compact on the GPU, with the faster of the two kernels.
+        #: other memory still compact on the GPU, with the fastest of the three kernels.
         self.compaction = compaction
         #: Move entries between tiers with vkCmdCopyBuffer even when both blocks are mapped
         #: (memcpy is faster on a UMA device; this exercises the device path there).
@@ -172,13 +180,15 @@ class VulkanBackend(StorageBackend):
             kernel_mode = self.compaction
             if self.compaction in ("auto", "host"):
                 timings = calibration_timings(self._device)
-                kernel_mode = min(("shader", "hybrid"), key=timings.__getitem__)
+                kernel_mode = min(_KERNEL_MODES, key=timings.__getitem__)
                 if self.compaction == "auto":
                     self.compaction = min(timings, key=timings.__getitem__)
-            from .compute import CompactionKernel
             # Made now, with its pipeline: compaction inside an operation creates nothing.
-            self._kernel = CompactionKernel(self._device, transfer_disjoint=kernel_mode == "hybrid")
-            self._kernel.reserve_table(_TABLE_ROWS)
+            self._kernel = _kernel_for(self._device, kernel_mode)
+            # Split chunks take up to 16 rows each: a table 4x as large, plans cut 4x as often.
+            self._table_chunks = max(1, _TABLE_ROWS * min(4, self._kernel.rows_per_chunk)
+                                     // self._kernel.rows_per_chunk)
+            self._kernel.reserve_table(self._table_chunks * self._kernel.rows_per_chunk)
         except BaseException:
             if self._kernel is not None:
                 self._kernel.destroy()
@@ -243,13 +253,13 @@ class VulkanBackend(StorageBackend):
             return
         natives = [block.native for block in blocks]
         chunks = plan.chunks
-        if len(chunks) <= _TABLE_ROWS:
+        if len(chunks) <= self._table_chunks:
             self._kernel.run(natives, plan)
             return
         # A plan larger than the reserved chunk table runs in portions of whole waves (a wave
         # too large for the table is cut: its chunks are independent), one submit each, so the
         # table is reused instead of grown.
-        for portion in _portions(chunks, plan.block_sizes, _TABLE_ROWS):
+        for portion in _portions(chunks, plan.block_sizes, self._table_chunks):
             self._kernel.run(natives, portion)
 
     def close(self) -> None:

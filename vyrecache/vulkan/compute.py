@@ -31,13 +31,14 @@ import numpy as np
 from ..copytable import COPY_DTYPE
 from ..errors import DeviceError
 
-__all__ = ["CompactionKernel", "load_compaction_spirv"]
+__all__ = ["CompactionKernel", "SPLIT_BYTES", "load_compaction_spirv"]
 
 _SPIRV_NAME = "compact_copy.spv"
 _TABLE_ENTRY_BYTES = 16  # uvec4 per chunk
 _ELEMENT_BYTES = 16
 _MIN_TABLE_ROWS = 1024
 _SETS_PER_POOL = 64
+SPLIT_BYTES = 4096      # one round of the shader: 256 invocations x 16 bytes
 
 
 def load_compaction_spirv() -> bytes:
@@ -71,6 +72,32 @@ def _merge_contiguous(rows: np.ndarray) -> np.ndarray:
     return merged
 
 
+def _overlaps_itself(chunks: np.ndarray) -> np.ndarray:
+    return ((chunks["src_block"] == chunks["dst_block"])
+            & (chunks["dst_offset"] < chunks["src_offset"] + chunks["size"])
+            & (chunks["src_offset"] < chunks["dst_offset"] + chunks["size"]))
+
+
+def _split_disjoint(chunks: np.ndarray) -> np.ndarray:
+    """Cut every chunk that does not overlap itself into pieces of SPLIT_BYTES (the last one
+    shorter), in place of the chunk and in its wave; self-overlapping chunks stay whole."""
+    pieces = np.where(_overlaps_itself(chunks), 1,
+                      (chunks["size"].astype(np.int64) + SPLIT_BYTES - 1) // SPLIT_BYTES)
+    if np.all(pieces == 1):
+        return chunks
+    split = np.repeat(chunks, pieces)
+    # Index of each piece within its chunk: 0, 1, ... per run of repeats.
+    firsts = np.repeat(np.cumsum(pieces) - pieces, pieces)
+    within = (np.arange(len(split)) - firsts).astype(np.uint64)
+    whole = np.repeat(pieces == 1, pieces)
+    shift = np.where(whole, 0, within * np.uint64(SPLIT_BYTES)).astype(np.uint64)
+    split["src_offset"] += shift
+    split["dst_offset"] += shift
+    split["size"] = np.where(whole, split["size"],
+                             np.minimum(split["size"].astype(np.uint64) - shift, SPLIT_BYTES))
+    return split
+
+
 class CompactionKernel:
     """Records compaction plans into a device's command buffer.
 
@@ -87,14 +114,27 @@ class CompactionKernel:
     shader.  On lavapipe the transfer path is about 5x faster, because lavapipe compiles every
     storage-buffer access into a per-lane scalar loop while a buffer copy is a memcpy.
 
+    *split_disjoint*: chunks that do not overlap themselves run as several workgroups of
+    ``SPLIT_BYTES`` each instead of one workgroup of up to 64 KiB (a self-overlapping chunk
+    needs all its loads before its stores, so it stays whole).  A wave of a few hundred 64 KiB
+    chunks occupies a few hundred workgroups, less than a large GPU runs at once; split, the same
+    wave is sixteen times as many.  The table then holds up to ``64 KiB / SPLIT_BYTES`` rows per
+    chunk (see ``rows_per_chunk``).
+
     Raises:
         DeviceError: the shader is missing or the driver rejected the pipeline.
     """
 
     def __init__(self, device, max_groups_per_dispatch: int | None = None,
-                 transfer_disjoint: bool = False) -> None:
+                 transfer_disjoint: bool = False, split_disjoint: bool = False) -> None:
+        if transfer_disjoint and split_disjoint:
+            raise ValueError("transfer_disjoint and split_disjoint both decide how disjoint chunks "
+                             "run. Fix: pass at most one of them.")
         self.device = device
         self.transfer_disjoint = bool(transfer_disjoint)
+        self.split_disjoint = bool(split_disjoint)
+        #: Table rows one plan chunk may take (what a caller reserving the table plans for).
+        self.rows_per_chunk = (65536 // SPLIT_BYTES) if self.split_disjoint else 1
         info = device.info
         limit = info.max_compute_work_group_count[0]
         self.max_groups_per_dispatch = limit if max_groups_per_dispatch is None else max(
@@ -235,12 +275,12 @@ class CompactionKernel:
         self._new_recording(recorder)
 
         if self.transfer_disjoint:
-            overlaps_itself = ((chunks["src_block"] == chunks["dst_block"])
-                               & (chunks["dst_offset"] < chunks["src_offset"] + chunks["size"])
-                               & (chunks["src_offset"] < chunks["dst_offset"] + chunks["size"]))
+            overlaps_itself = _overlaps_itself(chunks)
             copies, chunks = chunks[~overlaps_itself], chunks[overlaps_itself]
         else:
             copies = chunks[:0]
+            if self.split_disjoint:
+                chunks = _split_disjoint(chunks)
         copy_table = np.empty(len(copies), dtype=COPY_DTYPE)
         block_ids = np.array([block.id for block in blocks], dtype=np.uint32)
         copy_table["src_block"] = block_ids[copies["src_block"]]
