@@ -74,6 +74,7 @@ ctypedef struct TierState:
     uint64_t count
     uint32_t head           # most recent
     uint32_t tail           # coldest
+    uint64_t promote_at     # a hit whose frequency reaches this may promote (2**32: never)
     uint64_t counters[9]    # VC_N_COUNTERS, indexed by the C_* constants
 
 

@@ -42,6 +42,20 @@ cdef inline uint32_t _find_from(Engine e, uint64_t key, uint64_t i) noexcept nog
         i = (i + 1) & e.bucket_mask
 
 
+cdef inline uint32_t _lookup(Engine e, uint64_t key, uint64_t i, uint64_t* gap) noexcept nogil:
+    """_find_from() that also reports, for an absent key, the empty bucket its probe ended on:
+    where the key would be inserted now (what a miss then does, without probing again)."""
+    cdef uint32_t slot
+    while True:
+        slot = e.buckets[i]
+        if slot == VC_NIL:
+            gap[0] = i
+            return slot
+        if e.slots[slot].key == key:
+            return slot
+        i = (i + 1) & e.bucket_mask
+
+
 cdef inline void _map_insert(Engine e, uint32_t slot) noexcept nogil:
     # The caller made room (_reserve_one) and knows the key is absent.
     cdef uint64_t i = _home(e, e.slots[slot].key)
@@ -50,8 +64,13 @@ cdef inline void _map_insert(Engine e, uint32_t slot) noexcept nogil:
     e.buckets[i] = slot
 
 
-cdef void _map_erase(Engine e, uint32_t slot) noexcept nogil:
-    cdef uint64_t i = _home(e, e.slots[slot].key)
+cdef inline void _map_erase(Engine e, uint32_t slot) noexcept nogil:
+    _map_erase_from(e, slot, _home(e, e.slots[slot].key))
+
+
+cdef void _map_erase_from(Engine e, uint32_t slot, uint64_t i) noexcept nogil:
+    """Remove the bucket holding `slot`, searched from `i`, the home of the key it was filed
+    under (the slot may hold another key already: see _replace_coldest)."""
     cdef uint64_t j, home
     cdef uint32_t moved
     while e.buckets[i] != slot:
