@@ -513,6 +513,37 @@ def test_threads_sharing_a_cache_never_corrupt_bytes(make_cache):
     cache.check()
 
 
+@pytest.mark.parametrize("cpu_memory", [True, False])
+def test_host_compaction_runs_on_the_cpu_only_where_the_memory_allows(vulkan_device, monkeypatch,
+                                                                      cpu_memory):
+    # On memory that is not mapped, coherent and cached the CPU must not touch the blocks: the
+    # kernel compacts them instead, with the same result.
+    import vyrecache.vulkan.backend as vulkan_backend
+    if not cpu_memory:
+        monkeypatch.setattr(vulkan_backend, "_cpu_compactable", lambda device, index: False)
+    cpu_runs = []
+    real_compact_arrays = vulkan_backend.compact_arrays
+    monkeypatch.setattr(vulkan_backend, "compact_arrays",
+                        lambda plan, arrays: (cpu_runs.append(1), real_compact_arrays(plan, arrays)))
+    backend = vulkan_backend.VulkanBackend(device=vulkan_device, compaction="host")
+    cpu_runs.clear()                # calibration's own runs, on a scratch block
+    kernel_runs = []
+    real_run = backend._kernel.run
+    backend._kernel.run = lambda blocks, plan: (kernel_runs.append(1), real_run(blocks, plan))[1]
+    with vc.BufferCache([vc.CacheTier("host", 1 << 20, memory="host")], backend=backend) as cache:
+        for key in range(60):
+            cache.put(key, payload(key, 3000 + key))
+        for key in range(0, 60, 3):
+            cache.remove(key)
+        report = cache.compact(0)
+        assert report.moves > 0 and report.largest_free_after == report.free_bytes
+        for key in cache:
+            assert cache.read(key).tobytes() == payload(key, 3000 + key)
+        cache.check()
+    # Puts compact too when they meet fragmentation, so count runs of each kind, not calls.
+    assert (bool(cpu_runs), bool(kernel_runs)) == ((True, False) if cpu_memory else (False, True))
+
+
 def test_compaction_mode_is_measured_once_per_driver(vulkan_device):
     from vyrecache.vulkan.backend import VulkanBackend, calibrate_compaction
     from vyrecache.vulkan.memory import HOST_CACHED, HOST_COHERENT, HOST_VISIBLE
