@@ -123,8 +123,12 @@ static void vc_run_share(vc_plan_job* job, int index) {
         size_t begin = (size_t)job->wave_starts[wave], end = (size_t)job->wave_starts[wave + 1];
         uint64_t bytes = vc_wave_bytes(job, wave);
         int parallel = threads > 1 && bytes >= VC_PARALLEL_WAVE_BYTES;
-        if (wave && (parallel || previous_parallel))
-            vc_job_barrier(job);            /* the threads' shares meet: the next wave may read them */
+        if (wave && (parallel || previous_parallel)) {
+            /* The threads' shares meet: the next wave may read them.  Streaming stores are
+               weakly ordered, so each thread fences its own before it arrives. */
+            vc_stream_fence();
+            vc_job_barrier(job);
+        }
         previous_parallel = parallel;
         if (!parallel) {
             if (index == 0)
