@@ -62,6 +62,7 @@ cdef enum:
     ST_ALL_PINNED = -3
     ST_NO_MEMORY = -4
     ST_NOT_FOUND = -5
+    ST_TOO_MANY = -6
 
 COUNTER_NAMES = ("hits", "misses", "inserts", "evictions", "promotions", "demotions", "spills",
                  "bytes_in", "bytes_out")
@@ -271,12 +272,14 @@ cdef int _insert(Engine e, uint64_t key, uint64_t size, uint32_t old) noexcept n
     """Insert (replacing `old`, the key's current slot or VC_NIL); the tier, or an error status."""
     cdef uint64_t charge = _charge(e, size)
     cdef int tier = _first_tier_for(e, charge, old)
+    cdef int reserved
     cdef uint32_t slot
     cdef Slot* s
     if vc_unlikely(tier < 0):
         return tier
-    if vc_unlikely(_reserve_one(e) != 0):
-        return ST_NO_MEMORY
+    reserved = _reserve_one(e)
+    if vc_unlikely(reserved != 0):
+        return ST_TOO_MANY if reserved == -2 else ST_NO_MEMORY
     if old != VC_NIL:
         _remove(e, old, EV_REMOVE)
     _make_room(e, tier, charge)
@@ -377,7 +380,7 @@ cdef inline bint _replace_coldest(Engine e, uint64_t key, uint64_t size,
     # File the slot under the new key in the empty bucket the miss's lookup ended on, then
     # drop the victim's bucket.  That search, from the victim's home, cannot meet the new
     # bucket first: a key's probe run holds no empty bucket, and the new bucket was empty.
-    e.buckets[gap] = victim
+    e.buckets[gap] = _bucket(victim, (gap - _home(e, key)) & e.bucket_mask)
     _map_erase_from(e, victim, victim_home)
     t.used += charge - victim_charge
     if t.head != victim:                # from the cold end to the most recent one
@@ -532,6 +535,10 @@ cdef int _raise_status(Engine e, int status, uint64_t key, uint64_t size,
             f"Cannot make room for key {key}{where} ({size} bytes): every eviction candidate in "
             f"the tiers that could hold it is pinned. Fix: unpin entries (cache.unpin(key)) or "
             f"enlarge the tiers.")
+    if status == ST_TOO_MANY:
+        raise CapacityAccountingError(
+            f"The cache holds {MAX_SLOTS:,} entries, its limit; key {key}{where} would be one "
+            f"more. Fix: remove entries first, or split the keys between several caches.")
     if status == ST_NO_MEMORY:
         raise MemoryError(f"Out of memory growing the cache's tables for key {key}{where}. "
                           f"Fix: free memory or cap the number of entries.")
@@ -547,7 +554,7 @@ cdef int _verify(Engine e) except -1:
     """Walk every structure; raise CacheError naming the first broken invariant."""
     cdef int tier
     cdef uint32_t slot, prev, steps
-    cdef uint64_t used, pinned, count, total = 0, in_map = 0, free_count = 0
+    cdef uint64_t used, pinned, count, total = 0, in_map = 0, free_count = 0, distance
     cdef uint64_t i
 
     for tier in range(e.n_tiers):
@@ -587,10 +594,14 @@ cdef int _verify(Engine e) except -1:
     if total != <uint64_t>e.n_live:
         _broken(f"the lists hold {total} entries, the cache counts {e.n_live}")
     for i in range(e.bucket_mask + 1):
-        slot = e.buckets[i]
-        if slot != VC_NIL:
+        if e.buckets[i] != VC_NIL:
+            slot = _bucket_slot(e.buckets[i])
             if slot >= e.slot_high_water or e.slots[slot].tier < 0:
                 _broken(f"bucket {i} points at free slot {slot}")
+            distance = (i - _home(e, e.slots[slot].key)) & e.bucket_mask
+            if e.buckets[i] >> BUCKET_SLOT_BITS != min(distance, <uint64_t>BUCKET_FAR):
+                _broken(f"bucket {i} says distance {e.buckets[i] >> BUCKET_SLOT_BITS} from its "
+                        f"home, it is {distance}")
             in_map += 1
     if in_map != total:
         _broken(f"the map holds {in_map} keys, the lists {total}")

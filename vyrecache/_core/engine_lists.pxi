@@ -18,6 +18,9 @@
 cdef enum:
     FLAG_LIFTED = 1
     MIN_SLOTS = 16
+    # Slot indices fit the 28 bits of a bucket (engine_map.pxi); 0x0FFFFFFF with the distance
+    # field's 15 would read as an empty bucket, so the last index is one below.
+    MAX_SLOTS = 0x0FFFFFFF
 
 
 cdef inline uint64_t _charge(Engine e, uint64_t size) noexcept nogil:
@@ -83,6 +86,7 @@ cdef inline void _touch(Engine e, uint32_t slot) noexcept nogil:
 
 
 cdef int _grow_slots(Engine e) noexcept nogil:
+    """Grow the slot array; -1 when out of memory, -2 when it has MAX_SLOTS slots already."""
     # Grow by 1/8, not by doubling: the unused tail then costs at most 5 of the 40 bytes a slot
     # takes per entry (doubling: up to 40), so the engine stays under 64 bytes per entry at
     # every size.  Still amortized O(1).  A large array moves to a fresh block advised for huge
@@ -91,10 +95,10 @@ cdef int _grow_slots(Engine e) noexcept nogil:
     cdef Slot* fresh
     if wanted < MIN_SLOTS:
         wanted = MIN_SLOTS
-    if wanted > VC_NIL:
-        wanted = VC_NIL                 # VC_NIL itself is never a slot index
+    if wanted > MAX_SLOTS:
+        wanted = MAX_SLOTS              # a bucket holds 28 bits of slot index
         if wanted <= e.slot_capacity:
-            return -1
+            return -2
     if wanted * sizeof(Slot) < HUGE_PAGE_ARRAY_BYTES:
         fresh = <Slot*>PyMem_RawRealloc(e.slots, wanted * sizeof(Slot))
         if fresh == NULL:
@@ -112,11 +116,13 @@ cdef int _grow_slots(Engine e) noexcept nogil:
 
 
 cdef inline int _reserve_one(Engine e) noexcept nogil:
-    """Make sure one more entry fits in the slot array and the map; -1 when out of memory."""
-    cdef int bits
+    """Make sure one more entry fits in the slot array and the map; -1 when out of memory, -2
+    when the cache holds MAX_SLOTS entries already."""
+    cdef int bits, status
     if e.free_head == VC_NIL and e.slot_high_water == e.slot_capacity:
-        if _grow_slots(e) != 0:
-            return -1
+        status = _grow_slots(e)
+        if status != 0:
+            return status
     if <uint64_t>(e.n_live + 1) * 2 > e.bucket_mask + 1:
         bits = 64 - e.bucket_shift + 1
         if _resize_buckets(e, bits) != 0:
