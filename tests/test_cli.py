@@ -88,6 +88,27 @@ def test_info_always_succeeds_and_says_which_backend_auto_uses(capsys):
     assert 'backend="auto"' in out
 
 
+def test_info_compaction_times_every_mode_and_names_autos_pick(capsys):
+    assert main(["info", "--compaction", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    if os.environ.get("VYRECACHE_REQUIRE_VULKAN") != "1" and not info["devices"]:
+        pytest.skip("no Vulkan device")
+    from vyrecache.vulkan.backend import COMPACTION_MODES, calibrate_compaction
+    from vyrecache.vulkan.device import Device
+    for device in info["devices"]:
+        compaction = device["compaction"]
+        assert set(compaction["seconds"]) <= set(COMPACTION_MODES) - {"auto"}
+        assert {"shader", "split", "hybrid"} <= set(compaction["seconds"])
+        assert all(seconds > 0 for seconds in compaction["seconds"].values())
+        opened = Device(device["index"], validation=False)
+        try:
+            assert compaction["auto"] == calibrate_compaction(opened)
+        finally:
+            opened.close()
+    assert main(["info", "--compaction"]) == 0
+    assert "compaction='auto' picks" in capsys.readouterr().out
+
+
 def test_info_json_lists_the_devices_vc_devices_reports(capsys):
     assert main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
