@@ -537,8 +537,8 @@ cdef int _raise_status(Engine e, int status, uint64_t key, uint64_t size,
             f"enlarge the tiers.")
     if status == ST_TOO_MANY:
         raise CapacityAccountingError(
-            f"The cache holds {MAX_SLOTS:,} entries, its limit; key {key}{where} would be one "
-            f"more. Fix: remove entries first, or split the keys between several caches.")
+            f"A cache holds at most {MAX_SLOTS:,} entries; key {key}{where} would exceed "
+            f"that. Fix: remove entries first, or split the keys between several caches.")
     if status == ST_NO_MEMORY:
         raise MemoryError(f"Out of memory growing the cache's tables for key {key}{where}. "
                           f"Fix: free memory or cap the number of entries.")
