@@ -513,6 +513,21 @@ def test_threads_sharing_a_cache_never_corrupt_bytes(make_cache):
     cache.check()
 
 
+def fragment_and_compact(backend):
+    """Fill a 1 MiB tier on `backend` with 60 entries of odd sizes, remove every third, compact
+    it, check every remaining entry's bytes; the compaction's report."""
+    with vc.BufferCache([vc.CacheTier("host", 1 << 20, memory="host")], backend=backend) as cache:
+        for key in range(60):
+            cache.put(key, payload(key, 3000 + key))
+        for key in range(0, 60, 3):
+            cache.remove(key)
+        report = cache.compact(0)
+        for key in cache:
+            assert cache.read(key).tobytes() == payload(key, 3000 + key)
+        cache.check()
+    return report
+
+
 @pytest.mark.parametrize("cpu_memory", [True, False])
 def test_host_compaction_runs_on_the_cpu_only_where_the_memory_allows(vulkan_device, monkeypatch,
                                                                       cpu_memory):
@@ -530,16 +545,8 @@ def test_host_compaction_runs_on_the_cpu_only_where_the_memory_allows(vulkan_dev
     kernel_runs = []
     real_run = backend._kernel.run
     backend._kernel.run = lambda blocks, plan: (kernel_runs.append(1), real_run(blocks, plan))[1]
-    with vc.BufferCache([vc.CacheTier("host", 1 << 20, memory="host")], backend=backend) as cache:
-        for key in range(60):
-            cache.put(key, payload(key, 3000 + key))
-        for key in range(0, 60, 3):
-            cache.remove(key)
-        report = cache.compact(0)
-        assert report.moves > 0 and report.largest_free_after == report.free_bytes
-        for key in cache:
-            assert cache.read(key).tobytes() == payload(key, 3000 + key)
-        cache.check()
+    report = fragment_and_compact(backend)
+    assert report.moves > 0 and report.largest_free_after == report.free_bytes
     # Puts compact too when they meet fragmentation, so count runs of each kind, not calls.
     assert (bool(cpu_runs), bool(kernel_runs)) == ((True, False) if cpu_memory else (False, True))
 
@@ -567,17 +574,9 @@ def test_plans_larger_than_the_chunk_table_run_in_portions(vulkan_device, monkey
     import vyrecache.vulkan.backend as vulkan_backend
     monkeypatch.setattr(vulkan_backend, "_TABLE_ROWS", 5)
     backend = vulkan_backend.VulkanBackend(device=vulkan_device, compaction=mode)
-    with vc.BufferCache([vc.CacheTier("host", 1 << 20, memory="host")], backend=backend) as cache:
-        for key in range(60):
-            cache.put(key, payload(key, 3000 + key))
-        for key in range(0, 60, 3):
-            cache.remove(key)
-        report = cache.compact(0)
-        assert report.moves > 5
-        assert report.largest_free_after == report.free_bytes
-        for key in cache:
-            assert cache.read(key).tobytes() == payload(key, 3000 + key)
-        cache.check()
+    report = fragment_and_compact(backend)
+    assert report.moves > 5
+    assert report.largest_free_after == report.free_bytes
 
 
 def test_a_batch_that_fails_part_way_keeps_bytes_and_metadata_together(make_cache):

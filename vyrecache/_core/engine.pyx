@@ -345,12 +345,12 @@ cdef inline int _hit(Engine e, uint32_t slot) noexcept nogil:
 
 cdef inline int _access(Engine e, uint64_t key, uint64_t size) noexcept nogil:
     """The fused per-use call: the tier of a hit (then maybe promoted), or -1 after inserting."""
-    cdef uint64_t gap
-    cdef uint32_t slot = _lookup(e, key, _home(e, key), &gap)
-    return _access_slot(e, key, size, slot, gap)
+    cdef uint64_t gap, home = _home(e, key)
+    cdef uint32_t slot = _lookup(e, key, home, &gap)
+    return _access_slot(e, key, size, slot, home, gap)
 
 
-cdef inline bint _replace_coldest(Engine e, uint64_t key, uint64_t size,
+cdef inline bint _replace_coldest(Engine e, uint64_t key, uint64_t size, uint64_t home,
                                   uint64_t gap) noexcept nogil:
     """The common miss of a full cache, in place: a new key evicts tier 0's coldest entry and
     takes over its slot.  False, having changed nothing, unless that is exactly what _insert
@@ -380,7 +380,7 @@ cdef inline bint _replace_coldest(Engine e, uint64_t key, uint64_t size,
     # File the slot under the new key in the empty bucket the miss's lookup ended on, then
     # drop the victim's bucket.  That search, from the victim's home, cannot meet the new
     # bucket first: a key's probe run holds no empty bucket, and the new bucket was empty.
-    e.buckets[gap] = _bucket(victim, (gap - _home(e, key)) & e.bucket_mask)
+    e.buckets[gap] = _bucket(victim, (gap - home) & e.bucket_mask)
     _map_erase_from(e, victim, victim_home)
     t.used += charge - victim_charge
     if t.head != victim:                # from the cold end to the most recent one
@@ -403,13 +403,13 @@ cdef inline bint _replace_coldest(Engine e, uint64_t key, uint64_t size,
 
 
 cdef inline int _access_slot(Engine e, uint64_t key, uint64_t size, uint32_t slot,
-                             uint64_t gap) noexcept nogil:
+                             uint64_t home, uint64_t gap) noexcept nogil:
     """_access() once the key's slot is known (VC_NIL: absent; then `gap` is the empty bucket
-    its lookup ended on)."""
+    its lookup from `home` ended on)."""
     cdef int tier
     if vc_likely(slot != VC_NIL):
         return _hit(e, slot)
-    if _replace_coldest(e, key, size, gap):
+    if _replace_coldest(e, key, size, home, gap):
         return ST_MISS
     tier = _insert(e, key, size, VC_NIL)
     if tier < 0:
@@ -466,6 +466,16 @@ cdef inline int _enter(Engine e) except -1:
                          "should_promote/eviction_candidate; mutate it after the call returns.")
     _begin_op(e)
     return 0
+
+
+cdef inline uint32_t _enter_present(Engine e, uint64_t key) except? 0xFFFFFFFF:
+    """_enter(), then the slot of `key`; KeyNotFoundError (lock released) when it is absent."""
+    cdef uint32_t slot
+    _enter(e)
+    slot = _find(e, key)
+    if slot == VC_NIL:
+        _leave(e, ST_NOT_FOUND, key, 0, -1)
+    return slot
 
 
 cdef inline int _leave(Engine e, int status, uint64_t key, uint64_t size,
@@ -924,10 +934,7 @@ cdef class Engine:
         """Remove `key` (pinned or not) and return its CacheEntry."""
         cdef uint64_t k = _as_u64(key, "key")
         cdef uint32_t slot
-        _enter(self)
-        slot = _find(self, k)
-        if slot == VC_NIL:
-            _leave(self, ST_NOT_FOUND, k, 0, -1)
+        slot = _enter_present(self, k)
         entry = CacheEntry(self.slots[slot].key, self.slots[slot].size, self.slots[slot].tier)
         _remove(self, slot, EV_REMOVE)
         _leave(self, 0, k, 0, -1)
@@ -963,10 +970,7 @@ cdef class Engine:
         """Pin `key`: never a victim, never moved (pins nest; unpin as often as pinned)."""
         cdef uint64_t k = _as_u64(key, "key")
         cdef uint32_t slot
-        _enter(self)
-        slot = _find(self, k)
-        if slot == VC_NIL:
-            _leave(self, ST_NOT_FOUND, k, 0, -1)
+        slot = _enter_present(self, k)
         if self.slots[slot].pins == 0xFFFF:
             self.release()
             raise CapacityAccountingError(
@@ -981,10 +985,7 @@ cdef class Engine:
         """Undo one pin() of `key`."""
         cdef uint64_t k = _as_u64(key, "key")
         cdef uint32_t slot
-        _enter(self)
-        slot = _find(self, k)
-        if slot == VC_NIL:
-            _leave(self, ST_NOT_FOUND, k, 0, -1)
+        slot = _enter_present(self, k)
         if self.slots[slot].pins == 0:
             self.release()
             raise CacheError(f"Key {k} is not pinned, so it cannot be unpinned. "
@@ -1151,7 +1152,7 @@ cdef class Engine:
                 for i in range(n):
                     home = _prefetch_keys(self, &ring, kv, i, True)
                     slot = _lookup(self, kv[i], home, &gap)
-                    status = _access_slot(self, kv[i], sv[i], slot, gap)
+                    status = _access_slot(self, kv[i], sv[i], slot, home, gap)
                     if status < ST_MISS:
                         failed = i
                         break

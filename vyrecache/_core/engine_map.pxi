@@ -63,14 +63,8 @@ cdef inline uint32_t _find(Engine e, uint64_t key) noexcept nogil:
 
 cdef inline uint32_t _find_from(Engine e, uint64_t key, uint64_t i) noexcept nogil:
     """_find() for a key whose home bucket `i` the caller computed (the batch calls' prefetch)."""
-    cdef uint32_t bucket
-    while True:
-        bucket = e.buckets[i]
-        if bucket == VC_NIL:
-            return VC_NIL
-        if e.slots[_bucket_slot(bucket)].key == key:
-            return _bucket_slot(bucket)
-        i = (i + 1) & e.bucket_mask
+    cdef uint64_t unused_gap
+    return _lookup(e, key, i, &unused_gap)
 
 
 cdef inline uint32_t _lookup(Engine e, uint64_t key, uint64_t i, uint64_t* gap) noexcept nogil:

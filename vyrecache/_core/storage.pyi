@@ -12,6 +12,7 @@ from .allocator import Allocator
 from .engine import Engine
 
 STORAGE_COUNTER_NAMES: tuple[str, ...]
+STREAM_THRESHOLD_BYTES: int
 
 _Evicted = list[tuple[int, int, int]]
 

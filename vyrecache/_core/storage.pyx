@@ -54,6 +54,7 @@ cdef extern from "hugepages.h":
 
 # Batches that move more than this stream their copies (about the last-level cache a core sees).
 DEF STREAM_THRESHOLD = 4 << 20
+STREAM_THRESHOLD_BYTES = STREAM_THRESHOLD      # also what a CPU compaction streams above
 
 # Where an entry's bytes are.
 cdef enum SlotState:

@@ -22,10 +22,6 @@ __all__ = ["HostBackend", "HostDeviceInfo", "compact_arrays"]
 # Blocks start on a cache-line boundary, like a driver's allocation would.
 _BLOCK_ALIGNMENT = 64
 
-# Plans that move more than this stream their copies past the CPU cache (as the storage layer's
-# batch moves do); smaller ones stay in the cache for the reads that follow.
-_STREAM_BYTES = 4 << 20
-
 # Threads that share a streamed compaction: a few saturate memory bandwidth (measured on a
 # 2-core VM: 8-9 GB/s streamed by one thread, 12-16 GB/s by two).
 _COMPACTION_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -35,7 +31,10 @@ _COMPACTION_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, 
 def compact_arrays(plan: Any, arrays: list[np.ndarray]) -> None:
     """Run a compaction plan on the CPU over blocks' bytes (numpy views of host memory)."""
     from .._core.compaction import execute_on_host
-    streaming = plan.chunk_bytes > _STREAM_BYTES
+    from .._core.storage import STREAM_THRESHOLD_BYTES
+    # Plans that move more than the storage layer's batch threshold stream past the CPU cache
+    # as its batches do; smaller ones stay in the cache for the reads that follow.
+    streaming = plan.chunk_bytes > STREAM_THRESHOLD_BYTES
     execute_on_host(plan, arrays, streaming=streaming,
                     threads=_COMPACTION_THREADS if streaming else 1)
 
