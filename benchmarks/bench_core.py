@@ -15,8 +15,10 @@ import argparse
 import functools
 import platform
 import subprocess
+import tempfile
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 
@@ -35,22 +37,17 @@ def zipf_trace(universe: int, accesses: int, skew: float, seed: int) -> np.ndarr
     return keys[np.minimum(ranks, universe - 1)]
 
 
-def best(run, repeat: int) -> tuple[float, object]:
-    timings, result = [], None
+def interleaved_best(runs: list, repeat: int) -> list[float]:
+    """Best time of each run over `repeat` rounds.  Every round runs each of them once, in
+    turn, so a slow spell of a shared machine (its speed moves 30-50% within minutes) lands on
+    all of them instead of on whichever ran then."""
+    best_seconds = [float("inf")] * len(runs)
     for _ in range(repeat):
-        start = time.perf_counter()
-        result = run()
-        timings.append(time.perf_counter() - start)
-    return min(timings), result
-
-
-def measure(run, keys, repeat: int) -> tuple[float, int]:
-    """Best time of `run` without counting hits, and its hits (from an untimed counting run
-    when the timed one could not tell)."""
-    seconds, hits = best(lambda: run(keys, False), repeat)
-    if hits is None:
-        hits = run(keys, True)
-    return seconds, hits
+        for index, run in enumerate(runs):
+            start = time.perf_counter()
+            run()
+            best_seconds[index] = min(best_seconds[index], time.perf_counter() - start)
+    return best_seconds
 
 
 # ---- one function per contestant: run(keys, count_hits) -> hits, or None ----
@@ -141,24 +138,49 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def scale_cost(live: int, accesses: int, repeat: int, seed: int) -> tuple[float, float]:
-    """ns per access() call and per access_many key with `live` entries, all hits (Zipf)."""
+def all_hit_workload(live: int, accesses: int, seed: int) -> tuple[vc.TieredCache, np.ndarray]:
+    """A cache holding `live` entries and a Zipf(0.99) trace of hits over a random order."""
     rng = np.random.default_rng(seed)
     keys = rng.integers(0, 2**63, live, dtype=np.uint64)
     cache = vc.TieredCache([vc.CacheTier("host", live)])
     cache.insert_many(keys, 1)
     weights = np.cumsum(1.0 / np.arange(1, live + 1) ** 0.99)
     order = keys[rng.permutation(live)]      # Zipf ranks over a random order of the keys
-    trace = order[np.minimum(np.searchsorted(weights, rng.random(accesses) * weights[-1]), live - 1)]
-    trace_list = trace.tolist()
-    access = cache.access
+    ranks = np.searchsorted(weights, rng.random(accesses) * weights[-1])
+    return cache, order[np.minimum(ranks, live - 1)]
 
-    def per_call():
-        for key in trace_list:
-            access(key, 1)
-    call_seconds, _ = best(per_call, repeat)
-    batch_seconds, _ = best(lambda: cache.access_many(trace, 1), repeat)
-    return call_seconds / accesses * 1e9, batch_seconds / accesses * 1e9
+
+def scale_costs(sizes: tuple[int, ...], accesses: int, repeat: int, seed: int) -> list:
+    """(ns per access() call, ns per access_many key) at each number of live entries, all hits,
+    timed interleaved."""
+    runs = []
+    for live in sizes:
+        cache, trace = all_hit_workload(live, accesses, seed)
+        trace_list, access = trace.tolist(), cache.access
+
+        def per_call(trace_list=trace_list, access=access):
+            for key in trace_list:
+                access(key, 1)
+        runs += [per_call, lambda cache=cache, trace=trace: cache.access_many(trace, 1)]
+    seconds = interleaved_best(runs, repeat)
+    return [(seconds[2 * i] / accesses * 1e9, seconds[2 * i + 1] / accesses * 1e9)
+            for i in range(len(sizes))]
+
+
+def memory_latency(sizes_mib: tuple[int, ...]) -> dict[int, float] | None:
+    """ns per dependent load over blocks of each size (benchmarks/pointer_chase.c), or None
+    without a C compiler."""
+    source = Path(__file__).with_name("pointer_chase.c")
+    with tempfile.TemporaryDirectory() as scratch:
+        program = Path(scratch) / "pointer_chase"
+        try:
+            subprocess.run(["cc", "-O2", "-o", str(program), str(source)], check=True,
+                           capture_output=True)
+            out = subprocess.run([str(program), *map(str, sizes_mib)], check=True,
+                                 capture_output=True, text=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return None
+    return {int(mib): float(ns) for mib, ns in (line.split() for line in out.splitlines())}
 
 
 def evicting_insert_cost(inserts: int, repeat: int) -> float:
@@ -190,7 +212,7 @@ def memory_per_entry(count: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100,000 accesses, one repeat")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     accesses = 100_000 if args.quick else 1_000_000
     repeat = 1 if args.quick else args.repeat
@@ -201,14 +223,14 @@ def main() -> None:
     print(f"workload: Zipf(0.99) over 100,000 keys, {accesses:,} accesses, capacity {CAPACITY:,} "
           f"entries; best of {repeat}\n")
 
-    contestants = peers() + [("vyrecache access() per call", run_vyrecache)]
-    rows = []
-    for name, run in contestants:
-        seconds, hits = measure(run, trace_list, repeat)
-        rows.append((name, seconds / accesses * 1e9, hits / accesses))
-    per_call = rows[-1][1]
-    seconds, hits = measure(run_vyrecache_batch, trace, repeat)
-    rows.append(("vyrecache access_many() per key", seconds / accesses * 1e9, hits / accesses))
+    contestants = peers() + [("vyrecache access() per call", run_vyrecache),
+                             ("vyrecache access_many() per key", run_vyrecache_batch)]
+    inputs = [trace if run is run_vyrecache_batch else trace_list for _, run in contestants]
+    seconds = interleaved_best([functools.partial(run, keys, False)
+                                for (_, run), keys in zip(contestants, inputs)], repeat)
+    rows = [(name, elapsed / accesses * 1e9, run(keys, True) / accesses)
+            for (name, run), keys, elapsed in zip(contestants, inputs, seconds)]
+    per_call = rows[-2][1]
 
     print(f"{'contestant':34} {'ns/op':>8} {'hit ratio':>10} {'time / vyrecache access()':>26}")
     for name, ns, ratio in rows:
@@ -217,13 +239,23 @@ def main() -> None:
     insert_ns = evicting_insert_cost(accesses, repeat)
     print(f"\nevicting insert() per call: {insert_ns:.1f} ns")
 
-    small_call, small_batch = scale_cost(10_000, accesses, repeat, seed=3)
-    large_call, large_batch = scale_cost(1_000_000, accesses, repeat, seed=3)
+    (small_call, small_batch), (large_call, large_batch) = scale_costs(
+        (10_000, 1_000_000), accesses, repeat, seed=3)
     print(f"all-hit access() at 10,000 live entries: {small_call:.1f} ns/call, "
           f"{small_batch:.1f} ns/key batched")
     print(f"all-hit access() at 1,000,000 live entries: {large_call:.1f} ns/call "
           f"({large_call / small_call:.2f}x), {large_batch:.1f} ns/key batched "
           f"({large_batch / small_batch:.2f}x)")
+    latency = memory_latency((1, 8, 64))
+    if latency is None:
+        print("dependent-load latency: skipped (no C compiler to build pointer_chase.c)")
+    else:
+        print("dependent-load latency (pointer_chase.c): "
+              + ", ".join(f"{mib} MiB {ns:.0f} ns" for mib, ns in latency.items()))
+        # At 1,000,000 entries the map (8 MiB) and the slots (45 MiB) are past the L2 cache: a
+        # call's bucket read and then its slot read are two such loads, one after the other.
+        print(f"  a call at 1,000,000 entries: the 10,000-entry cost + about two 8-64 MiB "
+              f"loads = {small_call + latency[8] + latency[64]:.0f} ns if none were cached")
 
     print("\nengine memory per entry (sizeof() / tracemalloc):")
     for count in (10_000, 100_000, 1_000_000):
