@@ -11,6 +11,7 @@ Status codes of the internal C functions: >= 0 a tier, -1 a miss, below -1 an er
 """
 
 cimport cython
+from cpython.object cimport PyObject
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
 from libc.stdint cimport (INT8_MAX, UINT32_MAX, UINT64_MAX, int8_t, int32_t, uint8_t, uint16_t,
                           uint32_t, uint64_t)
@@ -40,6 +41,13 @@ cdef extern from *:
     static void vc_require_gil(const char *where) {
         if (!PyGILState_Check()) Py_FatalError(where);
     }
+    /* The calling thread, as the lock's owner: glibc's pthread_self() is the thread pointer,
+       which GCC reads inline instead of through a call on every public method. */
+    #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) && defined(__GLIBC__)
+    #define vc_this_thread() ((pthread_t)__builtin_thread_pointer())
+    #else
+    #define vc_this_thread() pthread_self()
+    #endif
     """
     # Debug builds verify every invariant after every mutating call (slow; tests only).
     const bint VC_DEBUG
@@ -47,10 +55,15 @@ cdef extern from *:
     # Branch hints for the hot paths: the rare side (growth, logging, Python policies, errors).
     bint vc_likely(bint condition) nogil
     bint vc_unlikely(bint condition) nogil
+    pthread_t vc_this_thread() nogil
 
 cdef object _TWO_64 = 1 << 64
-# access() results boxed once: ST_MISS (-1) and every tier index (at most INT8_MAX tiers).
+# access() results boxed once: ST_MISS (-1) and every tier index (at most INT8_MAX tiers).  The
+# tuple keeps them alive; the C array is what access() reads, without a check for None.
 cdef tuple _ACCESS_RESULTS = tuple(range(-1, INT8_MAX + 1))
+cdef PyObject* _ACCESS_RESULT_OBJECTS[129]     # INT8_MAX + 2
+for _result in range(INT8_MAX + 2):
+    _ACCESS_RESULT_OBJECTS[_result] = <PyObject*>_ACCESS_RESULTS[_result]
 
 include "engine_values.pxi"
 include "engine_map.pxi"
@@ -438,13 +451,13 @@ cdef Py_ssize_t _first_too_large(Engine e, const uint64_t[:] sizes) noexcept:
 cdef inline void _lock(Engine e) noexcept:
     """Engine.acquire(), with the uncontended case inline (the caller holds the GIL)."""
     if vc_likely(e.lock_depth == 0):
-        e.lock_owner = pthread_self()
+        e.lock_owner = vc_this_thread()
         e.lock_depth = 1
-    elif e.lock_owner == pthread_self():
+    elif e.lock_owner == vc_this_thread():
         e.lock_depth += 1
     else:
         e._wait_for_lock()
-        e.lock_owner = pthread_self()
+        e.lock_owner = vc_this_thread()
         e.lock_depth = 1
 
 
@@ -873,7 +886,7 @@ cdef class Engine:
         _enter(self)
         result = _access(self, k, s)
         _leave(self, result, k, s, -1)
-        return _ACCESS_RESULTS[result + 1]      # result >= ST_MISS after _leave
+        return <object>_ACCESS_RESULT_OBJECTS[result + 1]     # result >= ST_MISS after _leave
 
     def touch(self, key):
         """access() without the insert: the tier of a hit (recorded, maybe promoted), or -1 for
