@@ -6,6 +6,7 @@ but reports only the sample's errors: the question is whether a user's strictly
 typed code can call vyrecache, not how strict vyrecache's internals are.
 """
 
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,21 @@ def test_the_typing_sample_runs():
                             timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.strip().endswith("typing sample ran")
+
+
+@pytest.mark.parametrize("cls", [vc.TieredCache, vc.BufferCache])
+def test_compiled_methods_report_their_signatures(cls):
+    """help() and inspect.signature() work on the compiled methods (they carry text signatures)."""
+    unsigned = []
+    for name in dir(cls):
+        member = getattr(cls, name)
+        if name.startswith("_") or not callable(member):
+            continue
+        try:
+            inspect.signature(member)
+        except ValueError:
+            unsigned.append(name)
+    assert unsigned == []
+    assert list(inspect.signature(vc.TieredCache.access).parameters) == ["self", "key", "size"]
+    assert list(inspect.signature(vc.TieredCache([("t", 8)]).access_many).parameters) == [
+        "keys", "sizes"]
