@@ -874,9 +874,11 @@ cdef class Engine:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    def access(self, key, size):
+    def access(self, key, size, /):
         """Use `key`: on a hit record the access, promote if the policy says so, return the tier
         it was found in; on a miss insert it with `size` bytes and return -1."""
+        # Positional-only, like dict.get: the call then skips keyword parsing, about 20 of the
+        # 200 instructions a call costs.
         cdef uint64_t k, s
         cdef int result
         if not vc_exact_u64(key, &k):
