@@ -172,3 +172,18 @@ def test_bad_options_raise(options, error):
 def test_bad_promote_threshold_raises(threshold):
     with pytest.raises(ValueError, match="Fix:"):
         vc.LruPolicy(threshold)
+
+
+@pytest.mark.parametrize("call", [
+    lambda c: c.access(key=1, size=5),
+    lambda c: c.access(1, size=5),
+    lambda c: c.access(1),
+    lambda c: c.access(1, 5, 6),
+], ids=["keywords", "size keyword", "one argument", "three arguments"])
+def test_access_takes_exactly_two_positional_arguments_and_changes_nothing(call):
+    cache = make()
+    before = state(cache)
+    with pytest.raises(TypeError, match="access"):
+        call(cache)
+    assert state(cache) == before
+    cache.check()
