@@ -53,7 +53,7 @@ def interleaved_best(runs: list, repeat: int) -> list[float]:
 # ---- one function per contestant: run(keys, count_hits) -> hits, or None ----
 #
 # The timed runs pass count_hits=False: a `hits += 1` in the loop allocates an int per hit once
-# past 256, about 25 ns per access on the reference VM, which is the benchmark's bookkeeping,
+# past 256, 13 ns or more per access on the reference VM: the benchmark's bookkeeping,
 # not the cache's cost.  The hit ratio comes from one more, untimed, run that counts (or from
 # the cache's own statistics where it keeps them).
 
