@@ -1,9 +1,11 @@
-"""The engine's hash map under long probe runs: keys built to share one home bucket.
+"""The engine's hash map under long probe runs: keys built to share one home group.
 
-A bucket keeps its entry's distance from the key's home in 4 bits (15 meaning "15 or more", then
-the delete reads the key).  Random keys at load 1/2 rarely sit 15 buckets from home, so these
-tests build keys whose hashes share their top bits: every key of a set has the same home, and
-each insert lengthens one run.  Every step is checked against a dict and with check().
+The map probes groups of 8 buckets through control bytes holding 7 bits of each key's hash, and
+stops at the first group with an empty bucket.  Random keys at load 5/8 rarely fill a group, so
+these tests build keys whose hashes share their top bits and the bits of their control byte:
+every key of a set has the same home group and matches every other key's byte, so the keys fill
+group after group, every lookup compares every key of the run, and deletes in those full groups
+leave tombstones.  Every step is checked against a plain model and with check().
 """
 
 import numpy as np
@@ -85,3 +87,52 @@ def test_batch_access_over_long_runs_matches_single_calls():
     one.check()
     many.check()
     assert list(one) == list(many)
+
+
+def test_churn_in_full_groups_keeps_the_map_its_size():
+    # Colliding keys share a home group and their 7 hash bits, so they fill groups one after
+    # another and every delete there leaves a tombstone.  Long churn must rebuild the map in
+    # place as tombstones use up its room, never let it grow without bound, and never lose a key.
+    keys = colliding_keys(200, seed=6)
+    rng = np.random.default_rng(7)
+    cache = vc.TieredCache([vc.CacheTier("t", 30)])
+    order = []                  # LRU order of the model, coldest first
+    for key in keys[:30]:
+        cache.insert(key, 1)
+        order.append(key)
+    settled = cache.sizeof()
+    for step in range(6000):
+        key = keys[rng.integers(0, len(keys))]
+        expected = 0 if key in order else -1
+        assert cache.access(key, 1) == expected
+        if key in order:
+            order.remove(key)
+        else:
+            order.pop(0)
+        order.append(key)
+        if step % 50 == 0:
+            cache.check()
+            assert cache.tier_keys(0) == order[::-1]
+    cache.check()
+    assert cache.sizeof() <= 2 * settled
+
+
+def test_tombstones_are_cleared_in_place_not_by_growing():
+    # Each family of colliding keys fills whole groups from its home; removing the family leaves
+    # tombstones there.  Family after family they use up the map's room while the cache holds at
+    # most 30 keys: the map must rebuild at its size, not double each time.
+    cache = vc.TieredCache([vc.CacheTier("t", 10_000)])
+    settled = None
+    for family in range(200):
+        keys = colliding_keys(30, home_bits=52, seed=100 + family)
+        for key in keys:
+            cache.insert(key, 1)
+        if settled is None:
+            settled = cache.sizeof()
+        if family % 20 == 0:
+            cache.check()
+        for key in keys:
+            cache.remove(key)
+        assert len(cache) == 0
+    cache.check()
+    assert cache.sizeof() <= settled

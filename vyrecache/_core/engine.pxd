@@ -103,9 +103,12 @@ cdef class Engine:
     cdef uint32_t free_head
     cdef uint32_t limbo_head            # freed slots kept readable until the next operation
     cdef uint32_t limbo_tail
-    cdef uint32_t* buckets
+    cdef uint32_t* buckets              # the slot filed in each bucket (VC_NIL: none)
+    cdef uint8_t* ctrl                  # each bucket's control byte (engine_map.pxi)
     cdef uint64_t bucket_mask
-    cdef int bucket_shift
+    cdef uint64_t group_mask
+    cdef int group_shift                # 64 - log2(groups): a hash's top bits pick its group
+    cdef uint64_t growth_left           # EMPTY buckets that may still be filled
     cdef Py_ssize_t n_live
     cdef uint64_t tick
     cdef uint32_t promote_threshold

@@ -358,22 +358,24 @@ cdef inline int _hit(Engine e, uint32_t slot) noexcept nogil:
 
 cdef inline int _access(Engine e, uint64_t key, uint64_t size) noexcept nogil:
     """The fused per-use call: the tier of a hit (then maybe promoted), or -1 after inserting."""
-    cdef uint64_t gap, home = _home(e, key)
-    cdef uint32_t slot = _lookup(e, key, home, &gap)
-    return _access_slot(e, key, size, slot, home, gap)
+    cdef uint64_t gap, h = _hash(key)
+    cdef uint32_t slot = _lookup(e, key, h, &gap)
+    return _access_slot(e, key, size, slot, h, gap)
 
 
-cdef inline bint _replace_coldest(Engine e, uint64_t key, uint64_t size, uint64_t home,
+cdef inline bint _replace_coldest(Engine e, uint64_t key, uint64_t size, uint64_t h,
                                   uint64_t gap) noexcept nogil:
     """The common miss of a full cache, in place: a new key evicts tier 0's coldest entry and
     takes over its slot.  False, having changed nothing, unless that is exactly what _insert
     would do: the native policy, no log (freed slots then wait in limbo), tier 0 holding the
-    new entry with no pins in it, and one eviction making room."""
+    new entry with no pins in it, one eviction making room, and room in the map (a map about
+    to be rebuilt takes the general path)."""
     cdef TierState* t = &e.tier_state[0]
     cdef uint32_t victim = t.tail
-    cdef uint64_t charge, victim_charge, victim_home
+    cdef uint64_t charge, victim_charge, victim_hash, group
     cdef Slot* s
-    if not e.native_policy or e.logging or t.pinned != 0 or victim == VC_NIL:
+    if (not e.native_policy or e.logging or t.pinned != 0 or victim == VC_NIL
+            or e.growth_left == 0):
         return False
     charge = _charge(e, size)
     if charge > t.capacity or t.used <= t.capacity - charge:
@@ -384,17 +386,19 @@ cdef inline bint _replace_coldest(Engine e, uint64_t key, uint64_t size, uint64_
         return False                    # one eviction is not enough
     t.counters[C_BYTES_OUT] += s.size
     t.counters[C_EVICTIONS] += 1
-    victim_home = _home(e, s.key)
+    victim_hash = _hash(s.key)
     s.key = key
     s.size = size
     s.last_access = 0
     s.frequency = 0
     s.flags = 0
-    # File the slot under the new key in the empty bucket the miss's lookup ended on, then
-    # drop the victim's bucket.  That search, from the victim's home, cannot meet the new
-    # bucket first: a key's probe run holds no empty bucket, and the new bucket was empty.
-    e.buckets[gap] = _bucket(victim, (gap - home) & e.bucket_mask)
-    _map_erase_from(e, victim, victim_home)
+    # Drop the victim's bucket, then file the slot under the new key in the free bucket the
+    # miss's lookup found.  In that order: both buckets name this slot, and the delete, which
+    # finds its bucket by slot among the victim's h2 matches, could otherwise take the new one.
+    # The gap stays a valid place: a bucket the delete empties lies in the gap's group or past
+    # it on the new key's path (an earlier group with an EMPTY byte would have held the gap).
+    _map_erase_from(e, victim, victim_hash)
+    _map_place(e, gap, victim, h)
     t.used += charge - victim_charge
     if t.head != victim:                # from the cold end to the most recent one
         t.tail = s.prev
@@ -404,9 +408,11 @@ cdef inline bint _replace_coldest(Engine e, uint64_t key, uint64_t size, uint64_
         e.slots[t.head].prev = victim
         t.head = victim
         # The next miss evicts the new tail: its slot is in the cache now (written above), so
-        # start the reads that eviction will stall on, its bucket and the slot before it.
+        # start the reads that eviction will stall on, its buckets and the slot before it.
         s = &e.slots[t.tail]
-        vc_prefetch_write(&e.buckets[_home(e, s.key)])
+        group = _home_group(e, _hash(s.key))
+        vc_prefetch_write(&e.ctrl[group << GROUP_BITS])
+        vc_prefetch_write(&e.buckets[group << GROUP_BITS])
         if s.prev != VC_NIL:
             vc_prefetch_write(&e.slots[s.prev])
     t.counters[C_INSERTS] += 1
@@ -416,13 +422,13 @@ cdef inline bint _replace_coldest(Engine e, uint64_t key, uint64_t size, uint64_
 
 
 cdef inline int _access_slot(Engine e, uint64_t key, uint64_t size, uint32_t slot,
-                             uint64_t home, uint64_t gap) noexcept nogil:
-    """_access() once the key's slot is known (VC_NIL: absent; then `gap` is the empty bucket
-    its lookup from `home` ended on)."""
+                             uint64_t h, uint64_t gap) noexcept nogil:
+    """_access() once the key's slot is known (VC_NIL: absent; then `gap` is the free bucket
+    its lookup with hash `h` found)."""
     cdef int tier
     if vc_likely(slot != VC_NIL):
         return _hit(e, slot)
-    if _replace_coldest(e, key, size, home, gap):
+    if _replace_coldest(e, key, size, h, gap):
         return ST_MISS
     tier = _insert(e, key, size, VC_NIL)
     if tier < 0:
@@ -577,8 +583,9 @@ cdef int _verify(Engine e) except -1:
     """Walk every structure; raise CacheError naming the first broken invariant."""
     cdef int tier
     cdef uint32_t slot, prev, steps
-    cdef uint64_t used, pinned, count, total = 0, in_map = 0, free_count = 0, distance
-    cdef uint64_t i
+    cdef uint64_t used, pinned, count, total = 0, in_map = 0, free_count = 0, deleted = 0
+    cdef uint64_t i, h, group
+    cdef uint8_t byte
 
     for tier in range(e.n_tiers):
         used = pinned = count = 0
@@ -617,19 +624,30 @@ cdef int _verify(Engine e) except -1:
     if total != <uint64_t>e.n_live:
         _broken(f"the lists hold {total} entries, the cache counts {e.n_live}")
     for i in range(e.bucket_mask + 1):
-        if e.buckets[i] != VC_NIL:
-            slot = _bucket_slot(e.buckets[i])
-            if slot >= e.slot_high_water or e.slots[slot].tier < 0:
-                _broken(f"bucket {i} points at free slot {slot}")
-            distance = (i - _home(e, e.slots[slot].key)) & e.bucket_mask
-            if e.buckets[i] >> BUCKET_SLOT_BITS != min(distance, <uint64_t>BUCKET_FAR):
-                _broken(f"bucket {i} says distance {e.buckets[i] >> BUCKET_SLOT_BITS} from its "
-                        f"home, it is {distance}")
-            in_map += 1
+        byte = e.ctrl[i]
+        if byte == CTRL_EMPTY or byte == CTRL_DELETED:
+            deleted += byte == CTRL_DELETED
+            if e.buckets[i] != VC_NIL:
+                _broken(f"bucket {i} is free (control byte {byte:#x}) but names slot {e.buckets[i]}")
+            continue
+        slot = e.buckets[i]
+        if byte > 0x7F or slot >= e.slot_high_water or e.slots[slot].tier < 0:
+            _broken(f"bucket {i} (control byte {byte:#x}) names free slot {slot}")
+        h = _hash(e.slots[slot].key)
+        if byte != _h2(e, h):
+            _broken(f"bucket {i}'s control byte is {byte:#x}, its key's h2 is {_h2(e, h):#x}")
+        group = _home_group(e, h)
+        while group != i >> GROUP_BITS:      # no group before the bucket's may hold an EMPTY
+            if vc_group_empty(vc_group_load(e.ctrl, group)):
+                _broken(f"key {e.slots[slot].key} in bucket {i} lies past group {group}, "
+                        f"which has an empty bucket")
+            group = (group + 1) & e.group_mask
+        in_map += 1
     if in_map != total:
         _broken(f"the map holds {in_map} keys, the lists {total}")
-    if in_map * 2 > e.bucket_mask + 1:
-        _broken(f"the map is over half full ({in_map} of {e.bucket_mask + 1})")
+    if in_map + deleted + e.growth_left != _max_used(e.bucket_mask + 1):
+        _broken(f"{in_map} full and {deleted} deleted buckets with {e.growth_left} to grow "
+                f"do not add up to the map's allowance of {_max_used(e.bucket_mask + 1)}")
     for head in (e.free_head, e.limbo_head):
         slot = head
         while slot != VC_NIL:
@@ -659,6 +677,7 @@ cdef class Engine:
         self.tier_state = NULL
         self.events = NULL
         self.buckets = NULL
+        self.ctrl = NULL
         self.free_head = VC_NIL
         self.limbo_head = VC_NIL
         self.limbo_tail = VC_NIL
@@ -670,12 +689,8 @@ cdef class Engine:
         if sem_init(&self.lock_free, 0, 0) != 0:
             raise MemoryError("Could not create the cache's lock. Fix: free system resources.")
         self.lock_ready = True
-        self.buckets = <uint32_t*>PyMem_RawMalloc(sizeof(uint32_t) << MIN_BUCKET_BITS)
-        if self.buckets == NULL:
+        if _resize_buckets(self, MIN_BUCKET_BITS) != 0:
             raise MemoryError("Could not allocate the cache's map. Fix: free memory.")
-        memset(self.buckets, 0xFF, sizeof(uint32_t) << MIN_BUCKET_BITS)
-        self.bucket_mask = (1 << MIN_BUCKET_BITS) - 1
-        self.bucket_shift = 64 - MIN_BUCKET_BITS
 
     def __init__(self, tiers, *, policy=None, spill=True, on_evict=None, granularity=1):
         cdef int tier
@@ -753,6 +768,8 @@ cdef class Engine:
         self.events = NULL
         PyMem_RawFree(self.buckets)
         self.buckets = NULL
+        PyMem_RawFree(self.ctrl)
+        self.ctrl = NULL
         if self.lock_ready:
             sem_destroy(&self.lock_free)
             self.lock_ready = False
@@ -1138,7 +1155,7 @@ cdef class Engine:
 
     def sizeof(self):
         """Bytes of C memory the engine holds (slots, map, tiers, event log)."""
-        return (self.slot_capacity * sizeof(Slot) + (self.bucket_mask + 1) * sizeof(uint32_t)
+        return (self.slot_capacity * sizeof(Slot) + (self.bucket_mask + 1) * (sizeof(uint32_t) + 1)
                 + self.n_tiers * sizeof(TierState) + self.events_capacity * sizeof(Event))
 
     # ---- batch calls ----

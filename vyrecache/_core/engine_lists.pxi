@@ -18,8 +18,9 @@
 cdef enum:
     FLAG_LIFTED = 1
     MIN_SLOTS = 16
-    # Slot indices fit the 28 bits of a bucket (engine_map.pxi); 0x0FFFFFFF with the distance
-    # field's 15 would read as an empty bucket, so the last index is one below.
+    # The documented cap (README, Known limits): about 14 GB of engine metadata.  The map's
+    # buckets hold full 32-bit slot indices and the event log names slots in an int32, so the
+    # cap could rise to 2**31 - 1 once a test can run at that size.
     MAX_SLOTS = 0x0FFFFFFF
 
 
@@ -96,7 +97,7 @@ cdef int _grow_slots(Engine e) noexcept nogil:
     if wanted < MIN_SLOTS:
         wanted = MIN_SLOTS
     if wanted > MAX_SLOTS:
-        wanted = MAX_SLOTS              # a bucket holds 28 bits of slot index
+        wanted = MAX_SLOTS
         if wanted <= e.slot_capacity:
             return -2
     if wanted * sizeof(Slot) < HUGE_PAGE_ARRAY_BYTES:
@@ -118,15 +119,13 @@ cdef int _grow_slots(Engine e) noexcept nogil:
 cdef inline int _reserve_one(Engine e) noexcept nogil:
     """Make sure one more entry fits in the slot array and the map; -1 when out of memory, -2
     when the cache holds MAX_SLOTS entries already."""
-    cdef int bits, status
+    cdef int status
     if e.free_head == VC_NIL and e.slot_high_water == e.slot_capacity:
         status = _grow_slots(e)
         if status != 0:
             return status
-    if <uint64_t>(e.n_live + 1) * 2 > e.bucket_mask + 1:
-        bits = 64 - e.bucket_shift + 1
-        if _resize_buckets(e, bits) != 0:
-            return -1
+    if _reserve_bucket(e) != 0:
+        return -1
     return 0
 
 

@@ -1,136 +1,77 @@
-# The key index: an open-addressing hash map from a uint64 key to a uint32 slot index.
+# The key index: an open-addressing hash map from a uint64 key to a uint32 slot index, probed a
+# group of 8 buckets at a time through one control byte per bucket (the layout of SwissTable).
 #
-#   buckets: [ 0|7 | NIL | 1|3 | 0|12 | NIL | ... ]     power-of-two length, linear probing
-#              ^ the entry's distance from its key's home bucket (4 bits, 15: "15 or more")
-#                  ^ its slot (28 bits); the key lives in slots[slot].key: 4 bytes a bucket
+#   ctrl:    [ 5a 80 80 13 fe 80 80 80 | 80 2c 80 ... ]   one byte per bucket, 8 to a group
+#   buckets: [ 17 -- -- 4  -- -- -- -- | -- 9  -- ... ]   the slot of each full bucket
 #
-# Invariant: every live slot (tier >= 0) is in exactly one bucket, reachable from its key's home
-# bucket without crossing an empty bucket, and the bucket holds its distance from that home.
-# Deletion shifts the following run back instead of leaving tombstones, so lookups never slow
-# down with churn; the distances let it do so without reading the shifted entries' slots (their
-# keys, for their homes), which are cold lines: that read was a third of an eviction's time.
-# The load factor stays at most 1/2: a hit costs about 1.5 probes, and 4 bytes per bucket keep
-# the map under 17 bytes per entry.  The 28-bit slot caps a cache at 268,435,455 entries.
+# A control byte is EMPTY (0x80), DELETED (0xFE) or, for a full bucket, 7 bits of its key's hash
+# (h2).  A key's hash picks its home group (the top bits) and its h2 (the 7 bits below them).  A
+# lookup loads the home group's 8 control bytes as one word, compares all 8 with h2 in a few
+# word operations, reads the key of each matching bucket's slot (almost always one: the right
+# one), and stops at the first group holding an EMPTY byte; only a full group sends it on to the
+# next.  So a lookup costs one compare per 8 buckets instead of one per bucket, and a miss reads
+# no slot at all in the common case.
+#
+# Invariant: every live slot (tier >= 0) is in exactly one full bucket, whose byte is its key's
+# h2, in its home group or in a later one reachable without passing a group that holds an EMPTY
+# byte.  A delete in a group that holds an EMPTY byte makes the bucket EMPTY: no key can have
+# probed past that group.  In a full group it leaves DELETED (a tombstone): keys may lie beyond.
+# At most 5/8 of the buckets are full or deleted (`growth_left` counts what is left); a group of
+# 8 is then rarely full and tombstones are rare.  When they use up the room, the map is rebuilt
+# at the same size (or twice the size, if live keys fill more than half of it), so every
+# operation stays amortized O(1) and lookups never slow down with churn.
+#
+# Memory: 5 bytes a bucket at a load between 5/16 and 5/8, 8 to 16 bytes per entry (at most
+# 18.3 after a growth forced by tombstones).  The number of entries is capped by MAX_SLOTS
+# (engine_lists.pxi), not by the map.
 
 cdef extern from *:
     """
     /* Fibonacci hashing: the top bits of key * 2^64/phi spread sequential and random keys alike. */
     #define VC_HASH_MULTIPLIER 0x9E3779B97F4A7C15ull
+    #define VC_CTRL_EMPTY 0x80
+    #define VC_CTRL_DELETED 0xFE
+    #define VC_GROUP_LSBS 0x0101010101010101ull
+    #define VC_GROUP_MSBS 0x8080808080808080ull
+
+    /* The 8 control bytes of a group as one word, bucket 0 in the low byte. */
+    static inline uint64_t vc_group_load(const uint8_t *ctrl, uint64_t group) {
+        uint64_t word;
+        memcpy(&word, ctrl + (group << 3), 8);
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        word = __builtin_bswap64(word);
+    #endif
+        return word;
+    }
+    /* The high bit of each byte equal to h2 (a full bucket's byte).  Borrows can add a false
+       match next to a true one, never hide one: a matching bucket's key is always compared. */
+    static inline uint64_t vc_group_match(uint64_t word, uint64_t h2) {
+        uint64_t x = word ^ (VC_GROUP_LSBS * h2);
+        return (x - VC_GROUP_LSBS) & ~x & VC_GROUP_MSBS;
+    }
+    /* EMPTY bytes (0x80: bit 7 set, bit 1 clear; DELETED 0xFE has bit 1 set). */
+    static inline uint64_t vc_group_empty(uint64_t word) {
+        return word & (~word << 6) & VC_GROUP_MSBS;
+    }
+    /* EMPTY or DELETED bytes (bit 7 set, bit 0 clear), where an insert may go. */
+    static inline uint64_t vc_group_free(uint64_t word) {
+        return word & ~(word << 7) & VC_GROUP_MSBS;
+    }
+    /* The bucket index within its group of the lowest byte flagged in a mask. */
+    static inline uint64_t vc_group_lane(uint64_t mask) {
+        return (uint64_t)__builtin_ctzll(mask) >> 3;
+    }
     """
     const uint64_t VC_HASH_MULTIPLIER
+    const uint8_t CTRL_EMPTY "VC_CTRL_EMPTY"
+    const uint8_t CTRL_DELETED "VC_CTRL_DELETED"
+    uint64_t vc_group_load(const uint8_t* ctrl, uint64_t group) nogil
+    uint64_t vc_group_match(uint64_t word, uint64_t h2) nogil
+    uint64_t vc_group_empty(uint64_t word) nogil
+    uint64_t vc_group_free(uint64_t word) nogil
+    uint64_t vc_group_lane(uint64_t mask) nogil
 
 
-cdef enum:
-    BUCKET_SLOT_BITS = 28
-    BUCKET_SLOT_MASK = 0x0FFFFFFF
-    BUCKET_FAR = 15                     # the distance field's "15 or more": read the key
-
-
-cdef inline uint32_t _bucket(uint32_t slot, uint64_t distance) noexcept nogil:
-    if distance > BUCKET_FAR:
-        distance = BUCKET_FAR
-    return (<uint32_t>distance << BUCKET_SLOT_BITS) | slot
-
-
-cdef inline uint32_t _bucket_slot(uint32_t bucket) noexcept nogil:
-    """The slot of a non-empty bucket."""
-    return bucket & BUCKET_SLOT_MASK
-
-
-cdef inline uint64_t _bucket_distance(Engine e, uint32_t bucket, uint64_t position) noexcept nogil:
-    """How far the entry in the non-empty bucket at `position` sits from its home bucket."""
-    cdef uint64_t distance = bucket >> BUCKET_SLOT_BITS
-    if vc_unlikely(distance == BUCKET_FAR):
-        distance = (position - _home(e, e.slots[bucket & BUCKET_SLOT_MASK].key)) & e.bucket_mask
-    return distance
-
-
-cdef extern from "hugepages.h":
-    void vc_advise_huge_pages(void* start, size_t bytes) nogil
-    const size_t HUGE_PAGE_ARRAY_BYTES "VC_HUGE_PAGE_ARRAY_BYTES"
-
-cdef enum:
-    MIN_BUCKET_BITS = 4
-
-
-cdef inline uint64_t _home(Engine e, uint64_t key) noexcept nogil:
-    return (key * VC_HASH_MULTIPLIER) >> e.bucket_shift
-
-
-cdef inline uint32_t _find(Engine e, uint64_t key) noexcept nogil:
-    return _find_from(e, key, _home(e, key))
-
-
-cdef inline uint32_t _find_from(Engine e, uint64_t key, uint64_t i) noexcept nogil:
-    """_find() for a key whose home bucket `i` the caller computed (the batch calls' prefetch)."""
-    cdef uint64_t unused_gap
-    return _lookup(e, key, i, &unused_gap)
-
-
-cdef inline uint32_t _lookup(Engine e, uint64_t key, uint64_t i, uint64_t* gap) noexcept nogil:
-    """_find_from() that also reports, for an absent key, the empty bucket its probe ended on:
-    where the key would be inserted now (what a miss then does, without probing again)."""
-    cdef uint32_t bucket
-    while True:
-        bucket = e.buckets[i]
-        if bucket == VC_NIL:
-            gap[0] = i
-            return VC_NIL
-        if e.slots[_bucket_slot(bucket)].key == key:
-            return _bucket_slot(bucket)
-        i = (i + 1) & e.bucket_mask
-
-
-cdef inline void _map_insert(Engine e, uint32_t slot) noexcept nogil:
-    # The caller made room (_reserve_one) and knows the key is absent.
-    cdef uint64_t home = _home(e, e.slots[slot].key)
-    cdef uint64_t i = home
-    while e.buckets[i] != VC_NIL:
-        i = (i + 1) & e.bucket_mask
-    e.buckets[i] = _bucket(slot, (i - home) & e.bucket_mask)
-
-
-cdef inline void _map_erase(Engine e, uint32_t slot) noexcept nogil:
-    _map_erase_from(e, slot, _home(e, e.slots[slot].key))
-
-
-cdef void _map_erase_from(Engine e, uint32_t slot, uint64_t i) noexcept nogil:
-    """Remove the bucket holding `slot`, searched from `i`, the home of the key it was filed
-    under (the slot may hold another key already: see _replace_coldest)."""
-    cdef uint64_t j, distance, gap
-    cdef uint32_t moved
-    while e.buckets[i] == VC_NIL or _bucket_slot(e.buckets[i]) != slot:
-        i = (i + 1) & e.bucket_mask
-    j = i
-    while True:
-        j = (j + 1) & e.bucket_mask
-        moved = e.buckets[j]
-        if moved == VC_NIL:
-            break
-        # `moved` may fill the hole at i only if its home is not cyclically inside (i, j],
-        # that is if it sits at least as far from its home as from the hole.
-        distance = _bucket_distance(e, moved, j)
-        gap = (j - i) & e.bucket_mask
-        if distance < gap:
-            continue
-        e.buckets[i] = _bucket(_bucket_slot(moved), distance - gap)
-        i = j
-    e.buckets[i] = VC_NIL
-
-
-# Batch calls know their keys in advance, so they start the memory reads of later keys while
-# working on the current one: key i + 3*PREFETCH_STEP's bucket, key i + 2*PREFETCH_STEP's slot,
-# key i + PREFETCH_STEP's list neighbours (what a hit relinks).  Each stage reads only what an
-# earlier stage fetched, so the chain bucket -> slot -> neighbours overlaps across keys instead
-# of stalling every key.  Only hints: a stage that reads an entry a later key moves or evicts
-# just fetches a useless line.  Each key is hashed once: its home bucket waits in a small ring
-# until the stages and then the lookup itself use it; a map resize (a new bucket_shift) makes
-# the ring compute its homes again.
-#
-# Only for tables beyond PREFETCH_MIN_BYTES: while the slots and buckets fit in the L2 cache the
-# stages cost about 40 instructions per key and save no stall.  (The stages are called for the
-# value they return, the key's home: a void helper that only prefetches is "const" to GCC, and
-# calls to it are dropped as dead code.)
 cdef extern from *:
     """
     #define vc_prefetch_read(p) __builtin_prefetch((const void *)(p), 0, 3)
@@ -139,6 +80,151 @@ cdef extern from *:
     void vc_prefetch_read(const void* p) nogil
     void vc_prefetch_write(const void* p) nogil
 
+cdef extern from "hugepages.h":
+    void vc_advise_huge_pages(void* start, size_t bytes) nogil
+    const size_t HUGE_PAGE_ARRAY_BYTES "VC_HUGE_PAGE_ARRAY_BYTES"
+
+cdef enum:
+    MIN_BUCKET_BITS = 4         # 2 groups
+    GROUP_BITS = 3              # 8 buckets a group
+
+
+cdef inline uint64_t _hash(uint64_t key) noexcept nogil:
+    return key * VC_HASH_MULTIPLIER
+
+
+cdef inline uint64_t _home_group(Engine e, uint64_t h) noexcept nogil:
+    return h >> e.group_shift
+
+
+cdef inline uint64_t _h2(Engine e, uint64_t h) noexcept nogil:
+    # Bits 25-31 of the hash: well mixed by the multiply, and apart from the group's top bits
+    # for any map of up to 2**32 buckets (a key's group and its h2 must not go together).
+    return (h >> 25) & 0x7F
+
+
+cdef inline uint64_t _max_used(uint64_t n_buckets) noexcept nogil:
+    """Full plus deleted buckets allowed in a map of `n_buckets`: 5/8 of them."""
+    return n_buckets - n_buckets // 4 - n_buckets // 8
+
+
+cdef inline uint32_t _find(Engine e, uint64_t key) noexcept nogil:
+    return _find_from(e, key, _hash(key))
+
+
+cdef inline uint32_t _find_from(Engine e, uint64_t key, uint64_t h) noexcept nogil:
+    """_find() for a key whose hash `h` the caller computed (the batch calls' prefetch)."""
+    cdef uint64_t unused_gap
+    return _lookup(e, key, h, &unused_gap)
+
+
+cdef inline uint32_t _lookup(Engine e, uint64_t key, uint64_t h, uint64_t* gap) noexcept nogil:
+    """_find_from() that also reports, for an absent key, the bucket an insert of it would take
+    now (what a miss then does, without probing again): the first EMPTY or DELETED bucket of
+    its probe path."""
+    # The common cases inline: the key is the home group's only h2 match, or the home group has
+    # no match and an EMPTY byte.  Anything else (a false match, a full group) probes on.
+    cdef uint64_t group = _home_group(e, h)
+    cdef uint64_t word, matches
+    cdef uint32_t slot
+    # The group's slot indices are a known address: start that read with the control bytes',
+    # or a large map pays two cache misses in a row before it can even read the slot.
+    vc_prefetch_read(&e.buckets[group << GROUP_BITS])
+    word = vc_group_load(e.ctrl, group)
+    matches = vc_group_match(word, _h2(e, h))
+    if matches != 0:
+        slot = e.buckets[(group << GROUP_BITS) + vc_group_lane(matches)]
+        if vc_likely(e.slots[slot].key == key):
+            return slot
+    elif vc_likely(vc_group_empty(word) != 0):
+        gap[0] = (group << GROUP_BITS) + vc_group_lane(vc_group_free(word))
+        return VC_NIL
+    return _lookup_probing(e, key, h, gap)
+
+
+cdef uint32_t _lookup_probing(Engine e, uint64_t key, uint64_t h, uint64_t* gap) noexcept nogil:
+    """_lookup() for every case: all the h2 matches of every group on the probe path."""
+    cdef uint64_t group = _home_group(e, h), h2 = _h2(e, h), word, matches, free
+    cdef uint64_t first_free = UINT64_MAX
+    cdef uint32_t slot
+    while True:
+        word = vc_group_load(e.ctrl, group)
+        matches = vc_group_match(word, h2)
+        while matches != 0:
+            slot = e.buckets[(group << GROUP_BITS) + vc_group_lane(matches)]
+            if e.slots[slot].key == key:
+                return slot
+            matches &= matches - 1
+        free = vc_group_free(word)
+        if first_free == UINT64_MAX and free != 0:
+            first_free = (group << GROUP_BITS) + vc_group_lane(free)
+        if vc_group_empty(word) != 0:
+            gap[0] = first_free
+            return VC_NIL
+        group = (group + 1) & e.group_mask
+
+
+cdef inline uint64_t _free_bucket(Engine e, uint64_t h) noexcept nogil:
+    """The first EMPTY or DELETED bucket on the probe path of hash `h` (the map is never full)."""
+    cdef uint64_t group = _home_group(e, h), free
+    while True:
+        free = vc_group_free(vc_group_load(e.ctrl, group))
+        if vc_likely(free != 0):
+            return (group << GROUP_BITS) + vc_group_lane(free)
+        group = (group + 1) & e.group_mask
+
+
+cdef inline void _map_place(Engine e, uint64_t bucket, uint32_t slot, uint64_t h) noexcept nogil:
+    """File `slot` (hash `h`) in a free bucket of its probe path; the caller checked growth_left."""
+    if e.ctrl[bucket] == CTRL_EMPTY:
+        e.growth_left -= 1
+    e.ctrl[bucket] = <uint8_t>_h2(e, h)
+    e.buckets[bucket] = slot
+
+
+cdef inline void _map_insert(Engine e, uint32_t slot) noexcept nogil:
+    # The caller made room (_reserve_one) and knows the key is absent.
+    cdef uint64_t h = _hash(e.slots[slot].key)
+    _map_place(e, _free_bucket(e, h), slot, h)
+
+
+cdef inline void _map_erase(Engine e, uint32_t slot) noexcept nogil:
+    _map_erase_from(e, slot, _hash(e.slots[slot].key))
+
+
+cdef void _map_erase_from(Engine e, uint32_t slot, uint64_t h) noexcept nogil:
+    """Remove the bucket holding `slot`, filed under hash `h` (the slot may hold another key
+    already: see _replace_coldest)."""
+    cdef uint64_t group = _home_group(e, h), h2 = _h2(e, h), word, matches, bucket
+    while True:
+        word = vc_group_load(e.ctrl, group)
+        matches = vc_group_match(word, h2)
+        while matches != 0:
+            bucket = (group << GROUP_BITS) + vc_group_lane(matches)
+            if e.buckets[bucket] == slot:
+                if vc_likely(vc_group_empty(word) != 0):
+                    e.ctrl[bucket] = CTRL_EMPTY
+                    e.growth_left += 1
+                else:
+                    e.ctrl[bucket] = CTRL_DELETED
+                e.buckets[bucket] = VC_NIL
+                return
+            matches &= matches - 1
+        group = (group + 1) & e.group_mask
+
+
+# Batch calls know their keys in advance, so they start the memory reads of later keys while
+# working on the current one: key i + 3*PREFETCH_STEP's control group and buckets, key
+# i + 2*PREFETCH_STEP's slot, key i + PREFETCH_STEP's list neighbours (what a hit relinks).  Each
+# stage reads only what an earlier stage fetched, so the chain group -> slot -> neighbours
+# overlaps across keys instead of stalling every key.  Only hints: a stage that reads an entry a
+# later key moves or evicts just fetches a useless line.  Each key is hashed once: its hash waits
+# in a small ring until the stages and then the lookup itself use it.
+#
+# Only for tables beyond PREFETCH_MIN_BYTES: while the slots and buckets fit in the L2 cache the
+# stages cost about 40 instructions per key and save no stall.  (The stages are called for the
+# value they return, the key's hash: a void helper that only prefetches is "const" to GCC, and
+# calls to it are dropped as dead code.)
 cdef enum:
     PREFETCH_STEP = 4
     PREFETCH_RING = 16          # a power of two above 3 * PREFETCH_STEP
@@ -146,15 +232,25 @@ cdef enum:
 
 
 ctypedef struct Prefetcher:
-    uint64_t homes[16]          # PREFETCH_RING: the home of keys[k] at homes[k % PREFETCH_RING]
-    int bucket_shift            # the map size they were computed for; -1 before the first key
+    uint64_t hashes[16]         # PREFETCH_RING: the hash of keys[k] at hashes[k % PREFETCH_RING]
+    bint started                # the ring holds the hashes of the keys ahead
     bint enabled                # the tables are large enough for prefetching to pay
 
 
 cdef inline void _prefetch_start(Engine e, Prefetcher* ring) noexcept nogil:
-    ring.bucket_shift = -1
+    ring.started = False
     ring.enabled = (<uint64_t>e.slot_capacity * sizeof(Slot)
-                    + (e.bucket_mask + 1) * sizeof(uint32_t)) >= PREFETCH_MIN_BYTES
+                    + (e.bucket_mask + 1) * (sizeof(uint32_t) + 1)) >= PREFETCH_MIN_BYTES
+
+
+cdef inline uint32_t _first_match(Engine e, uint64_t h) noexcept nogil:
+    """The slot of the first bucket of h's home group whose byte matches (a guess: a prefetch
+    target), or VC_NIL."""
+    cdef uint64_t group = _home_group(e, h)
+    cdef uint64_t matches = vc_group_match(vc_group_load(e.ctrl, group), _h2(e, h))
+    if matches == 0:
+        return VC_NIL
+    return e.buckets[(group << GROUP_BITS) + vc_group_lane(matches)]
 
 
 @cython.boundscheck(False)
@@ -162,53 +258,75 @@ cdef inline void _prefetch_start(Engine e, Prefetcher* ring) noexcept nogil:
 cdef inline uint64_t _prefetch_keys(Engine e, Prefetcher* ring, const uint64_t[:] keys,
                                     Py_ssize_t i, bint neighbours) noexcept nogil:
     """Prefetch for the keys after keys[i] (see above); `neighbours` for calls that relink.
-    Returns the home bucket of keys[i]."""
+    Returns the hash of keys[i]."""
     cdef Py_ssize_t ahead = i + 3 * PREFETCH_STEP
     cdef Py_ssize_t k, n = keys.shape[0]
-    cdef uint64_t home
+    cdef uint64_t h, group
     cdef uint32_t slot
     cdef Slot* s
     if not ring.enabled:
-        return _home(e, keys[i])
-    if vc_unlikely(ring.bucket_shift != e.bucket_shift):
-        ring.bucket_shift = e.bucket_shift
+        return _hash(keys[i])
+    if vc_unlikely(not ring.started):
+        ring.started = True
         for k in range(i, ahead if ahead < n else n):
-            ring.homes[k & (PREFETCH_RING - 1)] = _home(e, keys[k])
+            ring.hashes[k & (PREFETCH_RING - 1)] = _hash(keys[k])
     if ahead < n:
-        home = _home(e, keys[ahead])
-        ring.homes[ahead & (PREFETCH_RING - 1)] = home
-        vc_prefetch_read(&e.buckets[home])
-        slot = e.buckets[ring.homes[(i + 2 * PREFETCH_STEP) & (PREFETCH_RING - 1)]]
+        h = _hash(keys[ahead])
+        ring.hashes[ahead & (PREFETCH_RING - 1)] = h
+        group = _home_group(e, h)
+        vc_prefetch_read(&e.ctrl[group << GROUP_BITS])
+        vc_prefetch_read(&e.buckets[group << GROUP_BITS])
+        slot = _first_match(e, ring.hashes[(i + 2 * PREFETCH_STEP) & (PREFETCH_RING - 1)])
         if slot != VC_NIL:
-            slot = _bucket_slot(slot)
             vc_prefetch_write(&e.slots[slot])
             vc_prefetch_write(<char*>&e.slots[slot] + sizeof(Slot) - 1)     # may span two lines
         if neighbours:
-            slot = e.buckets[ring.homes[(i + PREFETCH_STEP) & (PREFETCH_RING - 1)]]
-            if slot != VC_NIL and e.slots[_bucket_slot(slot)].key == keys[i + PREFETCH_STEP]:
-                slot = _bucket_slot(slot)
+            slot = _first_match(e, ring.hashes[(i + PREFETCH_STEP) & (PREFETCH_RING - 1)])
+            if slot != VC_NIL and e.slots[slot].key == keys[i + PREFETCH_STEP]:
                 s = &e.slots[slot]
                 if s.prev != VC_NIL:
                     vc_prefetch_write(&e.slots[s.prev].next)
                 if s.next != VC_NIL:
                     vc_prefetch_write(&e.slots[s.next].prev)
-    return ring.homes[i & (PREFETCH_RING - 1)]
+    return ring.hashes[i & (PREFETCH_RING - 1)]
 
 
 cdef int _resize_buckets(Engine e, int bits) noexcept nogil:
-    """Allocate 2**bits buckets and re-insert every live slot; -1 when out of memory."""
+    """Allocate 2**bits buckets and re-file every live slot (also what clears tombstones); -1
+    when out of memory, the map then as it was."""
     cdef uint64_t n = (<uint64_t>1) << bits
     cdef uint32_t* fresh = <uint32_t*>PyMem_RawMalloc(n * sizeof(uint32_t))
+    cdef uint8_t* fresh_ctrl = <uint8_t*>PyMem_RawMalloc(n)
     cdef uint32_t slot
-    if fresh == NULL:
+    if fresh == NULL or fresh_ctrl == NULL:
+        PyMem_RawFree(fresh)
+        PyMem_RawFree(fresh_ctrl)
         return -1
     vc_advise_huge_pages(fresh, n * sizeof(uint32_t))
     memset(fresh, 0xFF, n * sizeof(uint32_t))
+    memset(fresh_ctrl, CTRL_EMPTY, n)
     PyMem_RawFree(e.buckets)
+    PyMem_RawFree(e.ctrl)
     e.buckets = fresh
+    e.ctrl = fresh_ctrl
     e.bucket_mask = n - 1
-    e.bucket_shift = 64 - bits
+    e.group_mask = (n >> GROUP_BITS) - 1
+    e.group_shift = 64 - (bits - GROUP_BITS)
+    e.growth_left = _max_used(n)
     for slot in range(e.slot_high_water):
         if e.slots[slot].tier >= 0:
             _map_insert(e, slot)
     return 0
+
+
+cdef inline int _reserve_bucket(Engine e) noexcept nogil:
+    """Make sure one more key can be filed; -1 when out of memory."""
+    cdef int bits = 64 - e.group_shift + GROUP_BITS
+    if vc_likely(e.growth_left != 0):
+        return 0
+    # Live keys fill over 7/8 of the allowance: grow.  Otherwise tombstones took the room:
+    # rebuild at the same size, which frees at least 1/8 of it (amortized O(1) either way).
+    # Growing only past 7/8 keeps the map at 18.3 bytes per entry or less after any doubling.
+    if <uint64_t>(e.n_live + 1) * 8 > _max_used(e.bucket_mask + 1) * 7:
+        bits += 1
+    return _resize_buckets(e, bits)
