@@ -1,7 +1,7 @@
 """The engine's hash map under long probe runs: keys built to share one home group.
 
 The map probes groups of 8 buckets through control bytes holding 7 bits of each key's hash, and
-stops at the first group with an empty bucket.  Random keys at load 5/8 rarely fill a group, so
+stops at the first group with an empty bucket.  Random keys at load 9/16 rarely fill a group, so
 these tests build keys whose hashes share their top bits and the bits of their control byte:
 every key of a set has the same home group and matches every other key's byte, so the keys fill
 group after group, every lookup compares every key of the run, and deletes in those full groups

@@ -16,13 +16,14 @@
 # h2, in its home group or in a later one reachable without passing a group that holds an EMPTY
 # byte.  A delete in a group that holds an EMPTY byte makes the bucket EMPTY: no key can have
 # probed past that group.  In a full group it leaves DELETED (a tombstone): keys may lie beyond.
-# At most 5/8 of the buckets are full or deleted (`growth_left` counts what is left); a group of
-# 8 is then rarely full and tombstones are rare.  When they use up the room, the map is rebuilt
+# At most 9/16 of the buckets are full or deleted (`growth_left` counts what is left); a group
+# of 8 is then rarely full and tombstones are rare.  When they use up the room, the map is rebuilt
 # at the same size (or twice the size, if live keys fill more than half of it), so every
 # operation stays amortized O(1) and lookups never slow down with churn.
 #
-# Memory: 5 bytes a bucket at a load between 5/16 and 5/8, 8 to 16 bytes per entry (at most
-# 18.3 after a growth forced by tombstones).  The number of entries is capped by MAX_SLOTS
+# Memory: 5 bytes a bucket at a load between 9/32 and 9/16, 8.9 to 17.8 bytes per entry (at
+# most 19 after a growth forced by tombstones).  (A limit of 5/8 saved up to 2 bytes per entry
+# but made evicting inserts up to 25% slower at sizes near it.)  The number of entries is capped by MAX_SLOTS
 # (engine_lists.pxi), not by the map.
 
 cdef extern from *:
@@ -104,8 +105,8 @@ cdef inline uint64_t _h2(Engine e, uint64_t h) noexcept nogil:
 
 
 cdef inline uint64_t _max_used(uint64_t n_buckets) noexcept nogil:
-    """Full plus deleted buckets allowed in a map of `n_buckets`: 5/8 of them."""
-    return n_buckets - n_buckets // 4 - n_buckets // 8
+    """Full plus deleted buckets allowed in a map of `n_buckets`: 9/16 of them."""
+    return n_buckets // 2 + n_buckets // 16
 
 
 cdef inline uint32_t _find(Engine e, uint64_t key) noexcept nogil:
@@ -324,9 +325,10 @@ cdef inline int _reserve_bucket(Engine e) noexcept nogil:
     cdef int bits = 64 - e.group_shift + GROUP_BITS
     if vc_likely(e.growth_left != 0):
         return 0
-    # Live keys fill over 7/8 of the allowance: grow.  Otherwise tombstones took the room:
-    # rebuild at the same size, which frees at least 1/8 of it (amortized O(1) either way).
-    # Growing only past 7/8 keeps the map at 18.3 bytes per entry or less after any doubling.
-    if <uint64_t>(e.n_live + 1) * 8 > _max_used(e.bucket_mask + 1) * 7:
+    # Live keys fill over 15/16 of the allowance: grow.  Otherwise tombstones took the room:
+    # rebuild at the same size, which frees at least 1/16 of it (amortized O(1) either way).
+    # Growing only past 15/16 keeps the map under 19 bytes per entry after any doubling, and
+    # the engine under 64.
+    if <uint64_t>(e.n_live + 1) * 16 > _max_used(e.bucket_mask + 1) * 15:
         bits += 1
     return _resize_buckets(e, bits)
