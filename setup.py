@@ -84,6 +84,26 @@ class ParallelBuildExt(build_ext):
         if self.parallel is None:
             self.parallel = os.cpu_count() or 1
 
+    def build_extensions(self):
+        # GCC caps how much inlining may grow a translation unit (inline-unit-growth, 40% by
+        # default).  Cython's generated code is large, so the cap is reached before the engine's
+        # hash lookup is inlined into its batch loops and access(): out of line it costs about
+        # 10% of access_many() (measured 23.3-23.6 -> 20.5-21.4 ns per key).
+        if os.environ.get("VYRECACHE_DEBUG") != "1" and compiler_is_gcc(self.compiler.compiler_so[0]):
+            for extension in self.extensions:
+                extension.extra_compile_args = extension.extra_compile_args + [
+                    "--param=inline-unit-growth=200"]
+        super().build_extensions()
+
+
+def compiler_is_gcc(executable):
+    try:
+        banner = subprocess.run([executable, "--version"], capture_output=True, text=True,
+                                timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "Free Software Foundation" in banner and "clang" not in banner.lower()
+
 
 cythonize = require_cython()
 compile_shaders()
