@@ -193,7 +193,7 @@ cdef inline void _map_erase(Engine e, uint32_t slot) noexcept nogil:
     _map_erase_from(e, slot, _hash(e.slots[slot].key))
 
 
-cdef void _map_erase_from(Engine e, uint32_t slot, uint64_t h) noexcept nogil:
+cdef inline void _map_erase_from(Engine e, uint32_t slot, uint64_t h) noexcept nogil:
     """Remove the bucket holding `slot`, filed under hash `h` (the slot may hold another key
     already: see _replace_coldest)."""
     cdef uint64_t group = _home_group(e, h), h2 = _h2(e, h), word, matches, bucket
