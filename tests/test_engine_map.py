@@ -1,11 +1,12 @@
 """The engine's hash map under long probe runs: keys built to share one home group.
 
-The map probes groups of 8 buckets through control bytes holding 7 bits of each key's hash, and
-stops at the first group with an empty bucket.  Random keys at load 9/16 rarely fill a group, so
-these tests build keys whose hashes share their top bits and the bits of their control byte:
-every key of a set has the same home group and matches every other key's byte, so the keys fill
-group after group, every lookup compares every key of the run, and deletes in those full groups
-leave tombstones.  Every step is checked against a plain model and with check().
+The map probes groups of 16 buckets (8 in debug builds) through control bytes holding 7 bits of
+each key's hash, and stops at the first group with an empty bucket.  Random keys at load 9/16
+rarely fill a group, so these tests build keys whose hashes share their top bits and the bits
+of their control byte: every key of a set has the same home group and matches every other
+key's byte, so the keys fill group after group, every lookup compares every key of the run, and
+deletes in those full groups leave tombstones.  Every step is checked against a plain model and
+with check().
 """
 
 import numpy as np

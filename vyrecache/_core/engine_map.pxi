@@ -1,75 +1,50 @@
 # The key index: an open-addressing hash map from a uint64 key to a uint32 slot index, probed a
-# group of 8 buckets at a time through one control byte per bucket (the layout of SwissTable).
+# group of buckets at a time through one control byte per bucket (the layout of SwissTable).
 #
-#   ctrl:    [ 5a 80 80 13 fe 80 80 80 | 80 2c 80 ... ]   one byte per bucket, 8 to a group
-#   buckets: [ 17 -- -- 4  -- -- -- -- | -- 9  -- ... ]   the slot of each full bucket
+#   ctrl:    [ 5a 80 80 13 fe 80 80 80 ... | 80 2c 80 ... ]   one byte per bucket
+#   buckets: [ 17 -- -- 4  -- -- -- -- ... | -- 9  -- ... ]   the slot of each full bucket
 #
-# A control byte is EMPTY (0x80), DELETED (0xFE) or, for a full bucket, 7 bits of its key's hash
-# (h2).  A key's hash picks its home group (the top bits) and its h2 (the 7 bits below them).  A
-# lookup loads the home group's 8 control bytes as one word, compares all 8 with h2 in a few
-# word operations, reads the key of each matching bucket's slot (almost always one: the right
-# one), and stops at the first group holding an EMPTY byte; only a full group sends it on to the
-# next.  So a lookup costs one compare per 8 buckets instead of one per bucket, and a miss reads
-# no slot at all in the common case.
+# A group is 16 buckets where the CPU has SSE2 and 8 elsewhere (groups.h).  A control byte is
+# EMPTY (0x80), DELETED (0xFE) or, for a full bucket, 7 bits of its key's hash (h2).  A key's
+# hash picks its home group (the top bits) and its h2 (bits 25-31).  A lookup compares all the
+# home group's control bytes with h2 at once, reads the key of each matching bucket's slot
+# (almost always one: the right one), and stops at the first group holding an EMPTY byte; only
+# a full group sends it on to the next.  So a lookup costs one compare per group instead of one
+# per bucket, and a miss reads no slot at all in the common case.
 #
 # Invariant: every live slot (tier >= 0) is in exactly one full bucket, whose byte is its key's
 # h2, in its home group or in a later one reachable without passing a group that holds an EMPTY
 # byte.  A delete in a group that holds an EMPTY byte makes the bucket EMPTY: no key can have
 # probed past that group.  In a full group it leaves DELETED (a tombstone): keys may lie beyond.
 # At most 9/16 of the buckets are full or deleted (`growth_left` counts what is left); a group
-# of 8 is then rarely full and tombstones are rare.  When they use up the room, the map is rebuilt
-# at the same size (or twice the size, if live keys fill more than half of it), so every
-# operation stays amortized O(1) and lookups never slow down with churn.
+# is then rarely full and tombstones are rare.  When they use up the room, the map is rebuilt
+# at the same size (or twice the size, if live keys fill most of it), so every operation stays
+# amortized O(1) and lookups never slow down with churn.
 #
 # Memory: 5 bytes a bucket at a load between 9/32 and 9/16, 8.9 to 17.8 bytes per entry (at
 # most 19 after a growth forced by tombstones).  (A limit of 5/8 saved up to 2 bytes per entry
-# but made evicting inserts up to 25% slower at sizes near it.)  The number of entries is capped by MAX_SLOTS
-# (engine_lists.pxi), not by the map.
+# but made evicting inserts up to 25% slower at sizes near it.)  The number of entries is
+# capped by MAX_SLOTS (engine_lists.pxi), not by the map.
 
 cdef extern from *:
     """
     /* Fibonacci hashing: the top bits of key * 2^64/phi spread sequential and random keys alike. */
     #define VC_HASH_MULTIPLIER 0x9E3779B97F4A7C15ull
-    #define VC_CTRL_EMPTY 0x80
-    #define VC_CTRL_DELETED 0xFE
-    #define VC_GROUP_LSBS 0x0101010101010101ull
-    #define VC_GROUP_MSBS 0x8080808080808080ull
-
-    /* The 8 control bytes of a group as one word, bucket 0 in the low byte. */
-    static inline uint64_t vc_group_load(const uint8_t *ctrl, uint64_t group) {
-        uint64_t word;
-        memcpy(&word, ctrl + (group << 3), 8);
-    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        word = __builtin_bswap64(word);
-    #endif
-        return word;
-    }
-    /* The high bit of each byte equal to h2 (a full bucket's byte).  Borrows can add a false
-       match next to a true one, never hide one: a matching bucket's key is always compared. */
-    static inline uint64_t vc_group_match(uint64_t word, uint64_t h2) {
-        uint64_t x = word ^ (VC_GROUP_LSBS * h2);
-        return (x - VC_GROUP_LSBS) & ~x & VC_GROUP_MSBS;
-    }
-    /* EMPTY bytes (0x80: bit 7 set, bit 1 clear; DELETED 0xFE has bit 1 set). */
-    static inline uint64_t vc_group_empty(uint64_t word) {
-        return word & (~word << 6) & VC_GROUP_MSBS;
-    }
-    /* EMPTY or DELETED bytes (bit 7 set, bit 0 clear), where an insert may go. */
-    static inline uint64_t vc_group_free(uint64_t word) {
-        return word & ~(word << 7) & VC_GROUP_MSBS;
-    }
-    /* The bucket index within its group of the lowest byte flagged in a mask. */
-    static inline uint64_t vc_group_lane(uint64_t mask) {
-        return (uint64_t)__builtin_ctzll(mask) >> 3;
-    }
     """
     const uint64_t VC_HASH_MULTIPLIER
+
+
+cdef extern from "groups.h":
+    ctypedef struct vc_group_t:
+        pass
     const uint8_t CTRL_EMPTY "VC_CTRL_EMPTY"
     const uint8_t CTRL_DELETED "VC_CTRL_DELETED"
-    uint64_t vc_group_load(const uint8_t* ctrl, uint64_t group) nogil
-    uint64_t vc_group_match(uint64_t word, uint64_t h2) nogil
-    uint64_t vc_group_empty(uint64_t word) nogil
-    uint64_t vc_group_free(uint64_t word) nogil
+    const int GROUP_BITS "VC_GROUP_BITS"            # 4 (16 buckets a group) with SSE2, else 3
+    const int MIN_BUCKET_BITS "VC_MIN_BUCKET_BITS"  # two groups
+    vc_group_t vc_group_load(const uint8_t* ctrl, uint64_t group) nogil
+    uint64_t vc_group_match(vc_group_t group, uint64_t h2) nogil
+    uint64_t vc_group_empty(vc_group_t group) nogil
+    uint64_t vc_group_free(vc_group_t group) nogil
     uint64_t vc_group_lane(uint64_t mask) nogil
 
 
@@ -84,11 +59,6 @@ cdef extern from *:
 cdef extern from "hugepages.h":
     void vc_advise_huge_pages(void* start, size_t bytes) nogil
     const size_t HUGE_PAGE_ARRAY_BYTES "VC_HUGE_PAGE_ARRAY_BYTES"
-
-cdef enum:
-    MIN_BUCKET_BITS = 4         # 2 groups
-    GROUP_BITS = 3              # 8 buckets a group
-
 
 cdef inline uint64_t _hash(uint64_t key) noexcept nogil:
     return key * VC_HASH_MULTIPLIER
@@ -125,8 +95,8 @@ cdef inline uint32_t _lookup(Engine e, uint64_t key, uint64_t h, uint64_t* gap) 
     its probe path."""
     # The common cases inline: the key is the home group's only h2 match, or the home group has
     # no match and an EMPTY byte.  Anything else (a false match, a full group) probes on.
-    cdef uint64_t group = _home_group(e, h)
-    cdef uint64_t word, matches
+    cdef uint64_t group = _home_group(e, h), matches
+    cdef vc_group_t word
     cdef uint32_t slot
     # The group's slot indices are a known address: start that read with the control bytes',
     # or a large map pays two cache misses in a row before it can even read the slot.
@@ -145,8 +115,9 @@ cdef inline uint32_t _lookup(Engine e, uint64_t key, uint64_t h, uint64_t* gap) 
 
 cdef uint32_t _lookup_probing(Engine e, uint64_t key, uint64_t h, uint64_t* gap) noexcept nogil:
     """_lookup() for every case: all the h2 matches of every group on the probe path."""
-    cdef uint64_t group = _home_group(e, h), h2 = _h2(e, h), word, matches, free
+    cdef uint64_t group = _home_group(e, h), h2 = _h2(e, h), matches, free
     cdef uint64_t first_free = UINT64_MAX
+    cdef vc_group_t word
     cdef uint32_t slot
     while True:
         word = vc_group_load(e.ctrl, group)
@@ -196,7 +167,8 @@ cdef inline void _map_erase(Engine e, uint32_t slot) noexcept nogil:
 cdef inline void _map_erase_from(Engine e, uint32_t slot, uint64_t h) noexcept nogil:
     """Remove the bucket holding `slot`, filed under hash `h` (the slot may hold another key
     already: see _replace_coldest)."""
-    cdef uint64_t group = _home_group(e, h), h2 = _h2(e, h), word, matches, bucket
+    cdef uint64_t group = _home_group(e, h), h2 = _h2(e, h), matches, bucket
+    cdef vc_group_t word
     while True:
         word = vc_group_load(e.ctrl, group)
         matches = vc_group_match(word, h2)
