@@ -6,10 +6,10 @@
 #
 # A group is 16 buckets where the CPU has SSE2 and 8 elsewhere (groups.h).  A control byte is
 # EMPTY (0x80), DELETED (0xFE) or, for a full bucket, 7 bits of its key's hash (h2).  A key's
-# hash picks its home group (the top bits) and its h2 (bits 25-31).  A lookup compares all the
-# home group's control bytes with h2 at once, reads the key of each matching bucket's slot
-# (almost always one: the right one), and stops at the first group holding an EMPTY byte; only
-# a full group sends it on to the next.  So a lookup costs one compare per group instead of one
+# hash picks its home group (the top bits) and its h2 (the 7 bits below those).  A lookup
+# compares all the home group's control bytes with h2 at once, reads the key of each matching
+# bucket's slot (almost always one: the right one), and stops at the first group holding an
+# EMPTY byte; only a full group sends it on to the next.  So a lookup costs one compare per group instead of one
 # per bucket, and a miss reads no slot at all in the common case.
 #
 # Invariant: every live slot (tier >= 0) is in exactly one full bucket, whose byte is its key's
@@ -69,9 +69,11 @@ cdef inline uint64_t _home_group(Engine e, uint64_t h) noexcept nogil:
 
 
 cdef inline uint64_t _h2(Engine e, uint64_t h) noexcept nogil:
-    # Bits 25-31 of the hash: well mixed by the multiply, and apart from the group's top bits
-    # for any map of up to 2**32 buckets (a key's group and its h2 must not go together).
-    return (h >> 25) & 0x7F
+    # The 7 bits just below the group's: the top bits of a multiplicative hash are its well
+    # mixed ones.  (Fixed low bits, such as 25-31, are all zero for every key that is a multiple
+    # of 2**32, like `id << 32`: every full byte of a group then matches, and such keys measured
+    # 44.5 against 19.8 ns per key for random ones.)
+    return (h >> (e.group_shift - 7)) & 0x7F
 
 
 cdef inline uint64_t _max_used(uint64_t n_buckets) noexcept nogil:
