@@ -108,6 +108,7 @@ cdef class Engine:
     cdef uint64_t bucket_mask
     cdef uint64_t group_mask
     cdef int group_shift                # 64 - log2(groups): a hash's top bits pick its group
+    cdef int h2_shift                   # group_shift - 7: the control bits lie just below
     cdef uint64_t growth_left           # EMPTY buckets that may still be filled
     cdef Py_ssize_t n_live
     cdef uint64_t tick
