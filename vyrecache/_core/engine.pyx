@@ -1155,7 +1155,7 @@ cdef class Engine:
 
     def sizeof(self):
         """Bytes of C memory the engine holds (slots, map, tiers, event log)."""
-        return (self.slot_capacity * sizeof(Slot) + (self.bucket_mask + 1) * (sizeof(uint32_t) + 1)
+        return (self.slot_capacity * sizeof(Slot) + _map_bytes(self)
                 + self.n_tiers * sizeof(TierState) + self.events_capacity * sizeof(Event))
 
     # ---- batch calls ----

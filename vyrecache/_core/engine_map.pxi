@@ -76,6 +76,11 @@ cdef inline uint64_t _h2(Engine e, uint64_t h) noexcept nogil:
     return (h >> e.h2_shift) & 0x7F
 
 
+cdef inline uint64_t _map_bytes(Engine e) noexcept nogil:
+    """Bytes the map holds: a control byte and a slot index per bucket."""
+    return (e.bucket_mask + 1) * (sizeof(uint32_t) + 1)
+
+
 cdef inline uint64_t _max_used(uint64_t n_buckets) noexcept nogil:
     """Full plus deleted buckets allowed in a map of `n_buckets`: 9/16 of them."""
     return n_buckets // 2 + n_buckets // 16
@@ -214,8 +219,7 @@ ctypedef struct Prefetcher:
 
 cdef inline void _prefetch_start(Engine e, Prefetcher* ring) noexcept nogil:
     ring.started = False
-    ring.enabled = (<uint64_t>e.slot_capacity * sizeof(Slot)
-                    + (e.bucket_mask + 1) * (sizeof(uint32_t) + 1)) >= PREFETCH_MIN_BYTES
+    ring.enabled = <uint64_t>e.slot_capacity * sizeof(Slot) + _map_bytes(e) >= PREFETCH_MIN_BYTES
 
 
 cdef inline uint32_t _first_match(Engine e, uint64_t h) noexcept nogil:
