@@ -76,6 +76,7 @@ ctypedef struct TierState:
     uint32_t tail           # coldest
     uint64_t promote_at     # a hit whose frequency reaches this may promote (2**32: never)
     uint64_t counters[9]    # VC_N_COUNTERS, indexed by the C_* constants
+    uint64_t padding        # to 128 bytes: a tier's address is then index << 7, not index * 120
 
 
 ctypedef struct Event:
