@@ -234,7 +234,7 @@ cdef inline uint32_t _first_match(Engine e, uint64_t h) noexcept nogil:
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef inline uint64_t _prefetch_keys(Engine e, Prefetcher* ring, const uint64_t[:] keys,
+cdef inline uint64_t _prefetch_keys(Engine e, Prefetcher* ring, const uint64_t[::1] keys,
                                     Py_ssize_t i, bint neighbours) noexcept nogil:
     """Prefetch for the keys after keys[i] (see above); `neighbours` for calls that relink.
     Returns the hash of keys[i]."""

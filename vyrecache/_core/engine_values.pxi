@@ -85,6 +85,12 @@ cdef object _as_u64_array(object values, str what, Py_ssize_t length=-1):
     return array
 
 
+cdef object _as_u64_keys(object keys):
+    """_as_u64_array() for a batch call's keys, made contiguous (copied only if strided): the
+    batch loops then index them as a plain C array."""
+    return np.ascontiguousarray(_as_u64_array(keys, "keys"))
+
+
 cdef class CacheEntry:
     """Where an entry lives: its key, its size in bytes and its tier index (immutable)."""
 
