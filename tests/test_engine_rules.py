@@ -383,4 +383,9 @@ def test_batch_call_on_tables_large_enough_to_prefetch_matches_the_unprefetched_
     assert batched.record_access_many(universe) == reference.record_access_many(universe)
     assert [batched.stats(int(key)) for key in universe[::97]] == [
         reference.stats(int(key)) for key in universe[::97]]
+    # Batches shorter than the prefetcher's reach (24 keys ahead), where it starts near the end.
+    for length in range(40):
+        short = keys[length * 40:length * 41]
+        assert batched.access_many(short, 1).tolist() == reference.access_many(short, 1).tolist()
+    assert batched.counters() == reference.counters()
     batched.check()
