@@ -360,7 +360,9 @@ cdef inline int _access(Engine e, uint64_t key, uint64_t size) noexcept nogil:
     """The fused per-use call: the tier of a hit (then maybe promoted), or -1 after inserting."""
     cdef uint64_t gap, h = _hash(key)
     cdef uint32_t slot = _lookup(e, key, h, &gap)
-    return _access_slot(e, key, size, slot, h, gap)
+    if vc_likely(slot != VC_NIL):
+        return _hit(e, slot)
+    return _access_miss(e, key, size, h, gap)
 
 
 cdef inline bint _replace_coldest(Engine e, uint64_t key, uint64_t size, uint64_t h,
@@ -421,18 +423,9 @@ cdef inline bint _replace_coldest(Engine e, uint64_t key, uint64_t size, uint64_
     return True
 
 
-cdef inline int _access_slot(Engine e, uint64_t key, uint64_t size, uint32_t slot,
-                             uint64_t h, uint64_t gap) noexcept nogil:
-    """_access() once the key's slot is known (VC_NIL: absent; then `gap` is the free bucket
-    its lookup with hash `h` found)."""
-    if vc_likely(slot != VC_NIL):
-        return _hit(e, slot)
-    return _access_miss(e, key, size, h, gap)
-
-
 cdef inline int _access_miss(Engine e, uint64_t key, uint64_t size, uint64_t h,
                              uint64_t gap) noexcept nogil:
-    """_access_slot() for an absent key."""
+    """_access() for an absent key, whose lookup with hash `h` found the free bucket `gap`."""
     cdef int tier
     if _replace_coldest(e, key, size, h, gap):
         return ST_MISS
@@ -1190,8 +1183,8 @@ cdef class Engine:
                 for i in range(n):
                     home = _prefetch_keys(self, &ring, kv, i, True)
                     slot = _lookup(self, kv[i], home, &gap)
-                    # _access_slot() spelled out: through it GCC tested the slot twice, 5 more
-                    # instructions per key.
+                    # _access() with the prefetcher's hash.  One test of the slot here: when a
+                    # helper returned the hit's tier, GCC tested the slot twice (5 instructions).
                     if vc_likely(slot != VC_NIL):
                         result[i] = <int8_t>_hit(self, slot)
                         continue
