@@ -27,7 +27,7 @@ waits for (found with a range-max segment tree over chunks sorted by source).
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, free
-from libc.string cimport memcpy, memmove
+from libc.string cimport memmove
 
 from vyrecache._core.allocator cimport round_up
 
@@ -242,21 +242,16 @@ cdef tuple _sorted_by_wave(const Chunk[::1] chunks, Py_ssize_t count):
     ordered = np.empty(count, dtype=CHUNK_DTYPE)
     cdef int64_t[::1] starts = wave_starts
     cdef Chunk[::1] out = ordered
-    cdef int64_t* cursor
     with nogil:
         for i in range(count):
             starts[chunks[i].wave + 1] += 1
         for i in range(n_waves):
             starts[i + 1] += starts[i]
-    cursor = <int64_t*>malloc((n_waves + 1) * sizeof(int64_t))
-    if cursor == NULL:
-        raise MemoryError()
+    cdef int64_t[::1] cursor = wave_starts.copy()      # the next free place in each wave
     with nogil:
-        memcpy(cursor, &starts[0], (n_waves + 1) * sizeof(int64_t))
         for i in range(count):
             out[cursor[chunks[i].wave]] = chunks[i]
             cursor[chunks[i].wave] += 1
-    free(cursor)
     return ordered, wave_starts
 
 

@@ -9,8 +9,8 @@
 # hash picks its home group (the top bits) and its h2 (the 7 bits below those).  A lookup
 # compares all the home group's control bytes with h2 at once, reads the key of each matching
 # bucket's slot (almost always one: the right one), and stops at the first group holding an
-# EMPTY byte; only a full group sends it on to the next.  So a lookup costs one compare per group instead of one
-# per bucket, and a miss reads no slot at all in the common case.
+# EMPTY byte; only a full group sends it on to the next.  So a lookup costs one compare per
+# group instead of one per bucket, and a miss reads no slot at all in the common case.
 #
 # Invariant: every live slot (tier >= 0) is in exactly one full bucket, whose byte is its key's
 # h2, in its home group or in a later one reachable without passing a group that holds an EMPTY

@@ -28,6 +28,7 @@ from importlib import resources
 
 import numpy as np
 
+from .._core.compaction import MAX_CHUNK_BYTES
 from ..copytable import COPY_DTYPE
 from ..errors import DeviceError
 
@@ -89,10 +90,10 @@ def _split_disjoint(chunks: np.ndarray) -> np.ndarray:
     # Index of each piece within its chunk: 0, 1, ... per run of repeats.
     firsts = np.repeat(np.cumsum(pieces) - pieces, pieces)
     within = (np.arange(len(split)) - firsts).astype(np.uint64)
-    whole = np.repeat(pieces == 1, pieces)
-    shift = np.where(whole, 0, within * np.uint64(SPLIT_BYTES)).astype(np.uint64)
+    shift = within * np.uint64(SPLIT_BYTES)     # 0 for a chunk left whole
     split["src_offset"] += shift
     split["dst_offset"] += shift
+    whole = np.repeat(pieces == 1, pieces)
     split["size"] = np.where(whole, split["size"],
                              np.minimum(split["size"].astype(np.uint64) - shift, SPLIT_BYTES))
     return split
@@ -118,8 +119,8 @@ class CompactionKernel:
     ``SPLIT_BYTES`` each instead of one workgroup of up to 64 KiB (a self-overlapping chunk
     needs all its loads before its stores, so it stays whole).  A wave of a few hundred 64 KiB
     chunks occupies a few hundred workgroups, less than a large GPU runs at once; split, the same
-    wave is sixteen times as many.  The table then holds up to ``64 KiB / SPLIT_BYTES`` rows per
-    chunk (see ``rows_per_chunk``).
+    wave is sixteen times as many.  The table then holds up to ``MAX_CHUNK_BYTES / SPLIT_BYTES``
+    rows per chunk (see ``rows_per_chunk``).
 
     Raises:
         DeviceError: the shader is missing or the driver rejected the pipeline.
@@ -134,7 +135,7 @@ class CompactionKernel:
         self.transfer_disjoint = bool(transfer_disjoint)
         self.split_disjoint = bool(split_disjoint)
         #: Table rows one plan chunk may take (what a caller reserving the table plans for).
-        self.rows_per_chunk = (65536 // SPLIT_BYTES) if self.split_disjoint else 1
+        self.rows_per_chunk = (MAX_CHUNK_BYTES // SPLIT_BYTES) if self.split_disjoint else 1
         info = device.info
         limit = info.max_compute_work_group_count[0]
         self.max_groups_per_dispatch = limit if max_groups_per_dispatch is None else max(
