@@ -4,13 +4,12 @@ from typing import TYPE_CHECKING
 
 from ._version import __version__
 from .backend import BufferLocation
-from .buffer_cache import BufferCache
-from .compactor import CompactionReport
+from .buffer_cache import BufferCache, BufferTierView, CompactionReport
 from .cache import (AccessStats, CacheEntry, CacheTier, LruPolicy, TieredCache, TierPolicy,
                     TierView)
 from .errors import (AllPinnedError, CacheClosedError, CacheError, CapacityAccountingError,
                      DeviceError, DeviceLostError, DeviceOutOfMemoryError, EntryTooLargeError,
-                     KeyNotFoundError, VulkanUnavailableError)
+                     KeyNotFoundError, PinnedError, VulkanUnavailableError)
 
 if TYPE_CHECKING:
     from .vulkan.info import DeviceInfo
@@ -18,10 +17,10 @@ if TYPE_CHECKING:
 __all__ = [
     "__version__",
     "CacheError", "KeyNotFoundError", "EntryTooLargeError", "CapacityAccountingError",
-    "AllPinnedError", "CacheClosedError", "DeviceError", "DeviceOutOfMemoryError",
+    "AllPinnedError", "PinnedError", "CacheClosedError", "DeviceError", "DeviceOutOfMemoryError",
     "DeviceLostError", "VulkanUnavailableError",
     "TieredCache", "CacheTier", "LruPolicy", "TierPolicy", "CacheEntry", "AccessStats", "TierView",
-    "BufferCache", "BufferLocation", "CompactionReport", "devices",
+    "BufferCache", "BufferLocation", "BufferTierView", "CompactionReport", "devices",
 ]
 
 

@@ -1,29 +1,77 @@
 """BufferCache: the tiered cache that stores real bytes.
 
-Metadata is the engine's (the same ``TieredCache`` rules, one implementation);
-bytes live in per-tier memory blocks of a backend (Vulkan device memory, or
-host memory) and move whenever the engine moves an entry.  Every public method
-is atomic: it either completes, or raises and leaves the cache as it was.
+Metadata is the engine's (the same ``TieredCache`` rules, one implementation); bytes live in
+log-structured tiers of a backend's memory (Vulkan device memory, or host memory) and move
+whenever the engine moves an entry.  The per-call methods (``put``, ``read``, ``read_into``,
+``access``, ``promote``, ``remove``...) are the compiled storage layer's own (``Storage``, which
+this class subclasses), so each is one C call with no Python frame on the way.  Every public
+method is atomic: it either completes, or raises and leaves the cache as it was.
 """
 
 from __future__ import annotations
 
-import functools
+import time
 import warnings
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
-from ._core.storage import Storage
+from ._core.storage import Storage, tier_layout
 from .backend import BufferLocation, StorageBackend, TierMemory
 from .cache import CacheEntry, CacheTier, TieredCache
-from .compactor import CompactionReport, compact_for_room, compact_tier
 from .errors import CacheClosedError, VulkanUnavailableError
 
-__all__ = ["BufferCache", "BufferLocation", "CompactionReport", "open_backend"]
+__all__ = ["BufferCache", "BufferLocation", "BufferTierView", "CompactionReport", "open_backend",
+           "DEFAULT_HEADROOM", "DEFAULT_SEGMENT_SIZE"]
+
+#: Share of each tier's memory its entries never fill (cleaning copies at most
+#: (1 - headroom) / headroom bytes per byte put in the worst case; see BENCHMARKS.md for the
+#: measured write amplification against headroom).
+DEFAULT_HEADROOM = 0.2
+#: The largest segment a tier is cut into (small tiers get smaller ones).
+DEFAULT_SEGMENT_SIZE = 4 << 20
 
 
+@dataclass(frozen=True)
+class CompactionReport:
+    """What one ``compact()`` of one tier did.
+
+    ``largest_free_before/after`` are the largest contiguous free ranges of the tier (free
+    segments in a row, or the room left in the head segment).
+    """
+
+    tier: int
+    moves: int
+    bytes_moved: int
+    seconds: float
+    free_bytes: int
+    largest_free_before: int
+    largest_free_after: int
+    blocks_released: int = 0
+    complete: bool = True
+
+
+@dataclass(frozen=True)
+class BufferTierView:
+    """One tier of a BufferCache now: the engine's accounting and the memory behind it.
+
+    ``capacity``/``used`` are the bytes its entries may hold / hold (charged at the alignment);
+    ``memory`` is what the tier took from the device: capacity / (1 - headroom) in whole
+    segments, plus one segment kept free for cleaning.
+    """
+
+    index: int
+    name: str
+    capacity: int
+    used: int
+    count: int
+    pinned: int
+    memory: int
+    segment_size: int
+    segments: int
+    free_segments: int
 
 
 def open_backend(backend: str | StorageBackend = "auto", device_index: int | None = None) -> StorageBackend:
@@ -38,6 +86,9 @@ def open_backend(backend: str | StorageBackend = "auto", device_index: int | Non
     """
     if isinstance(backend, StorageBackend):
         return backend
+    if device_index is not None and (isinstance(device_index, bool) or not isinstance(device_index, int)):
+        raise TypeError(f"device_index must be an int or None, got {device_index!r}. "
+                        f"Fix: pass the index `python -m vyrecache info` lists, e.g. 0.")
     if backend == "host":
         from .host import HostBackend
         return HostBackend()
@@ -56,6 +107,16 @@ def open_backend(backend: str | StorageBackend = "auto", device_index: int | Non
                      % (backend,))
 
 
+def _tier_specs(tiers: Iterable[Any]) -> list[CacheTier]:
+    """CacheTier objects from CacheTier or (name, capacity[, memory]) tuples."""
+    specs = []
+    for tier in tiers:
+        if isinstance(tier, tuple):
+            tier = CacheTier(*tier)
+        specs.append(tier)
+    return specs
+
+
 def _tier_kinds(tiers: list[CacheTier]) -> list[str]:
     """Resolve memory="auto": device memory for the fastest (last) tier, host memory for the rest."""
     kinds = []
@@ -70,57 +131,104 @@ def _tier_kinds(tiers: list[CacheTier]) -> list[str]:
     return kinds
 
 
-class BufferCache:
+def _check_headroom(headroom: Any) -> float:
+    if isinstance(headroom, bool) or not isinstance(headroom, (int, float)) or not 0.0 < headroom < 1.0:
+        raise ValueError(f"headroom must be a number in (0, 1), got {headroom!r}. Fix: pass e.g. "
+                         f"{DEFAULT_HEADROOM} (the share of each tier's memory kept free).")
+    return float(headroom)
+
+
+def _check_max_bytes(max_bytes: Any) -> int | None:
+    if max_bytes is None:
+        return None
+    if isinstance(max_bytes, (bool, np.bool_)) or not hasattr(type(max_bytes), "__index__"):
+        raise TypeError(f"max_bytes must be an int or None, got {max_bytes!r}. "
+                        f"Fix: pass a byte budget such as 64 << 20, or None for no limit.")
+    value = int(max_bytes.__index__())
+    if not 0 <= value < 1 << 64:
+        raise ValueError(f"max_bytes must be in [0, 2**64), got {value}. "
+                         f"Fix: pass a non-negative byte budget, or None for no limit.")
+    return value
+
+
+class BufferCache(Storage):
     """A tiered cache of byte buffers in GPU (or host) memory.
 
-    ``tiers`` go from slowest (index 0) to fastest, each a ``CacheTier(name,
-    capacity, memory)`` where memory is "device", "host" or "auto" (device for
-    the fastest tier, host for the others).  Placement, promotion, demotion,
-    spilling and eviction follow ``TieredCache`` exactly; a tier that has the
-    free bytes for an entry but no contiguous range is compacted before anything
-    is evicted.  ``on_evict(entry)`` is called for each entry that leaves the
-    cache, after its bytes are gone.
+    ``tiers`` go from slowest (index 0) to fastest, each a ``CacheTier(name, capacity,
+    memory)`` where memory is "device", "host" or "auto" (device for the fastest tier, host for
+    the others).  Placement, promotion, demotion, spilling and eviction follow ``TieredCache``
+    exactly.  Each tier takes capacity / (1 - ``headroom``) bytes of memory in segments of at
+    most ``segment_size``; entries are appended to a segment, and room is made by cleaning the
+    emptiest one.  ``on_evict(entry)`` is called for each entry that leaves the cache, after the
+    operation is complete.
 
     Use it as a context manager or call ``close()``: the memory is the device's.
     """
 
-    def __init__(self, tiers: Iterable[CacheTier], backend: str | StorageBackend = "auto",
+    def __init__(self, tiers: Iterable[CacheTier | tuple[Any, ...]], backend: str | StorageBackend = "auto",
                  device_index: int | None = None, policy: Any = None, spill: bool = True,
-                 on_evict: Callable[[CacheEntry], Any] | None = None) -> None:
-        self._closed = True
-        tiers = list(tiers)
-        kinds = _tier_kinds(tiers)
+                 on_evict: Callable[[CacheEntry], Any] | None = None, *,
+                 headroom: float = DEFAULT_HEADROOM, segment_size: int = DEFAULT_SEGMENT_SIZE) -> None:
+        self._open = False
+        specs = _tier_specs(tiers)
+        kinds = _tier_kinds(specs)
+        headroom = _check_headroom(headroom)
+        if isinstance(segment_size, bool) or not isinstance(segment_size, int) or segment_size < 1:
+            raise ValueError(f"segment_size must be a positive int, got {segment_size!r}. "
+                             f"Fix: pass e.g. 4 << 20.")
+        if on_evict is not None and not callable(on_evict):
+            raise TypeError(f"on_evict must be callable or None, got {on_evict!r}. "
+                            f"Fix: pass a function taking one CacheEntry.")
+        owned = not isinstance(backend, StorageBackend)
         self._backend = open_backend(backend, device_index)
         try:
-            self._engine = TieredCache(tiers, policy=policy, spill=spill, on_evict=None,
-                                       granularity=self._backend.alignment)
+            claim = getattr(self._backend, "claim", None)
+            if claim is not None:
+                claim(self)
+            alignment = self._backend.alignment
+            # Capacities round up to the alignment, so an entry of the full capacity fits.
+            rounded = [CacheTier(t.name, -(-int(t.capacity) // alignment) * alignment, t.memory)
+                       if isinstance(t.capacity, int) and not isinstance(t.capacity, bool)
+                       and 0 <= t.capacity < 1 << 64 else t for t in specs]
+            self._engine = TieredCache(rounded, policy=policy, spill=spill, on_evict=None,
+                                       granularity=alignment)
             self._engine.record_events = True
-            memories = [self._backend.resolve_memory(kind, tier.capacity) for kind, tier in zip(kinds, tiers)]
-            self._memories: list[TierMemory] = memories
-            self._storage = Storage(self._engine, self._backend, memories, [t.capacity for t in tiers])
+            layouts = [tier_layout(view.capacity, headroom, segment_size, alignment,
+                                   self._backend.max_block_size) for view in self._engine.tiers]
+            self._memories: list[TierMemory] = [
+                self._backend.resolve_memory(kind, layout[0] * layout[1])
+                for kind, layout in zip(kinds, layouts)]
+            self._take_memory(self._engine, self._backend, self._memories, layouts, on_evict)
         except BaseException:
-            self._backend.close()
+            if owned:
+                self._backend.close()
+            else:
+                release = getattr(self._backend, "release_claim", None)
+                if release is not None:
+                    release(self)
             raise
-        self._on_evict = on_evict
-        self._misses = 0
-        self._storage.report_evictions = on_evict is not None
-        # The hook holds the backend, not the cache: no reference cycle keeps an unclosed cache
-        # alive past its last use (its __del__ then releases the memory at once).
-        self._storage.set_compaction_hook(functools.partial(compact_for_room, backend=self._backend))
-        self._lock = self._storage.lock
-        self._closed = False
+        self._owns_backend = owned
+        self._headroom = headroom
+        self._open = True
 
     # -- lifetime ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Free every block and the device (idempotent). Any later use raises CacheClosedError."""
-        if self._closed:
+        """Free every block and the device (idempotent). Any later use raises CacheClosedError.
+
+        Raises CacheError (and closes nothing) when called from inside one of the cache's own
+        callbacks while an operation runs.
+        """
+        if not self._open:
             return
-        self._closed = True
-        try:
-            self._storage.close()
-        finally:
+        self._close_storage()
+        self._open = False
+        if self._owns_backend:
             self._backend.close()
+        else:
+            release = getattr(self._backend, "release_claim", None)
+            if release is not None:
+                release(self)
 
     def __enter__(self) -> "BufferCache":
         return self
@@ -129,7 +237,7 @@ class BufferCache:
         self.close()
 
     def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
+        if getattr(self, "_open", False):
             warnings.warn("BufferCache was not closed; releasing its memory now. "
                           "Fix: use `with BufferCache(...) as cache:` or call cache.close().",
                           ResourceWarning, stacklevel=2)
@@ -139,51 +247,22 @@ class BufferCache:
                 pass
 
     def _live(self) -> None:
-        if self._closed:
+        if not self._open:
             raise CacheClosedError("this BufferCache is closed and its memory was freed. "
                                    "Fix: create a new BufferCache.")
 
-    # -- bytes ------------------------------------------------------------------------------
-
-    def put(self, key: int, data: Any) -> None:
-        """Store ``data`` (any C-contiguous buffer) under ``key``, replacing an older entry.
-
-        Placement and eviction are ``TieredCache.insert``'s.  Raises TypeError for data
-        without the buffer protocol, ValueError for non-contiguous data,
-        EntryTooLargeError/AllPinnedError when it cannot be placed — and then the
-        cache is unchanged, the old entry under ``key`` included.
-        """
-        evicted = self._storage.put(key, data)
-        if evicted and self._on_evict is not None:
-            self._report(evicted)
-
-    def read(self, key: int) -> np.ndarray:
-        """A numpy uint8 copy of the entry's bytes. Raises KeyNotFoundError if absent."""
-        return self._storage.read(key)
-
-    def read_into(self, key: int, out: Any) -> None:
-        """Copy the entry's bytes into ``out``, a writable C-contiguous buffer of exactly its size.
-
-        Raises KeyNotFoundError if absent, ValueError for a buffer of another size,
-        TypeError/ValueError for a read-only or strided one.
-        """
-        self._storage.read_into(key, out)
+    # -- where the bytes are ------------------------------------------------------------------
 
     def location(self, key: int) -> BufferLocation:
         """Where the entry's bytes are now: tier, memory type, VkBuffer handle, offset, size.
 
-        The location changes when the entry moves (promote, demote, spill,
-        compaction); pin the entry to keep it.
+        The location changes when the entry moves (promote, demote, spill, cleaning); pin the
+        entry to keep it.
         """
-        with self._lock:
-            self._live()
-            slot = self._slot(key)
-            gb, offset = self._storage.slot_location(slot)
-            tier = self._engine.get(key).tier
-            memory = self._memories[tier]
-            buffer = self._storage.block(gb).buffer_handle if gb >= 0 else 0
-            return BufferLocation(tier, memory.memory_type_index, buffer, offset,
-                                  self._storage.slot_size(slot))
+        tier, block, offset, size = self._location_of(key)
+        memory = self._memories[tier]
+        return BufferLocation(tier, memory.memory_type_index,
+                              block.buffer_handle if block is not None else 0, offset, size)
 
     @property
     def device(self) -> Any:
@@ -195,96 +274,40 @@ class BufferCache:
         """"vulkan" or "host": the backend the bytes live in."""
         return self._backend.name
 
-    # -- moves ------------------------------------------------------------------------------
+    @property
+    def headroom(self) -> float:
+        """The share of each tier's memory its entries never fill."""
+        return self._headroom
 
-    def _mutate(self, method: Callable[..., Any], *args: Any) -> Any:
-        with self._lock:
-            self._live()
-            self._storage.reacquire()
-            try:
-                result = method(*args)
-            finally:
-                # A batch call that raises part-way has done its earlier keys: their bytes move too.
-                evicted = self._storage.replay()
-        self._report(evicted)
-        return result
-
-    def access(self, key: int) -> int:
-        """Record a use of ``key`` and promote it when the policy says so.
-
-        Returns the tier the entry was found in, or -1 when it is absent (nothing
-        is inserted: a buffer cache needs the bytes, use ``put``).
-        """
-        tier = self._mutate(self._engine.touch, key)
-        if tier < 0:
-            # Nothing is inserted on a miss, so no tier owns it: misses count on the lowest tier,
-            # where the entry lands once the caller puts it.
-            self._misses += 1
-        return tier
-
-    def promote(self, key: int) -> None:
-        """Move the entry one tier up when the policy allows it (its bytes move too)."""
-        self._mutate(self._engine.promote, key)
-
-    def demote(self, key: int) -> None:
-        """Move the entry one tier down (its bytes move too)."""
-        self._mutate(self._engine.demote, key)
-
-    def promote_many(self, keys: Any) -> None:
-        """Promote every key of a uint64 array; all their bytes move in one batch."""
-        self._mutate(self._engine.promote_many, keys)
-
-    def demote_many(self, keys: Any) -> None:
-        """Demote every key of a uint64 array; all their bytes move in one batch."""
-        self._mutate(self._engine.demote_many, keys)
-
-    def remove(self, key: int) -> CacheEntry:
-        """Remove the entry and free its bytes; returns its metadata. KeyNotFoundError if absent."""
-        return self._mutate(self._engine.remove, key)
-
-    def evict_coldest(self) -> int | None:
-        """Evict the coldest entry of the lowest non-empty tier; returns its key or None."""
-        return self._mutate(self._engine.evict_coldest)
-
-    def record_access(self, key: int) -> None:
-        """Count a use of ``key`` without promoting (no-op for a missing key)."""
-        with self._lock:
-            self._live()
-            self._engine.record_access(key)
-
-    def pin(self, key: int) -> None:
-        """Keep the entry where it is (no eviction, no spill, no compaction move); pins nest."""
-        with self._lock:
-            self._live()
-            self._engine.pin(key)
-
-    def unpin(self, key: int) -> None:
-        """Undo one ``pin``."""
-        with self._lock:
-            self._live()
-            self._engine.unpin(key)
+    # -- compaction -------------------------------------------------------------------------
 
     def compact(self, tier: int | None = None, max_bytes: int | None = None) -> CompactionReport | list[CompactionReport]:
-        """Slide live entries together so each block's free bytes form one range.
+        """Clean the tier's emptiest segments together so its free bytes form whole free segments.
 
-        With ``tier`` None every tier is compacted and a list of reports is
-        returned.  ``max_bytes`` bounds the bytes moved per tier (the pause).  In a
-        tier of several blocks, entries move between blocks when that empties one,
-        and emptied blocks go back to the device (``blocks_released``) until the
-        next operation that may store bytes takes them back; if the device has no
-        memory for them then, that operation raises DeviceOutOfMemoryError and
-        changes nothing.
+        With ``tier`` None every tier is compacted and a list of reports is returned.
+        ``max_bytes`` bounds the bytes moved per tier (the pause).  Placement never needs this
+        (it cleans as it goes); compacting in a quiet moment takes that work off later puts.
         """
-        with self._lock:
-            self._live()
-            if tier is None:
-                return [compact_tier(self._storage, self._backend, index, max_bytes, release=True)
-                        for index in range(len(self._engine.tiers))]
-            if not isinstance(tier, int) or not 0 <= tier < len(self._engine.tiers):
-                raise ValueError("tier must be an index in [0, %d), got %r. Fix: pass a tier index."
-                                 % (len(self._engine.tiers), tier))
-            return compact_tier(self._storage, self._backend, tier, max_bytes, release=True)
+        self._live()
+        budget = _check_max_bytes(max_bytes)
+        n_tiers = len(self._engine.tiers)
+        if tier is None:
+            return [self._compact_one(index, budget) for index in range(n_tiers)]
+        if isinstance(tier, bool) or not isinstance(tier, int) or not 0 <= tier < n_tiers:
+            raise ValueError("tier must be an index in [0, %d), got %r. Fix: pass a tier index."
+                             % (n_tiers, tier))
+        return self._compact_one(tier, budget)
 
+    def _compact_one(self, tier: int, budget: int | None) -> CompactionReport:
+        started = time.perf_counter()
+        before = self._tier_memory(tier)
+        moves, moved, complete = self._compact_tier(tier, budget)
+        after = self._tier_memory(tier)
+        return CompactionReport(tier=tier, moves=moves, bytes_moved=moved,
+                                seconds=time.perf_counter() - started,
+                                free_bytes=after["free_bytes"],
+                                largest_free_before=before["largest_free"],
+                                largest_free_after=after["largest_free"], complete=complete)
 
     # -- metadata ---------------------------------------------------------------------------
 
@@ -298,34 +321,54 @@ class BufferCache:
         self._live()
         return self._engine.stats(key)
 
-    @property
-    def tiers(self) -> Any:
-        """Per-tier views with name, capacity, used, count."""
+    def record_access(self, key: int) -> None:
+        """Count a use of ``key`` without promoting (no-op for a missing key)."""
         self._live()
-        return self._engine.tiers
+        self._engine.record_access(key)
+
+    @property
+    def tiers(self) -> list[BufferTierView]:
+        """Per tier, slowest first: name, capacity, used, count, pinned and the memory taken."""
+        self._live()
+        views = []
+        for view in self._engine.tiers:
+            memory = self._tier_memory(view.index)
+            name, capacity, used, count, pinned = self._engine.tier_info(view.index)
+            views.append(BufferTierView(view.index, name, capacity, used, count, pinned,
+                                        memory["memory"], memory["segment_size"],
+                                        memory["segments"], memory["free_segments"]))
+        return views
 
     def counters(self) -> list[dict[str, float]]:
-        """Per tier: the engine's counters plus compactions, compaction_bytes,
-        fragmentation_evictions, evacuations and fragmentation (1 - largest free range / free bytes)."""
-        with self._lock:
-            self._live()
-            merged = []
-            for index, counts in enumerate(self._engine.counters()):
-                row = dict(counts)
-                row.update(self._storage.counters_of(index))
-                if index == 0:
-                    row["misses"] += self._misses
-                free = self._storage.free_bytes(index)
-                row["fragmentation"] = 1.0 - self._storage.largest_free(index) / free if free else 0.0
-                merged.append(row)
-            return merged
+        """Per tier: the engine's counters plus cleanings, cleaning_bytes, compactions,
+        compaction_bytes, fragmentation_evictions, memory and fragmentation (1 - largest free
+        range / free bytes)."""
+        self._live()
+        merged = []
+        for index, counts in enumerate(self._engine.counters()):
+            row: dict[str, float] = dict(counts)
+            row.update(self._counters_of(index))
+            if index == 0:
+                row["misses"] += self.misses
+            memory = self._tier_memory(index)
+            row["memory"] = memory["memory"]
+            free = memory["free_bytes"]
+            row["fragmentation"] = 1.0 - memory["largest_free"] / free if free else 0.0
+            merged.append(row)
+        return merged
+
+    def write_amplification(self) -> float:
+        """Bytes copied to make room (cleaning and fragmentation) per byte put since the counters
+        were reset: 0.0 when nothing was cleaned."""
+        self._live()
+        copied = sum(self._counters_of(index)["cleaning_bytes"] for index in range(len(self._engine.tiers)))
+        return copied / self.puts_bytes if self.puts_bytes else 0.0
 
     def reset_counters(self) -> None:
         """Zero every counter."""
-        with self._lock:
-            self._engine.reset_counters()
-            self._storage.reset_counters()
-            self._misses = 0
+        self._live()
+        self._engine.reset_counters()
+        self._reset_storage_counters()
 
     def report(self) -> str:
         """The per-tier counter table as text."""
@@ -334,10 +377,9 @@ class BufferCache:
 
     def check(self) -> None:
         """Raise CacheError if any invariant of the metadata or the memory is broken."""
-        with self._lock:
-            self._live()
-            self._engine.check()
-            self._storage.check()
+        self._live()
+        self._engine.check()
+        self._check_storage()
 
     def __len__(self) -> int:
         self._live()
@@ -351,10 +393,7 @@ class BufferCache:
         self._live()
         return iter(self._engine)
 
-    def _slot(self, key: int) -> int:
-        return self._storage.slot_of(key)
-
-    def _report(self, evicted: list[tuple[int, int, int]]) -> None:
-        if evicted and self._on_evict is not None:
-            for key, size, tier in evicted:
-                self._on_evict(CacheEntry(key, size, tier))
+    def __repr__(self) -> str:
+        if not self._open:
+            return "<BufferCache closed>"
+        return f"<BufferCache {len(self)} entries on {self.backend_name}>"

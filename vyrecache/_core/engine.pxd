@@ -40,6 +40,16 @@ cpdef enum EventKind:
     EV_PLACE = 5
 
 
+# Status codes of the engine's C functions below -1 (errors that changed nothing).
+cdef enum:
+    ST_MISS = -1
+    ST_TOO_LARGE = -2
+    ST_ALL_PINNED = -3
+    ST_NO_MEMORY = -4
+    ST_NOT_FOUND = -5
+    ST_TOO_MANY = -6
+
+
 # Indices into TierState.counters, in the order counters() reports them.
 cdef enum:
     C_HITS = 0
@@ -87,6 +97,12 @@ ctypedef struct Event:
     int8_t src_tier         # -1 for EV_INSERT
     int8_t dst_tier         # -1 for EV_REMOVE/EV_EVICT
     uint8_t kind            # EventKind
+
+
+# The one parser of keys and sizes (engine_values.pxi): an int in [0, 2**64), or a clear error.
+cdef uint64_t parse_u64(object value, str what) except? 0
+cdef object parse_u64_array(object values, str what, Py_ssize_t length=*)
+cdef object parse_keys(object keys)
 
 
 cdef class Engine:
@@ -143,6 +159,24 @@ cdef class Engine:
     cdef Py_ssize_t first_slot(self, int tier) noexcept nogil
     cdef Py_ssize_t next_slot(self, Py_ssize_t slot) noexcept nogil
     cdef int evict_for_room(self, int tier, uint64_t* key_out) noexcept nogil
+
+    # --- one mutating operation driven by the storage layer: op_begin() takes the lock and
+    #     clears the event log; the op_* calls change the metadata and log their events;
+    #     op_end() releases the lock and hands back the exception a Python policy raised (or
+    #     None).  Status codes as the engine's: >= 0 a tier, -1 a miss, below -1 an error that
+    #     changed nothing (raise_status() raises it). ---
+    cdef int op_begin(self) except -1
+    cdef object op_end(self)
+    cdef int raise_status(self, int status, uint64_t key, uint64_t size, Py_ssize_t index) except -1
+    cdef int op_insert(self, uint64_t key, uint64_t size) noexcept nogil
+    cdef int op_touch(self, uint64_t key) noexcept nogil
+    cdef int op_promote(self, uint32_t slot, bint strict) noexcept nogil
+    cdef int op_demote(self, uint32_t slot) noexcept nogil
+    cdef void op_remove(self, uint32_t slot) noexcept nogil
+    cdef int op_displace(self, uint32_t slot) noexcept nogil
+    cdef uint32_t op_victim(self, int tier) noexcept nogil
+    cdef void op_evict(self, uint32_t slot) noexcept nogil
+    cdef int target_tier(self, uint64_t size, uint32_t replaced) noexcept nogil
 
     # --- helpers of the Python-level API ---
     cdef int _check_tier(self, int tier) except -1

@@ -69,13 +69,17 @@ include "engine_values.pxi"
 include "engine_map.pxi"
 include "engine_lists.pxi"
 
-cdef enum:
-    ST_MISS = -1
-    ST_TOO_LARGE = -2
-    ST_ALL_PINNED = -3
-    ST_NO_MEMORY = -4
-    ST_NOT_FOUND = -5
-    ST_TOO_MANY = -6
+cdef uint64_t parse_u64(object value, str what) except? 0:
+    return _as_u64(value, what)
+
+
+cdef object parse_u64_array(object values, str what, Py_ssize_t length=-1):
+    return _as_u64_array(values, what, length)
+
+
+cdef object parse_keys(object keys):
+    return _as_u64_keys(keys)
+
 
 COUNTER_NAMES = ("hits", "misses", "inserts", "evictions", "promotions", "demotions", "spills",
                  "bytes_in", "bytes_out")
@@ -835,6 +839,69 @@ cdef class Engine:
             key_out[0] = self.slots[victim].key
         _displace(self, victim)
         return 1
+
+    # ---- one operation, driven by the storage layer (engine.pxd) ----
+
+    cdef int op_begin(self) except -1:
+        return _enter(self)
+
+    cdef object op_end(self):
+        if VC_DEBUG:
+            try:
+                _verify(self)
+            except BaseException:
+                self.release()
+                raise
+        error = self.pending_error
+        self.pending_error = None
+        if self.alloc_failed:
+            self.alloc_failed = False
+            if error is None:
+                error = MemoryError("The event log could not grow, so this operation's events "
+                                    "are incomplete. Fix: free memory.")
+        self.release()
+        return error
+
+    cdef int raise_status(self, int status, uint64_t key, uint64_t size,
+                          Py_ssize_t index) except -1:
+        return _raise_status(self, status, key, size, index)
+
+    cdef int op_insert(self, uint64_t key, uint64_t size) noexcept nogil:
+        return _insert(self, key, size, _find(self, key))
+
+    cdef int op_touch(self, uint64_t key) noexcept nogil:
+        cdef uint32_t slot = _find(self, key)
+        if slot == VC_NIL:
+            return ST_MISS
+        return _hit(self, slot)
+
+    cdef int op_promote(self, uint32_t slot, bint strict) noexcept nogil:
+        return _promote(self, slot, strict)
+
+    cdef int op_demote(self, uint32_t slot) noexcept nogil:
+        return _demote(self, slot)
+
+    cdef void op_remove(self, uint32_t slot) noexcept nogil:
+        _remove(self, slot, EV_REMOVE)
+
+    cdef int op_displace(self, uint32_t slot) noexcept nogil:
+        """Displace one chosen entry (spilled down when allowed, else evicted); 0 when it is
+        pinned or in the middle of a move and so cannot be."""
+        if self.slots[slot].pins or self.slots[slot].flags & FLAG_LIFTED or self.slots[slot].tier < 0:
+            return 0
+        _displace(self, slot)
+        return 1
+
+    cdef uint32_t op_victim(self, int tier) noexcept nogil:
+        """The policy's victim in `tier` (VC_NIL when every entry is pinned)."""
+        return _pick_victim(self, tier)
+
+    cdef void op_evict(self, uint32_t slot) noexcept nogil:
+        _remove(self, slot, EV_EVICT)
+
+    cdef int target_tier(self, uint64_t size, uint32_t replaced) noexcept nogil:
+        """The tier insert() would put an entry of `size` bytes in, or its error status."""
+        return _first_tier_for(self, _charge(self, size), replaced)
 
     # ---- configuration ----
 

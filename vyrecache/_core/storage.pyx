@@ -1,68 +1,59 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True
-"""The bytes behind the engine's metadata: blocks, placements, and the batch executor.
+"""The bytes behind the engine's metadata: log-structured tiers and the batch of copies.
 
-The engine decides which tier every key lives in and logs what it did
-(docs/DESIGN.md, section 1).  ``Storage`` replays that log on real memory:
+The engine decides which tier every key lives in and logs what it did (docs/DESIGN.md,
+section 1).  ``Storage`` replays that log on real memory, inside the same call and under the
+engine's lock, with no Python code in between:
 
-* every tier owns blocks (each with an ``Allocator``); blocks are numbered
-  globally, tier by tier, so a tier's blocks are a contiguous range;
-* per engine slot it remembers where the entry's bytes are (block, offset) and
-  in which state they are (placed, lifted out of their tier, evacuated to host
-  memory, or a new entry waiting for its bytes);
-* copies of one operation form one batch.  When both ends are host-mapped and
-  no device copy is pending, a copy is a memcpy done at once.  Otherwise it
-  becomes a row of a copy table that the backend records into one command
-  buffer and submits once.  Rows between two barriers never touch the same
-  bytes: a freed source range is reused only after a barrier ("deferred free"),
-  and a row that reads an entry written earlier in the same wave starts a new
-  wave.
+* every tier's memory is cut into segments (segments.pxi); new entries are appended at the
+  tier's head segment, and room is made by cleaning the emptiest segment into a free one, so
+  the bytes copied to place an entry are bounded whatever the number of entries;
+* per engine slot it keeps where the entry's bytes are (segment, offset in the block) and
+  whether they are in place or lifted (the engine moved the entry and its PLACE follows);
+* the copies of one operation form one batch: between mapped memory they are memcpy'd at
+  once; otherwise they become rows of a copy table that the backend runs in one submit.  A row
+  that reads bytes written in the current wave, or writes a segment a row of the current wave
+  touches, starts a new wave (a barrier).
 
-When a placement finds no hole, the executor first reuses deferred frees, then
-evacuates entries lifted out of that tier (their bytes go to host memory until
-their own placement), then compacts the tier, and only when none of that helps
-(pinned entries or several blocks) evicts more of the tier's coldest entries.
+Every public method is one operation: it either completes, or raises having changed nothing.
 """
 
-from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
+cimport cython
+from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, realloc
-from libc.string cimport memcpy, memset
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE
-from cpython.long cimport PyLong_AsUnsignedLongLong
+from libc.string cimport memcpy, memset, strchr
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE, PyBUF_FORMAT
 cimport numpy as cnp
 
 cnp.import_array()
 
-cdef extern from "Python.h":
-    bint PyLong_CheckExact(object)
+from vyrecache._core.allocator cimport round_up
+from vyrecache._core.engine cimport (Engine, Event, EV_INSERT, EV_REMOVE, EV_EVICT, EV_LIFT,
+                                     EV_PLACE, VC_NIL, ST_NOT_FOUND, parse_u64, parse_keys)
 
-from vyrecache._core.allocator cimport Allocator, round_up
-from vyrecache._core.engine cimport Engine, Event, EV_INSERT, EV_REMOVE, EV_EVICT, EV_LIFT, EV_PLACE
-
-import threading
+import math
+import time
 
 import numpy as np
 
+from vyrecache._core.engine import CacheEntry
 from vyrecache.copytable import COPY_DTYPE
-from vyrecache.errors import CacheClosedError, CacheError, KeyNotFoundError, KEY_NOT_FOUND_MESSAGE
-
-cdef extern from "streamcopy.h":
-    void vc_stream_copy(char* dst, const char* src, size_t n) nogil
-    void vc_stream_fence() nogil
+from vyrecache.errors import (AllPinnedError, CacheClosedError, CacheError, EntryTooLargeError,
+                              KeyNotFoundError, PinnedError, KEY_NOT_FOUND_MESSAGE)
 
 cdef extern from "hugepages.h":
     void vc_advise_huge_pages(void* start, size_t bytes) nogil
 
-# Batches that move more than this stream their copies (about the last-level cache a core sees).
-DEF STREAM_THRESHOLD = 4 << 20
-STREAM_THRESHOLD_BYTES = STREAM_THRESHOLD      # also what a CPU compaction streams above
+include "segments.pxi"
+
+# Copies larger than this stream past the CPU cache (explicit compaction's CPU executor).
+STREAM_THRESHOLD_BYTES = 4 << 20
 
 # Where an entry's bytes are.
 cdef enum SlotState:
-    S_NONE = 0        # no bytes (free slot, or an entry that left)
-    S_PLACED = 1      # at (s_block, s_offset) in its tier
-    S_LIFTED = 2      # still at (s_block, s_offset), but the engine moved it; a PLACE follows
-    S_EVACUATED = 3   # bytes parked in host memory (self.evacuated[slot])
-    S_NEW = 4         # a new entry waiting for its first placement
+    S_NONE = 0          # no bytes (free slot, or an entry that left)
+    S_PLACED = 1        # at (s_seg, s_offset) in its tier
+    S_LIFTED = 2        # still there, but the engine moved the entry: its PLACE follows
 
 ctypedef struct CopyRow:
     uint32_t src_block
@@ -71,289 +62,781 @@ ctypedef struct CopyRow:
     uint64_t dst_offset
     uint64_t size
 
-cdef enum StorageCounter:
-    SC_COMPACTIONS = 0
-    SC_COMPACTION_BYTES = 1
-    SC_FRAGMENTATION_EVICTIONS = 2
-    SC_EVACUATIONS = 3
-    SC_N = 4
+# Storage counters per tier, in the order counters_of() reports them.
+STORAGE_COUNTER_NAMES = ("cleanings", "cleaning_bytes", "compactions", "compaction_bytes",
+                         "fragmentation_evictions")
+cdef enum:
+    SC_CLEANINGS = 0
+    SC_CLEANING_BYTES = 1
+    SC_COMPACTIONS = 2
+    SC_COMPACTION_BYTES = 3
+    SC_FRAGMENTATION_EVICTIONS = 4
+    SC_N = 5
 
-STORAGE_COUNTER_NAMES = ("compactions", "compaction_bytes", "fragmentation_evictions", "evacuations")
+IN_USE_MESSAGE = ("the cache is in use by an operation (this call came from inside one of its "
+                  "callbacks). Fix: call it after the operation returns.")
 
 
 cdef class Storage:
-    """Real memory for a buffer cache: one instance per cache, driven by its engine's events."""
+    """Real memory for a buffer cache, driven by its engine's events: the compiled half of
+    BufferCache, which subclasses it (so put, read, access... are one C call each)."""
 
     cdef Engine engine
     cdef object backend
     cdef readonly uint64_t alignment
     cdef readonly int n_tiers
-    # Blocks, numbered globally and grouped by tier.
-    cdef list blocks                 # StorageBlock per global block index
-    cdef list allocators             # Allocator per global block index
-    cdef list memories               # TierMemory per tier
-    cdef char** b_addr               # mapped address, NULL when not host-visible
-    cdef uint32_t* b_id              # the backend's block id (copy tables use it)
-    cdef int32_t* tier_first         # first global block of each tier
-    cdef int32_t* tier_count         # number of blocks of each tier
+    cdef readonly uint64_t puts_bytes          # user bytes stored by put (write amplification's base)
+    cdef list blocks                           # StorageBlock per global block index
+    cdef list memories                         # TierMemory per tier
+    cdef char** b_addr                         # mapped address, NULL when not mapped
+    cdef uint32_t* b_id                        # the backend's block id (copy tables use it)
     cdef Py_ssize_t n_blocks
+    cdef Segment* segs
+    cdef TierLog* logs
+    cdef int32_t n_segs
     # Per engine slot.
-    cdef int32_t* s_block
-    cdef uint64_t* s_offset
+    cdef int32_t* s_seg
+    cdef uint64_t* s_offset                    # in the block
+    cdef uint32_t* s_prev                      # the segment's entry list
+    cdef uint32_t* s_next
+    cdef uint64_t* s_wave                      # the wave whose pending row wrote its bytes
     cdef uint8_t* s_state
-    cdef uint64_t* s_wave            # the wave that last wrote the entry's current range
+    cdef uint8_t* s_pinned                     # the storage's own view of "pinned" (see pin())
     cdef Py_ssize_t cap_slots
-    # The batch being built.
+    # The batch of copies being built.
     cdef CopyRow* rows
     cdef Py_ssize_t n_rows
     cdef Py_ssize_t cap_rows
-    cdef Py_ssize_t wave_first_row   # rows before it belong to earlier waves: never merged into
+    cdef Py_ssize_t wave_first_row             # rows before it belong to earlier waves
     cdef list wave_starts
-    cdef uint64_t wave               # global, never reset: stale marks can never match
-    cdef int32_t* d_block            # deferred frees
-    cdef uint64_t* d_offset
-    cdef uint64_t* d_size
-    cdef Py_ssize_t n_deferred
-    cdef Py_ssize_t cap_deferred
-    cdef list unplaced               # slots whose placement waits for room
-    cdef dict evacuated              # slot -> numpy copy of the bytes
-    cdef public list evicted         # (key, size, tier) of the entries that left in this batch
-    cdef public bint report_evictions
-    cdef uint64_t* counters          # SC_N per tier
-    cdef object compaction_hook      # callable(storage, tier, bytes) used for automatic compaction
-    cdef public object lock          # the cache's one lock (an RLock): every operation holds it
-    cdef bint closed
-    cdef bint needs_staging          # some tier is not host-mapped: writes may need the staging buffer
-    cdef set released                # blocks given back to the backend by compact(); empty allocators
-    cdef bint device_copies          # move through copy tables even between mapped blocks
-    cdef bint streaming              # this batch moves enough bytes to bypass the cache
-    cdef public uint64_t stream_threshold
-    # A run of CPU copies that continue each other on both sides, done as one memcpy:
-    # promote_many of neighbouring entries into a fresh range becomes one large copy.
+    cdef uint64_t wave                         # global, never reset: stale marks never match
+    cdef object staging                        # StorageBlock of mapped memory for unmapped tiers
+    cdef char* staging_addr
+    cdef uint64_t staging_size
+    cdef uint64_t staging_used
+    cdef bint unmapped                         # some block is not mapped (or device_copies)
     cdef char* run_src
     cdef char* run_dst
     cdef size_t run_len
+    # One operation.
+    cdef const char* data                      # the bytes the next EV_INSERT stores
+    cdef list evicted                          # CacheEntry of the victims of this operation
+    cdef bint report_evictions
+    cdef public object on_evict
+    cdef readonly int busy                     # an operation is running (callbacks may re-enter)
+    cdef readonly bint closed
+    cdef uint64_t* counters
+    cdef readonly uint64_t misses              # access() misses (counted on tier 0)
+    cdef int32_t room_seg                      # find_room()'s answer
+    cdef uint64_t room_offset
 
-    def __cinit__(self):
-        self.n_blocks = 0
-        self.cap_slots = 0
-        self.n_rows = 0
-        self.cap_rows = 0
-        self.n_deferred = 0
-        self.cap_deferred = 0
+    def __cinit__(self, *args, **kwargs):
         self.wave = 1
+        self.n_rows = 0
 
-    def __init__(self, Engine engine, backend, memories, capacities):
-        """Allocate every tier's blocks; on failure frees what was allocated and re-raises."""
+    def _take_memory(self, Engine engine, backend, memories, layouts, on_evict=None):
+        """Take every tier's memory; on failure frees what was taken and re-raises.
+
+        ``layouts`` are (segment_size, segments, segments_per_block) per tier (tier_layout()).
+        """
         cdef int tier
-        cdef uint64_t remaining, size, max_block
+        cdef int32_t g, g2, first
+        cdef uint64_t seg_size, per_block, count
+        cdef TierLog* log
         self.engine = engine
         self.backend = backend
         self.alignment = backend.alignment
         self.n_tiers = len(memories)
         self.memories = list(memories)
         self.blocks = []
-        self.allocators = []
         self.wave_starts = []
-        self.unplaced = []
-        self.evacuated = {}
         self.evicted = []
-        self.released = set()
-        self.report_evictions = False
-        self.compaction_hook = None
-        self.stream_threshold = STREAM_THRESHOLD
-        # A backend may ask to treat every block as unmapped: copies through copy tables and
-        # reads/writes through the backend, the discrete-GPU paths, testable on a UMA device.
-        self.device_copies = bool(getattr(backend, "device_copies", False))
-        max_block = backend.max_block_size // self.alignment * self.alignment
-        self.tier_first = <int32_t*>realloc(NULL, max(self.n_tiers, 1) * sizeof(int32_t))
-        self.tier_count = <int32_t*>realloc(NULL, max(self.n_tiers, 1) * sizeof(int32_t))
+        self.on_evict = on_evict
+        self.n_segs = sum(layout[1] for layout in layouts)
+        self.logs = <TierLog*>realloc(NULL, max(self.n_tiers, 1) * sizeof(TierLog))
+        self.segs = <Segment*>realloc(NULL, max(self.n_segs, 1) * sizeof(Segment))
         self.counters = <uint64_t*>realloc(NULL, max(self.n_tiers, 1) * SC_N * sizeof(uint64_t))
-        if self.tier_first == NULL or self.tier_count == NULL or self.counters == NULL:
-            raise MemoryError()
+        if self.logs == NULL or self.segs == NULL or self.counters == NULL:
+            raise MemoryError("Could not allocate the tiers' segment tables. Fix: free memory.")
         memset(self.counters, 0, max(self.n_tiers, 1) * SC_N * sizeof(uint64_t))
+        memset(self.segs, 0, max(self.n_segs, 1) * sizeof(Segment))
+        device_copies = bool(getattr(backend, "device_copies", False))
+        g = 0
         try:
             for tier in range(self.n_tiers):
-                self.tier_first[tier] = len(self.blocks)
-                remaining = round_up(capacities[tier], self.alignment)
+                seg_size, count, per_block = layouts[tier]
+                log = &self.logs[tier]
+                memset(log, 0, sizeof(TierLog))
+                log.segment_size = seg_size
+                log.first_segment = g
+                log.n_segments = <int32_t>count
+                log.memory = seg_size * count
+                log.head = -1
+                log.free_top = -1
+                for bucket in range(N_BUCKETS):
+                    log.buckets[bucket] = -1
+                log.max_entry = min(per_block, count) * seg_size
+                remaining = count
                 while remaining:
-                    size = min(remaining, max_block)
-                    block = backend.allocate_block(self.memories[tier], size)
+                    in_block = min(remaining, per_block)
+                    block = backend.allocate_block(self.memories[tier], in_block * seg_size)
                     self.blocks.append(block)
-                    self.allocators.append(Allocator(size, self.alignment))
-                    remaining -= size
-                self.tier_count[tier] = len(self.blocks) - self.tier_first[tier]
+                    for index in range(in_block):
+                        self.segs[g].block = len(self.blocks) - 1
+                        self.segs[g].offset = index * seg_size
+                        self.segs[g].tier = tier
+                        self.segs[g].first = VC_NIL
+                        self.segs[g].last = VC_NIL
+                        self.segs[g].bucket = -1
+                        self.segs[g].state = SEG_FREE
+                        g += 1
+                    remaining -= in_block
+                # The free stack pops the lowest segment first: appends then fill a tier in order.
+                first = log.first_segment
+                for g2 in range(first + log.n_segments - 1, first - 1, -1):
+                    self.segs[g2].link_next = log.free_top
+                    log.free_top = g2
+                log.n_free = log.n_segments
+            self.n_blocks = len(self.blocks)
+            self.b_addr = <char**>realloc(NULL, max(self.n_blocks, 1) * sizeof(char*))
+            self.b_id = <uint32_t*>realloc(NULL, max(self.n_blocks, 1) * sizeof(uint32_t))
+            if self.b_addr == NULL or self.b_id == NULL:
+                raise MemoryError("Could not allocate the block table. Fix: free memory.")
+            for index, block in enumerate(self.blocks):
+                if block.host_visible and not device_copies:
+                    self.b_addr[index] = <char*><size_t>block.address
+                    # Before the first touch, so the pages come huge: big copies through a block
+                    # otherwise miss the TLB every 4 KiB.
+                    vc_advise_huge_pages(self.b_addr[index], block.size)
+                else:
+                    self.b_addr[index] = NULL
+                    self.unmapped = True
+                self.b_id[index] = block.id
+            if self.unmapped:
+                # Taken now at its full size (transfers larger than it go in portions): an
+                # operation then never allocates, so it cannot fail half-way for memory.
+                wanted = 1 << 20
+                for tier in range(self.n_tiers):
+                    wanted = max(wanted, min(64 << 20, self.logs[tier].memory))
+                self.staging = backend.allocate_block(backend.resolve_memory("host", wanted), wanted)
+                self.staging_addr = <char*><size_t>self.staging.address
+                self.staging_size = self.staging.size
         except BaseException:
             self.release_blocks()
             raise
-        self.n_blocks = len(self.blocks)
-        self.needs_staging = any(not block.host_visible for block in self.blocks) or self.device_copies
-        if self.needs_staging:
-            # Take the staging memory now, at its full size (transfers larger than it go in
-            # chunks): an operation then never allocates, so it cannot fail half-way for memory.
-            try:
-                backend.prepare_write(min(64 << 20, max(capacities)))
-            except BaseException:
-                self.release_blocks()
-                raise
-        self.lock = threading.RLock()
-        self.b_addr = <char**>realloc(NULL, max(self.n_blocks, 1) * sizeof(char*))
-        self.b_id = <uint32_t*>realloc(NULL, max(self.n_blocks, 1) * sizeof(uint32_t))
-        if self.b_addr == NULL or self.b_id == NULL:
-            self.release_blocks()
-            raise MemoryError()
-        for index, block in enumerate(self.blocks):
-            if block.host_visible and not self.device_copies:
-                self.b_addr[index] = <char*><size_t>block.address
-                # Before the first touch, so the pages come huge: big copies through a block
-                # otherwise miss the TLB every 4 KiB.
-                vc_advise_huge_pages(self.b_addr[index], block.size)
-            else:
-                self.b_addr[index] = NULL
-            self.b_id[index] = block.id
 
     def __dealloc__(self):
-        free(self.b_addr); free(self.b_id); free(self.tier_first); free(self.tier_count)
-        free(self.counters)
-        free(self.s_block); free(self.s_offset); free(self.s_state); free(self.s_wave)
-        free(self.rows)
-        free(self.d_block); free(self.d_offset); free(self.d_size)
-
-    def release_block(self, Py_ssize_t gb):
-        """Give an empty block back to the backend until ``reacquire()`` (compact() empties them)."""
-        if gb in self.released:
-            return
-        if (<Allocator>self.allocators[gb]).free_bytes != self.blocks[gb].size:
-            raise CacheError("internal: block %d still holds entries and cannot be released" % gb)
-        self.backend.free_block(self.blocks[gb])
-        self.allocators[gb] = Allocator(0, self.alignment)
-        self.b_addr[gb] = NULL
-        self.released.add(gb)
-
-    def is_released(self, Py_ssize_t gb):
-        return gb in self.released
-
-    def reacquire(self):
-        """Take released blocks back; raises DeviceOutOfMemoryError (changing nothing) when it cannot."""
-        cdef int tier
-        for gb in sorted(self.released):
-            tier = 0
-            while not (self.tier_first[tier] <= gb < self.tier_first[tier] + self.tier_count[tier]):
-                tier += 1
-            size = self.blocks[gb].size
-            block = self.backend.allocate_block(self.memories[tier], size)
-            self.blocks[gb] = block
-            self.allocators[gb] = Allocator(size, self.alignment)
-            self.b_id[gb] = block.id
-            if block.host_visible and not self.device_copies:
-                self.b_addr[gb] = <char*><size_t>block.address
-            self.released.discard(gb)
+        free(self.b_addr); free(self.b_id); free(self.logs); free(self.segs); free(self.counters)
+        free(self.s_seg); free(self.s_offset); free(self.s_prev); free(self.s_next)
+        free(self.s_wave); free(self.s_state); free(self.s_pinned); free(self.rows)
 
     def release_blocks(self):
         """Give every block back to the backend (idempotent); the storage is unusable afterwards."""
         blocks, self.blocks = self.blocks, []
-        for block in blocks:
+        staging, self.staging = self.staging, None
+        for block in blocks + ([staging] if staging is not None else []):
             self.backend.free_block(block)
-        self.allocators = []
         self.n_blocks = 0
 
     # -- per-slot arrays ---------------------------------------------------------------------
 
     cdef int ensure_slots(self, Py_ssize_t needed) except -1:
         cdef Py_ssize_t cap = self.cap_slots if self.cap_slots else 1024
+        cdef void* p
         if needed <= self.cap_slots:
             return 0
         while cap < needed:
             cap *= 2
-        cdef void* p
-        p = realloc(self.s_block, cap * sizeof(int32_t))
+        p = realloc(self.s_seg, cap * sizeof(int32_t))
         if p == NULL: raise MemoryError()
-        self.s_block = <int32_t*>p
+        self.s_seg = <int32_t*>p
         p = realloc(self.s_offset, cap * sizeof(uint64_t))
         if p == NULL: raise MemoryError()
         self.s_offset = <uint64_t*>p
-        p = realloc(self.s_state, cap * sizeof(uint8_t))
+        p = realloc(self.s_prev, cap * sizeof(uint32_t))
         if p == NULL: raise MemoryError()
-        self.s_state = <uint8_t*>p
+        self.s_prev = <uint32_t*>p
+        p = realloc(self.s_next, cap * sizeof(uint32_t))
+        if p == NULL: raise MemoryError()
+        self.s_next = <uint32_t*>p
         p = realloc(self.s_wave, cap * sizeof(uint64_t))
         if p == NULL: raise MemoryError()
         self.s_wave = <uint64_t*>p
+        p = realloc(self.s_state, cap * sizeof(uint8_t))
+        if p == NULL: raise MemoryError()
+        self.s_state = <uint8_t*>p
+        p = realloc(self.s_pinned, cap * sizeof(uint8_t))
+        if p == NULL: raise MemoryError()
+        self.s_pinned = <uint8_t*>p
         memset(&self.s_state[self.cap_slots], 0, (cap - self.cap_slots) * sizeof(uint8_t))
+        memset(&self.s_pinned[self.cap_slots], 0, (cap - self.cap_slots) * sizeof(uint8_t))
         memset(&self.s_wave[self.cap_slots], 0, (cap - self.cap_slots) * sizeof(uint64_t))
+        for i in range(self.cap_slots, cap):
+            self.s_seg[i] = -1
         self.cap_slots = cap
         return 0
 
-    # -- allocation --------------------------------------------------------------------------
+    cdef inline uint64_t charge(self, uint64_t size) noexcept nogil:
+        return round_up(size, self.alignment)
 
-    cdef bint try_alloc(self, int tier, uint64_t size, int32_t* block_out, uint64_t* offset_out):
-        cdef int32_t gb
-        cdef int64_t offset
-        cdef Allocator allocator
-        for gb in range(self.tier_first[tier], self.tier_first[tier] + self.tier_count[tier]):
-            allocator = <Allocator>self.allocators[gb]
-            offset = allocator.alloc_c(size)
-            if offset >= 0:
-                block_out[0] = gb
-                offset_out[0] = <uint64_t>offset
+    # -- segments ----------------------------------------------------------------------------
+
+    cdef void unlist(self, int32_t g) noexcept nogil:
+        """Take a segment out of its histogram bucket (if listed)."""
+        cdef Segment* s = &self.segs[g]
+        cdef TierLog* log = &self.logs[s.tier]
+        if s.bucket < 0:
+            return
+        if s.link_prev >= 0:
+            self.segs[s.link_prev].link_next = s.link_next
+        else:
+            log.buckets[s.bucket] = s.link_next
+            if s.link_next < 0:
+                log.bucket_bits &= ~((<uint64_t>1) << s.bucket)
+        if s.link_next >= 0:
+            self.segs[s.link_next].link_prev = s.link_prev
+        s.bucket = -1
+
+    cdef void relist(self, int32_t g) noexcept nogil:
+        """File a segment where it belongs now: its bucket if closed and unpinned, the free stack
+        if closed and empty, nowhere otherwise."""
+        cdef Segment* s = &self.segs[g]
+        cdef TierLog* log = &self.logs[s.tier]
+        cdef int bucket
+        self.unlist(g)
+        if s.state != SEG_CLOSED:
+            return
+        if s.live == 0 and s.first == VC_NIL:
+            self.push_free(g)
+            return
+        if s.pinned:
+            return
+        bucket = _bucket_of(s.live, log.segment_size)
+        s.bucket = <int16_t>bucket
+        s.link_prev = -1
+        s.link_next = log.buckets[bucket]
+        if s.link_next >= 0:
+            self.segs[s.link_next].link_prev = g
+        log.buckets[bucket] = g
+        log.bucket_bits |= (<uint64_t>1) << bucket
+
+    cdef void push_free(self, int32_t g) noexcept nogil:
+        cdef Segment* s = &self.segs[g]
+        cdef TierLog* log = &self.logs[s.tier]
+        s.state = SEG_FREE
+        s.fill = 0
+        s.live = 0
+        s.first = VC_NIL
+        s.last = VC_NIL
+        s.link_next = log.free_top
+        log.free_top = g
+        log.n_free += 1
+
+    cdef int32_t pop_free(self, int tier) except -2:
+        """A free segment, ready to be written (a barrier first if a pending row touches it)."""
+        cdef TierLog* log = &self.logs[tier]
+        cdef int32_t g = log.free_top
+        if g < 0:
+            return -1
+        log.free_top = self.segs[g].link_next
+        log.n_free -= 1
+        self.segs[g].fill = 0
+        self.segs[g].live = 0
+        if self.n_rows and self.segs[g].touched_wave == self.wave:
+            self.new_wave()
+        return g
+
+    cdef int take_free(self, int32_t g) except -1:
+        """Take one given segment off the free stack (a run's window)."""
+        cdef TierLog* log = &self.logs[self.segs[g].tier]
+        cdef int32_t cur = log.free_top, prev = -1
+        while cur != g:
+            prev = cur
+            cur = self.segs[cur].link_next
+        if prev < 0:
+            log.free_top = self.segs[g].link_next
+        else:
+            self.segs[prev].link_next = self.segs[g].link_next
+        log.n_free -= 1
+        self.segs[g].fill = 0
+        self.segs[g].live = 0
+        if self.n_rows and self.segs[g].touched_wave == self.wave:
+            self.new_wave()
+        return 0
+
+    cdef void close_head(self, int tier) noexcept nogil:
+        cdef int32_t h = self.logs[tier].head
+        if h < 0:
+            return
+        self.logs[tier].head = -1
+        self.segs[h].state = SEG_CLOSED
+        self.relist(h)
+
+    cdef void open_head(self, int tier, int32_t g) noexcept nogil:
+        self.segs[g].state = SEG_OPEN
+        self.logs[tier].head = g
+
+    cdef int32_t emptiest(self, int tier) noexcept nogil:
+        """The closed, unpinned segment with (about) the fewest live bytes, or -1."""
+        cdef TierLog* log = &self.logs[tier]
+        if log.bucket_bits == 0:
+            return -1
+        return log.buckets[__builtin_ctzll(log.bucket_bits)]
+
+    cdef void link_entry(self, Py_ssize_t slot, int32_t g, uint64_t offset, uint64_t charged) noexcept nogil:
+        """File an entry's range in segment g (appended at the end of its list)."""
+        cdef Segment* s = &self.segs[g]
+        self.s_seg[slot] = g
+        self.s_offset[slot] = offset
+        self.s_next[slot] = VC_NIL
+        self.s_prev[slot] = s.last
+        if s.last != VC_NIL:
+            self.s_next[s.last] = <uint32_t>slot
+        else:
+            s.first = <uint32_t>slot
+        s.last = <uint32_t>slot
+        s.live += charged
+        self.logs[s.tier].live += charged
+        if self.s_pinned[slot]:
+            self.pin_entry(slot, 1)
+
+    cdef void unlink_entry(self, Py_ssize_t slot, uint64_t charged) noexcept nogil:
+        """Forget an entry's range: its segment keeps the bytes as dead space (or frees them)."""
+        cdef int32_t g = self.s_seg[slot]
+        cdef Segment* s
+        cdef int32_t k, n
+        if g < 0:
+            return
+        s = &self.segs[g]
+        if self.s_pinned[slot]:
+            self.pin_entry(slot, -1)
+        self.s_seg[slot] = -1
+        if s.state == SEG_RUN:
+            n = self.run_length(charged, s.tier)
+            for k in range(n):
+                self.segs[g + k].pinned = 0
+                self.push_free(g + k)
+            self.logs[s.tier].live -= charged
+            return
+        if self.s_prev[slot] != VC_NIL:
+            self.s_next[self.s_prev[slot]] = self.s_next[slot]
+        else:
+            s.first = self.s_next[slot]
+        if self.s_next[slot] != VC_NIL:
+            self.s_prev[self.s_next[slot]] = self.s_prev[slot]
+        else:
+            s.last = self.s_prev[slot]
+        s.live -= charged
+        self.logs[s.tier].live -= charged
+        if s.state == SEG_CLOSED:
+            self.relist(g)
+
+    cdef void pin_entry(self, Py_ssize_t slot, int delta) noexcept nogil:
+        """Count a pin (delta 1) or an unpin (-1) of a placed entry in every segment it takes."""
+        cdef int32_t g = self.s_seg[slot], k, n = 1
+        if g < 0:
+            return
+        if self.segs[g].state == SEG_RUN:
+            n = self.run_length(self.charge(self.engine.slots[slot].size), self.segs[g].tier)
+        for k in range(n):
+            self.pin_segment(g + k, delta)
+
+    cdef void pin_segment(self, int32_t g, int delta) noexcept nogil:
+        cdef Segment* s = &self.segs[g]
+        cdef uint32_t before = s.pinned
+        s.pinned = <uint32_t>(<int64_t>s.pinned + delta)
+        if (before == 0) != (s.pinned == 0):
+            self.logs[s.tier].n_pinned += 1 if s.pinned else -1
+            if s.state == SEG_CLOSED:
+                self.relist(g)
+
+    cdef inline int32_t run_length(self, uint64_t charged, int tier) noexcept nogil:
+        cdef uint64_t seg = self.logs[tier].segment_size
+        return <int32_t>((charged + seg - 1) // seg)
+
+    # -- making room -------------------------------------------------------------------------
+
+    cdef bint alloc_small(self, int tier, uint64_t c, int32_t* g_out, uint64_t* offset_out) except -1:
+        """Room for `c` (<= a segment) bytes at the end of the tier's head: open a free segment,
+        clean the emptiest one into the reserve, or, when neither can help, displace the
+        entries of the emptiest segment (fragmentation evictions).  False: no room is possible."""
+        cdef TierLog* log = &self.logs[tier]
+        cdef uint64_t seg = log.segment_size
+        cdef int32_t h, v
+        while True:
+            h = log.head
+            if h >= 0 and self.segs[h].fill + c <= seg:
+                g_out[0] = h
+                offset_out[0] = self.segs[h].offset + self.segs[h].fill
+                self.segs[h].fill += c
                 return True
+            if log.n_free >= 2:
+                self.close_head(tier)
+                self.open_head(tier, self.pop_free(tier))
+                continue
+            v = self.emptiest(tier)
+            if log.n_free == 1:
+                if v >= 0 and self.segs[v].live + c <= seg:
+                    self.close_head(tier)
+                    self.clean(tier, v)
+                else:
+                    # Cleaning cannot make this room: the reserve is the room (it comes back as
+                    # soon as a segment empties).
+                    self.close_head(tier)
+                    self.open_head(tier, self.pop_free(tier))
+                continue
+            if v < 0 and h >= 0 and self.segs[h].pinned == 0:
+                self.close_head(tier)
+                continue
+            if v < 0:
+                if not self.displace_a_run(tier):
+                    return False
+                continue
+            if not self.displace_entries(v):
+                return False
+
+    cdef bint displace_a_run(self, int tier) except -1:
+        """The last resort of a tier holding only pinned segments and runs: displace a run."""
+        cdef TierLog* log = &self.logs[tier]
+        cdef int32_t g
+        for g in range(log.first_segment, log.first_segment + log.n_segments):
+            if self.segs[g].state == SEG_RUN and not self.segs[g].pinned:
+                if self.displace_now(self.segs[g].first):
+                    self.counters[tier * SC_N + SC_FRAGMENTATION_EVICTIONS] += 1
+                    return True
         return False
 
-    cdef int free_range(self, int32_t gb, uint64_t offset, uint64_t size) except -1:
-        """Free now when nothing on the device may still read the range, else after the next barrier."""
-        cdef void* p
-        if size == 0 or gb < 0:
-            return 0
-        if self.n_rows == 0:
-            if (<Allocator>self.allocators[gb]).free_c(offset, size) != 0:
-                raise CacheError("internal: freeing [%d, +%d) of block %d failed" % (offset, size, gb))
-            return 0
-        if self.n_deferred == self.cap_deferred:
-            self.cap_deferred = self.cap_deferred * 2 if self.cap_deferred else 64
-            p = realloc(self.d_block, self.cap_deferred * sizeof(int32_t))
-            if p == NULL: raise MemoryError()
-            self.d_block = <int32_t*>p
-            p = realloc(self.d_offset, self.cap_deferred * sizeof(uint64_t))
-            if p == NULL: raise MemoryError()
-            self.d_offset = <uint64_t*>p
-            p = realloc(self.d_size, self.cap_deferred * sizeof(uint64_t))
-            if p == NULL: raise MemoryError()
-            self.d_size = <uint64_t*>p
-        self.d_block[self.n_deferred] = gb
-        self.d_offset[self.n_deferred] = offset
-        self.d_size[self.n_deferred] = size
-        self.n_deferred += 1
+    cdef int clean(self, int tier, int32_t v) except -1:
+        """Copy segment v's entries into the reserve, free v, and make the survivor the head."""
+        cdef int32_t r = self.pop_free(tier)
+        cdef uint32_t slot, following
+        cdef uint64_t c, moved = 0
+        cdef Segment* survivor
+        self.unlist(v)
+        self.segs[v].state = SEG_CLAIMED       # emptied below: not re-filed entry by entry
+        survivor = &self.segs[r]
+        slot = self.segs[v].first
+        while slot != VC_NIL:
+            following = self.s_next[slot]
+            c = self.charge(self.engine.slots[slot].size)
+            self.move_range(slot, r, survivor.offset + survivor.fill, c)
+            survivor.fill += c
+            moved += c
+            slot = following
+        self.segs[v].state = SEG_CLOSED
+        self.relist(v)          # empty now: back on the free stack
+        self.open_head(tier, r)
+        self.counters[tier * SC_N + SC_CLEANINGS] += 1
+        self.counters[tier * SC_N + SC_CLEANING_BYTES] += moved
         return 0
 
-    cdef int release_deferred(self) except -1:
-        """Start a new wave so that pending rows finish before freed ranges are written again."""
-        cdef Py_ssize_t i
-        if self.n_deferred == 0:
-            return 0
-        if self.n_rows:
-            self.new_wave()
-        for i in range(self.n_deferred):
-            if (<Allocator>self.allocators[self.d_block[i]]).free_c(self.d_offset[i], self.d_size[i]) != 0:
-                raise CacheError("internal: deferred free of block %d failed" % self.d_block[i])
-        self.n_deferred = 0
+    cdef int move_range(self, Py_ssize_t slot, int32_t g, uint64_t offset, uint64_t c) except -1:
+        """Copy an entry's bytes to `offset` in segment g and file it there (same tier)."""
+        cdef int32_t src = self.s_seg[slot]
+        self.copy_bytes(slot, self.segs[src].block, self.s_offset[slot], self.segs[g].block,
+                        offset, self.engine.slots[slot].size, src, g)
+        self.unlink_entry(slot, c)
+        self.link_entry(slot, g, offset, c)
         return 0
 
-    cdef void new_wave(self):
+    cdef bint displace_entries(self, int32_t v) except -1:
+        """Fragmentation evictions: displace every entry of segment v the engine may displace
+        (spilled down when allowed, else evicted).  False when none could be."""
+        cdef uint32_t slot, following
+        cdef int tier = self.segs[v].tier
+        cdef bint any_done = False
+        slot = self.segs[v].first
+        while slot != VC_NIL:
+            following = self.s_next[slot]
+            if self.displace_now(slot):
+                any_done = True
+                self.counters[tier * SC_N + SC_FRAGMENTATION_EVICTIONS] += 1
+            slot = following
+        return any_done
+
+    cdef bint displace_now(self, Py_ssize_t slot) except -1:
+        """Displace one entry and replay what that did at once (the caller needs its room now)."""
+        cdef Py_ssize_t first = self.engine.n_events, i
+        if not self.engine.op_displace(<uint32_t>slot):
+            return False
+        i = first
+        while i < self.engine.n_events:
+            self.apply_event(i)
+            i += 1
+        self.engine.n_events = first
+        return True
+
+    cdef bint place_run(self, int tier, uint64_t c, int32_t* g_out) except -1:
+        """k consecutive free segments of one block for an entry of `c` bytes (k > 1): the window
+        with the fewest live bytes and no pinned segment is emptied, its entries moved out (or
+        displaced where nothing else has room)."""
+        cdef TierLog* log = &self.logs[tier]
+        cdef int32_t k = self.run_length(c, tier)
+        cdef int32_t best = -1, g, j, end, block
+        cdef uint64_t cost, best_cost = 0
+        cdef uint32_t slot, following
+        cdef uint64_t ec
+        cdef int32_t target
+        cdef uint64_t offset
+        first = log.first_segment
+        end = first + log.n_segments
+        for g in range(first, end - k + 1):
+            block = self.segs[g].block
+            if self.segs[g + k - 1].block != block:
+                continue
+            cost = 0
+            for j in range(g, g + k):
+                if self.segs[j].pinned or self.segs[j].state == SEG_CLAIMED:
+                    cost = <uint64_t>-1
+                    break
+                if self.segs[j].state == SEG_RUN:
+                    cost += log.segment_size
+                else:
+                    cost += self.segs[j].live
+            if cost == <uint64_t>-1:
+                continue
+            if best < 0 or cost < best_cost:
+                best, best_cost = g, cost
+                if cost == 0:
+                    break
+        if best < 0:
+            return False
+        # Claim the window: nothing may be appended to or cleaned into it while it is emptied.
+        for j in range(best, best + k):
+            if self.segs[j].state == SEG_FREE:
+                self.take_free(j)
+            else:
+                if log.head == j:
+                    log.head = -1
+                self.unlist(j)
+            if self.segs[j].state != SEG_RUN:
+                self.segs[j].state = SEG_CLAIMED
+        for j in range(best, best + k):
+            if self.segs[j].state == SEG_RUN:
+                if not self.displace_now(self.segs[j].first):
+                    return self.unclaim(best, k)
+                self.counters[tier * SC_N + SC_FRAGMENTATION_EVICTIONS] += 1
+            if self.segs[j].state == SEG_FREE:
+                # Freed by a displacement just now (a run reaching into the window).
+                self.take_free(j)
+                self.segs[j].state = SEG_CLAIMED
+                continue
+            slot = self.segs[j].first
+            while slot != VC_NIL:
+                following = self.s_next[slot]
+                ec = self.charge(self.engine.slots[slot].size)
+                if self.alloc_small(tier, ec, &target, &offset):
+                    self.move_range(slot, target, offset, ec)
+                elif self.displace_now(slot):
+                    self.counters[tier * SC_N + SC_FRAGMENTATION_EVICTIONS] += 1
+                else:
+                    return self.unclaim(best, k)
+                slot = following
+        for j in range(best, best + k):
+            self.segs[j].state = SEG_RUN
+            self.segs[j].fill = self.logs[tier].segment_size
+            self.segs[j].first = VC_NIL
+            self.segs[j].last = VC_NIL
+            if self.n_rows and self.segs[j].touched_wave == self.wave:
+                self.new_wave()
+        g_out[0] = best
+        return True
+
+    cdef bint unclaim(self, int32_t first, int32_t k) except -1:
+        cdef int32_t j
+        for j in range(first, first + k):
+            if self.segs[j].state == SEG_CLAIMED:
+                self.segs[j].state = SEG_CLOSED
+                self.relist(j)
+        return False
+
+    cdef bint placeable(self, int tier, uint64_t c) noexcept:
+        """Whether an entry of `c` charged bytes can be given room in `tier` by moving and
+        displacing unpinned entries: some segment holds no pinned entry (a run: some window)."""
+        cdef TierLog* log = &self.logs[tier]
+        cdef int32_t k, g, j, run
+        if c == 0:
+            return True
+        if c > log.max_entry:
+            return False
+        if c <= log.segment_size:
+            return log.n_pinned < log.n_segments
+        k = self.run_length(c, tier)
+        run = 0
+        for g in range(log.first_segment, log.first_segment + log.n_segments):
+            if self.segs[g].pinned or (g > log.first_segment and self.segs[g].block != self.segs[g - 1].block):
+                run = 0
+            if self.segs[g].pinned == 0:
+                run += 1
+                if run >= k:
+                    return True
+        return False
+
+    cdef bint find_room(self, Py_ssize_t slot, int tier, uint64_t c) except -1:
+        """Give slot a range of c bytes in tier (not linked yet): s_seg/s_offset of the room."""
+        cdef int32_t g
+        cdef uint64_t offset
+        if c <= self.logs[tier].segment_size:
+            if not self.alloc_small(tier, c, &g, &offset):
+                return False
+        else:
+            if c > self.logs[tier].max_entry or not self.place_run(tier, c, &g):
+                return False
+            offset = self.segs[g].offset
+        self.room_seg = g
+        self.room_offset = offset
+        return True
+
+    # -- event replay ------------------------------------------------------------------------
+
+    cdef int apply_events(self) except -1:
+        """Replay the engine's event log of the last call, then mark it consumed."""
+        cdef Py_ssize_t i = 0
+        while i < self.engine.n_events:
+            self.apply_event(i)
+            i += 1
+        self.engine.n_events = 0
+        return 0
+
+    cdef int apply_event(self, Py_ssize_t i) except -1:
+        cdef Event ev = self.engine.events[i]       # a copy: nested displacements append events
+        cdef Py_ssize_t slot = ev.slot
+        self.ensure_slots(slot + 1)
+        if ev.kind == EV_REMOVE or ev.kind == EV_EVICT:
+            if self.s_state[slot] != S_NONE:
+                self.unlink_entry(slot, self.charge(ev.size))
+                self.s_state[slot] = S_NONE
+            self.s_pinned[slot] = 0
+            if ev.kind == EV_EVICT and self.report_evictions:
+                self.evicted.append(CacheEntry(ev.key, ev.size, ev.src_tier))
+        elif ev.kind == EV_LIFT:
+            if self.s_state[slot] == S_PLACED:
+                self.s_state[slot] = S_LIFTED
+        elif ev.kind == EV_INSERT:
+            self.s_state[slot] = S_NONE
+            self.s_seg[slot] = -1
+            self.s_pinned[slot] = 0
+            self.place(slot, ev.dst_tier, ev.size, True)
+        elif ev.kind == EV_PLACE:
+            self.place(slot, ev.dst_tier, ev.size, False)
+        return 0
+
+    cdef int place(self, Py_ssize_t slot, int tier, uint64_t size, bint new) except -1:
+        """Give a new or lifted entry its range in `tier` and its bytes there."""
+        cdef uint64_t c = self.charge(size)
+        cdef int32_t src, g, k
+        cdef uint64_t offset
+        if size == 0:
+            if not new:
+                self.unlink_entry(slot, 0)
+            self.s_seg[slot] = -1
+            self.s_state[slot] = S_PLACED
+            return 0
+        if not self.find_room(slot, tier, c):
+            if new:
+                # The put checked placeable() before anything changed; reaching this is a bug.
+                raise CacheError("internal: no room in tier %d for %d bytes" % (tier, size))
+            # A move whose target has no room even after displacing (pins): the entry moves on
+            # down (or leaves) instead, as a victim of that tier would.
+            if not self.displace_now(slot):
+                raise CacheError("internal: entry in slot %d can neither move nor leave" % slot)
+            return 0
+        g = self.room_seg
+        offset = self.room_offset
+        if new:
+            self.write_data(self.segs[g].block, offset, self.data, size, g)
+            self.s_wave[slot] = self.wave if self.n_rows else 0
+            self.s_state[slot] = S_PLACED
+        else:
+            src = self.s_seg[slot]      # read now: making room may have moved this very entry
+            self.copy_bytes(slot, self.segs[src].block, self.s_offset[slot], self.segs[g].block,
+                            offset, size, src, g)
+            self.unlink_entry(slot, c)
+            self.s_state[slot] = S_PLACED
+        if self.segs[g].state == SEG_RUN:
+            for k in range(self.run_length(c, tier)):
+                self.segs[g + k].first = <uint32_t>slot
+            self.s_seg[slot] = g
+            self.s_offset[slot] = offset
+            self.s_prev[slot] = VC_NIL
+            self.s_next[slot] = VC_NIL
+            self.logs[tier].live += c
+            if self.s_pinned[slot]:
+                self.pin_entry(slot, 1)
+        else:
+            self.link_entry(slot, g, offset, c)
+        return 0
+
+    # -- copies ------------------------------------------------------------------------------
+
+    cdef int new_wave(self) except -1:
         self.wave += 1
         self.wave_first_row = self.n_rows
         if self.n_rows:
             self.wave_starts.append(self.n_rows)
+        return 0
 
-    # -- copies ------------------------------------------------------------------------------
+    cdef int copy_bytes(self, Py_ssize_t slot, int32_t src_block, uint64_t src_offset,
+                        int32_t dst_block, uint64_t dst_offset, uint64_t size,
+                        int32_t src_seg, int32_t dst_seg) except -1:
+        """Copy an entry's bytes (the ranges never overlap: different segments)."""
+        if size == 0:
+            return 0
+        if self.n_rows == 0 and self.b_addr[src_block] != NULL and self.b_addr[dst_block] != NULL:
+            self.cpu_copy(self.b_addr[dst_block] + dst_offset, self.b_addr[src_block] + src_offset, size)
+            return 0
+        if self.s_wave[slot] == self.wave:
+            self.new_wave()          # read-after-write: the entry was written in this wave
+        self.add_row(self.b_id[src_block], src_offset, self.b_id[dst_block], dst_offset, size)
+        self.segs[src_seg].touched_wave = self.wave
+        self.segs[dst_seg].touched_wave = self.wave
+        self.s_wave[slot] = self.wave
+        return 0
 
-    cdef int add_row(self, int32_t src, uint64_t src_offset, int32_t dst, uint64_t dst_offset,
+    cdef int write_data(self, int32_t block, uint64_t offset, const char* data, uint64_t size,
+                        int32_t seg) except -1:
+        """Write user bytes into a block: memcpy when mapped, else through staging rows."""
+        cdef uint64_t done = 0, chunk
+        if self.n_rows == 0 and self.b_addr[block] != NULL:
+            self.finish_run()
+            memcpy(self.b_addr[block] + offset, data, size)
+            return 0
+        self.finish_run()
+        while done < size:
+            if self.staging_used == self.staging_size:
+                self.flush()
+            chunk = min(size - done, self.staging_size - self.staging_used)
+            memcpy(self.staging_addr + self.staging_used, data + done, chunk)
+            self.add_row(self.staging.id, self.staging_used, self.b_id[block], offset + done, chunk)
+            self.staging_used += chunk
+            done += chunk
+        self.segs[seg].touched_wave = self.wave
+        return 0
+
+    cdef int read_data(self, int32_t block, uint64_t offset, char* out, uint64_t size) except -1:
+        """Copy bytes of a block into host memory (outside of an operation's batch)."""
+        cdef uint64_t done = 0, chunk
+        if self.b_addr[block] != NULL:
+            with nogil:
+                memcpy(out, self.b_addr[block] + offset, size)
+            return 0
+        while done < size:
+            chunk = min(size - done, self.staging_size)
+            self.add_row(self.b_id[block], offset + done, self.staging.id, 0, chunk)
+            self.flush()
+            memcpy(out + done, self.staging_addr, chunk)
+            done += chunk
+        return 0
+
+    cdef int add_row(self, uint32_t src, uint64_t src_offset, uint32_t dst, uint64_t dst_offset,
                      uint64_t size) except -1:
         cdef void* p
         cdef CopyRow* last
         if self.n_rows > self.wave_first_row:
-            # A row that continues the previous one on both sides joins it: a promote_many of
-            # neighbours becomes a few large regions (drivers pay per region, NVIDIA heavily).
+            # A row that continues the previous one on both sides joins it (drivers pay per
+            # region): cleaning neighbours into a fresh segment becomes a few large regions.
             last = &self.rows[self.n_rows - 1]
-            if (last.src_block == self.b_id[src] and last.dst_block == self.b_id[dst]
+            if (last.src_block == src and last.dst_block == dst
                     and last.src_offset + last.size == src_offset
                     and last.dst_offset + last.size == dst_offset):
                 last.size += size
@@ -363,8 +846,8 @@ cdef class Storage:
             p = realloc(self.rows, self.cap_rows * sizeof(CopyRow))
             if p == NULL: raise MemoryError()
             self.rows = <CopyRow*>p
-        self.rows[self.n_rows].src_block = self.b_id[src]
-        self.rows[self.n_rows].dst_block = self.b_id[dst]
+        self.rows[self.n_rows].src_block = src
+        self.rows[self.n_rows].dst_block = dst
         self.rows[self.n_rows].src_offset = src_offset
         self.rows[self.n_rows].dst_offset = dst_offset
         self.rows[self.n_rows].size = size
@@ -372,8 +855,7 @@ cdef class Storage:
         return 0
 
     cdef int flush(self) except -1:
-        """Run the pending copy rows on the device and wait; then every deferred free is safe."""
-        cdef Py_ssize_t i
+        """Run the pending copy rows on the device and wait."""
         self.finish_run()
         if self.n_rows == 0:
             return 0
@@ -385,31 +867,13 @@ cdef class Storage:
         self.wave_first_row = 0
         self.wave_starts = []
         self.wave += 1
-        try:
-            self.backend.run_copies(table, waves)
-        finally:
-            for i in range(self.n_deferred):
-                (<Allocator>self.allocators[self.d_block[i]]).free_c(self.d_offset[i], self.d_size[i])
-            self.n_deferred = 0
-        return 0
-
-    cdef int move_bytes(self, Py_ssize_t slot, int32_t dst, uint64_t dst_offset, uint64_t size) except -1:
-        """Copy a lifted entry's bytes to its new range and free the old one."""
-        cdef int32_t src = self.s_block[slot]
-        cdef uint64_t src_offset = self.s_offset[slot]
-        if self.n_rows == 0 and self.b_addr[src] != NULL and self.b_addr[dst] != NULL:
-            self.cpu_copy(self.b_addr[dst] + dst_offset, self.b_addr[src] + src_offset, size)
-        else:
-            if self.s_wave[slot] == self.wave:
-                self.new_wave()      # read-after-write: the entry was written in this wave
-            self.add_row(src, src_offset, dst, dst_offset, size)
-        self.free_range(src, src_offset, size)
-        self.s_wave[slot] = self.wave
+        self.staging_used = 0
+        self.backend.run_copies(table, waves)
         return 0
 
     cdef void cpu_copy(self, char* dst, const char* src, size_t size) noexcept:
-        # Moves between tiers never share a block, so extending a run can never write bytes
-        # that the run still has to read; anything else touching memory ends the run first.
+        # Ranges of different segments never overlap, so extending a run can never write bytes
+        # that the run still has to read.
         if self.run_len and src == self.run_src + self.run_len and dst == self.run_dst + self.run_len:
             self.run_len += size
             return
@@ -422,253 +886,167 @@ cdef class Storage:
         if self.run_len == 0:
             return
         with nogil:
-            if self.streaming and self.run_len >= 4096:
-                vc_stream_copy(self.run_dst, self.run_src, self.run_len)
-            else:
-                memcpy(self.run_dst, self.run_src, self.run_len)
+            memcpy(self.run_dst, self.run_src, self.run_len)
         self.run_len = 0
 
-    cdef int write_host_bytes(self, int32_t gb, uint64_t offset, object data) except -1:
-        """Write host bytes (a numpy array or memoryview) into a block, after pending copies."""
-        cdef const uint8_t[::1] view
-        if self.b_addr[gb] != NULL:
-            self.flush()
-            view = data
-            if view.shape[0]:
-                memcpy(self.b_addr[gb] + offset, &view[0], view.shape[0])
-        else:
-            self.flush()
-            self.backend.write(self.blocks[gb], offset, memoryview(data))
-        return 0
+    # -- entering and leaving an operation -----------------------------------------------------
 
-    # -- event replay ------------------------------------------------------------------------
-
-    cdef int drop(self, Py_ssize_t slot) except -1:
-        cdef uint8_t state = self.s_state[slot]
-        if state == S_PLACED or state == S_LIFTED or state == S_NEW:
-            self.free_range(self.s_block[slot], self.s_offset[slot],
-                            self.engine.slots[slot].size)
-        elif state == S_EVACUATED:
-            self.evacuated.pop(slot, None)
-        if state == S_LIFTED or state == S_EVACUATED or state == S_NEW:
-            if slot in self.unplaced:
-                self.unplaced.remove(slot)
-        self.s_state[slot] = S_NONE
-        return 0
-
-    cdef bint place(self, Py_ssize_t slot, int tier, uint64_t size) except -1:
-        """Give a new or lifted entry its range in ``tier``; False when no room could be found yet."""
-        cdef int32_t gb = -1
-        cdef uint64_t offset = 0
-        cdef uint8_t state = self.s_state[slot]
-        if size == 0:
-            self.s_block[slot] = -1
-            self.s_offset[slot] = 0
-            self.s_state[slot] = S_PLACED
-            return True
-        if not self.find_room(tier, size, &gb, &offset):
-            return False
-        state = self.s_state[slot]          # find_room may have evacuated this very entry
-        if state == S_LIFTED or state == S_PLACED:
-            self.move_bytes(slot, gb, offset, size)
-        elif state == S_EVACUATED:
-            self.write_host_bytes(gb, offset, self.evacuated.pop(slot))
-            self.s_wave[slot] = self.wave
-        self.s_block[slot] = gb
-        self.s_offset[slot] = offset
-        self.s_state[slot] = S_PLACED if state != S_NEW else S_NEW
-        return True
-
-    cdef bint find_room(self, int tier, uint64_t size, int32_t* gb, uint64_t* offset) except -1:
-        if self.try_alloc(tier, size, gb, offset):
-            return True
-        if self.n_deferred:
-            self.release_deferred()
-            if self.try_alloc(tier, size, gb, offset):
-                return True
-        if self.evacuate_lifted(tier) and self.try_alloc(tier, size, gb, offset):
-            return True
-        if self.compaction_hook is not None and self.free_bytes(tier) >= round_up(size, self.alignment):
-            self.flush()
-            self.compaction_hook(self, tier, round_up(size, self.alignment))
-            if self.try_alloc(tier, size, gb, offset):
-                return True
-        return False
-
-    cdef bint evacuate_lifted(self, int tier) except -1:
-        """Park the bytes of entries lifted out of ``tier`` in host memory, freeing their ranges."""
-        cdef Py_ssize_t slot
-        cdef int32_t gb
-        cdef bint any_moved = False
-        cdef uint64_t size
-        candidates = []
-        for slot in range(self.cap_slots):
-            if self.s_state[slot] == S_LIFTED:
-                gb = self.s_block[slot]
-                if gb >= 0 and self.tier_first[tier] <= gb < self.tier_first[tier] + self.tier_count[tier]:
-                    candidates.append(slot)
-        if not candidates:
-            return False
-        self.flush()
-        for slot in candidates:
-            gb = self.s_block[slot]
-            size = self.engine.slots[slot].size
-            parked = np.empty(size, dtype=np.uint8)
-            self.read_bytes(gb, self.s_offset[slot], parked)
-            self.evacuated[slot] = parked
-            self.free_range(gb, self.s_offset[slot], size)
-            self.s_state[slot] = S_EVACUATED
-            self.counters[tier * SC_N + SC_EVACUATIONS] += 1
-            any_moved = True
-        return any_moved
-
-    cdef int read_bytes(self, int32_t gb, uint64_t offset, object out) except -1:
-        cdef uint8_t[::1] view = out
-        self.finish_run()
-        if view.shape[0] == 0:
-            return 0
-        if self.b_addr[gb] != NULL:
-            memcpy(&view[0], self.b_addr[gb] + offset, view.shape[0])
-        else:
-            self.backend.read_into(self.blocks[gb], offset, memoryview(out))
-        return 0
-
-    cdef int apply_events(self) except -1:
-        """Replay the engine's event log of the last operation on the memory."""
-        cdef Py_ssize_t i = 0
-        cdef Event* ev
-        cdef uint64_t victim
-        cdef int tier
-        cdef uint64_t moving = 0
+    cdef int enter(self) except -1:
+        """Take the lock for one operation; refuse a closed cache and re-entry from a callback."""
+        if self.closed:
+            raise CacheClosedError("this BufferCache is closed and its memory was freed. "
+                                   "Fix: create a new BufferCache.")
+        if self.busy:
+            raise CacheError(IN_USE_MESSAGE)
+        self.engine.op_begin()
+        self.busy = 1
         self.evicted = []
-        for i in range(self.engine.n_events):
-            if self.engine.events[i].kind == EV_PLACE:
-                moving += self.engine.events[i].size
-        self.streaming = moving > self.stream_threshold
-        i = 0
-        while True:
-            while i < self.engine.n_events:
-                ev = &self.engine.events[i]
-                i += 1
-                self.ensure_slots(ev.slot + 1)
-                if ev.kind == EV_REMOVE or ev.kind == EV_EVICT:
-                    self.drop(ev.slot)
-                    if ev.kind == EV_EVICT and self.report_evictions:
-                        self.evicted.append((ev.key, ev.size, ev.src_tier))
-                elif ev.kind == EV_LIFT:
-                    if self.s_state[ev.slot] == S_PLACED:
-                        self.s_state[ev.slot] = S_LIFTED
-                elif ev.kind == EV_INSERT:
-                    self.s_state[ev.slot] = S_NEW
-                    self.s_block[ev.slot] = -1
-                    if not self.place(ev.slot, ev.dst_tier, ev.size):
-                        self.unplaced.append(ev.slot)
-                elif ev.kind == EV_PLACE:
-                    if not self.place(ev.slot, ev.dst_tier, ev.size):
-                        self.unplaced.append(ev.slot)
-            if not self.unplaced:
-                break
-            # Room may have appeared since (later events freed ranges); else make it.
-            for slot in list(self.unplaced):
-                if self.place(slot, self.engine.slots[slot].tier, self.engine.slots[slot].size):
-                    self.unplaced.remove(slot)
-            if not self.unplaced:
-                break
-            tier = self.engine.slots[self.unplaced[0]].tier
-            self.flush()
-            self.release_deferred()
-            self.engine.acquire()
-            try:
-                found = self.engine.evict_for_room(tier, &victim)
-            finally:
-                self.engine.release()
-            if found <= 0:
-                raise CacheError("internal: no room in tier %d for %d bytes and nothing left to evict"
-                                 % (tier, self.engine.slots[self.unplaced[0]].size))
-            self.counters[tier * SC_N + SC_FRAGMENTATION_EVICTIONS] += 1
-        self.flush()
-        if self.streaming:
-            vc_stream_fence()   # streaming stores are weakly ordered: publish them before returning
-            self.streaming = False
-        # Consumed: a call that changes nothing (and so leaves the log alone) must not replay it.
-        self.engine.n_events = 0
+        self.report_evictions = self.on_evict is not None
         return 0
 
-    # -- public operations (called by BufferCache) ---------------------------------------------
+    cdef int leave(self) except -1:
+        """Finish the copies, release the lock, report the victims, raise what a callback raised."""
+        cdef list evicted
+        try:
+            self.flush()
+        finally:
+            self.engine.n_events = 0
+            self.busy = 0
+            error = self.engine.op_end()
+        evicted, self.evicted = self.evicted, []
+        if evicted:
+            callback = self.on_evict
+            for entry in evicted:
+                try:
+                    callback(entry)
+                except BaseException as callback_error:
+                    if error is None:
+                        error = callback_error
+        if error is not None:
+            raise error
+        return 0
 
-    def replay(self):
-        """Apply the engine's last event log; returns the evicted (key, size, tier) tuples."""
-        self.apply_events()
-        return self.evicted
+    cdef int abort(self, int status, uint64_t key, uint64_t size, Py_ssize_t index) except -1:
+        """Leave an operation that changed nothing, raising the engine's status error."""
+        self.busy = 0
+        self.engine.n_events = 0
+        self.engine.op_end()
+        return self.engine.raise_status(status, key, size, index)
+
+    cdef int replay_checked(self) except -1:
+        if self.engine.alloc_failed:
+            self.closed = True
+            raise MemoryError("The engine could not record this operation's moves, so the cache "
+                              "was closed to keep its bytes consistent. Fix: free memory and "
+                              "create a new cache.")
+        return self.apply_events()
+
+    cdef Py_ssize_t find(self, uint64_t key) except -2:
+        cdef Py_ssize_t slot = self.engine.slot_of(key)
+        if slot < 0:
+            raise KeyNotFoundError(KEY_NOT_FOUND_MESSAGE + " (key %d)" % key)
+        return slot
+
+    cdef int check_put(self, uint64_t key, uint64_t size, Py_ssize_t index) except -1:
+        """Refuse a put that could not complete, before anything changes."""
+        cdef Py_ssize_t old = self.engine.slot_of(key)
+        cdef int tier
+        cdef uint64_t c = self.charge(size)
+        where = f" (keys[{index}])" if index >= 0 else ""
+        if old >= 0 and self.engine.slots[old].pins:
+            raise PinnedError(f"Key {key}{where} is pinned, so it cannot be replaced. "
+                              f"Fix: unpin it first (cache.unpin({key})), as often as it was pinned.")
+        tier = self.engine.target_tier(size, VC_NIL if old < 0 else <uint32_t>old)
+        if tier < 0:
+            return 0                    # the engine raises its own error, having changed nothing
+        if c > self.logs[tier].max_entry:
+            largest = max(min(self.logs[t].max_entry, self.engine.tier_state[t].capacity)
+                          for t in range(self.n_tiers))
+            raise EntryTooLargeError(
+                f"Key {key}{where} has {size} bytes, more than one entry can take here: an entry "
+                f"must fit one memory block of its tier, and the largest storable size is "
+                f"{largest} bytes. Fix: split the buffer, or use a device whose "
+                f"maxMemoryAllocationSize is larger.")
+        if not self.placeable(tier, c):
+            raise AllPinnedError(
+                f"Cannot make room for key {key}{where} ({size} bytes) in tier {tier}: pinned "
+                f"entries occupy every segment (or every run of segments) that could hold it. "
+                f"Fix: unpin entries (cache.unpin(key)), or give the tier more memory.")
+        return 0
+
+    # -- the data path -----------------------------------------------------------------------
 
     def put(self, key, data):
-        """Store ``data`` under ``key``: engine insert, event replay, byte write, one lock.
+        """Store ``data`` (any C-contiguous buffer) under ``key``; True when stored.
 
-        Returns the evicted (key, size, tier) tuples for the caller's on_evict.
+        Placement and eviction are ``TieredCache.insert``'s.  Raises TypeError for data without
+        the buffer protocol, ValueError for non-contiguous data, PinnedError for a pinned key,
+        EntryTooLargeError/AllPinnedError when it cannot be placed: then the cache is unchanged.
         """
         cdef Py_buffer buffer
-        cdef Py_ssize_t slot
-        cdef int32_t gb
+        cdef uint64_t k = parse_u64(key, "key")
+        cdef int status
+        self.get_buffer(data, &buffer)
         try:
-            PyObject_GetBuffer(data, &buffer, PyBUF_C_CONTIGUOUS)
+            self.enter()
+            try:
+                self.check_put(k, buffer.len, -1)
+                self.ensure_slots(self.engine.slot_high_water + 2)
+            except BaseException:
+                self.busy = 0
+                self.engine.op_end()
+                raise
+            status = self.engine.op_insert(k, buffer.len)
+            if status < -1:
+                self.abort(status, k, buffer.len, -1)
+            try:
+                self.data = <const char*>buffer.buf
+                self.replay_checked()
+                self.puts_bytes += buffer.len
+            finally:
+                self.data = NULL
+                self.leave()
+            return True
+        finally:
+            PyBuffer_Release(&buffer)
+
+    cdef int get_buffer(self, object data, Py_buffer* buffer) except -1:
+        try:
+            PyObject_GetBuffer(data, buffer, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
         except TypeError:
             raise TypeError("put() needs a buffer (bytes, bytearray, numpy array, memoryview), got %s. "
                             "Fix: pass np.asarray(data) or bytes(data)." % type(data).__name__) from None
         except (BufferError, ValueError):
             raise ValueError("put() needs C-contiguous data, got a strided %s. "
                              "Fix: pass np.ascontiguousarray(data)." % type(data).__name__) from None
-        try:
-            self.lock.acquire()
-            try:
-                self.require_open()
-                if self.released:
-                    self.reacquire()
-                try:
-                    self.engine.insert(key, buffer.len)
-                finally:
-                    self.apply_events()     # an insert that raised changed nothing: no events
-                slot = self.engine.slot_of(self.native_key(key))
-                if slot >= 0:   # absent only if room had to be made by evicting it again
-                    gb = self.s_block[slot]
-                    if buffer.len and gb >= 0:
-                        if self.b_addr[gb] != NULL:
-                            memcpy(self.b_addr[gb] + self.s_offset[slot], buffer.buf, buffer.len)
-                        else:
-                            self.backend.write(self.blocks[gb], self.s_offset[slot], memoryview(data).cast("B"))
-                    self.s_state[slot] = S_PLACED
-                    self.s_wave[slot] = self.wave
-                return self.evicted
-            finally:
-                self.lock.release()
-        finally:
-            PyBuffer_Release(&buffer)
+        if buffer.format != NULL and strchr(buffer.format, 79) != NULL:      # 'O': objects
+            PyBuffer_Release(buffer)
+            raise TypeError("put() got an array of Python objects (dtype object), whose bytes are "
+                            "pointers. Fix: store numeric data, e.g. np.asarray(data, dtype=np.float32).")
+        return 0
 
     def read(self, key):
-        """A new uint8 array with the entry's bytes."""
+        """A new uint8 array with the entry's bytes (not an access)."""
+        cdef uint64_t k = parse_u64(key, "key")
         cdef Py_ssize_t slot
-        cdef int32_t gb
         cdef cnp.npy_intp size
-        self.lock.acquire()
+        self.enter_read()
         try:
-            self.require_open()
-            slot = self.find(key)
+            slot = self.find(k)
             size = <cnp.npy_intp>self.engine.slots[slot].size
             out = cnp.PyArray_EMPTY(1, &size, cnp.NPY_UINT8, 0)
-            gb = self.s_block[slot]
-            if size and gb >= 0:
-                if self.b_addr[gb] != NULL:
-                    memcpy(cnp.PyArray_DATA(out), self.b_addr[gb] + self.s_offset[slot], size)
-                else:
-                    self.backend.read_into(self.blocks[gb], self.s_offset[slot], memoryview(out))
+            if size:
+                self.read_data(self.segs[self.s_seg[slot]].block, self.s_offset[slot],
+                               <char*>cnp.PyArray_DATA(out), size)
             return out
         finally:
-            self.lock.release()
+            self.leave_read()
 
     def read_into(self, key, out):
         """Copy the entry's bytes into ``out``, a writable C-contiguous buffer of exactly its size."""
         cdef Py_buffer buffer
+        cdef uint64_t k = parse_u64(key, "key")
         cdef Py_ssize_t slot
-        cdef int32_t gb
         cdef uint64_t size
         try:
             PyObject_GetBuffer(out, &buffer, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
@@ -679,178 +1057,403 @@ cdef class Storage:
             raise ValueError("read_into() needs a writable C-contiguous buffer. "
                              "Fix: pass np.empty(size, np.uint8) or a bytearray.") from None
         try:
-            self.lock.acquire()
+            self.enter_read()
             try:
-                self.require_open()
-                slot = self.find(key)
+                slot = self.find(k)
                 size = self.engine.slots[slot].size
                 if <uint64_t>buffer.len != size:
-                    raise ValueError("read_into(%r): the entry has %d bytes but out has %d. "
+                    raise ValueError("read_into(%d): the entry has %d bytes but out has %d. "
                                      "Fix: pass a buffer of exactly %d bytes (cache.get(key).size)."
-                                     % (key, size, buffer.len, size))
-                gb = self.s_block[slot]
-                if size and gb >= 0:
-                    if self.b_addr[gb] != NULL:
-                        memcpy(buffer.buf, self.b_addr[gb] + self.s_offset[slot], size)
-                    else:
-                        self.backend.read_into(self.blocks[gb], self.s_offset[slot], memoryview(out).cast("B"))
+                                     % (k, size, buffer.len, size))
+                if size:
+                    self.read_data(self.segs[self.s_seg[slot]].block, self.s_offset[slot],
+                                   <char*>buffer.buf, size)
             finally:
-                self.lock.release()
+                self.leave_read()
         finally:
             PyBuffer_Release(&buffer)
 
-    cdef uint64_t native_key(self, object key) except? 0xFFFFFFFFFFFFFFFF:
-        cdef uint64_t value
-        if PyLong_CheckExact(key):
-            value = PyLong_AsUnsignedLongLong(key)    # raises OverflowError out of range
-            return value
-        return self.slow_key(key)
-
-    cdef Py_ssize_t find(self, object key) except -1:
-        cdef uint64_t native
-        try:
-            native = self.native_key(key)
-        except OverflowError:
-            native = self.slow_key(key)      # raises the explained ValueError
-        cdef Py_ssize_t slot = self.engine.slot_of(native)
-        if slot < 0:
-            raise KeyNotFoundError(KEY_NOT_FOUND_MESSAGE + " (key %r)" % (key,))
-        return slot
-
-    cdef inline int require_open(self) except -1:
+    cdef int enter_read(self) except -1:
         if self.closed:
             raise CacheClosedError("this BufferCache is closed and its memory was freed. "
                                    "Fix: create a new BufferCache.")
+        if self.busy:
+            raise CacheError(IN_USE_MESSAGE)
+        self.engine.acquire()
+        self.busy = 1
         return 0
 
-    def close(self):
-        """Mark closed and free every block (idempotent)."""
-        self.lock.acquire()
+    cdef void leave_read(self) noexcept:
+        self.busy = 0
+        self.engine.release()
+
+    def access(self, key):
+        """Record a use of ``key``, promoting it when the policy says so; the tier it was found
+        in, or -1 when it is absent (nothing is inserted: use ``put``)."""
+        cdef uint64_t k = parse_u64(key, "key")
+        cdef int tier
+        self.enter()
+        tier = self.engine.op_touch(k)
+        try:
+            if tier < 0:
+                self.misses += 1
+            self.replay_checked()
+        finally:
+            self.leave()
+        return tier
+
+    def promote(self, key):
+        """Move the entry one tier up when the policy allows it (its bytes move too)."""
+        self.move_one(key, True)
+
+    def demote(self, key):
+        """Move the entry one tier down (its bytes move too)."""
+        self.move_one(key, False)
+
+    cdef int move_one(self, object key, bint up) except -1:
+        cdef uint64_t k = parse_u64(key, "key")
+        cdef Py_ssize_t slot
+        cdef int status
+        self.enter()
+        slot = self.engine.slot_of(k)
+        if slot < 0:
+            return self.abort(ST_NOT_FOUND, k, 0, -1)
+        status = self.engine.op_promote(<uint32_t>slot, True) if up else self.engine.op_demote(<uint32_t>slot)
+        if status < -1:
+            self.engine.n_events = 0
+            return self.abort(status, k, self.engine.slots[slot].size, -1)
+        try:
+            self.replay_checked()
+        finally:
+            self.leave()
+        return 0
+
+    def promote_many(self, keys):
+        """Promote every key of a uint64 array (its bytes in one batch); int8 array of each key's
+        tier afterwards (-1 when absent).  A promotion blocked by pins is skipped."""
+        return self.move_many(keys, True)
+
+    def demote_many(self, keys):
+        """Demote every key of a uint64 array (its bytes in one batch); int8 array of each key's
+        tier afterwards (-1 when absent).  A demotion blocked by pins is skipped."""
+        return self.move_many(keys, False)
+
+    cdef object move_many(self, object keys, bint up):
+        key_array = parse_keys(keys)
+        cdef const uint64_t[::1] kv = key_array
+        cdef Py_ssize_t i, n = kv.shape[0], slot
+        out = np.empty(n, dtype=np.int8)
+        cdef int8_t[::1] result = out
+        self.enter()
+        try:
+            for i in range(n):
+                slot = self.engine.slot_of(kv[i])
+                if slot < 0:
+                    result[i] = -1
+                    continue
+                if up:
+                    self.engine.op_promote(<uint32_t>slot, False)
+                else:
+                    self.engine.op_demote(<uint32_t>slot)
+                self.replay_checked()
+                slot = self.engine.slot_of(kv[i])
+                result[i] = -1 if slot < 0 else self.engine.slots[slot].tier
+        finally:
+            self.leave()
+        return out
+
+    def remove(self, key):
+        """Remove the entry and free its bytes; its CacheEntry.  KeyNotFoundError if absent,
+        PinnedError if pinned."""
+        cdef uint64_t k = parse_u64(key, "key")
+        cdef Py_ssize_t slot
+        self.enter()
+        slot = self.engine.slot_of(k)
+        if slot < 0:
+            return self.abort(ST_NOT_FOUND, k, 0, -1)
+        if self.engine.slots[slot].pins:
+            self.busy = 0
+            self.engine.op_end()
+            raise PinnedError(f"Key {k} is pinned, so it cannot be removed. Fix: unpin it first "
+                              f"(cache.unpin({k})), as often as it was pinned.")
+        entry = CacheEntry(k, self.engine.slots[slot].size, self.engine.slots[slot].tier)
+        self.engine.op_remove(<uint32_t>slot)
+        try:
+            self.replay_checked()
+        finally:
+            self.leave()
+        return entry
+
+    def evict_coldest(self):
+        """Evict the coldest unpinned entry of the lowest tier that has one; its key, or None."""
+        cdef int tier
+        cdef uint32_t victim = VC_NIL
+        key = None
+        self.enter()
+        try:
+            for tier in range(self.n_tiers):
+                victim = self.engine.op_victim(tier)
+                if victim != VC_NIL:
+                    key = self.engine.slots[victim].key
+                    self.engine.op_evict(victim)
+                    break
+            self.replay_checked()
+        finally:
+            self.leave()
+        return key
+
+    def pin(self, key):
+        """Keep the entry where it is (no eviction, spill, move or replacement); pins nest."""
+        cdef uint64_t k = parse_u64(key, "key")
+        cdef Py_ssize_t slot
+        self.enter_read()
+        try:
+            self.engine.pin(k)
+            slot = self.engine.slot_of(k)
+            if not self.s_pinned[slot]:
+                self.s_pinned[slot] = 1
+                self.pin_entry(slot, 1)
+        finally:
+            self.leave_read()
+
+    def unpin(self, key):
+        """Undo one ``pin``."""
+        cdef uint64_t k = parse_u64(key, "key")
+        cdef Py_ssize_t slot
+        self.enter_read()
+        try:
+            self.engine.unpin(k)
+            slot = self.engine.slot_of(k)
+            if self.engine.slots[slot].pins == 0 and self.s_pinned[slot]:
+                self.pin_entry(slot, -1)
+                self.s_pinned[slot] = 0
+        finally:
+            self.leave_read()
+
+    # -- explicit compaction -----------------------------------------------------------------
+
+    def _compact_tier(self, int tier, max_bytes):
+        """Clean the tier's emptiest segments into as few as they fit, until every closed one is
+        dense or ``max_bytes`` were moved; (moves, bytes_moved, complete)."""
+        cdef TierLog* log = &self.logs[tier]
+        cdef uint64_t seg = log.segment_size, budget, moved = 0, c
+        cdef int32_t v, dest = -1
+        cdef uint32_t slot, following
+        cdef Py_ssize_t moves = 0
+        cdef bint complete = True
+        budget = <uint64_t>-1 if max_bytes is None else max_bytes
+        self.enter()
+        try:
+            self.close_head(tier)
+            while True:
+                v = self.emptiest(tier)
+                if v < 0:
+                    break
+                if dest < 0 or self.segs[dest].fill + self.segs[v].live > seg:
+                    # v's entries do not fit the survivor: start another, while the emptiest
+                    # segments are at most half full (two of them then merge into one).
+                    if log.n_free == 0 or 2 * self.segs[v].live > seg:
+                        break
+                    if dest >= 0:
+                        self.segs[dest].state = SEG_CLOSED
+                        self.relist(dest)
+                    dest = self.pop_free(tier)
+                    self.segs[dest].state = SEG_CLAIMED
+                if moved >= budget:
+                    complete = False
+                    break
+                self.unlist(v)
+                self.segs[v].state = SEG_CLAIMED
+                slot = self.segs[v].first
+                while slot != VC_NIL:
+                    following = self.s_next[slot]
+                    c = self.charge(self.engine.slots[slot].size)
+                    self.move_range(slot, dest, self.segs[dest].offset + self.segs[dest].fill, c)
+                    self.segs[dest].fill += c
+                    moved += c
+                    moves += 1
+                    slot = following
+                self.segs[v].state = SEG_CLOSED
+                self.relist(v)
+            if dest >= 0:
+                self.open_head(tier, dest)
+            self.counters[tier * SC_N + SC_COMPACTIONS] += 1
+            self.counters[tier * SC_N + SC_COMPACTION_BYTES] += moved
+        finally:
+            self.leave()
+        return moves, moved, complete
+
+    # -- introspection -----------------------------------------------------------------------
+
+    def _location_of(self, key):
+        """(tier, StorageBlock or None, offset, size) of an entry's bytes now."""
+        cdef uint64_t k = parse_u64(key, "key")
+        cdef Py_ssize_t slot
+        self.enter_read()
+        try:
+            slot = self.find(k)
+            tier = self.engine.slots[slot].tier
+            if self.s_seg[slot] < 0:
+                return tier, None, 0, self.engine.slots[slot].size
+            return (tier, self.blocks[self.segs[self.s_seg[slot]].block], self.s_offset[slot],
+                    self.engine.slots[slot].size)
+        finally:
+            self.leave_read()
+
+    def _tier_memory(self, int tier):
+        """Memory facts of one tier: memory, segment_size, segments, free_segments, live,
+        free_bytes and largest_free (free segments in a row, or the head's room)."""
+        cdef TierLog* log = &self.logs[tier]
+        cdef int32_t g, run = 0, best = 0
+        cdef uint64_t head_room = 0
+        for g in range(log.first_segment, log.first_segment + log.n_segments):
+            if self.segs[g].state == SEG_FREE and (run == 0 or self.segs[g].block == self.segs[g - 1].block):
+                run += 1
+            elif self.segs[g].state == SEG_FREE:
+                run = 1
+            else:
+                run = 0
+            best = max(best, run)
+        if log.head >= 0:
+            head_room = log.segment_size - self.segs[log.head].fill
+        return {"memory": log.memory, "segment_size": log.segment_size,
+                "segments": log.n_segments, "free_segments": log.n_free, "live": log.live,
+                "free_bytes": log.memory - log.live,
+                "largest_free": max(<uint64_t>best * log.segment_size, head_room),
+                "max_entry": log.max_entry}
+
+    def _counters_of(self, int tier):
+        return {name: self.counters[tier * SC_N + index]
+                for index, name in enumerate(STORAGE_COUNTER_NAMES)}
+
+    def _reset_storage_counters(self):
+        memset(self.counters, 0, max(self.n_tiers, 1) * SC_N * sizeof(uint64_t))
+        self.misses = 0
+        self.puts_bytes = 0
+
+    def _close_storage(self):
+        """Free every block (idempotent).  Raises CacheError when called from inside an operation."""
+        if self.closed:
+            return
+        if self.busy:
+            raise CacheError(IN_USE_MESSAGE)
+        self.engine.acquire()
         try:
             self.closed = True
             self.release_blocks()
         finally:
-            self.lock.release()
+            self.engine.release()
 
-    def slot_of(self, key):
-        """The engine slot holding ``key``; raises KeyNotFoundError (bad keys: TypeError/ValueError)."""
-        return self.find(key)
-
-    cdef uint64_t slow_key(self, object key) except? 0xFFFFFFFFFFFFFFFF:
-        cdef uint64_t native
-        if type(key) is bool or not hasattr(type(key), "__index__"):
-            raise TypeError("key must be an int in [0, 2**64), got %r (%s). Fix: pass a non-negative int."
-                            % (key, type(key).__name__))
-        value = key.__index__()
-        if value < 0 or value > 0xFFFFFFFFFFFFFFFF:
-            raise ValueError("key must be in [0, 2**64), got %r. Fix: map keys into 64 bits (e.g. hash & (2**64-1))."
-                             % (key,))
-        native = value
-        return native
-
-    def slot_size(self, Py_ssize_t slot):
-        return self.engine.slots[slot].size
-
-    def slot_location(self, Py_ssize_t slot):
-        """(global block index, offset) of a placed entry; block -1 for a zero-size entry."""
-        return self.s_block[slot], self.s_offset[slot]
-
-    def block(self, Py_ssize_t gb):
-        return self.blocks[gb]
-
-    def tier_blocks(self, int tier):
-        """Global indices of the tier's blocks."""
-        return range(self.tier_first[tier], self.tier_first[tier] + self.tier_count[tier])
-
-    def allocator(self, Py_ssize_t gb):
-        return self.allocators[gb]
-
-    def free_bytes(self, int tier):
-        cdef uint64_t total = 0
-        for gb in range(self.tier_first[tier], self.tier_first[tier] + self.tier_count[tier]):
-            total += (<Allocator>self.allocators[gb]).free_bytes
-        return total
-
-    def largest_free(self, int tier):
-        cdef uint64_t best = 0
-        for gb in range(self.tier_first[tier], self.tier_first[tier] + self.tier_count[tier]):
-            best = max(best, (<Allocator>self.allocators[gb]).largest_free_c())
-        return best
-
-    def live_in_block(self, Py_ssize_t gb):
-        """The entries whose bytes are in block ``gb``: arrays (slots, offsets, sizes, pinned), by offset."""
-        slots = []
-        for slot in range(self.cap_slots):
-            # A new entry's range counts as live too: its bytes are written once the batch is done.
-            if self.s_block[slot] == gb and (self.s_state[slot] == S_PLACED or self.s_state[slot] == S_LIFTED
-                                             or self.s_state[slot] == S_NEW):
-                slots.append(slot)
-        slots_arr = np.array(slots, dtype=np.int64)
-        offsets = np.array([self.s_offset[s] for s in slots], dtype=np.uint64)
-        sizes = np.array([self.engine.slots[s].size for s in slots], dtype=np.uint64)
-        pinned = np.array([self.engine.slots[s].pins > 0 for s in slots], dtype=bool)
-        order = np.argsort(offsets, kind="stable")
-        return slots_arr[order], offsets[order], sizes[order], pinned[order]
-
-    def set_locations(self, slots, blocks, offsets):
-        """Record where a compaction put the entries (global block indices and offsets)."""
-        for slot, gb, offset in zip(slots, blocks, offsets):
-            self.s_block[<Py_ssize_t>slot] = <int32_t>gb
-            self.s_offset[<Py_ssize_t>slot] = <uint64_t>offset
-
-    def add_counter(self, int tier, str name, uint64_t amount):
-        self.counters[tier * SC_N + STORAGE_COUNTER_NAMES.index(name)] += amount
-
-    def counters_of(self, int tier):
-        return {name: self.counters[tier * SC_N + index] for index, name in enumerate(STORAGE_COUNTER_NAMES)}
-
-    def reset_counters(self):
-        memset(self.counters, 0, max(self.n_tiers, 1) * SC_N * sizeof(uint64_t))
-
-    def set_compaction_hook(self, hook):
-        self.compaction_hook = hook
-
-    def check(self):
-        """Raise CacheError unless every live entry has a range that no other entry overlaps."""
+    def _check_storage(self):
+        """Raise CacheError unless every entry's range lies in one segment of its tier, no two
+        overlap, and every segment's live bytes, lists, histogram and free stack agree."""
         cdef Py_ssize_t slot
-        ranges = {}
-        for slot in range(self.cap_slots):
-            state = self.s_state[slot]
-            if state == S_NONE:
-                continue
-            if state != S_PLACED:
-                raise CacheError("slot %d is left in state %d between operations" % (slot, state))
-            if self.engine.slots[slot].tier < 0:
-                raise CacheError("slot %d holds bytes but the engine has no entry there" % slot)
-            gb = self.s_block[slot]
-            if gb < 0:
-                if self.engine.slots[slot].size:
-                    raise CacheError("slot %d has %d bytes but no block" % (slot, self.engine.slots[slot].size))
-                continue
-            tier = self.engine.slots[slot].tier
-            if not (self.tier_first[tier] <= gb < self.tier_first[tier] + self.tier_count[tier]):
-                raise CacheError("entry %d of tier %d has its bytes in block %d of another tier"
-                                 % (self.engine.slots[slot].key, tier, gb))
-            ranges.setdefault(gb, []).append((self.s_offset[slot],
-                                              round_up(self.engine.slots[slot].size, self.alignment), slot))
-        for gb, spans in ranges.items():
-            spans.sort()
-            used = 0
-            for (start, length, slot), following in zip(spans, spans[1:] + [None]):
-                if start % self.alignment or start + length > self.blocks[gb].size:
-                    raise CacheError("entry in slot %d has a misaligned or out-of-block range" % slot)
-                if following is not None and start + length > following[0]:
-                    raise CacheError("entries in slots %d and %d overlap in block %d" % (slot, following[2], gb))
-                used += length
-            allocator = <Allocator>self.allocators[gb]
-            allocator.check()
-            if used + allocator.free_bytes != self.blocks[gb].size:
-                raise CacheError("block %d: %d bytes live + %d free != %d"
-                                 % (gb, used, allocator.free_bytes, self.blocks[gb].size))
-        for gb in range(self.n_blocks):
-            if gb in self.released:
-                if gb in ranges:
-                    raise CacheError("block %d was released but holds entries" % gb)
-                continue
-            if gb not in ranges and (<Allocator>self.allocators[gb]).free_bytes != self.blocks[gb].size:
-                raise CacheError("block %d holds no entry but is not entirely free" % gb)
+        cdef int32_t g
+        cdef uint32_t s
+        cdef TierLog* log
+        cdef Segment* seg
+        self.enter_read()
+        try:
+            seen = set()
+            for tier in range(self.n_tiers):
+                log = &self.logs[tier]
+                live_sum = 0
+                pinned_segments = 0
+                free_count = 0
+                g = log.free_top
+                free_set = set()
+                while g >= 0:
+                    if g in free_set or self.segs[g].state != SEG_FREE:
+                        raise CacheError(f"tier {tier}: free stack holds segment {g} in state "
+                                         f"{self.segs[g].state} (or twice)")
+                    free_set.add(g)
+                    g = self.segs[g].link_next
+                if len(free_set) != log.n_free:
+                    raise CacheError(f"tier {tier}: {len(free_set)} free segments, counted {log.n_free}")
+                for b in range(N_BUCKETS):
+                    g = log.buckets[b]
+                    if (g >= 0) != bool(log.bucket_bits >> b & 1):
+                        raise CacheError(f"tier {tier}: bucket {b}'s bit disagrees with its list")
+                    while g >= 0:
+                        if self.segs[g].bucket != b or self.segs[g].state != SEG_CLOSED or self.segs[g].pinned:
+                            raise CacheError(f"tier {tier}: segment {g} is listed in bucket {b} wrongly")
+                        g = self.segs[g].link_next
+                for g in range(log.first_segment, log.first_segment + log.n_segments):
+                    seg = &self.segs[g]
+                    if seg.state == SEG_FREE:
+                        if g not in free_set or seg.first != VC_NIL:
+                            raise CacheError(f"tier {tier}: free segment {g} is not free")
+                        continue
+                    if seg.state == SEG_CLAIMED:
+                        raise CacheError(f"tier {tier}: segment {g} is left claimed")
+                    if seg.state == SEG_OPEN and log.head != g:
+                        raise CacheError(f"tier {tier}: segment {g} is open but not the head")
+                    if seg.pinned:
+                        pinned_segments += 1
+                    if seg.state == SEG_RUN:
+                        continue
+                    if seg.state == SEG_CLOSED and not seg.pinned and seg.bucket != _bucket_of(seg.live, log.segment_size):
+                        raise CacheError(f"tier {tier}: closed segment {g} is not in its bucket")
+                    total = 0
+                    pins = 0
+                    spans = []
+                    s = seg.first
+                    while s != VC_NIL:
+                        if s in seen:
+                            raise CacheError(f"slot {s} is listed twice")
+                        seen.add(s)
+                        if self.s_seg[s] != g or self.engine.slots[s].tier != tier:
+                            raise CacheError(f"slot {s} is listed in segment {g} of tier {tier} "
+                                             f"but is in segment {self.s_seg[s]} of tier "
+                                             f"{self.engine.slots[s].tier}")
+                        c = self.charge(self.engine.slots[s].size)
+                        start = self.s_offset[s] - seg.offset
+                        if self.s_offset[s] % self.alignment or start + c > seg.fill:
+                            raise CacheError(f"slot {s}'s range leaves segment {g}'s filled part")
+                        spans.append((start, c, s))
+                        total += c
+                        pins += self.s_pinned[s]
+                        s = self.s_next[s]
+                    spans.sort()
+                    for (a, la, sa), (b2, lb, sb) in zip(spans, spans[1:]):
+                        if a + la > b2:
+                            raise CacheError(f"entries in slots {sa} and {sb} overlap in segment {g}")
+                    if total != seg.live:
+                        raise CacheError(f"segment {g}: entries hold {total} bytes, live says {seg.live}")
+                    if pins != seg.pinned:
+                        raise CacheError(f"segment {g}: {pins} pinned entries, counted {seg.pinned}")
+                    live_sum += total
+                for g in range(log.first_segment, log.first_segment + log.n_segments):
+                    seg = &self.segs[g]
+                    if seg.state == SEG_RUN and seg.first != VC_NIL and self.s_seg[seg.first] == g:
+                        s = seg.first
+                        c = self.charge(self.engine.slots[s].size)
+                        k = self.run_length(c, tier)
+                        for j in range(g, g + k):
+                            if self.segs[j].state != SEG_RUN or self.segs[j].block != seg.block:
+                                raise CacheError(f"run of slot {s} at segment {g} is broken at {j}")
+                        seen.add(s)
+                        live_sum += c
+                        if self.s_seg[s] != g or self.engine.slots[s].tier != tier:
+                            raise CacheError(f"run entry in slot {s} is misfiled")
+                if live_sum != log.live:
+                    raise CacheError(f"tier {tier}: entries hold {live_sum} bytes, live says {log.live}")
+                if pinned_segments != log.n_pinned:
+                    raise CacheError(f"tier {tier}: {pinned_segments} pinned segments, counted {log.n_pinned}")
+            for slot in range(self.cap_slots):
+                state = self.s_state[slot]
+                if state == S_NONE:
+                    continue
+                if state != S_PLACED:
+                    raise CacheError("slot %d is left in state %d between operations" % (slot, state))
+                if self.engine.slots[slot].tier < 0:
+                    raise CacheError("slot %d holds bytes but the engine has no entry there" % slot)
+                if self.s_seg[slot] < 0:
+                    if self.engine.slots[slot].size:
+                        raise CacheError("slot %d has %d bytes but no segment" % (slot, self.engine.slots[slot].size))
+                elif slot not in seen:
+                    raise CacheError("slot %d is in no segment's list" % slot)
+                if bool(self.s_pinned[slot]) != bool(self.engine.slots[slot].pins):
+                    raise CacheError("slot %d's pin state disagrees with the engine" % slot)
+        finally:
+            self.leave_read()
