@@ -179,7 +179,7 @@ class BufferCache(Storage):
         if on_evict is not None and not callable(on_evict):
             raise TypeError(f"on_evict must be callable or None, got {on_evict!r}. "
                             f"Fix: pass a function taking one CacheEntry.")
-        owned = not isinstance(backend, StorageBackend)
+        # The cache owns its backend (a backend object given here too): close() closes it.
         self._backend = open_backend(backend, device_index)
         try:
             claim = getattr(self._backend, "claim", None)
@@ -200,14 +200,8 @@ class BufferCache(Storage):
                 for kind, layout in zip(kinds, layouts)]
             self._take_memory(self._engine, self._backend, self._memories, layouts, on_evict)
         except BaseException:
-            if owned:
-                self._backend.close()
-            else:
-                release = getattr(self._backend, "release_claim", None)
-                if release is not None:
-                    release(self)
+            self._backend.close()
             raise
-        self._owns_backend = owned
         self._headroom = headroom
         self._open = True
 
@@ -223,12 +217,7 @@ class BufferCache(Storage):
             return
         self._close_storage()
         self._open = False
-        if self._owns_backend:
-            self._backend.close()
-        else:
-            release = getattr(self._backend, "release_claim", None)
-            if release is not None:
-                release(self)
+        self._backend.close()
 
     def __enter__(self) -> "BufferCache":
         return self
@@ -341,8 +330,8 @@ class BufferCache(Storage):
 
     def counters(self) -> list[dict[str, float]]:
         """Per tier: the engine's counters plus cleanings, cleaning_bytes, compactions,
-        compaction_bytes, fragmentation_evictions, memory and fragmentation (1 - largest free
-        range / free bytes)."""
+        compaction_bytes, fragmentation_evictions, memory and fragmentation (the share of the
+        free bytes that lies as dead space in closed segments, waiting to be cleaned)."""
         self._live()
         merged = []
         for index, counts in enumerate(self._engine.counters()):
@@ -353,7 +342,8 @@ class BufferCache(Storage):
             memory = self._tier_memory(index)
             row["memory"] = memory["memory"]
             free = memory["free_bytes"]
-            row["fragmentation"] = 1.0 - memory["largest_free"] / free if free else 0.0
+            # Free bytes stuck as dead space in closed segments, waiting to be cleaned.
+            row["fragmentation"] = 1.0 - memory["ready_bytes"] / free if free else 0.0
             merged.append(row)
         return merged
 

@@ -54,6 +54,7 @@ cdef enum SlotState:
     S_NONE = 0          # no bytes (free slot, or an entry that left)
     S_PLACED = 1        # at (s_seg, s_offset) in its tier
     S_LIFTED = 2        # still there, but the engine moved the entry: its PLACE follows
+    S_PARKED = 3        # lifted, and its bytes wait in host memory (self.parked) for the PLACE
 
 ctypedef struct CopyRow:
     uint32_t src_block
@@ -127,6 +128,8 @@ cdef class Storage:
     cdef readonly bint closed
     cdef uint64_t* counters
     cdef readonly uint64_t misses              # access() misses (counted on tier 0)
+    cdef list lifted                           # slots in state S_LIFTED during an operation
+    cdef dict parked                           # slot -> numpy copy of a parked entry's bytes
     cdef int32_t room_seg                      # find_room()'s answer
     cdef uint64_t room_offset
 
@@ -151,6 +154,8 @@ cdef class Storage:
         self.blocks = []
         self.wave_starts = []
         self.evicted = []
+        self.lifted = []
+        self.parked = {}
         self.on_evict = on_evict
         self.n_segs = sum(layout[1] for layout in layouts)
         self.logs = <TierLog*>realloc(NULL, max(self.n_tiers, 1) * sizeof(TierLog))
@@ -488,12 +493,37 @@ cdef class Storage:
             if v < 0 and h >= 0 and self.segs[h].pinned == 0:
                 self.close_head(tier)
                 continue
+            if self.park_lifted(tier):
+                continue
             if v < 0:
                 if not self.displace_a_run(tier):
                     return False
                 continue
             if not self.displace_entries(v):
                 return False
+
+    cdef bint park_lifted(self, int tier) except -1:
+        """Park the bytes of entries lifted out of `tier` in host memory and free their ranges
+        (a swap between two full tiers: the entry leaving makes the room the other one needs).
+        False when there was none."""
+        cdef bint any_parked = False
+        for slot in list(self.lifted):
+            if self.s_seg[slot] >= 0 and self.segs[self.s_seg[slot]].tier == tier:
+                self.park(slot)
+                any_parked = True
+        return any_parked
+
+    cdef int park(self, Py_ssize_t slot) except -1:
+        cdef uint64_t size = self.engine.slots[slot].size
+        cdef int32_t g = self.s_seg[slot]
+        parked = np.empty(size, dtype=np.uint8)
+        self.flush()
+        self.read_data(self.segs[g].block, self.s_offset[slot], <char*>cnp.PyArray_DATA(parked), size)
+        self.unlink_entry(slot, self.charge(size))
+        self.parked[slot] = parked
+        self.s_state[slot] = S_PARKED
+        self.lifted.remove(slot)
+        return 0
 
     cdef bint displace_a_run(self, int tier) except -1:
         """The last resort of a tier holding only pinned segments and runs: displace a run."""
@@ -554,9 +584,12 @@ cdef class Storage:
             slot = following
         return any_done
 
-    cdef bint displace_now(self, Py_ssize_t slot) except -1:
-        """Displace one entry and replay what that did at once (the caller needs its room now)."""
+    cdef bint displace_now(self, Py_ssize_t slot, bint moving=False) except -1:
+        """Displace one entry and replay what that did at once (the caller needs its room now).
+        Only entries in place qualify, unless `moving`: the entry whose own move found no room."""
         cdef Py_ssize_t first = self.engine.n_events, i
+        if self.s_state[slot] != S_PLACED and not moving:
+            return False
         if not self.engine.op_displace(<uint32_t>slot):
             return False
         i = first
@@ -590,7 +623,11 @@ cdef class Storage:
                     cost = <uint64_t>-1
                     break
                 if self.segs[j].state == SEG_RUN:
-                    cost += log.segment_size
+                    # Parking a lifted entry is a copy; displacing another one loses it.
+                    if self.s_state[self.segs[j].first] == S_LIFTED:
+                        cost += log.segment_size
+                    else:
+                        cost += 4 * log.segment_size
                 else:
                     cost += self.segs[j].live
             if cost == <uint64_t>-1:
@@ -613,9 +650,13 @@ cdef class Storage:
                 self.segs[j].state = SEG_CLAIMED
         for j in range(best, best + k):
             if self.segs[j].state == SEG_RUN:
-                if not self.displace_now(self.segs[j].first):
+                slot = self.segs[j].first
+                if self.s_state[slot] == S_LIFTED:
+                    self.park(slot)
+                elif self.displace_now(slot):
+                    self.counters[tier * SC_N + SC_FRAGMENTATION_EVICTIONS] += 1
+                else:
                     return self.unclaim(best, k)
-                self.counters[tier * SC_N + SC_FRAGMENTATION_EVICTIONS] += 1
             if self.segs[j].state == SEG_FREE:
                 # Freed by a displacement just now (a run reaching into the window).
                 self.take_free(j)
@@ -627,11 +668,16 @@ cdef class Storage:
                 ec = self.charge(self.engine.slots[slot].size)
                 if self.alloc_small(tier, ec, &target, &offset):
                     self.move_range(slot, target, offset, ec)
+                    self.counters[tier * SC_N + SC_CLEANING_BYTES] += ec
+                elif self.s_state[slot] == S_LIFTED:
+                    self.park(slot)
                 elif self.displace_now(slot):
                     self.counters[tier * SC_N + SC_FRAGMENTATION_EVICTIONS] += 1
                 else:
                     return self.unclaim(best, k)
                 slot = following
+        if best_cost:
+            self.counters[tier * SC_N + SC_CLEANINGS] += 1
         for j in range(best, best + k):
             self.segs[j].state = SEG_RUN
             self.segs[j].fill = self.logs[tier].segment_size
@@ -703,15 +749,20 @@ cdef class Storage:
         cdef Py_ssize_t slot = ev.slot
         self.ensure_slots(slot + 1)
         if ev.kind == EV_REMOVE or ev.kind == EV_EVICT:
-            if self.s_state[slot] != S_NONE:
+            if self.s_state[slot] == S_PARKED:
+                del self.parked[slot]
+            elif self.s_state[slot] != S_NONE:
+                if self.s_state[slot] == S_LIFTED:
+                    self.lifted.remove(slot)
                 self.unlink_entry(slot, self.charge(ev.size))
-                self.s_state[slot] = S_NONE
+            self.s_state[slot] = S_NONE
             self.s_pinned[slot] = 0
             if ev.kind == EV_EVICT and self.report_evictions:
                 self.evicted.append(CacheEntry(ev.key, ev.size, ev.src_tier))
         elif ev.kind == EV_LIFT:
             if self.s_state[slot] == S_PLACED:
                 self.s_state[slot] = S_LIFTED
+                self.lifted.append(slot)
         elif ev.kind == EV_INSERT:
             self.s_state[slot] = S_NONE
             self.s_seg[slot] = -1
@@ -729,6 +780,10 @@ cdef class Storage:
         if size == 0:
             if not new:
                 self.unlink_entry(slot, 0)
+                if self.s_state[slot] == S_LIFTED:
+                    self.lifted.remove(slot)
+                elif self.s_state[slot] == S_PARKED:
+                    del self.parked[slot]
             self.s_seg[slot] = -1
             self.s_state[slot] = S_PLACED
             return 0
@@ -738,16 +793,23 @@ cdef class Storage:
                 raise CacheError("internal: no room in tier %d for %d bytes" % (tier, size))
             # A move whose target has no room even after displacing (pins): the entry moves on
             # down (or leaves) instead, as a victim of that tier would.
-            if not self.displace_now(slot):
+            if self.s_state[slot] == S_LIFTED:
+                self.park(slot)
+            if not self.displace_now(slot, True):
                 raise CacheError("internal: entry in slot %d can neither move nor leave" % slot)
             return 0
         g = self.room_seg
         offset = self.room_offset
-        if new:
-            self.write_data(self.segs[g].block, offset, self.data, size, g)
+        if new or self.s_state[slot] == S_PARKED:
+            if new:
+                self.write_data(self.segs[g].block, offset, self.data, size, g)
+            else:
+                parked = self.parked.pop(slot)
+                self.write_data(self.segs[g].block, offset, <const char*>cnp.PyArray_DATA(parked), size, g)
             self.s_wave[slot] = self.wave if self.n_rows else 0
             self.s_state[slot] = S_PLACED
         else:
+            self.lifted.remove(slot)
             src = self.s_seg[slot]      # read now: making room may have moved this very entry
             self.copy_bytes(slot, self.segs[src].block, self.s_offset[slot], self.segs[g].block,
                             offset, size, src, g)
@@ -893,12 +955,9 @@ cdef class Storage:
 
     cdef int enter(self) except -1:
         """Take the lock for one operation; refuse a closed cache and re-entry from a callback."""
-        if self.closed:
-            raise CacheClosedError("this BufferCache is closed and its memory was freed. "
-                                   "Fix: create a new BufferCache.")
-        if self.busy:
-            raise CacheError(IN_USE_MESSAGE)
-        self.engine.op_begin()
+        self.lock()
+        self.engine.op_begin()          # the lock again (it nests), and a fresh event log
+        self.engine.release()
         self.busy = 1
         self.evicted = []
         self.report_evictions = self.on_evict is not None
@@ -1074,13 +1133,21 @@ cdef class Storage:
             PyBuffer_Release(&buffer)
 
     cdef int enter_read(self) except -1:
+        self.lock()
+        self.busy = 1
+        return 0
+
+    cdef int lock(self) except -1:
+        """Take the engine's lock (other threads wait), then refuse a closed cache and a call
+        from inside a running operation (the lock nests for that thread, so it gets this far)."""
+        self.engine.acquire()
         if self.closed:
+            self.engine.release()
             raise CacheClosedError("this BufferCache is closed and its memory was freed. "
                                    "Fix: create a new BufferCache.")
         if self.busy:
+            self.engine.release()
             raise CacheError(IN_USE_MESSAGE)
-        self.engine.acquire()
-        self.busy = 1
         return 0
 
     cdef void leave_read(self) noexcept:
@@ -1302,7 +1369,8 @@ cdef class Storage:
 
     def _tier_memory(self, int tier):
         """Memory facts of one tier: memory, segment_size, segments, free_segments, live,
-        free_bytes and largest_free (free segments in a row, or the head's room)."""
+        free_bytes, ready_bytes (in free segments and the head's room: appendable without
+        cleaning) and largest_free (free segments in a row, or the head's room)."""
         cdef TierLog* log = &self.logs[tier]
         cdef int32_t g, run = 0, best = 0
         cdef uint64_t head_room = 0
@@ -1319,6 +1387,7 @@ cdef class Storage:
         return {"memory": log.memory, "segment_size": log.segment_size,
                 "segments": log.n_segments, "free_segments": log.n_free, "live": log.live,
                 "free_bytes": log.memory - log.live,
+                "ready_bytes": <uint64_t>log.n_free * log.segment_size + head_room,
                 "largest_free": max(<uint64_t>best * log.segment_size, head_room),
                 "max_entry": log.max_entry}
 
@@ -1335,9 +1404,7 @@ cdef class Storage:
         """Free every block (idempotent).  Raises CacheError when called from inside an operation."""
         if self.closed:
             return
-        if self.busy:
-            raise CacheError(IN_USE_MESSAGE)
-        self.engine.acquire()
+        self.lock()
         try:
             self.closed = True
             self.release_blocks()
