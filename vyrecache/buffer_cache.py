@@ -29,7 +29,7 @@ __all__ = ["BufferCache", "BufferLocation", "BufferTierView", "CompactionReport"
 #: Share of each tier's memory its entries never fill (cleaning copies at most
 #: (1 - headroom) / headroom bytes per byte put in the worst case; see BENCHMARKS.md for the
 #: measured write amplification against headroom).
-DEFAULT_HEADROOM = 0.2
+DEFAULT_HEADROOM = 0.35
 #: The largest segment a tier is cut into (small tiers get smaller ones).
 DEFAULT_SEGMENT_SIZE = 4 << 20
 

@@ -959,21 +959,23 @@ cdef class Storage:
         self.engine.op_begin()          # the lock again (it nests), and a fresh event log
         self.engine.release()
         self.busy = 1
-        self.evicted = []
         self.report_evictions = self.on_evict is not None
         return 0
 
     cdef int leave(self) except -1:
         """Finish the copies, release the lock, report the victims, raise what a callback raised."""
-        cdef list evicted
+        cdef list evicted = None
         try:
-            self.flush()
+            if self.n_rows:
+                self.flush()
+            else:
+                self.finish_run()
         finally:
             self.engine.n_events = 0
             self.busy = 0
             error = self.engine.op_end()
-        evicted, self.evicted = self.evicted, []
-        if evicted:
+        if self.evicted:
+            evicted, self.evicted = self.evicted, []
             callback = self.on_evict
             for entry in evicted:
                 try:

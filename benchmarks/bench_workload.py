@@ -1,0 +1,149 @@
+"""The demo's workload, side by side: BufferCache per call against the few lines a user would write.
+
+The workload is ``vyrecache demo``'s (KV blocks of 16 KiB, a partial last block per chain and one
+partial decode block per request, host 48 MiB + device 8 MiB, promotion at the third access).
+Every contestant serves the same access stream in one process, interleaved round by round, with
+its payloads made before timing:
+
+* ``OrderedDict``: two OrderedDicts of numpy arrays with the same rules (promote at 3 accesses,
+  the fast tier's victims spill into the slow one, the slow tier's leave);
+* ``BufferCache host`` / ``BufferCache vulkan``: ``access(key)``, and ``put(key, block)`` on a
+  miss, per call.
+
+It prints accesses/s, hit ratio, bytes put, bytes copied to make room and the write
+amplification, and the memcpy bound: the time ``np.copyto`` takes for the bytes put, in the same
+sizes.  Run: ``python benchmarks/bench_workload.py [--requests N] [--rounds R] [--headroom S ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import OrderedDict
+
+import numpy as np
+
+import vyrecache as vc
+from vyrecache.cli.workload import KvWorkload
+
+HOST, DEVICE, BLOCK, THRESHOLD = 48 << 20, 8 << 20, 16 << 10, 3
+
+
+class OrderedDictPeer:
+    """Two LRU tiers of numpy arrays: the slow one takes puts, the fast one promoted entries."""
+
+    def __init__(self, slow: int, fast: int) -> None:
+        self.tiers = [OrderedDict(), OrderedDict()]
+        self.capacity = [slow, fast]
+        self.used = [0, 0]
+        self.frequency: dict[int, int] = {}
+
+    def _make_room(self, tier: int, size: int) -> None:
+        entries = self.tiers[tier]
+        while self.used[tier] + size > self.capacity[tier] and entries:
+            key, value = entries.popitem(last=False)
+            self.used[tier] -= value.nbytes
+            if tier == 1 and self.used[0] + value.nbytes <= self.capacity[0] or tier == 1:
+                self._make_room(0, value.nbytes)
+                self.tiers[0][key] = value
+                self.used[0] += value.nbytes
+            else:
+                del self.frequency[key]
+
+    def access(self, key: int) -> int:
+        for tier in (1, 0):
+            entries = self.tiers[tier]
+            if key in entries:
+                entries.move_to_end(key)
+                count = self.frequency[key] = self.frequency[key] + 1
+                if tier == 0 and count >= THRESHOLD:
+                    value = entries.pop(key)
+                    self.used[0] -= value.nbytes
+                    self._make_room(1, value.nbytes)
+                    self.tiers[1][key] = value
+                    self.used[1] += value.nbytes
+                return tier
+        return -1
+
+    def put(self, key: int, data: np.ndarray) -> None:
+        self._make_room(0, data.nbytes)
+        self.tiers[0][key] = data.copy()
+        self.used[0] += data.nbytes
+        self.frequency[key] = 0
+
+
+def serve(cache, keys: list[int], blocks: list[np.ndarray]) -> tuple[float, list[bool]]:
+    """Seconds to serve every access, and which ones hit (recorded after the timed loop)."""
+    tiers = []
+    started = time.perf_counter()
+    for key, block in zip(keys, blocks):
+        tier = cache.access(key)
+        if tier < 0:
+            cache.put(key, block)
+        tiers.append(tier)
+    seconds = time.perf_counter() - started
+    return seconds, [tier >= 0 for tier in tiers]
+
+
+def memcpy_bound(blocks: list[np.ndarray]) -> float:
+    """Seconds np.copyto takes to copy every block once into an arena (its pages touched first)."""
+    arena = np.ones(sum(block.nbytes for block in blocks), dtype=np.uint8)
+    started = time.perf_counter()
+    offset = 0
+    for block in blocks:
+        np.copyto(arena[offset:offset + block.nbytes], block)
+        offset += block.nbytes
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--headroom", type=float, nargs="*", default=[vc.buffer_cache.DEFAULT_HEADROOM])
+    parser.add_argument("--no-vulkan", action="store_true")
+    args = parser.parse_args()
+    workload = KvWorkload(4096, BLOCK, seed=0)
+    keys_array, sizes = workload.batch(args.requests)
+    keys = keys_array.tolist()
+    source = np.random.default_rng(0).integers(0, 256, BLOCK, dtype=np.uint8)
+    blocks = [source[:size] for size in sizes.tolist()]
+    tiers = [vc.CacheTier("host", HOST, "host"), vc.CacheTier("device", DEVICE, "device")]
+    contestants = {"OrderedDict": lambda headroom: OrderedDictPeer(HOST, DEVICE)}
+    backends = ["host"] + ([] if args.no_vulkan else ["vulkan"])
+    for backend in backends:
+        contestants[f"BufferCache {backend}"] = (
+            lambda headroom, backend=backend: vc.BufferCache(tiers, backend=backend, headroom=headroom))
+    print(f"workload: {len(keys):,} accesses, blocks of {BLOCK >> 10} KiB, host {HOST >> 20} MiB + "
+          f"device {DEVICE >> 20} MiB")
+    for headroom in args.headroom:
+        best: dict[str, float] = {}
+        facts: dict[str, str] = {}
+        put_bytes = 0
+        for _ in range(args.rounds):
+            for name, make in contestants.items():
+                cache = make(headroom)
+                seconds, hit_mask = serve(cache, keys, blocks)
+                hits = sum(hit_mask)
+                missed = [block for block, hit in zip(blocks, hit_mask) if not hit]
+                best[name] = min(best.get(name, float("inf")), seconds)
+                if isinstance(cache, vc.BufferCache):
+                    put_bytes = cache.puts_bytes
+                    copied = sum(tier["cleaning_bytes"] for tier in cache.counters())
+                    facts[name] = (f"hit {hits / len(keys):.3f}, put {put_bytes / 2**20:,.0f} MiB, "
+                                   f"copied {copied / 2**20:,.0f} MiB, WA {cache.write_amplification():.3f}")
+                    cache.close()
+                else:
+                    facts[name] = f"hit {hits / len(keys):.3f}"
+        bound = memcpy_bound(missed)
+        peer = best["OrderedDict"]
+        print(f"\nheadroom {headroom}:")
+        for name, seconds in best.items():
+            print(f"  {name:<20} {len(keys) / seconds:>12,.0f} accesses/s  {peer / seconds:5.2f}x peer   "
+                  f"{facts[name]}")
+        print(f"  memcpy bound (np.copyto of the bytes put, in the same sizes): {bound * 1e3:.1f} ms, "
+              f"{len(keys) / bound:,.0f} accesses/s")
+
+
+if __name__ == "__main__":
+    main()
