@@ -606,6 +606,12 @@ def pinned_error():
     return error
 
 
+def test_pinned_error_is_a_public_cache_error():
+    import vyrecache.errors
+    assert issubclass(pinned_error(), vc.CacheError)
+    assert "PinnedError" in vc.__all__ and "PinnedError" in vyrecache.errors.__all__
+
+
 @pytest.mark.xfail(strict=True, reason="put and remove replace or drop a pinned entry")
 @pytest.mark.parametrize("operation", ["put", "remove"])
 def test_put_and_remove_of_a_pinned_key_raise(make_cache, operation):

@@ -10,7 +10,7 @@ from .cache import (AccessStats, CacheEntry, CacheTier, LruPolicy, TieredCache, 
                     TierView)
 from .errors import (AllPinnedError, CacheClosedError, CacheError, CapacityAccountingError,
                      DeviceError, DeviceLostError, DeviceOutOfMemoryError, EntryTooLargeError,
-                     KeyNotFoundError, VulkanUnavailableError)
+                     KeyNotFoundError, PinnedError, VulkanUnavailableError)
 
 if TYPE_CHECKING:
     from .vulkan.info import DeviceInfo
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = [
     "__version__",
     "CacheError", "KeyNotFoundError", "EntryTooLargeError", "CapacityAccountingError",
-    "AllPinnedError", "CacheClosedError", "DeviceError", "DeviceOutOfMemoryError",
+    "AllPinnedError", "PinnedError", "CacheClosedError", "DeviceError", "DeviceOutOfMemoryError",
     "DeviceLostError", "VulkanUnavailableError",
     "TieredCache", "CacheTier", "LruPolicy", "TierPolicy", "CacheEntry", "AccessStats", "TierView",
     "BufferCache", "BufferLocation", "CompactionReport", "devices",

@@ -12,6 +12,7 @@ __all__ = [
     "EntryTooLargeError",
     "CapacityAccountingError",
     "AllPinnedError",
+    "PinnedError",
     "CacheClosedError",
     "DeviceError",
     "DeviceOutOfMemoryError",
@@ -49,6 +50,10 @@ class CapacityAccountingError(CacheError, OverflowError):
 
 class AllPinnedError(CacheError):
     """Room could not be made because every eviction candidate is pinned."""
+
+
+class PinnedError(CacheError):
+    """The operation would replace or remove a pinned entry; unpin it first."""
 
 
 class CacheClosedError(CacheError):
