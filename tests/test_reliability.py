@@ -239,7 +239,6 @@ print("OK")
 """
 
 
-@pytest.mark.xfail(strict=True, reason="a backend object is accepted by a second cache; closing one breaks the other")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_backend_belongs_to_one_cache(request, backend):
     assert_child_ok(run_child(request, backend, SHARED_BACKEND), "REJECTED True", "OK")

@@ -91,6 +91,7 @@ class BufferCache:
         tiers = list(tiers)
         kinds = _tier_kinds(tiers)
         self._backend = open_backend(backend, device_index)
+        self._backend.claim(self)
         try:
             self._engine = TieredCache(tiers, policy=policy, spill=spill, on_evict=None,
                                        granularity=self._backend.alignment)
