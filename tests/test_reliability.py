@@ -704,7 +704,6 @@ def test_an_entry_as_large_as_an_empty_tier_fits(make_cache, capacity):
 
 # -- argument checks ----------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="compact() passes max_bytes to the planner unchecked")
 @pytest.mark.parametrize("max_bytes", [-1, "x", 2**64, 1.5, True], ids=repr)
 def test_compact_rejects_a_bad_budget(make_cache, max_bytes):
     cache = make_cache([vc.CacheTier("host", 4096, memory="host")])

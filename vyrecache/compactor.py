@@ -8,6 +8,7 @@ the report.
 
 from __future__ import annotations
 
+import operator
 import time
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ import numpy as np
 from ._core import compaction
 from .errors import DeviceOutOfMemoryError
 
-__all__ = ["CompactionReport", "compact_tier", "make_hole", "compact_for_room"]
+__all__ = ["CompactionReport", "compact_tier", "make_hole", "compact_for_room", "check_max_bytes"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,24 @@ class CompactionReport:
     complete: bool = True
 
 
+def check_max_bytes(max_bytes: object) -> int | None:
+    """``max_bytes`` as a Python int in [0, 2**64), or None; anything else raises, naming it.
+
+    Any integer type is accepted (numpy's included); bools, floats and strings are not.
+    """
+    if max_bytes is None:
+        return None
+    if isinstance(max_bytes, (bool, np.bool_)) or not hasattr(type(max_bytes), "__index__"):
+        raise TypeError(f"max_bytes must be an int or None, got {type(max_bytes).__name__} "
+                        f"{max_bytes!r}. Fix: pass a byte count such as 64 << 20, or None for no "
+                        f"limit.")
+    value = operator.index(max_bytes)
+    if not 0 <= value < 1 << 64:
+        raise ValueError(f"max_bytes must be in [0, 2**64), got {max_bytes!r}. Fix: pass a byte "
+                         f"count such as 64 << 20, or None for no limit.")
+    return value
+
+
 def compact_tier(storage, backend, tier: int, max_bytes: int | None = None,
                  region: tuple[int, int, int] | None = None, release: bool = False) -> CompactionReport:
     """Slide the live, unpinned entries of ``tier`` together; pinned ones stay where they are.
@@ -49,6 +68,7 @@ def compact_tier(storage, backend, tier: int, max_bytes: int | None = None,
     are given back to the backend; the cache takes them back before
     its next operation that stores bytes.
     """
+    max_bytes = check_max_bytes(max_bytes)
     started = time.perf_counter()
     block_ids = [gb for gb in storage.tier_blocks(tier) if not storage.is_released(gb)]
     largest_before = storage.largest_free(tier)
