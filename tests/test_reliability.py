@@ -37,12 +37,6 @@ def payload(key: int, size: int, version: int = 0) -> bytes:
     return rng.integers(0, 256, size, dtype=np.uint8).tobytes()
 
 
-def xfail_on(request, backend: str, wanted: str, reason: str) -> None:
-    """A strict expected failure for one backend only (the other one already behaves)."""
-    if backend == wanted:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
-
-
 @pytest.fixture(params=BACKENDS)
 def backend_name(request):
     return request.param
