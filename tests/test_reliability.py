@@ -310,8 +310,8 @@ def test_a_failing_policy_leaves_the_cache_whole(make_cache, policy_class, error
 def fragmented_cache(make_cache, seed: int = 7):
     """A tier of entries of many sizes with holes between them, and the model of its bytes.
 
-    Returns (cache, model, key, data): ``data`` is larger than the largest hole but no larger
-    than the free bytes, so its put has to compact (or evict) to find a contiguous range.
+    Returns (cache, model, key, data): ``data`` is larger than the largest hole (and, here, no
+    larger than the free bytes), so its put has to compact or evict to find a contiguous range.
     """
     rng = random.Random(seed)
     cache = make_cache([vc.CacheTier("host", 16384, memory="host")])
@@ -324,7 +324,7 @@ def fragmented_cache(make_cache, seed: int = 7):
         cache.remove(key)                      # holes all over the tier
     free = cache.tiers[0].capacity - cache.tiers[0].used
     largest = round(free * (1 - cache.counters()[0]["fragmentation"]))
-    assert largest < free, "the tier is not fragmented"
+    # Larger than the largest hole: the put compacts, or evicts if the storage keeps no holes.
     key, data = 1000, payload(1000, largest + 1)
     model[key] = {data}
     return cache, model, key, data
