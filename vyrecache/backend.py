@@ -84,6 +84,21 @@ class StorageBackend(ABC):
     #: Largest block this backend allocates.
     max_block_size: int = 1 << 30
 
+    def claim(self, owner: object) -> None:
+        """Make this backend ``owner``'s own; a second claim, by any owner, raises ValueError.
+
+        A backend frees every block it handed out when it is closed, so a backend shared by two
+        caches would free the memory of one when the other closes.  The claim is never released:
+        a closed cache's backend is closed too.
+        """
+        holder = getattr(self, "_claimed_by", None)
+        if holder is not None:
+            raise ValueError(f"backend {self!r} already belongs to {holder}. Fix: give each cache "
+                             f"its own backend (pass backend='host' or 'vulkan', or one "
+                             f"VulkanBackend(device=...) per cache over a shared Device).")
+        # A description, not a reference: the backend must not keep its cache alive.
+        self._claimed_by = f"the {type(owner).__name__} at {id(owner):#x}"
+
     @abstractmethod
     def resolve_memory(self, kind: str, capacity: int) -> TierMemory:
         """Choose the memory for a tier of ``kind`` ("device" or "host") holding ``capacity`` bytes."""

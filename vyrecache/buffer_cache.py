@@ -181,6 +181,7 @@ class BufferCache(Storage):
                             f"Fix: pass a function taking one CacheEntry.")
         # The cache owns its backend (a backend object given here too): close() closes it.
         self._backend = open_backend(backend, device_index)
+        self._backend.claim(self)
         try:
             claim = getattr(self._backend, "claim", None)
             if claim is not None:

@@ -53,7 +53,7 @@ class AllPinnedError(CacheError):
 
 
 class PinnedError(CacheError):
-    """The entry is pinned, so it cannot be replaced or removed until it is unpinned."""
+    """The operation would replace or remove a pinned entry; unpin it first."""
 
 
 class CacheClosedError(CacheError):

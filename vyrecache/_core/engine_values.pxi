@@ -38,14 +38,23 @@ cdef uint64_t _u64_slow(object value, str what) except? 0:
     """Convert a key or size that is not a plain small int, or explain why it cannot be one."""
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{what} must be an int, got the bool {value!r}. "
-                        f"Fix: pass an int in [0, 2**64); True/False are not {what}s.")
+                        f"Fix: pass an int in [0, 2**64) instead of True/False.")
     if isinstance(value, float) or not hasattr(type(value), "__index__"):
         raise TypeError(f"{what} must be an int, got {type(value).__name__} {value!r}. "
                         f"Fix: pass an int in [0, 2**64) (convert with int() if it is integral).")
-    number = operator.index(value)
+    try:
+        number = operator.index(value)
+    except TypeError:
+        # Types whose __index__ refuses some values: numpy arrays of more than zero dimensions.
+        raise TypeError(f"{what} must be an int, got {type(value).__name__} {value!r}. "
+                        f"Fix: pass one int in [0, 2**64) (for a one-item array a, int(a[0])).") from None
     if number < 0 or number >= _TWO_64:
-        raise ValueError(f"{what} must be in [0, 2**64), got {number}. "
-                         f"Fix: map it into the unsigned 64-bit range, e.g. with hash() & (2**64 - 1).")
+        if what == "key":
+            advice = ("map it into the unsigned 64-bit range, e.g. key & (2**64 - 1), or "
+                      "hash(obj) & (2**64 - 1) for a key that is not an int")
+        else:
+            advice = f"pass a {what} in [0, 2**64)"
+        raise ValueError(f"{what} must be in [0, 2**64), got {number}. Fix: {advice}.")
     return <uint64_t>number
 
 
@@ -60,7 +69,8 @@ cdef object _as_u64_array(object values, str what, Py_ssize_t length=-1):
     """A 1-D uint64 array of `values`; a scalar is repeated `length` times when length >= 0."""
     if length >= 0 and not isinstance(values, (np.ndarray, list, tuple)):
         # A read-only view with stride 0: no per-key fill for the common "one size for all".
-        return np.broadcast_to(np.uint64(_as_u64(values, what)), (length,))
+        # `what` names the array ("sizes"); one value of it is one of them ("size").
+        return np.broadcast_to(np.uint64(_as_u64(values, what[:-1])), (length,))
     array = np.asarray(values)
     if array.dtype != np.uint64:
         if array.size == 0:
@@ -69,7 +79,7 @@ cdef object _as_u64_array(object values, str what, Py_ssize_t length=-1):
             if array.ndim == 1 and array.min() < 0:
                 index = int(np.argmin(array))
                 raise ValueError(f"{what}[{index}] must be in [0, 2**64), got {array[index]}. "
-                                 f"Fix: pass non-negative {what}s, ideally as a uint64 array.")
+                                 f"Fix: pass non-negative {what}, ideally as a uint64 array.")
             array = array.astype(np.uint64)
         elif array.dtype.kind != "u":
             raise TypeError(f"{what} must be an array of unsigned 64-bit ints, got dtype "

@@ -9,6 +9,7 @@ contract is complete.
 from __future__ import annotations
 
 import itertools
+import mmap
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,11 +17,34 @@ from typing import Any
 import numpy as np
 
 from ..backend import StorageBackend, StorageBlock, TierMemory
+from ..errors import DeviceOutOfMemoryError
 
 __all__ = ["HostBackend", "HostDeviceInfo", "compact_arrays"]
 
-# Blocks start on a cache-line boundary, like a driver's allocation would.
+# Blocks start on a cache-line boundary, like a driver's allocation would (mappings start on a
+# page boundary, which is one).
 _BLOCK_ALIGNMENT = 64
+_PAGE = mmap.PAGESIZE
+
+
+def available_memory() -> int | None:
+    """The bytes the kernel can hand out without swapping (MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _require_memory(nbytes: int, what: str) -> None:
+    available = available_memory()
+    if available is not None and nbytes > available:
+        raise DeviceOutOfMemoryError(
+            f"{what} of {nbytes} bytes does not fit in the {available} bytes of host memory "
+            f"available now (MemAvailable). Fix: make the tier smaller, or free memory first.")
 
 # Threads that share a streamed compaction: a few saturate memory bandwidth (measured on a
 # 2-core VM: 8-9 GB/s streamed by one thread, 12-16 GB/s by two).
@@ -68,13 +92,33 @@ class HostBackend(StorageBackend):
         return self._info
 
     def resolve_memory(self, kind: str, capacity: int) -> TierMemory:
+        # Rounded up to the alignment the capacity must still be a 64-bit byte count, and the
+        # machine must have the memory: a tier takes all of it at creation (allocate_block).
+        if capacity + self.alignment - 1 >= 1 << 64:
+            raise ValueError(f"a tier capacity must be below 2**64 - {self.alignment - 1} bytes "
+                             f"on the host backend, got {capacity}. Fix: pass a capacity in "
+                             f"bytes the machine can hold.")
+        _require_memory(capacity, "a host tier")
         return TierMemory(kind=kind, memory_type_index=-1, host_visible=True)
 
     def allocate_block(self, memory: TierMemory, size: int) -> StorageBlock:
-        raw = np.empty(size + _BLOCK_ALIGNMENT, dtype=np.uint8)
-        start = (-raw.ctypes.data) % _BLOCK_ALIGNMENT
-        array = raw[start:start + size]
-        block = StorageBlock(next(self._ids), array.ctypes.data, 0, size, -1, True, array, raw)
+        # An anonymous mapping, made huge-page friendly before its first touch, then touched
+        # page by page: the memory is committed now, so no later put finds it missing (numpy's
+        # empty() would only promise it, and the shortfall would kill the process on some write).
+        _require_memory(size, "a host block")
+        if size:
+            try:
+                mapping = mmap.mmap(-1, size)
+            except (OSError, OverflowError) as error:
+                raise DeviceOutOfMemoryError(f"could not map a host block of {size} bytes ({error}). "
+                                             f"Fix: make the tier smaller, or free memory first.") from None
+            if hasattr(mmap, "MADV_HUGEPAGE"):
+                mapping.madvise(mmap.MADV_HUGEPAGE)
+            array = np.frombuffer(mapping, dtype=np.uint8)
+            array[::_PAGE] = 0
+        else:
+            mapping, array = None, np.empty(0, dtype=np.uint8)
+        block = StorageBlock(next(self._ids), array.ctypes.data, 0, size, -1, True, array, mapping)
         self._blocks[block.id] = block
         return block
 
