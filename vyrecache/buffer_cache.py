@@ -131,6 +131,20 @@ def _tier_kinds(tiers: list[CacheTier]) -> list[str]:
     return kinds
 
 
+def _aligned_tier(tier: CacheTier, alignment: int) -> CacheTier:
+    """The tier with its capacity rounded up to the alignment, so an entry of the full
+    capacity fits; a capacity that is not an int in range is left for the engine to refuse."""
+    capacity = tier.capacity
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or not 0 <= capacity < 1 << 64:
+        return tier
+    rounded = -(-capacity // alignment) * alignment
+    if rounded >= 1 << 64:
+        raise ValueError(f"tier {tier.name!r}: capacity {capacity} cannot be held: rounded up to "
+                         f"the {alignment}-byte alignment it exceeds 2**64 bytes. Fix: pass a "
+                         f"capacity the machine can hold, e.g. 1 << 30.")
+    return CacheTier(tier.name, rounded, tier.memory)
+
+
 def _check_headroom(headroom: Any) -> float:
     if isinstance(headroom, bool) or not isinstance(headroom, (int, float)) or not 0.0 < headroom < 1.0:
         raise ValueError(f"headroom must be a number in (0, 1), got {headroom!r}. Fix: pass e.g. "
@@ -181,16 +195,10 @@ class BufferCache(Storage):
                             f"Fix: pass a function taking one CacheEntry.")
         # The cache owns its backend (a backend object given here too): close() closes it.
         self._backend = open_backend(backend, device_index)
-        self._backend.claim(self)
+        self._backend.claim(self)      # before the try: a refused claim must not close the owner's
         try:
-            claim = getattr(self._backend, "claim", None)
-            if claim is not None:
-                claim(self)
             alignment = self._backend.alignment
-            # Capacities round up to the alignment, so an entry of the full capacity fits.
-            rounded = [CacheTier(t.name, -(-int(t.capacity) // alignment) * alignment, t.memory)
-                       if isinstance(t.capacity, int) and not isinstance(t.capacity, bool)
-                       and 0 <= t.capacity < 1 << 64 else t for t in specs]
+            rounded = [_aligned_tier(tier, alignment) for tier in specs]
             self._engine = TieredCache(rounded, policy=policy, spill=spill, on_evict=None,
                                        granularity=alignment)
             self._engine.record_events = True
