@@ -340,7 +340,7 @@ def test_counter_names_are_documented_and_stable():
     assert list(COUNTERS)[:9] == ["hits", "misses", "inserts", "evictions", "promotions", "demotions",
                                   "spills", "bytes_in", "bytes_out"]
     assert {"compactions", "compaction_bytes", "fragmentation", "fragmentation_evictions",
-            "evacuations"} <= set(COUNTERS)
+            "cleanings", "cleaning_bytes", "memory"} <= set(COUNTERS)
     assert all(description for description in COUNTERS.values())
 
 

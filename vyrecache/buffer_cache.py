@@ -309,11 +309,6 @@ class BufferCache(Storage):
 
     # -- metadata ---------------------------------------------------------------------------
 
-    def get(self, key: int) -> CacheEntry | None:
-        """The entry's metadata, or None (not an access)."""
-        self._live()
-        return self._engine.get(key)
-
     def stats(self, key: int) -> Any:
         """The entry's AccessStats (frequency, last_access, size), or None when it is absent."""
         self._live()
@@ -379,14 +374,6 @@ class BufferCache(Storage):
         self._live()
         self._engine.check()
         self._check_storage()
-
-    def __len__(self) -> int:
-        self._live()
-        return len(self._engine)
-
-    def __contains__(self, key: object) -> bool:
-        self._live()
-        return key in self._engine
 
     def __iter__(self) -> Iterator[int]:
         self._live()

@@ -43,16 +43,17 @@ COUNTERS: dict[str, str] = {
     "spills": "entries that arrived in this tier by spilling: pushed out of the next faster one to make room",
     "bytes_in": "bytes of entries that arrived in this tier, for any reason",
     "bytes_out": "bytes of entries that left this tier, for any reason",
-    "compactions": "compaction passes run on this tier (automatic or by cache.compact())",
-    "compaction_bytes": "bytes moved inside this tier by compaction",
-    "fragmentation_evictions": "entries evicted because no contiguous range was free even after compaction",
-    "evacuations": "entries parked in host memory during an operation because their new range was still "
-                   "occupied (a swap between two full tiers)",
-    "fragmentation": "1 - largest free range / free bytes of this tier, now (0.0 = no holes)",
+    "cleanings": "segments (or windows of segments, for a large entry) cleaned to make room",
+    "cleaning_bytes": "bytes copied by cleaning (the write amplification's numerator)",
+    "compactions": "cache.compact() passes run on this tier",
+    "compaction_bytes": "bytes moved inside this tier by cache.compact()",
+    "fragmentation_evictions": "entries displaced because pinned segments left no other room",
+    "memory": "bytes of memory the tier took: capacity / (1 - headroom) in whole segments",
+    "fragmentation": "share of the free bytes lying as dead space in closed segments, now",
 }
 
 # Counters that are byte amounts (shown as KiB/MiB/GiB) and ratios (shown as %).
-_BYTE_COUNTERS = frozenset({"bytes_in", "bytes_out", "compaction_bytes"})
+_BYTE_COUNTERS = frozenset({"bytes_in", "bytes_out", "compaction_bytes", "cleaning_bytes", "memory"})
 _RATIO_COUNTERS = frozenset({"fragmentation"})
 
 

@@ -29,7 +29,8 @@ cnp.import_array()
 
 from vyrecache._core.allocator cimport round_up
 from vyrecache._core.engine cimport (Engine, Event, EV_INSERT, EV_REMOVE, EV_EVICT, EV_LIFT,
-                                     EV_PLACE, VC_NIL, ST_NOT_FOUND, parse_u64, parse_keys)
+                                     EV_PLACE, VC_NIL, ST_NOT_FOUND, parse_u64, parse_u64_array,
+                                     parse_keys)
 
 import math
 import time
@@ -1019,7 +1020,7 @@ cdef class Storage:
                               f"Fix: unpin it first (cache.unpin({key})), as often as it was pinned.")
         tier = self.engine.target_tier(size, VC_NIL if old < 0 else <uint32_t>old)
         if tier < 0:
-            return 0                    # the engine raises its own error, having changed nothing
+            return self.engine.raise_status(tier, key, size, index)
         if c > self.logs[tier].max_entry:
             largest = max(min(self.logs[t].max_entry, self.engine.tier_state[t].capacity)
                           for t in range(self.n_tiers))
@@ -1298,6 +1299,184 @@ cdef class Storage:
                 self.s_pinned[slot] = 0
         finally:
             self.leave_read()
+
+    def get(self, key):
+        """The entry's CacheEntry (key, size, tier), or None.  Not an access."""
+        cdef uint64_t k = parse_u64(key, "key")
+        cdef Py_ssize_t slot
+        self.enter_read()
+        slot = self.engine.slot_of(k)
+        entry = None if slot < 0 else CacheEntry(k, self.engine.slots[slot].size,
+                                                  self.engine.slots[slot].tier)
+        self.leave_read()
+        return entry
+
+    def __contains__(self, key):
+        cdef uint64_t k = parse_u64(key, "key")
+        cdef bint found
+        self.enter_read()
+        found = self.engine.slot_of(k) >= 0
+        self.leave_read()
+        return found
+
+    def __len__(self):
+        if self.closed:
+            raise CacheClosedError("this BufferCache is closed and its memory was freed. "
+                                   "Fix: create a new BufferCache.")
+        return len(self.engine)
+
+    # -- batches -----------------------------------------------------------------------------
+
+    def access_many(self, keys):
+        """access() for each key in order, in one call with the bytes moved as one batch; int8
+        array of the tier each key was found in (-1: absent, nothing inserted)."""
+        key_array = parse_keys(keys)
+        cdef const uint64_t[::1] kv = key_array
+        cdef Py_ssize_t i, n = kv.shape[0]
+        out = np.empty(n, dtype=np.int8)
+        cdef int8_t[::1] result = out
+        cdef int tier
+        self.enter()
+        try:
+            for i in range(n):
+                tier = self.engine.op_touch(kv[i])
+                if tier < 0:
+                    self.misses += 1
+                else:
+                    self.replay_checked()
+                result[i] = <int8_t>tier
+        finally:
+            self.leave()
+        return out
+
+    def put_many(self, keys, data, sizes=None):
+        """put() for each key in order, with the copies as one batch; True for each stored key.
+
+        ``data`` is a 2-D C-contiguous uint8 array with one row per key (entry i is
+        ``data[i, :sizes[i]]``; ``sizes`` defaults to the row length), or a sequence of buffers.
+        Every argument is checked before anything changes.  An error that can only arise part-way
+        (every candidate pinned) raises with ``stored``, the number of keys stored before it.
+        """
+        key_array = parse_keys(keys)
+        cdef const uint64_t[::1] kv = key_array
+        cdef Py_ssize_t i, n = kv.shape[0], stored = 0
+        cdef cnp.ndarray pointers = np.empty(n, dtype=np.uint64)
+        cdef cnp.ndarray lengths = np.empty(n, dtype=np.uint64)
+        cdef uint64_t[::1] pv = pointers, lv = lengths
+        cdef Py_buffer* buffers = NULL
+        cdef Py_ssize_t taken = 0, row
+        cdef int status
+        cdef uint64_t size
+        out = np.ones(n, dtype=bool)
+        if isinstance(data, np.ndarray):
+            if data.ndim != 2 or data.dtype != np.uint8 or not data.flags.c_contiguous:
+                raise ValueError(f"put_many() needs data as a 2-D C-contiguous uint8 array (one row "
+                                 f"per key), got shape {data.shape} of {data.dtype}. Fix: pass "
+                                 f"np.ascontiguousarray(rows, dtype=np.uint8), or a list of buffers.")
+            if data.shape[0] != n:
+                raise ValueError(f"put_many() got {n} keys but {data.shape[0]} rows of data. "
+                                 f"Fix: pass one row per key.")
+            row = data.shape[1]
+            base = <uint64_t><size_t>cnp.PyArray_DATA(data)
+            for i in range(n):
+                pv[i] = base + <uint64_t>(i * row)
+                lv[i] = row
+        else:
+            items = list(data)
+            if len(items) != n:
+                raise ValueError(f"put_many() got {n} keys but {len(items)} buffers. "
+                                 f"Fix: pass one buffer per key.")
+            buffers = <Py_buffer*>realloc(NULL, max(n, 1) * sizeof(Py_buffer))
+            if buffers == NULL:
+                raise MemoryError()
+        try:
+            if buffers != NULL:
+                for i in range(n):
+                    self.get_buffer(items[i], &buffers[i])
+                    taken += 1
+                    pv[i] = <uint64_t><size_t>buffers[i].buf
+                    lv[i] = buffers[i].len
+            if sizes is not None:
+                size_array = parse_u64_array(sizes, "sizes", n)
+                for i in range(n):
+                    if size_array[i] > lv[i]:
+                        raise ValueError(f"sizes[{i}] is {size_array[i]} bytes but data for key "
+                                         f"{kv[i]} holds {lv[i]}. Fix: pass sizes no larger than "
+                                         f"the rows.")
+                    lv[i] = size_array[i]
+            self.enter()
+            failure = None
+            try:
+                # Up front, so that bad input changes nothing: pinned keys, entries too large.
+                for i in range(n):
+                    self.check_put(kv[i], lv[i], i)
+                for i in range(n):
+                    self.check_put(kv[i], lv[i], i)
+                    self.ensure_slots(self.engine.slot_high_water + 2)
+                    status = self.engine.op_insert(kv[i], lv[i])
+                    if status < -1:
+                        self.engine.raise_status(status, kv[i], lv[i], i)
+                    self.data = <const char*><size_t>pv[i]
+                    self.replay_checked()
+                    self.puts_bytes += lv[i]
+                    stored = i + 1
+            except BaseException as error:
+                failure = error
+            finally:
+                self.data = NULL
+                self.leave()
+            if failure is not None:
+                if stored:
+                    failure.stored = stored
+                    failure.args = (f"{failure.args[0]} ({stored} of {n} keys were stored before "
+                                    f"it; see the error's `stored`)",) + failure.args[1:]
+                else:
+                    failure.stored = 0
+                raise failure
+        finally:
+            for i in range(taken):
+                PyBuffer_Release(&buffers[i])
+            free(buffers)
+        return out
+
+    def read_many(self, keys, out):
+        """Copy each present entry's bytes into ``out[i, :size]`` (a writable 2-D uint8 array,
+        one row per key); rows of missing keys stay untouched.  The found mask.  Not an access."""
+        key_array = parse_keys(keys)
+        cdef const uint64_t[::1] kv = key_array
+        cdef Py_ssize_t i, n = kv.shape[0], slot, row
+        if (not isinstance(out, np.ndarray) or out.ndim != 2 or out.dtype != np.uint8
+                or not out.flags.c_contiguous or not out.flags.writeable):
+            raise ValueError("read_many() needs out as a writable 2-D C-contiguous uint8 array "
+                             "(one row per key). Fix: pass np.empty((len(keys), row_bytes), np.uint8).")
+        if out.shape[0] != n:
+            raise ValueError(f"read_many() got {n} keys but out has {out.shape[0]} rows. "
+                             f"Fix: pass one row per key.")
+        row = out.shape[1]
+        cdef char* base = <char*>cnp.PyArray_DATA(out)
+        found = np.zeros(n, dtype=bool)
+        cdef uint8_t[::1] mask = found.view(np.uint8)
+        cdef uint64_t size
+        self.enter_read()
+        try:
+            for i in range(n):
+                slot = self.engine.slot_of(kv[i])
+                if slot >= 0 and self.engine.slots[slot].size > <uint64_t>row:
+                    raise ValueError(f"read_many(): key {kv[i]} (keys[{i}]) has "
+                                     f"{self.engine.slots[slot].size} bytes but out's rows hold "
+                                     f"{row}. Fix: pass rows of at least the largest entry's size.")
+            for i in range(n):
+                slot = self.engine.slot_of(kv[i])
+                if slot < 0:
+                    continue
+                mask[i] = 1
+                size = self.engine.slots[slot].size
+                if size:
+                    self.read_data(self.segs[self.s_seg[slot]].block, self.s_offset[slot],
+                                   base + i * row, size)
+        finally:
+            self.leave_read()
+        return found
 
     # -- explicit compaction -----------------------------------------------------------------
 

@@ -150,13 +150,16 @@ def run(args: argparse.Namespace) -> int:
         block_hits = {name: hits / max(1, accesses) for name, hits in zip(tier_names, hits_by_tier)}
         block_hits["total"] = sum(hits_by_tier) / max(1, accesses)
         usage = [{"name": tier.name, "capacity": int(tier.capacity), "used": int(tier.used),
-                  "count": int(tier.count)} for tier in cache.tiers]
+                  "count": int(tier.count), "memory": int(tier.memory)} for tier in cache.tiers]
+        amplification = cache.write_amplification()
+        copied = sum(int(row["cleaning_bytes"]) for row in cache.counters())
         if args.json:
             result = {
                 "device": label, "seconds": seconds, "requests": requests, "accesses": accesses,
                 "puts": puts, "bytes_put": bytes_put, "requests_per_second": requests / seconds,
                 "accesses_per_second": accesses / seconds, "working_set_bytes": workload.working_set_bytes(),
                 "tiers": usage, "counters": counters, "hit_ratio": block_hits,
+                "bytes_copied_for_placement": copied, "write_amplification": amplification,
                 "verified": {"checked": checked, "mismatched": mismatched}, "interrupted": interrupted,
             }
             print(json.dumps(result, indent=2, default=_json_default))
@@ -174,6 +177,10 @@ def run(args: argparse.Namespace) -> int:
                                f"{format_bytes(bytes_put / seconds)}/s put"),
                 "block hits": (f"{100 * block_hits['total']:.1f}% of accesses ("
                                + ", ".join(f"{name} {100 * block_hits[name]:.1f}%" for name in tier_names) + ")"),
+                "placement": (f"{format_bytes(copied)} copied to make room, {amplification:.3f} bytes per "
+                              f"byte put; memory taken "
+                              + ", ".join(f"{tier.name} {format_bytes(tier.memory)}" for tier in cache.tiers)
+                              + f" (headroom {cache.headroom:g})"),
                 "verified": verdict,
             }
             print(format_report(counters, tier_names, tiers=cache.tiers,

@@ -1,0 +1,127 @@
+"""put_many / read_many / access_many: the same tiers, evictions and bytes as the single calls.
+
+Two caches get one random sequence: one through the batch calls, one key at a time.  After every
+step their keys, tiers, counters and bytes must agree, and check() must pass on both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import vyrecache as vc
+
+
+def payload(key: int, size: int, version: int = 0) -> bytes:
+    rng = np.random.default_rng(key * 7919 + size * 31 + version)
+    return rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+
+
+@pytest.fixture(params=["host", "vulkan", "vulkan-device-copies"])
+def make_cache(request):
+    made = []
+    if request.param.startswith("vulkan"):
+        device = request.getfixturevalue("vulkan_device")
+        from vyrecache.vulkan.backend import VulkanBackend
+
+        def backend():
+            return VulkanBackend(device=device, device_copies=request.param == "vulkan-device-copies")
+    else:
+        def backend():
+            return "host"
+
+    def build(**options):
+        cache = vc.BufferCache([vc.CacheTier("host", 8192, "host"), vc.CacheTier("vram", 2048, "device")],
+                               backend=backend(), **options)
+        made.append(cache)
+        return cache
+
+    yield build
+    for cache in made:
+        cache.close()
+
+
+def state(cache):
+    return ({key: (cache.get(key).tier, cache.read(key).tobytes()) for key in cache},
+            [{name: value for name, value in tier.items() if name not in ("fragmentation",)}
+             for tier in cache.counters()])
+
+
+BATCH = st.lists(st.tuples(st.integers(0, 40), st.integers(0, 1500)), min_size=0, max_size=12)
+STEPS = st.lists(st.one_of(st.tuples(st.just("put"), BATCH),
+                           st.tuples(st.just("access"), BATCH),
+                           st.tuples(st.just("read"), BATCH)), max_size=14)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=STEPS)
+def test_batches_agree_with_single_calls(make_cache, steps):
+    left_batch, left_single = [], []
+    batched = make_cache(on_evict=left_batch.append)
+    single = make_cache(on_evict=left_single.append)
+    for version, (kind, items) in enumerate(steps):
+        keys = np.array([key for key, _ in items], dtype=np.uint64)
+        if kind == "put":
+            blobs = [payload(key, size, version) for key, size in items]
+            assert batched.put_many(keys, blobs).all()
+            for key, blob in zip(keys.tolist(), blobs):
+                single.put(key, blob)
+        elif kind == "access":
+            tiers = batched.access_many(keys)
+            assert tiers.tolist() == [single.access(key) for key in keys.tolist()]
+        else:
+            out = np.full((len(keys), 1500), 7, dtype=np.uint8)
+            found = batched.read_many(keys, out)
+            for index, key in enumerate(keys.tolist()):
+                assert bool(found[index]) == (key in single)
+                if key in single:
+                    entry = single.read(key).tobytes()
+                    assert out[index, :len(entry)].tobytes() == entry
+                else:
+                    assert (out[index] == 7).all()     # rows of missing keys stay untouched
+        batched.check()
+        single.check()
+        assert state(batched) == state(single)
+        assert left_batch == left_single
+
+
+def test_put_many_takes_rows_with_sizes_and_zero_size_entries(make_cache):
+    cache = make_cache()
+    rows = np.arange(4 * 64, dtype=np.uint8).reshape(4, 64)
+    sizes = np.array([64, 0, 17, 1], dtype=np.uint64)
+    cache.put_many(np.arange(4, dtype=np.uint64), rows, sizes)
+    for key in range(4):
+        assert cache.read(key).tobytes() == rows[key, :int(sizes[key])].tobytes()
+    strided = np.arange(4, dtype=np.uint64)[::-1]
+    out = np.zeros((4, 64), dtype=np.uint8)
+    assert cache.read_many(strided, out).all()
+    assert out[0, :1].tobytes() == rows[3, :1].tobytes()
+    cache.check()
+
+
+def test_bad_batches_raise_and_change_nothing(make_cache):
+    cache = make_cache()
+    cache.put(1, payload(1, 100))
+    cache.pin(1)
+    before = state(cache)
+    rows = np.zeros((2, 16), dtype=np.uint8)
+    cases = [
+        (lambda: cache.put_many(np.array([5, 6], dtype=np.uint64), rows[:1]), ValueError),
+        (lambda: cache.put_many(np.array([5, 6], dtype=np.uint64), rows.astype(np.int16)), ValueError),
+        (lambda: cache.put_many(np.array([5, 6], dtype=np.uint64), rows[:, ::2]), ValueError),
+        (lambda: cache.put_many(np.array([5, 6], dtype=np.uint64), rows, [16, 17]), ValueError),
+        (lambda: cache.put_many(np.array([5, 1], dtype=np.uint64), rows), vc.PinnedError),
+        (lambda: cache.put_many(np.array([5, 6], dtype=np.uint64), [b"x", object()]), TypeError),
+        (lambda: cache.put_many(np.array([5, 6], dtype=np.uint64), [b"x", bytes(1 << 20)]), vc.EntryTooLargeError),
+        (lambda: cache.put_many([-1, 2], rows), ValueError),
+        (lambda: cache.read_many(np.array([1], dtype=np.uint64), np.zeros((1, 50), np.uint8)), ValueError),
+        (lambda: cache.read_many(np.array([1], dtype=np.uint64), np.zeros((2, 200), np.uint8)), ValueError),
+        (lambda: cache.read_many(np.array([1], dtype=np.uint64), np.zeros((1, 200), np.float32)), ValueError),
+    ]
+    for call, error in cases:
+        with pytest.raises(error, match="Fix") as caught:
+            call()
+        assert getattr(caught.value, "stored", 0) == 0      # found before anything changed
+        assert state(cache) == before
+        cache.check()
