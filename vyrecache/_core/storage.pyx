@@ -42,6 +42,10 @@ from vyrecache.copytable import COPY_DTYPE
 from vyrecache.errors import (AllPinnedError, CacheClosedError, CacheError, EntryTooLargeError,
                               KeyNotFoundError, PinnedError, KEY_NOT_FOUND_MESSAGE)
 
+cdef extern from "streamcopy.h":
+    void vc_stream_copy(char* dst, const char* src, size_t n) nogil
+    void vc_stream_fence() nogil
+
 cdef extern from "hugepages.h":
     void vc_advise_huge_pages(void* start, size_t bytes) nogil
 
@@ -49,6 +53,10 @@ include "segments.pxi"
 
 # Copies larger than this stream past the CPU cache (explicit compaction's CPU executor).
 STREAM_THRESHOLD_BYTES = 4 << 20
+# Puts and moves of at least this many bytes use streaming stores: an entry written into a tier
+# is rarely read back at once, and a plain memcpy first reads every destination line it writes.
+DEFAULT_STREAM_MIN = 4096
+DEF NOGIL_COPY_BYTES = 1 << 20
 
 # Where an entry's bytes are.
 cdef enum SlotState:
@@ -129,6 +137,8 @@ cdef class Storage:
     cdef readonly bint closed
     cdef uint64_t* counters
     cdef readonly uint64_t misses              # access() misses (counted on tier 0)
+    cdef public uint64_t stream_min            # copies of at least this many bytes stream (0: never)
+    cdef bint streamed                         # a streaming store is not fenced yet
     cdef list lifted                           # slots in state S_LIFTED during an operation
     cdef dict parked                           # slot -> numpy copy of a parked entry's bytes
     cdef int32_t room_seg                      # find_room()'s answer
@@ -136,6 +146,7 @@ cdef class Storage:
 
     def __cinit__(self, *args, **kwargs):
         self.wave = 1
+        self.stream_min = DEFAULT_STREAM_MIN
         self.n_rows = 0
 
     def _take_memory(self, Engine engine, backend, memories, layouts, on_evict=None):
@@ -862,7 +873,7 @@ cdef class Storage:
         cdef uint64_t done = 0, chunk
         if self.n_rows == 0 and self.b_addr[block] != NULL:
             self.finish_run()
-            memcpy(self.b_addr[block] + offset, data, size)
+            self.host_copy(self.b_addr[block] + offset, data, size)
             return 0
         self.finish_run()
         while done < size:
@@ -880,7 +891,10 @@ cdef class Storage:
         """Copy bytes of a block into host memory (outside of an operation's batch)."""
         cdef uint64_t done = 0, chunk
         if self.b_addr[block] != NULL:
-            with nogil:
+            if size >= NOGIL_COPY_BYTES:
+                with nogil:
+                    memcpy(out, self.b_addr[block] + offset, size)
+            else:
                 memcpy(out, self.b_addr[block] + offset, size)
             return 0
         while done < size:
@@ -948,9 +962,23 @@ cdef class Storage:
     cdef void finish_run(self) noexcept:
         if self.run_len == 0:
             return
-        with nogil:
-            memcpy(self.run_dst, self.run_src, self.run_len)
+        self.host_copy(self.run_dst, self.run_src, self.run_len)
         self.run_len = 0
+
+    cdef void host_copy(self, char* dst, const char* src, size_t size) noexcept:
+        # Other threads may run during a large copy (they wait for the cache's lock, not the GIL).
+        if self.stream_min and size >= self.stream_min:
+            if size >= NOGIL_COPY_BYTES:
+                with nogil:
+                    vc_stream_copy(dst, src, size)
+            else:
+                vc_stream_copy(dst, src, size)
+            self.streamed = True
+        elif size >= NOGIL_COPY_BYTES:
+            with nogil:
+                memcpy(dst, src, size)
+        else:
+            memcpy(dst, src, size)
 
     # -- entering and leaving an operation -----------------------------------------------------
 
@@ -971,6 +999,9 @@ cdef class Storage:
                 self.flush()
             else:
                 self.finish_run()
+            if self.streamed:
+                vc_stream_fence()       # streaming stores are weakly ordered: publish them now
+                self.streamed = False
         finally:
             self.engine.n_events = 0
             self.busy = 0
