@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--headroom", type=float, nargs="*", default=[vc.buffer_cache.DEFAULT_HEADROOM])
     parser.add_argument("--no-vulkan", action="store_true")
+    parser.add_argument("--scaling", action="store_true", help="also time access() at 4,096 and 1,000,000 entries")
     args = parser.parse_args()
     workload = KvWorkload(4096, BLOCK, seed=0)
     keys_array, sizes = workload.batch(args.requests)
@@ -143,6 +144,32 @@ def main() -> None:
                   f"{facts[name]}")
         print(f"  memcpy bound (np.copyto of the bytes put, in the same sizes): {bound * 1e3:.1f} ms, "
               f"{len(keys) / bound:,.0f} accesses/s")
+    if args.scaling:
+        print("\nscaling:")
+        scaling()
+
+
+
+
+def scaling(counts=(4096, 1_000_000), accesses=200_000) -> None:
+    """Per-access cost of BufferCache.access() on hits against the number of 64-byte entries."""
+    rng = np.random.default_rng(1)
+    costs = {}
+    for count in counts:
+        with vc.BufferCache([vc.CacheTier("host", count * 64, "host")], backend="host") as cache:
+            cache.put_many(np.arange(count, dtype=np.uint64), np.zeros((count, 64), dtype=np.uint8))
+            keys = rng.integers(0, count, accesses).tolist()
+            best = float("inf")
+            for _ in range(3):
+                access = cache.access
+                started = time.perf_counter()
+                for key in keys:
+                    access(key)
+                best = min(best, time.perf_counter() - started)
+            costs[count] = best / accesses * 1e9
+    base = costs[counts[0]]
+    for count, cost in costs.items():
+        print(f"  access() hit, {count:>9,} entries: {cost:6.1f} ns ({cost / base:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING
 
 from ._version import __version__
 from .backend import BufferLocation
+from ._core.storage import Lease
 from .buffer_cache import BufferCache, BufferTierView, CompactionReport
 from .cache import (AccessStats, CacheEntry, CacheTier, LruPolicy, TieredCache, TierPolicy,
                     TierView)
@@ -20,7 +21,7 @@ __all__ = [
     "AllPinnedError", "PinnedError", "CacheClosedError", "DeviceError", "DeviceOutOfMemoryError",
     "DeviceLostError", "VulkanUnavailableError",
     "TieredCache", "CacheTier", "LruPolicy", "TierPolicy", "CacheEntry", "AccessStats", "TierView",
-    "BufferCache", "BufferLocation", "BufferTierView", "CompactionReport", "devices",
+    "BufferCache", "BufferLocation", "BufferTierView", "CompactionReport", "Lease", "devices",
 ]
 
 

@@ -19,7 +19,7 @@ Every public method is one operation: it either completes, or raises having chan
 """
 
 cimport cython
-from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memset, strchr
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE, PyBUF_FORMAT
@@ -138,6 +138,7 @@ cdef class Storage:
     cdef uint64_t* counters
     cdef readonly uint64_t misses              # access() misses (counted on tier 0)
     cdef public uint64_t stream_min            # copies of at least this many bytes stream (0: never)
+    cdef readonly Py_ssize_t exports           # live views of leased entries (close() waits for 0)
     cdef bint streamed                         # a streaming store is not fenced yet
     cdef list lifted                           # slots in state S_LIFTED during an operation
     cdef dict parked                           # slot -> numpy copy of a parked entry's bytes
@@ -1612,10 +1613,33 @@ cdef class Storage:
         self.misses = 0
         self.puts_bytes = 0
 
+    def lease(self, key, writable=False):
+        """Pin the entry and return a Lease: its location, and zero-copy views of its bytes
+        where the memory is mapped (use as ``with cache.lease(key) as lease:``)."""
+        cdef uint64_t k = parse_u64(key, "key")
+        cdef Py_ssize_t slot
+        cdef char* address = NULL
+        self.pin(k)
+        try:
+            location = self.location(k)
+            slot = self.engine.slot_of(k)
+            if self.s_seg[slot] >= 0 and self.b_addr[self.segs[self.s_seg[slot]].block] != NULL:
+                address = self.b_addr[self.segs[self.s_seg[slot]].block] + self.s_offset[slot]
+            return _new_lease(self, k, location, bool(writable), address,
+                              <Py_ssize_t>self.engine.slots[slot].size)
+        except BaseException:
+            self.unpin(k)
+            raise
+
     def _close_storage(self):
-        """Free every block (idempotent).  Raises CacheError when called from inside an operation."""
+        """Free every block (idempotent).  Raises CacheError when called from inside an operation,
+        BufferError while views of leased entries exist."""
         if self.closed:
             return
+        if self.exports:
+            raise BufferError(f"{self.exports} view(s) of leased entries still exist, and closing "
+                              f"would free the memory under them. Fix: drop or release them and end "
+                              f"the leases first.")
         self.lock()
         try:
             self.closed = True
@@ -1736,3 +1760,219 @@ cdef class Storage:
                     raise CacheError("slot %d's pin state disagrees with the engine" % slot)
         finally:
             self.leave_read()
+
+
+# --------------------------------------------------------------------------------------------
+# Leases: an entry pinned for a block of code, with zero-copy views of its bytes
+
+cdef extern from "dlpack.h":
+    ctypedef struct vc_dl_device:
+        int32_t device_type
+        int32_t device_id
+    ctypedef struct vc_dl_dtype:
+        uint8_t code
+        uint8_t bits
+        uint16_t lanes
+    ctypedef struct vc_dl_tensor:
+        void* data
+        vc_dl_device device
+        int32_t ndim
+        vc_dl_dtype dtype
+        int64_t* shape
+        int64_t* strides
+        uint64_t byte_offset
+    ctypedef struct vc_dl_managed:
+        vc_dl_tensor dl_tensor
+        void* manager_ctx
+        void (*deleter)(vc_dl_managed*) noexcept nogil
+    ctypedef struct vc_dl_version:
+        uint32_t major
+        uint32_t minor
+    ctypedef struct vc_dl_managed_versioned:
+        vc_dl_version version
+        void* manager_ctx
+        void (*deleter)(vc_dl_managed_versioned*) noexcept nogil
+        uint64_t flags
+        vc_dl_tensor dl_tensor
+    int VC_DLPACK_MAJOR, VC_DLPACK_MINOR, VC_DL_CPU, VC_DL_UINT, VC_DLPACK_FLAG_READ_ONLY
+
+from cpython.ref cimport Py_INCREF, Py_DECREF
+from cpython.pycapsule cimport (PyCapsule_New, PyCapsule_IsValid, PyCapsule_GetPointer)
+from libc.stdlib cimport malloc
+
+ctypedef struct DlpackExport:
+    vc_dl_managed_versioned versioned
+    vc_dl_managed legacy
+    int64_t shape[1]
+
+
+cdef void _export_done(void* context) noexcept nogil:
+    with gil:
+        lease = <Lease>context
+        lease.exports -= 1
+        lease.storage.exports -= 1
+        Py_DECREF(lease)
+
+
+cdef void _delete_versioned(vc_dl_managed_versioned* tensor) noexcept nogil:
+    _export_done(tensor.manager_ctx)
+    free(tensor)
+
+
+cdef void _delete_legacy(vc_dl_managed* tensor) noexcept nogil:
+    # The legacy struct sits inside a DlpackExport after its versioned twin.
+    _export_done(tensor.manager_ctx)
+    free(<char*>tensor - sizeof(vc_dl_managed_versioned))
+
+
+cdef void _capsule_versioned(object capsule) noexcept:
+    # A capsule no consumer took (its name unchanged) still owns its tensor.
+    if PyCapsule_IsValid(capsule, b"dltensor_versioned"):
+        tensor = <vc_dl_managed_versioned*>PyCapsule_GetPointer(capsule, b"dltensor_versioned")
+        tensor.deleter(tensor)
+
+
+cdef void _capsule_legacy(object capsule) noexcept:
+    if PyCapsule_IsValid(capsule, b"dltensor"):
+        tensor = <vc_dl_managed*>PyCapsule_GetPointer(capsule, b"dltensor")
+        tensor.deleter(tensor)
+
+
+cdef class Lease:
+    """An entry pinned while the lease is held (``with cache.lease(key) as lease:``).
+
+    ``location`` is where its bytes are (they do not move while leased).  Where the memory is
+    mapped, the lease is a zero-copy view: the buffer protocol (``memoryview(lease)``,
+    ``np.asarray(lease)``) and DLPack (``np.from_dlpack(lease)``), read-only unless leased
+    with ``writable=True``.  Leaving the lease while a view still exists raises BufferError and
+    keeps the entry pinned (release the views, then ``release()``); no view outlives it.
+    """
+
+    cdef readonly Storage storage
+    cdef readonly object key
+    cdef readonly object location
+    cdef readonly bint writable
+    cdef readonly int exports
+    cdef readonly bint active
+    cdef char* address
+    cdef Py_ssize_t size
+    cdef Py_ssize_t shape[1]
+    cdef Py_ssize_t strides[1]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def release(self):
+        """Unpin the entry (idempotent); BufferError while views of it still exist."""
+        if not self.active:
+            return
+        if self.exports:
+            raise BufferError(f"the lease of key {self.key} still has {self.exports} view(s) of its "
+                              f"bytes (memoryviews, arrays or DLPack tensors). Fix: drop or release "
+                              f"them (del the array, memoryview.release()) before the lease ends.")
+        self.active = False
+        self.storage.unpin(self.key)
+
+    cdef int require_view(self, bint writable) except -1:
+        if not self.active:
+            raise BufferError(f"the lease of key {self.key} has ended; its bytes may move or be "
+                              f"freed. Fix: take views inside the `with cache.lease(key)` block.")
+        if self.address == NULL and self.size:
+            raise BufferError(f"key {self.key} lives in memory the CPU cannot map (device-only), so "
+                              f"there is no CPU view. Fix: use lease.location with your own Vulkan "
+                              f"code, or cache.read(key) for a copy.")
+        if writable and not self.writable:
+            raise BufferError(f"the lease of key {self.key} is read-only. Fix: "
+                              f"cache.lease(key, writable=True) to write the entry's bytes in place.")
+        return 0
+
+    def __getbuffer__(self, Py_buffer* view, int flags):
+        self.require_view(flags & PyBUF_WRITABLE)
+        view.buf = self.address
+        view.obj = self
+        view.len = self.size
+        view.readonly = not self.writable
+        view.itemsize = 1
+        view.format = NULL
+        if flags & PyBUF_FORMAT:
+            view.format = b"B"
+        view.ndim = 1
+        view.shape = self.shape
+        view.strides = self.strides
+        view.suboffsets = NULL
+        view.internal = NULL
+        self.exports += 1
+        self.storage.exports += 1
+
+    def __releasebuffer__(self, Py_buffer* view):
+        self.exports -= 1
+        self.storage.exports -= 1
+
+    def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
+        """A DLPack capsule of the entry's bytes (a 1-D uint8 tensor in CPU memory)."""
+        cdef DlpackExport* export
+        cdef vc_dl_tensor* tensor
+        if copy:
+            raise BufferError("a lease is a zero-copy view. Fix: use cache.read(key) for a copy.")
+        if dl_device is not None and tuple(dl_device) != (VC_DL_CPU, 0):
+            raise BufferError(f"the entry is in CPU-mapped memory, not on device {dl_device}. "
+                              f"Fix: ask for the device __dlpack_device__() reports.")
+        versioned = max_version is not None and tuple(max_version)[0] >= 1
+        if not versioned and not self.writable:
+            raise BufferError("a read-only lease needs a DLPack 1.0 consumer, which can mark the "
+                              "tensor read-only. Fix: cache.lease(key, writable=True), or use a "
+                              "consumer that passes max_version (numpy >= 2.1).")
+        self.require_view(False)
+        export = <DlpackExport*>malloc(sizeof(DlpackExport))
+        if export == NULL:
+            raise MemoryError()
+        export.shape[0] = self.size
+        tensor = &export.versioned.dl_tensor if versioned else &export.legacy.dl_tensor
+        tensor.data = self.address
+        tensor.device.device_type = VC_DL_CPU
+        tensor.device.device_id = 0
+        tensor.ndim = 1
+        tensor.dtype.code = VC_DL_UINT
+        tensor.dtype.bits = 8
+        tensor.dtype.lanes = 1
+        tensor.shape = export.shape
+        tensor.strides = NULL
+        tensor.byte_offset = 0
+        Py_INCREF(self)
+        self.exports += 1
+        self.storage.exports += 1
+        if versioned:
+            export.versioned.version.major = VC_DLPACK_MAJOR
+            export.versioned.version.minor = VC_DLPACK_MINOR
+            export.versioned.manager_ctx = <void*>self
+            export.versioned.deleter = _delete_versioned
+            export.versioned.flags = 0 if self.writable else VC_DLPACK_FLAG_READ_ONLY
+            return PyCapsule_New(&export.versioned, b"dltensor_versioned", _capsule_versioned)
+        export.legacy.manager_ctx = <void*>self
+        export.legacy.deleter = _delete_legacy
+        return PyCapsule_New(&export.legacy, b"dltensor", _capsule_legacy)
+
+    def __dlpack_device__(self):
+        return (VC_DL_CPU, 0)
+
+    def __repr__(self):
+        state = "active" if self.active else "ended"
+        return f"<Lease key={self.key} {self.size} bytes {state}>"
+
+
+cdef Lease _new_lease(Storage storage, object key, object location, bint writable, char* address,
+                      Py_ssize_t size):
+    cdef Lease lease = Lease.__new__(Lease)
+    lease.storage = storage
+    lease.key = key
+    lease.location = location
+    lease.writable = writable
+    lease.address = address
+    lease.size = size
+    lease.shape[0] = size
+    lease.strides[0] = 1
+    lease.active = True
+    return lease
