@@ -50,12 +50,15 @@ def make_cache(request, backend_name):
     (a fixed compaction mode, so no calibration runs per cache).
     """
     made = []
-    if backend_name == "vulkan":
+    if backend_name.startswith("vulkan"):
         device = request.getfixturevalue("vulkan_device")
         from vyrecache.vulkan.backend import VulkanBackend
 
         def new_backend():
-            return VulkanBackend(device=device, compaction="hybrid")
+            # "vulkan-device-copies": every copy through copy tables submitted from C, the
+            # discrete-GPU path, on a device whose memory is all mapped.
+            return VulkanBackend(device=device, compaction="hybrid",
+                                 device_copies=backend_name == "vulkan-device-copies")
     else:
         def new_backend():
             return "host"
@@ -354,6 +357,7 @@ class InterruptAt:
 HOOKS = {"settrace": (sys.settrace, ("call",)), "setprofile": (sys.setprofile, ("call", "c_call"))}
 
 
+@pytest.mark.parametrize("backend_name", BACKENDS + ["vulkan-device-copies"])
 @pytest.mark.parametrize("hook", sorted(HOOKS))
 def test_keyboard_interrupt_at_every_call_of_a_put(make_cache, hook):
     install, events = HOOKS[hook]
@@ -384,6 +388,7 @@ def test_keyboard_interrupt_at_every_call_of_a_put(make_cache, hook):
     assert n >= 1
 
 
+@pytest.mark.parametrize("backend_name", BACKENDS + ["vulkan-device-copies"])
 def test_keyboard_interrupt_from_a_timer_over_many_puts(make_cache):
     rng = random.Random(11)
     cache = make_cache([vc.CacheTier("host", 32768, memory="host"), vc.CacheTier("vram", 8192, memory="device")])

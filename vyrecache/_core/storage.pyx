@@ -46,6 +46,27 @@ cdef extern from "streamcopy.h":
     void vc_stream_copy(char* dst, const char* src, size_t n) nogil
     void vc_stream_fence() nogil
 
+cdef extern from "vkcopy.h":
+    ctypedef struct vc_vk_queue:
+        void* device
+        void* queue
+        void* command_buffer
+        uint64_t fence
+        void* begin
+        void* end
+        void* reset_buffer
+        void* copy
+        void* barrier
+        void* submit
+        void* wait
+        void* reset_fences
+        uint64_t timeout_ns
+        const char* failed_call
+    ctypedef struct vc_vk_copy:
+        uint64_t src, dst, src_offset, dst_offset, size
+    int32_t vc_vk_run(vc_vk_queue* q, const vc_vk_copy* rows, size_t n, const int64_t* wave_starts,
+                      size_t n_waves) nogil
+
 cdef extern from "hugepages.h":
     void vc_advise_huge_pages(void* start, size_t bytes) nogil
 
@@ -139,6 +160,10 @@ cdef class Storage:
     cdef readonly uint64_t misses              # access() misses (counted on tier 0)
     cdef public uint64_t stream_min            # copies of at least this many bytes stream (0: never)
     cdef readonly Py_ssize_t exports           # live views of leased entries (close() waits for 0)
+    cdef object transfer                       # the TransferQueue whose handles `vk` holds, or None
+    cdef vc_vk_queue vk
+    cdef uint64_t* id_buffers                  # VkBuffer handle of each backend block id
+    cdef Py_ssize_t n_ids
     cdef bint streamed                         # a streaming store is not fenced yet
     cdef list lifted                           # slots in state S_LIFTED during an operation
     cdef dict parked                           # slot -> numpy copy of a parked entry's bytes
@@ -239,17 +264,55 @@ cdef class Storage:
                 self.staging = backend.allocate_block(backend.resolve_memory("host", wanted), wanted)
                 self.staging_addr = <char*><size_t>self.staging.address
                 self.staging_size = self.staging.size
+                if hasattr(backend, "transfer_queue"):
+                    self.take_transfer_queue(backend)
         except BaseException:
             self.release_blocks()
             raise
 
+    cdef int take_transfer_queue(self, backend) except -1:
+        """Record and submit copy tables from C: a queue of this cache's own, its handles, and a
+        table from block id to VkBuffer."""
+        cdef int i
+        queue = backend.transfer_queue()
+        self.transfer = queue
+        device, vk_queue, command_buffer, fence = queue.handles()
+        self.vk.device = <void*><size_t>device
+        self.vk.queue = <void*><size_t>vk_queue
+        self.vk.command_buffer = <void*><size_t>command_buffer
+        self.vk.fence = fence
+        points = queue.entry_points
+        self.vk.begin = <void*><size_t>points[0]
+        self.vk.end = <void*><size_t>points[1]
+        self.vk.reset_buffer = <void*><size_t>points[2]
+        self.vk.copy = <void*><size_t>points[3]
+        self.vk.barrier = <void*><size_t>points[4]
+        self.vk.submit = <void*><size_t>points[5]
+        self.vk.wait = <void*><size_t>points[6]
+        self.vk.reset_fences = <void*><size_t>points[7]
+        self.vk.timeout_ns = 120 * 1000000000
+        blocks = self.blocks + [self.staging]
+        self.n_ids = max(block.id for block in blocks) + 1
+        self.id_buffers = <uint64_t*>realloc(NULL, self.n_ids * sizeof(uint64_t))
+        if self.id_buffers == NULL:
+            raise MemoryError()
+        memset(self.id_buffers, 0, self.n_ids * sizeof(uint64_t))
+        for block in blocks:
+            self.id_buffers[block.id] = block.buffer_handle
+        return 0
+
     def __dealloc__(self):
+        free(self.id_buffers)
         free(self.b_addr); free(self.b_id); free(self.logs); free(self.segs); free(self.counters)
         free(self.s_seg); free(self.s_offset); free(self.s_prev); free(self.s_next)
         free(self.s_wave); free(self.s_state); free(self.s_pinned); free(self.rows)
 
     def release_blocks(self):
         """Give every block back to the backend (idempotent); the storage is unusable afterwards."""
+        transfer, self.transfer = self.transfer, None
+        self.vk.device = NULL
+        if transfer is not None:
+            transfer.destroy()
         blocks, self.blocks = self.blocks, []
         staging, self.staging = self.staging, None
         for block in blocks + ([staging] if staging is not None else []):
@@ -941,12 +1004,46 @@ cdef class Storage:
         cdef uint8_t[::1] raw = table.view(np.uint8)
         memcpy(&raw[0], self.rows, self.n_rows * sizeof(CopyRow))
         waves = [start for start in self.wave_starts if 0 < start < self.n_rows]
+        if self.vk.device != NULL:
+            return self.run_on_queue(waves)
         self.n_rows = 0
         self.wave_first_row = 0
         self.wave_starts = []
         self.wave += 1
         self.staging_used = 0
         self.backend.run_copies(table, waves)
+        return 0
+
+    cdef int run_on_queue(self, list waves) except -1:
+        """The pending rows as one submit recorded in C; waits for the fence without the GIL."""
+        cdef Py_ssize_t i, n = self.n_rows
+        cdef cnp.ndarray starts = np.asarray(waves, dtype=np.int64)
+        cdef const int64_t[::1] sv = starts
+        cdef vc_vk_copy* rows = <vc_vk_copy*>realloc(NULL, max(n, 1) * sizeof(vc_vk_copy))
+        cdef int32_t result
+        if rows == NULL:
+            raise MemoryError()
+        for i in range(n):
+            rows[i].src = self.id_buffers[self.rows[i].src_block]
+            rows[i].dst = self.id_buffers[self.rows[i].dst_block]
+            rows[i].src_offset = self.rows[i].src_offset
+            rows[i].dst_offset = self.rows[i].dst_offset
+            rows[i].size = self.rows[i].size
+        self.n_rows = 0
+        self.wave_first_row = 0
+        self.wave_starts = []
+        self.wave += 1
+        self.staging_used = 0
+        with nogil:
+            result = vc_vk_run(&self.vk, rows, n, &sv[0] if sv.shape[0] else NULL, sv.shape[0])
+        free(rows)
+        if result != 0:
+            from vyrecache.vulkan.check import error_for
+            call = (<bytes>self.vk.failed_call).decode()
+            if result == 2:
+                raise CacheError(f"{call}: the GPU did not finish a copy within 120 s. Fix: if it "
+                                 f"persists the device is hung; close the cache and create a new one.")
+            raise error_for(call, result, "running a cache operation's copies")
         return 0
 
     cdef void cpu_copy(self, char* dst, const char* src, size_t size) noexcept:

@@ -237,6 +237,11 @@ class VulkanBackend(StorageBackend):
         if native is not None and not native.freed and not self._device.closed:
             self._device.free_block(native)
 
+    def transfer_queue(self) -> Any:
+        """A TransferQueue of this device for one cache's copy tables (destroyed with the device)."""
+        from .transfer import TransferQueue
+        return TransferQueue(self._device)
+
     def run_copies(self, table: np.ndarray, wave_starts: list[int]) -> None:
         with self._device.record() as recorder:
             recorder.copy(table, wave_starts)

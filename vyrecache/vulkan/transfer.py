@@ -1,0 +1,97 @@
+"""A command pool, command buffer and fence of its own for one cache's copy tables, as raw handles.
+
+The storage layer records and submits its copy tables from C (``_core/vkcopy.h``), so that no
+Python code runs inside an operation.  This object creates what that needs on a Device and gives
+it out as integers: the device, queue, command buffer and fence handles, and the entry points from
+``vkGetDeviceProcAddr`` (through the validation layer when it is on).  Each cache has its own, so
+two caches on one Device never share a command buffer; submits happen with the GIL held, which
+serialises them on the shared queue as Vulkan requires.
+"""
+
+from __future__ import annotations
+
+from ..errors import DeviceError
+from .check import check
+from .objects import created, destroyed
+
+__all__ = ["TransferQueue", "ENTRY_POINTS"]
+
+#: Entry points of the C executor, in the order of its struct's function pointers.
+ENTRY_POINTS = ("vkBeginCommandBuffer", "vkEndCommandBuffer", "vkResetCommandBuffer", "vkCmdCopyBuffer",
+                "vkCmdPipelineBarrier", "vkQueueSubmit", "vkWaitForFences", "vkResetFences")
+
+
+class TransferQueue:
+    """One command pool with one command buffer and one fence on a Device's queue."""
+
+    def __init__(self, device) -> None:
+        vk = device._vk
+        ffi, lib = vk.ffi, vk.lib
+        self.device = device
+        self._pool = self._fence = None
+        self._buffer_slot = None
+        handle = device._handle
+        try:
+            pool_info = ffi.new("VkCommandPoolCreateInfo*")
+            pool_info.sType = vk.VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO
+            pool_info.flags = vk.VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT
+            pool_info.queueFamilyIndex = device.queue_family_index
+            out = ffi.new("VkCommandPool*")
+            check("vkCreateCommandPool", lib.vkCreateCommandPool(handle, pool_info, ffi.NULL, out))
+            self._pool = out[0]
+            created("command_pools")
+            allocate_info = ffi.new("VkCommandBufferAllocateInfo*")
+            allocate_info.sType = vk.VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO
+            allocate_info.commandPool = self._pool
+            allocate_info.level = vk.VK_COMMAND_BUFFER_LEVEL_PRIMARY
+            allocate_info.commandBufferCount = 1
+            slot = ffi.new("VkCommandBuffer[1]")
+            check("vkAllocateCommandBuffers", lib.vkAllocateCommandBuffers(handle, allocate_info, slot))
+            self._buffer_slot = slot
+            created("command_buffers")
+            fence_info = ffi.new("VkFenceCreateInfo*")
+            fence_info.sType = vk.VK_STRUCTURE_TYPE_FENCE_CREATE_INFO
+            fence = ffi.new("VkFence*")
+            check("vkCreateFence", lib.vkCreateFence(handle, fence_info, ffi.NULL, fence))
+            self._fence = fence[0]
+            created("fences")
+            pointers = []
+            for name in ENTRY_POINTS:
+                pointer = lib.vkGetDeviceProcAddr(handle, name.encode())
+                if pointer == ffi.NULL:
+                    raise DeviceError(f"the driver gives no {name}. Fix: update the Vulkan driver.")
+                pointers.append(int(ffi.cast("uintptr_t", pointer)))
+            self.entry_points = tuple(pointers)
+        except BaseException:
+            self._release()
+            raise
+        device._resources.add(self)
+
+    def handles(self) -> tuple[int, int, int, int]:
+        """(VkDevice, VkQueue, VkCommandBuffer, VkFence) as integers."""
+        ffi = self.device._vk.ffi
+        return (int(ffi.cast("uintptr_t", self.device._handle)), int(ffi.cast("uintptr_t", self.device._queue)),
+                int(ffi.cast("uintptr_t", self._buffer_slot[0])), int(ffi.cast("uintptr_t", self._fence)))
+
+    def destroy(self) -> None:
+        """Destroy the pool, command buffer and fence; calling it again does nothing."""
+        self._release()
+        self.device._resources.discard(self)
+
+    def _release(self) -> None:
+        device = self.device
+        if device._handle is None:
+            return
+        ffi, lib, handle = device._vk.ffi, device._vk.lib, device._handle
+        slot, self._buffer_slot = self._buffer_slot, None
+        pool, self._pool = self._pool, None
+        fence, self._fence = self._fence, None
+        if slot is not None:
+            lib.vkFreeCommandBuffers(handle, pool, 1, slot)
+            destroyed("command_buffers")
+        if pool is not None:
+            lib.vkDestroyCommandPool(handle, pool, ffi.NULL)
+            destroyed("command_pools")
+        if fence is not None:
+            lib.vkDestroyFence(handle, fence, ffi.NULL)
+            destroyed("fences")
