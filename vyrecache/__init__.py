@@ -8,6 +8,7 @@ from .buffer_cache import BufferCache
 from .compactor import CompactionReport
 from .cache import (AccessStats, CacheEntry, CacheTier, LruPolicy, TieredCache, TierPolicy,
                     TierView)
+from .remote import RedisTier, RemoteTierWarning
 from .errors import (AllPinnedError, CacheClosedError, CacheError, CapacityAccountingError,
                      DeviceError, DeviceLostError, DeviceOutOfMemoryError, EntryTooLargeError,
                      KeyNotFoundError, VulkanUnavailableError)
@@ -22,6 +23,7 @@ __all__ = [
     "DeviceLostError", "VulkanUnavailableError",
     "TieredCache", "CacheTier", "LruPolicy", "TierPolicy", "CacheEntry", "AccessStats", "TierView",
     "BufferCache", "BufferLocation", "CompactionReport", "devices",
+    "RedisTier", "RemoteTierWarning",
 ]
 
 
