@@ -482,3 +482,31 @@ def test_missing_redis_py_gives_an_import_error_with_the_fix():
             raise SystemExit('no ImportError')
     """)
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+# -- the value format, without a server ----------------------------------------------------------------
+
+def test_the_header_is_the_documented_struct_and_every_field_is_checked():
+    from vyrecache.remote.format import HEADER, decode, decode_many, xxh64
+    body = b"some payload"
+    value = HEADER.pack(b"VYRC", 1, 0, 42, len(body), xxh64(body)) + body
+    assert encode(42, memoryview(body)) == value
+    assert decode(42, value) == body and decode(42, encode(42, memoryview(b""))) == b""
+    fields = [b"VYRX", 2, 1, 43, len(body) + 1, xxh64(body) ^ 1]
+    for position, wrong in enumerate(fields):
+        parts = [b"VYRC", 1, 0, 42, len(body), xxh64(body)]
+        parts[position] = wrong
+        assert decode(42, HEADER.pack(*parts) + body) is None, position
+    assert decode(42, value + b"x") is None and decode(42, value[:-1]) is None and decode(42, "text") is None
+    values = [value, None, b"junk", value]
+    assert decode_many([42, 42, 42, 7], values) == (1, len(body), [2, 3])
+    assert values == [body, None, None, None]
+
+
+def test_xxh64_matches_the_published_test_vectors():
+    from vyrecache.remote.format import xxh64
+    assert xxh64(b"") == 0xEF46DB3751D8E999
+    assert xxh64(b"a") == 0xD24EC4F1A98C6E5B
+    assert xxh64(b"abc") == 0x44BC2CF5AD770999
+    data = bytes(range(256)) * 3
+    assert xxh64(data) != xxh64(data[:-1]) != xxh64(data, 1)

@@ -1,6 +1,6 @@
 """How one cache entry is stored as one Redis value, and the Redis key it is stored under.
 
-Layout (little endian), 28 bytes of header then the payload::
+Layout (little endian), 32 bytes of header then the payload::
 
     offset  size  field
     0       4     magic b"VYRC"
@@ -8,7 +8,7 @@ Layout (little endian), 28 bytes of header then the payload::
     6       2     reserved, 0
     8       8     the cache key (uint64) the entry was written for
     16      8     payload size in bytes
-    24      4     zlib.crc32 of the payload
+    24      8     XXH64 (seed 0) of the payload, see ``_core/checksum.h``
 
 A value is served only if every field checks out: the magic and version (a value some other program
 wrote under our name, or a future format, is foreign), the key (a value copied or renamed from
@@ -24,35 +24,20 @@ the format version, so a later format can live beside this one under the same na
 from __future__ import annotations
 
 import struct
-import zlib
 
-__all__ = ["FORMAT_VERSION", "HEADER_SIZE", "MAGIC", "decode", "encode", "key_prefix"]
+# The encoding and the checks run in C, a whole fetched batch per call (_core/remote_format.pyx).
+from .._core.remote_format import HEADER_SIZE, decode, decode_many, encode, xxh64
+
+__all__ = ["FORMAT_VERSION", "HEADER", "HEADER_SIZE", "MAGIC", "decode", "decode_many", "encode", "key_prefix",
+           "xxh64"]
 
 MAGIC = b"VYRC"
 FORMAT_VERSION = 1
-_HEADER = struct.Struct("<4sHHQQI")
-HEADER_SIZE = _HEADER.size
+#: The header as a struct (magic, version, reserved, key, payload size, checksum), for tools and tests.
+HEADER = struct.Struct("<4sHHQQQ")
+assert HEADER.size == HEADER_SIZE
 
 
 def key_prefix(namespace: str) -> bytes:
     """The bytes every Redis key of *namespace* starts with (the entry's decimal key follows)."""
     return f"{namespace}:v{FORMAT_VERSION}:".encode()
-
-
-def encode(key: int, payload: memoryview) -> bytes:
-    """Return the stored value of entry *key*: the header, then a copy of *payload* (bytes of a C-contiguous buffer)."""
-    header = _HEADER.pack(MAGIC, FORMAT_VERSION, 0, key, payload.nbytes, zlib.crc32(payload))
-    return b"".join((header, payload))
-
-
-def decode(key: int, value: bytes) -> bytes | None:
-    """Return the payload of *value* stored for *key*, or None when the value fails any header check."""
-    if len(value) < HEADER_SIZE:
-        return None
-    magic, version, reserved, stored_key, size, checksum = _HEADER.unpack_from(value)
-    if (magic != MAGIC or version != FORMAT_VERSION or reserved != 0 or stored_key != key
-            or size != len(value) - HEADER_SIZE):
-        return None
-    if zlib.crc32(memoryview(value)[HEADER_SIZE:]) != checksum:
-        return None
-    return value[HEADER_SIZE:]

@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import CacheClosedError
 from .breaker import CircuitBreaker
 from .client import Connection, check_url, parse_startup_nodes
-from .format import HEADER_SIZE, decode, encode, key_prefix
+from .format import HEADER_SIZE, decode_many, encode, key_prefix
 from .writer import Job, WriteQueue
 
 __all__ = ["RedisTier"]
@@ -228,20 +228,9 @@ class RedisTier:
             raise
         elapsed = time.perf_counter() - started
         self._fetch_breaker.success()
-        found: list[bytes | None] = missed
-        corrupt_names = []
-        bytes_read = 0
-        hits = 0
-        for index, value in enumerate(stored):
-            if value is None:
-                continue
-            payload = decode(checked[index], value)
-            if payload is None:
-                corrupt_names.append(names[index])
-                continue
-            found[index] = payload
-            hits += 1
-            bytes_read += len(payload)
+        found = stored if type(stored) is list else list(stored)
+        hits, bytes_read, corrupt = decode_many(checked, found)
+        corrupt_names = [names[index] for index in corrupt]
         with self._lock:
             self._counts["hits"] += hits
             self._counts["misses"] += len(checked) - hits
