@@ -501,6 +501,20 @@ def test_the_header_is_the_documented_struct_and_every_field_is_checked():
     values = [value, None, b"junk", value]
     assert decode_many([42, 42, 42, 7], values) == (1, len(body), [2, 3])
     assert values == [body, None, None, None]
+    assert value[HEADER_SIZE:] == body and len(value) == HEADER_SIZE + len(body)  # still whole
+
+
+def test_decoding_in_place_never_changes_a_value_someone_else_holds():
+    from vyrecache.remote.format import decode_many
+    payloads = [bytes([n]) * (16 << 10) for n in range(8)]
+    fresh = [encode(n, memoryview(payloads[n])) for n in range(8)]
+    kept = fresh[2], fresh[5]
+    batch = [bytes(bytearray(value)) if n not in (2, 5) else value for n, value in enumerate(fresh)]
+    del fresh
+    assert decode_many(list(range(8)), batch) == (8, 8 * (16 << 10), [])
+    assert batch == payloads
+    assert kept[0][HEADER_SIZE:] == payloads[2] and kept[1][HEADER_SIZE:] == payloads[5]
+    assert len(kept[0]) == len(kept[1]) == HEADER_SIZE + (16 << 10)
 
 
 def test_xxh64_matches_the_published_test_vectors():
