@@ -101,7 +101,7 @@ def parse_startup_nodes(nodes: object) -> list[tuple[str, int]]:
 
 
 def _packer_options() -> dict[str, Any]:
-    """With hiredis, keep redis-py's own command packer while hiredis parses the replies.
+    """For the writer's client: with hiredis, redis-py's own command packer (hiredis still parses replies).
 
     hiredis packs a command by copying every argument into one buffer; redis-py's packer sends
     values larger than 6,000 bytes as they are.  For 16 KiB values the copy makes writes slower
@@ -137,9 +137,13 @@ class Connection:
             self.errors += (RedisClusterException,)
             self._client: Any = None  # made by the first round trip: the cluster client connects at once
         else:
-            self._client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                                retry=self._no_retry, retry_on_timeout=False,
-                                                health_check_interval=0, **_packer_options())
+            options = dict(socket_timeout=timeout, socket_connect_timeout=timeout, retry=self._no_retry,
+                           retry_on_timeout=False, health_check_interval=0)
+            self._client = redis.Redis.from_url(url, **options)
+            # The writer thread has a client (and connection pool) of its own, with the packer that
+            # suits large values; fetches keep redis-py's default, hiredis's, which packs many
+            # short key names faster.
+            self._write_client = redis.Redis.from_url(url, **options, **_packer_options())
 
     def _cluster_client(self) -> Any:
         if self._client is None:
@@ -198,9 +202,9 @@ class Connection:
             arguments: list[bytes] = [b""] * (2 * len(names))
             arguments[0::2] = names
             arguments[1::2] = values
-            self._client.execute_command("MSET", *arguments)
+            self._write_client.execute_command("MSET", *arguments)
         else:
-            pipe = self._client.pipeline(transaction=False)
+            pipe = self._write_client.pipeline(transaction=False)
             for name, value in zip(names, values):
                 pipe.set(name, value, px=ttl_ms)
             pipe.execute(raise_on_error=True)
@@ -209,9 +213,12 @@ class Connection:
         if self.cluster:
             self._cluster_pipeline("DEL", names)
         else:
-            self._client.execute_command("DEL", *names)
+            self._write_client.execute_command("DEL", *names)
 
     def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             client.close()
+        writer, self._write_client = getattr(self, "_write_client", None), None
+        if writer is not None:
+            writer.close()
