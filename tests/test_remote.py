@@ -369,6 +369,36 @@ def test_cluster_corrupt_values_are_deleted(redis_cluster):
         raw.close()
 
 
+@pytest.mark.slow
+def test_a_cluster_master_killed_mid_run_costs_bounded_time_and_the_tier_resumes(redis_servers):
+    from redis_servers import start_cluster
+    cluster = start_cluster(redis_servers)
+    victim = cluster.servers[2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vc.RemoteTierWarning)
+        with vc.RedisTier(cluster=cluster.nodes, namespace="k", timeout=TIMEOUT) as tier:
+            tier.write_many(range(100), [b"v%d" % key for key in range(100)])
+            assert tier.flush(10) and tier.fetch_many(range(100)) == [b"v%d" % key for key in range(100)]
+            victim.kill()
+            slowest = 0.0
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                found = tier.fetch_many(range(100))
+                tier.write_many(range(100), [b"w"] * 100)
+                slowest = max(slowest, time.perf_counter() - started)
+                assert found.count(None) >= 1  # the victim's share, at least, is missed
+            assert slowest < 2 * CALL_BOUND
+            assert tier.counters()["errors"] >= 1
+            victim.start()  # same port and directory: it rejoins with its nodes.conf, without its entries
+
+            def resumed() -> bool:
+                tier.write_many(range(100), [b"x%d" % key for key in range(100)])
+                tier.flush(5)
+                return tier.fetch_many(range(100)) == [b"x%d" % key for key in range(100)]
+            assert wait_until(resumed, 30, step=0.2)
+
+
 # -- bad arguments and unreachable servers ----------------------------------------------------------
 
 @pytest.mark.parametrize("url, words", [
