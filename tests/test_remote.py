@@ -554,3 +554,15 @@ def test_xxh64_matches_the_published_test_vectors():
     assert xxh64(b"abc") == 0x44BC2CF5AD770999
     data = bytes(range(256)) * 3
     assert xxh64(data) != xxh64(data[:-1]) != xxh64(data, 1)
+
+
+def test_a_tier_nobody_closed_is_collected_with_a_resource_warning_and_its_thread_ends(redis_server):
+    import gc
+    tier = vc.RedisTier(redis_server.url)
+    tier.write(1, b"x")
+    assert tier.flush(10)
+    queue = tier._queue
+    with pytest.warns(ResourceWarning, match="never closed.*Fix:"):
+        del tier
+        gc.collect()
+    assert wait_until(lambda: not queue.alive, 5)

@@ -16,6 +16,8 @@ import math
 import threading
 import time
 import urllib.parse
+import warnings
+import weakref
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -156,8 +158,21 @@ class RedisTier:
         self._counts = dict.fromkeys(_COUNTER_NAMES, 0)
         self._latency: dict[str, deque[float]] = {"fetch": deque(maxlen=_LATENCY_SAMPLES),
                                                   "write": deque(maxlen=_LATENCY_SAMPLES)}
-        self._queue = WriteQueue(self._send, self._send_failed, max_pending_bytes,
-                                 name=f"vyrecache-redis-writer-{namespace}")
+        # The thread reaches the tier through a weak reference, so that a tier nobody closed is
+        # still collected (and its thread ended) instead of living as long as its thread.
+        tier = weakref.ref(self)
+
+        def send(job: Job) -> None:
+            alive = tier()
+            if alive is not None:
+                alive._send(job)
+
+        def send_failed(job: Job, error: BaseException) -> None:
+            alive = tier()
+            if alive is not None:
+                alive._send_failed(job, error)
+
+        self._queue = WriteQueue(send, send_failed, max_pending_bytes, name=f"vyrecache-redis-writer-{namespace}")
         self._closed = False
         try:
             self._connection.ping()
@@ -178,6 +193,19 @@ class RedisTier:
             with self._lock:
                 self._counts["dropped"] += sum(len(job.names) for job in left if job.values is not None)
         self._connection.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        try:
+            warnings.warn(f"a RedisTier ({_display(self.url)}, namespace {self.namespace!r}) was never closed; "
+                          "its queued writes are dropped. Fix: call close(), or use it in a with block.",
+                          ResourceWarning, stacklevel=2)
+            self._queue.stop(0.0)
+            self._connection.close()
+        except Exception:
+            pass  # at interpreter shutdown the modules used here may be gone already
 
     def __enter__(self) -> "RedisTier":
         return self

@@ -85,11 +85,12 @@ class WriteQueue:
             return True
 
     def stop(self, timeout: float) -> list[Job]:
-        """End the thread (after the job it is sending) and return the jobs it never took."""
+        """End the thread (after the job it is sending, waiting up to *timeout* seconds for it) and
+        return the jobs it never took."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._thread is not threading.current_thread():
+        if timeout > 0 and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         with self._cond:
             left = list(self._jobs)
