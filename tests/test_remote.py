@@ -457,6 +457,10 @@ def test_bad_keys_and_values_raise_and_queue_nothing(tier):
     assert tier.flush(10)
     assert tier.counters()["writes"] == 0 and tier.counters()["dropped"] == 0
     assert tier.fetch_many([]) == [] and tier.write_many([], []) is None
+    for timeout in (-1, float("nan"), float("inf"), "1", True):
+        with pytest.raises(ValueError, match="flush timeout.*Fix:"):
+            tier.flush(timeout)
+    assert tier.flush(0) is True
 
 
 def test_an_unreachable_server_warns_and_serves_misses_until_it_comes_up(redis_servers):

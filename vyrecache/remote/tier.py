@@ -325,9 +325,11 @@ class RedisTier:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every write queued so far is sent (or dropped); False if *timeout* seconds passed first."""
-        if timeout is not None:
-            timeout = _positive_number("timeout", timeout, "pass the longest wait in seconds, or None to wait "
-                                       "until the queue is empty.")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not timeout >= 0 or math.isinf(timeout)):
+            raise ValueError(f"flush timeout must be a finite number of seconds >= 0 or None, got {timeout!r}. "
+                             "Fix: pass the longest wait in seconds (0 only checks), or None to wait until the "
+                             "queue is empty.")
         if self._closed:
             return True
         return self._queue.flush(timeout)
