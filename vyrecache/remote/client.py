@@ -16,6 +16,7 @@ Round trips, per batch:
 
 from __future__ import annotations
 
+import threading
 import urllib.parse
 from collections.abc import Sequence
 from typing import Any
@@ -136,6 +137,7 @@ class Connection:
             from redis.cluster import RedisClusterException
             self.errors += (RedisClusterException,)
             self._client: Any = None  # made by the first round trip: the cluster client connects at once
+            self._cluster_lock = threading.Lock()
         else:
             options = dict(socket_timeout=timeout, socket_connect_timeout=timeout, retry=self._no_retry,
                            retry_on_timeout=False, health_check_interval=0)
@@ -146,6 +148,13 @@ class Connection:
             self._write_client = redis.Redis.from_url(url, **options, **_packer_options())
 
     def _cluster_client(self) -> Any:
+        client = self._client
+        if client is not None:
+            return client
+        with self._cluster_lock:  # the writer thread and a fetching thread may both find it missing
+            return self._make_cluster_client()
+
+    def _make_cluster_client(self) -> Any:
         if self._client is None:
             from redis.cluster import ClusterNode, RedisCluster
             assert self._startup_nodes is not None
@@ -160,12 +169,13 @@ class Connection:
     def _discard_cluster_client(self) -> None:
         # After a failure the cluster's layout may have changed (a node gone, a failover): the next
         # trial starts from the startup nodes again rather than from a stale slot map.
-        client, self._client = self._client, None
+        with self._cluster_lock:
+            client, self._client = self._client, None
         if client is not None:
             try:
                 client.close()
             except Exception:
-                pass
+                pass  # a client whose node is gone may fail to close; it is dropped either way
 
     def _cluster_pipeline(self, command: str, names: list[bytes], values: list[bytes] | None = None,
                           ttl_ms: int | None = None) -> list[Any]:
