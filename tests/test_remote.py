@@ -236,7 +236,7 @@ def test_a_stalled_server_costs_one_timeout_then_fetches_are_immediate_misses(re
             started = time.perf_counter()
             for _ in range(100):
                 assert tier.fetch(9) is None
-            assert time.perf_counter() - started < 0.1
+            assert time.perf_counter() - started < 0.5  # 100 calls that never touch the network, with room for a loaded machine
             assert tier.counters()["errors"] == 1
         finally:
             redis_server.resume()
@@ -491,7 +491,7 @@ def test_an_unroutable_host_costs_at_most_the_timeout():
         assert time.perf_counter() - started < CALL_BOUND
         started = time.perf_counter()
         assert tier.fetch_many(range(10)) == [None] * 10
-        assert time.perf_counter() - started < 0.05
+        assert time.perf_counter() - started < 0.5  # the circuit is open: no network wait at all
 
 
 def test_an_unreachable_cluster_warns_and_serves_misses():
