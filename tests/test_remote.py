@@ -236,7 +236,7 @@ def test_a_stalled_server_costs_one_timeout_then_fetches_are_immediate_misses(re
             started = time.perf_counter()
             for _ in range(100):
                 assert tier.fetch(9) is None
-            assert time.perf_counter() - started < 0.5  # 100 calls that never touch the network, with room for a loaded machine
+            assert time.perf_counter() - started < 0.5  # no network wait, room for a busy machine
             assert tier.counters()["errors"] == 1
         finally:
             redis_server.resume()
