@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the Vulkan tests need on a Debian/Ubuntu machine without a GPU:
-# the Vulkan loader, Mesa's CPU driver (lavapipe), the validation layer and the
-# GLSL compiler.  Does nothing when they are already present.
+# Installs what the tests need on a Debian/Ubuntu machine without a GPU: the
+# Vulkan loader, Mesa's CPU driver (lavapipe), the validation layer, the GLSL
+# compiler, and Redis (the remote tier's tests start their own servers, and
+# redis-cli creates their cluster).  Does nothing when they are already present.
 set -euo pipefail
 
 need=()
@@ -10,6 +11,8 @@ ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || need+=(mesa-vulkan-d
 ls /usr/share/vulkan/explicit_layer.d/VkLayer_khronos_validation.json >/dev/null 2>&1 || need+=(vulkan-validationlayers)
 command -v glslangValidator >/dev/null || need+=(glslang-tools)
 command -v vulkaninfo >/dev/null || need+=(vulkan-tools)
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v redis-cli >/dev/null || need+=(redis-tools)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

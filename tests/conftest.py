@@ -57,3 +57,7 @@ def require_vulkan():
         _no_vulkan(str(exc))
     if not found:
         _no_vulkan("the loader lists no physical device")
+
+
+# The Redis fixtures live with their server helpers.
+from redis_servers import redis_cluster, redis_server, redis_servers  # noqa: E402,F401

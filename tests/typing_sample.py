@@ -5,7 +5,8 @@ It is also run, so that what the types promise is what the code does.
 
 from __future__ import annotations
 
-from typing import assert_type
+import warnings
+from typing import Any, assert_type
 
 import numpy as np
 import numpy.typing as npt
@@ -164,6 +165,25 @@ def report_tour() -> None:
     assert "hits" in COUNTERS
 
 
+def remote_tour() -> None:
+    # Nothing listens on port 1: the tier warns once and serves misses, which is all a type check needs.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vc.RemoteTierWarning)
+        with vc.RedisTier("redis://127.0.0.1:1/0", namespace="sample", ttl=60.0, cluster=False, timeout=0.05,
+                          max_pending_bytes=1 << 20) as tier:
+            tier.write_many([1, 2], [b"a", bytearray(b"b")])
+            tier.write(3, memoryview(b"c"))
+            found = tier.fetch_many(np.array([1, 2, 3], dtype=np.uint64))
+            assert_type(found, list[bytes | None])
+            assert_type(tier.fetch(1), bytes | None)
+            assert_type(tier.flush(1.0), bool)
+            counts = tier.counters()
+            assert_type(counts, dict[str, Any])
+            assert counts["misses"] == 4 and counts["dropped"] == 3
+            tier.reset_counters()
+        tier.close()
+
+
 if __name__ == "__main__":
     assert_type(vc.__version__, str)
     tiered_cache_tour()
@@ -171,4 +191,5 @@ if __name__ == "__main__":
     devices_tour()
     errors_tour()
     report_tour()
+    remote_tour()
     print("typing sample ran")

@@ -8,6 +8,7 @@ from ._core.storage import Lease
 from .buffer_cache import BufferCache, BufferTierView, CompactionReport
 from .cache import (AccessStats, CacheEntry, CacheTier, LruPolicy, TieredCache, TierPolicy,
                     TierView)
+from .remote import RedisTier, RemoteTierWarning
 from .errors import (AllPinnedError, CacheClosedError, CacheError, CapacityAccountingError,
                      DeviceError, DeviceLostError, DeviceOutOfMemoryError, EntryTooLargeError,
                      KeyNotFoundError, PinnedError, VulkanUnavailableError)
@@ -22,6 +23,7 @@ __all__ = [
     "DeviceLostError", "VulkanUnavailableError",
     "TieredCache", "CacheTier", "LruPolicy", "TierPolicy", "CacheEntry", "AccessStats", "TierView",
     "BufferCache", "BufferLocation", "BufferTierView", "CompactionReport", "Lease", "devices",
+    "RedisTier", "RemoteTierWarning",
 ]
 
 

@@ -2,8 +2,9 @@
 
 The benchmarks are the scripts ``benchmarks/bench_core.py`` (the engine against
 dict, functools, cachetools, lru-dict and cachebox), ``bench_buffer.py``
-(put/read and promote/demote bandwidth) and ``bench_compaction.py``
-(compaction throughput) of a source checkout; a script that is not there is
+(put/read and promote/demote bandwidth), ``bench_compaction.py``
+(compaction throughput) and ``bench_remote.py`` (RedisTier against redis-py,
+on a redis-server it starts) of a source checkout; a script that is not there is
 reported and skipped.  ``--plot out.png`` also replays the demo's workload
 through a TieredCache once per device-tier size and draws each tier's hit
 ratio against that size (needs matplotlib: ``pip install vyrecache[plot]``).
@@ -28,7 +29,8 @@ from .workload import KvWorkload
 __all__ = ["register", "run", "BENCHMARKS", "find_benchmarks_dir", "hit_ratio_sweep"]
 
 #: Short name -> script, in the order they run.
-BENCHMARKS = {"core": "bench_core.py", "buffer": "bench_buffer.py", "compaction": "bench_compaction.py"}
+BENCHMARKS = {"core": "bench_core.py", "buffer": "bench_buffer.py", "compaction": "bench_compaction.py",
+              "remote": "bench_remote.py"}
 
 #: Device-tier sizes of the sweep, as fractions of the working set.
 _SWEEP_FRACTIONS = (0.0, 1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
@@ -44,7 +46,7 @@ def register(commands: Any) -> None:
     """Add the ``bench`` sub-command to *commands* (an argparse sub-parsers object)."""
     parser = commands.add_parser("bench", help="run the benchmarks in benchmarks/ and print their tables",
                                  description="Run the side-by-side benchmarks of a source checkout (benchmarks/bench_core.py, "
-                                 "bench_buffer.py, bench_compaction.py; missing ones are skipped) and print their "
+                                 "bench_buffer.py, bench_compaction.py, bench_remote.py; missing ones are skipped) and print their "
                                  "tables. --plot OUT.png also replays the demo's workload through a TieredCache "
                                  "per device-tier size and draws each tier's hit ratio against that size.")
     parser.add_argument("names", nargs="*", type=_benchmark_name, metavar="NAME",
