@@ -182,8 +182,16 @@ class BufferCache(Storage):
     def __init__(self, tiers: Iterable[CacheTier | tuple[Any, ...]], backend: str | StorageBackend = "auto",
                  device_index: int | None = None, policy: Any = None, spill: bool = True,
                  on_evict: Callable[[CacheEntry], Any] | None = None, *,
-                 headroom: float = DEFAULT_HEADROOM, segment_size: int = DEFAULT_SEGMENT_SIZE) -> None:
+                 headroom: float = DEFAULT_HEADROOM, segment_size: int = DEFAULT_SEGMENT_SIZE,
+                 remote: Any = None, remote_write: str = "back") -> None:
         self._open = False
+        if remote_write not in ("back", "through"):
+            raise ValueError(f"remote_write must be 'back' (write entries evicted from the cache) or "
+                             f"'through' (also every put), got {remote_write!r}. Fix: pass one of those.")
+        if remote is not None and not (callable(getattr(remote, "write_many", None))
+                                       and callable(getattr(remote, "fetch_many", None))):
+            raise TypeError(f"remote must be a remote tier such as vc.RedisTier(...), got {remote!r}. "
+                            f"Fix: pass vc.RedisTier(url) or None.")
         specs = _tier_specs(tiers)
         kinds = _tier_kinds(specs)
         headroom = _check_headroom(headroom)
@@ -212,6 +220,8 @@ class BufferCache(Storage):
             self._backend.close()
             raise
         self._headroom = headroom
+        self.remote = remote
+        self.write_through = remote is not None and remote_write == "through"
         self._open = True
 
     # -- lifetime ---------------------------------------------------------------------------
@@ -226,7 +236,11 @@ class BufferCache(Storage):
             return
         self._close_storage()
         self._open = False
-        self._backend.close()
+        try:
+            self._backend.close()
+        finally:
+            if self.remote is not None:
+                self.remote.close()     # sends what is queued first (for a few seconds at most)
 
     def __enter__(self) -> "BufferCache":
         return self
@@ -343,6 +357,7 @@ class BufferCache(Storage):
             row.update(self._counters_of(index))
             if index == 0:
                 row["misses"] += self.misses
+                row["hits"] += self.remote_hits     # found in the remote tier, put into this one
             memory = self._tier_memory(index)
             row["memory"] = memory["memory"]
             free = memory["free_bytes"]
@@ -350,6 +365,18 @@ class BufferCache(Storage):
             row["fragmentation"] = 1.0 - memory["ready_bytes"] / free if free else 0.0
             merged.append(row)
         return merged
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the writes queued for the remote tier are sent; True when none is left
+        (always True without a remote tier)."""
+        self._live()
+        return True if self.remote is None else bool(self.remote.flush(timeout))
+
+    def remote_counters(self) -> dict[str, Any]:
+        """The remote tier's counters (hits, misses, writes, dropped, errors, corrupt,
+        bytes_written, bytes_read, latency); empty without a remote tier."""
+        self._live()
+        return {} if self.remote is None else dict(self.remote.counters())
 
     def write_amplification(self) -> float:
         """Bytes copied to make room (cleaning and fragmentation) per byte put since the counters

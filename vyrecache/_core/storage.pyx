@@ -42,6 +42,10 @@ from vyrecache.copytable import COPY_DTYPE
 from vyrecache.errors import (AllPinnedError, CacheClosedError, CacheError, EntryTooLargeError,
                               KeyNotFoundError, PinnedError, KEY_NOT_FOUND_MESSAGE)
 
+cdef inline cnp.ndarray key_array_of(uint64_t key):
+    return np.array([key], dtype=np.uint64)
+
+
 cdef extern from "streamcopy.h":
     void vc_stream_copy(char* dst, const char* src, size_t n) nogil
     void vc_stream_fence() nogil
@@ -161,6 +165,11 @@ cdef class Storage:
     cdef public uint64_t stream_min            # copies of at least this many bytes stream (0: never)
     cdef readonly Py_ssize_t exports           # live views of leased entries (close() waits for 0)
     cdef object transfer                       # the TransferQueue whose handles `vk` holds, or None
+    cdef public object remote                  # the tier below tier 0 (RedisTier), or None
+    cdef public bint write_through             # every put is written to the remote tier too
+    cdef readonly uint64_t remote_hits         # local misses served by the remote tier
+    cdef list leaving_keys                     # victims of this operation, for the remote tier
+    cdef list leaving_values
     cdef vc_vk_queue vk
     cdef uint64_t* id_buffers                  # VkBuffer handle of each backend block id
     cdef Py_ssize_t n_ids
@@ -194,6 +203,8 @@ cdef class Storage:
         self.evicted = []
         self.lifted = []
         self.parked = {}
+        self.leaving_keys = []
+        self.leaving_values = []
         self.on_evict = on_evict
         self.n_segs = sum(layout[1] for layout in layouts)
         self.logs = <TierLog*>realloc(NULL, max(self.n_tiers, 1) * sizeof(TierLog))
@@ -589,6 +600,21 @@ cdef class Storage:
                 any_parked = True
         return any_parked
 
+    cdef int keep_for_remote(self, Py_ssize_t slot, uint64_t key, uint64_t size) except -1:
+        """Copy a victim's bytes before they are freed: the remote tier gets them after the
+        operation (a write-back on eviction)."""
+        if self.s_state[slot] == S_PARKED:
+            value = self.parked[slot]
+        else:
+            value = np.empty(size, dtype=np.uint8)
+            if size:
+                self.flush()
+                self.read_data(self.segs[self.s_seg[slot]].block, self.s_offset[slot],
+                               <char*>cnp.PyArray_DATA(value), size)
+        self.leaving_keys.append(key)
+        self.leaving_values.append(value)
+        return 0
+
     cdef int park(self, Py_ssize_t slot) except -1:
         cdef uint64_t size = self.engine.slots[slot].size
         cdef int32_t g = self.s_seg[slot]
@@ -825,6 +851,8 @@ cdef class Storage:
         cdef Py_ssize_t slot = ev.slot
         self.ensure_slots(slot + 1)
         if ev.kind == EV_REMOVE or ev.kind == EV_EVICT:
+            if ev.kind == EV_EVICT and self.remote is not None:
+                self.keep_for_remote(slot, ev.key, ev.size)
             if self.s_state[slot] == S_PARKED:
                 del self.parked[slot]
             elif self.s_state[slot] != S_NONE:
@@ -1104,6 +1132,14 @@ cdef class Storage:
             self.engine.n_events = 0
             self.busy = 0
             error = self.engine.op_end()
+        if self.leaving_keys:
+            keys, self.leaving_keys = self.leaving_keys, []
+            values, self.leaving_values = self.leaving_values, []
+            try:
+                self.remote.write_many(keys, values)     # queued: never waits for the network
+            except BaseException as remote_error:
+                if error is None:
+                    error = remote_error
         if self.evicted:
             evicted, self.evicted = self.evicted, []
             callback = self.on_evict
@@ -1197,6 +1233,8 @@ cdef class Storage:
             finally:
                 self.data = NULL
                 self.leave()
+            if self.write_through and self.remote is not None:
+                self.remote.write_many([k], [data])
             return True
         finally:
             PyBuffer_Release(&buffer)
@@ -1221,6 +1259,8 @@ cdef class Storage:
         cdef uint64_t k = parse_u64(key, "key")
         cdef Py_ssize_t slot
         cdef cnp.npy_intp size
+        if self.remote is not None and not self.__contains__(k):
+            self.from_remote(key_array_of(k))
         self.enter_read()
         try:
             slot = self.find(k)
@@ -1299,7 +1339,27 @@ cdef class Storage:
             self.replay_checked()
         finally:
             self.leave()
+        if tier < 0 and self.remote is not None:
+            return self.from_remote(key_array_of(k))[0]
         return tier
+
+    cdef object from_remote(self, cnp.ndarray keys):
+        """Look up local misses in the remote tier (one round trip) and put the hits as a put
+        would; the tier each key now has (-1: a miss there too).  Each hit counts as a hit on the
+        tier it landed in instead of a miss."""
+        cdef Py_ssize_t i, n = keys.shape[0]
+        values = self.remote.fetch_many(keys)
+        tiers = np.full(n, -1, dtype=np.int8)
+        found = [i for i in range(n) if values[i] is not None]
+        if found:
+            self.put_many(keys[found], [values[i] for i in found])
+            for i in found:
+                entry = self.get(int(keys[i]))
+                tiers[i] = entry.tier if entry is not None else -1
+                if entry is not None:
+                    self.remote_hits += 1
+                    self.misses -= 1
+        return tiers
 
     def promote(self, key):
         """Move the entry one tier up when the policy allows it (its bytes move too)."""
@@ -1448,6 +1508,16 @@ cdef class Storage:
         self.leave_read()
         return found
 
+    cdef object present_mask(self, object key_array):
+        cdef const uint64_t[::1] kv = key_array
+        cdef Py_ssize_t i
+        mask = np.zeros(kv.shape[0], dtype=bool)
+        self.enter_read()
+        for i in range(kv.shape[0]):
+            mask[i] = self.engine.slot_of(kv[i]) >= 0
+        self.leave_read()
+        return mask
+
     def __len__(self):
         if self.closed:
             raise CacheClosedError("this BufferCache is closed and its memory was freed. "
@@ -1458,7 +1528,8 @@ cdef class Storage:
 
     def access_many(self, keys):
         """access() for each key in order, in one call with the bytes moved as one batch; int8
-        array of the tier each key was found in (-1: absent, nothing inserted)."""
+        array of the tier each key was found in (-1: absent, nothing inserted).  With a remote
+        tier, the misses are looked up there in one round trip."""
         key_array = parse_keys(keys)
         cdef const uint64_t[::1] kv = key_array
         cdef Py_ssize_t i, n = kv.shape[0]
@@ -1476,6 +1547,10 @@ cdef class Storage:
                 result[i] = <int8_t>tier
         finally:
             self.leave()
+        if self.remote is not None:
+            missing = np.flatnonzero(out < 0)
+            if missing.size:
+                out[missing] = self.from_remote(key_array[missing])
         return out
 
     def put_many(self, keys, data, sizes=None):
@@ -1586,6 +1661,10 @@ cdef class Storage:
         found = np.zeros(n, dtype=bool)
         cdef uint8_t[::1] mask = found.view(np.uint8)
         cdef uint64_t size
+        if self.remote is not None:
+            missing = np.flatnonzero(~self.present_mask(key_array))
+            if missing.size:
+                self.from_remote(key_array[missing])
         self.enter_read()
         try:
             for i in range(n):

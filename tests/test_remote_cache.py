@@ -1,0 +1,111 @@
+"""BufferCache with a remote tier on a real redis-server: victims leave tier 0 for Redis and come
+back on a local miss with their bytes, another cache (another process) shares them, and a server
+that goes away costs misses, never errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import vyrecache as vc
+
+from redis_servers import require_redis  # noqa: F401  (the fixtures below start their own servers)
+
+pytestmark = pytest.mark.redis
+
+
+def payload(key: int, size: int = 4096) -> bytes:
+    return np.random.default_rng(key).integers(0, 256, size, dtype=np.uint8).tobytes()
+
+
+@pytest.fixture(params=["host", "vulkan"])
+def make_cache(request, redis_server):
+    made = []
+    if request.param == "vulkan":
+        request.getfixturevalue("require_vulkan")
+
+    def build(namespace="c", **options):
+        remote = vc.RedisTier(redis_server.url, namespace=namespace, timeout=0.5)
+        cache = vc.BufferCache([vc.CacheTier("host", 64 << 10, "host"), vc.CacheTier("vram", 16 << 10, "device")],
+                               backend=request.param, remote=remote, **options)
+        made.append(cache)
+        return cache
+
+    yield build
+    for cache in made:
+        cache.close()
+
+
+def test_victims_go_to_redis_and_come_back_with_their_bytes(make_cache):
+    cache = make_cache()
+    for key in range(60):                       # 240 KiB through a 64 KiB tier: most leave
+        cache.put(key, payload(key))
+    assert cache.flush(5.0)
+    gone = [key for key in range(60) if key not in cache]
+    assert len(gone) > 30
+    assert cache.remote_counters()["writes"] >= len(gone)
+    hits_before = cache.counters()[0]["hits"]
+    assert cache.access(gone[0]) == 0           # a remote hit lands in tier 0, as a put would
+    assert cache.read(gone[0]).tobytes() == payload(gone[0])
+    assert cache.counters()[0]["hits"] == hits_before + 1
+    assert cache.read(gone[1]).tobytes() == payload(gone[1])       # read() looks there too
+    out = np.zeros((3, 4096), dtype=np.uint8)
+    found = cache.read_many(np.array(gone[2:5], dtype=np.uint64), out)
+    assert found.all() and out[0].tobytes() == payload(gone[2])
+    tiers = cache.access_many(np.array(gone[5:8] + [10**6], dtype=np.uint64))
+    assert tiers.tolist()[:3] == [0, 0, 0] and tiers[3] == -1
+    assert cache.get(10**6) is None             # get and `in` stay local
+    cache.check()
+
+
+def test_write_through_writes_every_put(make_cache):
+    cache = make_cache(namespace="through", remote_write="through")
+    for key in range(5):
+        cache.put(key, payload(key))
+    assert cache.flush(5.0)
+    assert cache.remote_counters()["writes"] >= 5
+
+
+def test_another_process_reads_what_this_cache_evicted(make_cache, redis_server):
+    cache = make_cache(namespace="shared")
+    for key in range(60):
+        cache.put(key, payload(key))
+    assert cache.flush(5.0)
+    gone = [key for key in range(60) if key not in cache][:5]
+    code = textwrap.dedent(f"""
+        import numpy as np, vyrecache as vc
+        remote = vc.RedisTier({redis_server.url!r}, namespace="shared")
+        with vc.BufferCache([vc.CacheTier("host", 64 << 10, "host")], backend="host", remote=remote) as other:
+            for key in {gone!r}:
+                expected = np.random.default_rng(key).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+                assert other.read(key).tobytes() == expected, key
+        print("OK")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "OK" in result.stdout, result.stderr
+
+
+def test_a_server_that_dies_costs_misses_not_errors(make_cache, redis_server):
+    cache = make_cache(namespace="dies")
+    redis_server.kill()
+    started = time.monotonic()
+    with pytest.warns(vc.RemoteTierWarning):
+        for key in range(60):
+            cache.put(key, payload(key))
+            cache.access(key + 1000)            # a local miss: the remote tier is only misses now
+    assert time.monotonic() - started < 30
+    assert len(cache) > 0
+    cache.check()
+
+
+def test_a_remote_tier_must_look_like_one():
+    with pytest.raises(TypeError, match="Fix"):
+        vc.BufferCache([vc.CacheTier("host", 4096, "host")], backend="host", remote=object())
+    with pytest.raises(ValueError, match="Fix"):
+        vc.BufferCache([vc.CacheTier("host", 4096, "host")], backend="host", remote=None,
+                       remote_write="sometimes")
