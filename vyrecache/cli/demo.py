@@ -64,9 +64,25 @@ def register(commands: Any) -> None:
     parser.add_argument("--verify", type=non_negative_int, default=256, metavar="N",
                         help="entries read back and checked at the end (default 256)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the workload (default 0)")
+    parser.add_argument("--remote", default=None, metavar="URL",
+                        help="a Redis server below the host tier, e.g. redis://127.0.0.1:6379/0")
+    parser.add_argument("--metrics-port", type=non_negative_int, default=None, metavar="N",
+                        help="serve the cache's counters for Prometheus on this port while it runs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     parser.set_defaults(run=run)
+
+
+def _serve_metrics(cache: Any, port: int) -> None:
+    try:
+        from prometheus_client import CollectorRegistry, start_http_server
+    except ImportError as error:
+        raise CommandError("--metrics-port needs prometheus_client. Fix: pip install "
+                           "'vyrecache[metrics]'.", status=2) from error
+    from ..metrics import PrometheusCollector
+    registry = CollectorRegistry()
+    registry.register(PrometheusCollector(cache))
+    start_http_server(port, addr="127.0.0.1", registry=registry)
 
 
 def device_label(device: Any) -> str:
@@ -104,7 +120,11 @@ def run(args: argparse.Namespace) -> int:
     tiers = [vc.CacheTier("host", args.host_size, memory="host"),
              vc.CacheTier("device", args.device_size, memory="device")]
     policy = vc.LruPolicy(promote_threshold=args.promote_threshold)
-    with vc.BufferCache(tiers, backend=args.backend, device_index=args.device_index, policy=policy) as cache:
+    remote = vc.RedisTier(args.remote, namespace=f"vyrecache-demo-{args.seed}") if args.remote else None
+    with vc.BufferCache(tiers, backend=args.backend, device_index=args.device_index, policy=policy,
+                        remote=remote) as cache:
+        if args.metrics_port is not None:
+            _serve_metrics(cache, args.metrics_port)
         label = device_label(cache.device)
         requests = accesses = puts = bytes_put = 0
         # Counted here from access()'s result, so the figure does not depend on how counters count misses.
@@ -160,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
                 "accesses_per_second": accesses / seconds, "working_set_bytes": workload.working_set_bytes(),
                 "tiers": usage, "counters": counters, "hit_ratio": block_hits,
                 "bytes_copied_for_placement": copied, "write_amplification": amplification,
+                "remote": cache.remote_counters() if remote is not None else None,
                 "verified": {"checked": checked, "mismatched": mismatched}, "interrupted": interrupted,
             }
             print(json.dumps(result, indent=2, default=_json_default))
@@ -183,6 +204,12 @@ def run(args: argparse.Namespace) -> int:
                               + f" (headroom {cache.headroom:g})"),
                 "verified": verdict,
             }
+            if remote is not None:
+                cache.flush(5.0)
+                counts = cache.remote_counters()
+                footer["remote tier"] = (f"{args.remote}: {counts['hits']:,} hits, {counts['misses']:,} misses, "
+                                         f"{counts['writes']:,} writes ({format_bytes(counts['bytes_written'])}), "
+                                         f"{counts['dropped']:,} dropped, {counts['errors']:,} errors")
             print(format_report(counters, tier_names, tiers=cache.tiers,
                                 title=f"vyrecache demo on {label}", footer=footer))
     if mismatched:
