@@ -7,13 +7,14 @@ to slot (engine_map.pxi), one intrusive LRU list per tier with its byte accounti
 behaviour of the original Rust `TieredCache`, with its flaws fixed; docs/DESIGN.md section 1 is
 the contract with the storage layer.
 
-Status codes of the internal C functions: >= 0 a tier, -1 a miss, below -1 an error.
+Status codes of the internal C functions: >= 0 a tier, -1 a miss, below -1 an error or
+ST_DECLINED (engine.pxd).
 """
 
 cimport cython
 from cpython.object cimport PyObject
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
-from libc.stdint cimport (INT8_MAX, UINT32_MAX, UINT64_MAX, int8_t, int32_t, uint8_t, uint16_t,
+from libc.stdint cimport (INT8_MAX, UINT32_MAX, UINT64_MAX, int8_t, int32_t, int64_t, uint8_t, uint16_t,
                           uint32_t, uint64_t)
 from libc.string cimport memcpy, memset
 
@@ -68,17 +69,10 @@ for _result in range(INT8_MAX + 2):
 include "engine_values.pxi"
 include "engine_map.pxi"
 include "engine_lists.pxi"
-
-cdef enum:
-    ST_MISS = -1
-    ST_TOO_LARGE = -2
-    ST_ALL_PINNED = -3
-    ST_NO_MEMORY = -4
-    ST_NOT_FOUND = -5
-    ST_TOO_MANY = -6
+include "engine_policies.pxi"
 
 COUNTER_NAMES = ("hits", "misses", "inserts", "evictions", "promotions", "demotions", "spills",
-                 "bytes_in", "bytes_out")
+                 "bytes_in", "bytes_out", "rejections")
 
 
 cdef object _event_dtype():
@@ -145,7 +139,7 @@ cdef inline void _begin_op(Engine e) noexcept nogil:
 # --------------------------------------------------------------------------------------------
 # Python policies (only reached when the policy is not the built-in LruPolicy)
 
-cdef uint32_t _policy_victim(Engine e, int tier) noexcept:
+cdef uint32_t _python_victim(Engine e, int tier) noexcept:
     cdef uint64_t key
     cdef uint32_t slot
     e.in_callback += 1
@@ -185,9 +179,11 @@ cdef inline uint32_t _pick_victim(Engine e, int tier) noexcept nogil:
     cdef uint32_t slot
     if not e.native_policy:
         with gil:
-            slot = _policy_victim(e, tier)
+            slot = _python_victim(e, tier)
         if slot != VC_NIL:
             return slot
+    elif vc_unlikely(e.policy_kind != PK_LRU):
+        return _policy_victim(e, tier)
     return _coldest_unpinned(e, tier)
 
 
@@ -206,6 +202,8 @@ cdef inline bint _should_promote(Engine e, uint32_t slot) noexcept nogil:
 cdef inline void _make_room(Engine e, int tier, uint64_t charge) noexcept nogil:
     """Displace victims of `tier` until `charge` more bytes fit.  The caller checked _can_host."""
     cdef TierState* t = &e.tier_state[tier]
+    if vc_unlikely(e.policy_kind == PK_WTINYLFU):
+        _wtlfu_make_window_room(e, tier, charge)
     if t.used > t.capacity - charge:
         _displace_until_fits(e, tier, charge)
 
@@ -236,13 +234,15 @@ cdef void _move(Engine e, uint32_t slot, int dst, int counter) noexcept nogil:
     cdef Slot* s = &e.slots[slot]
     cdef int src = s.tier
     _emit(e, EV_LIFT, slot, src, dst)
-    _unlink(e, slot)
+    _lift_out(e, slot)
     e.tier_state[src].counters[C_BYTES_OUT] += s.size
     s.flags |= FLAG_LIFTED
-    _make_room(e, dst, _charge(e, s.size))
+    if vc_unlikely(e.policy_kind != PK_LRU):
+        _policy_arrival(e, dst, s.key, _charge(e, s.size), False)
+    _make_room(e, dst, _charge(e, e.slots[slot].size))
     s = &e.slots[slot]
     s.flags &= ~FLAG_LIFTED
-    _link_head(e, slot, dst)
+    _place(e, slot, dst)
     _emit(e, EV_PLACE, slot, src, dst)
     e.tier_state[dst].counters[counter] += 1
     e.tier_state[dst].counters[C_BYTES_IN] += s.size
@@ -274,7 +274,7 @@ cdef inline void _remove(Engine e, uint32_t slot, uint8_t kind) noexcept nogil:
     if vc_unlikely(s.pins != 0):
         e.tier_state[tier].pinned -= _charge(e, s.size)
         s.pins = 0
-    _unlink(e, slot)
+    _lift_out(e, slot)
     e.tier_state[tier].counters[C_BYTES_OUT] += s.size
     if kind == EV_EVICT:
         e.tier_state[tier].counters[C_EVICTIONS] += 1
@@ -295,6 +295,9 @@ cdef int _insert(Engine e, uint64_t key, uint64_t size, uint32_t old) noexcept n
         return ST_TOO_MANY if reserved == -2 else ST_NO_MEMORY
     if old != VC_NIL:
         _remove(e, old, EV_REMOVE)
+    if vc_unlikely(e.policy_kind != PK_LRU):
+        if _policy_arrival(e, tier, key, charge, old == VC_NIL) == ST_DECLINED:
+            return ST_DECLINED
     _make_room(e, tier, charge)
     slot = _take_slot(e)
     s = &e.slots[slot]
@@ -306,7 +309,7 @@ cdef int _insert(Engine e, uint64_t key, uint64_t size, uint32_t old) noexcept n
     s.flags = 0
     _map_insert(e, slot)
     e.n_live += 1
-    _link_head(e, slot, tier)
+    _place(e, slot, tier)
     _emit(e, EV_INSERT, slot, -1, tier)
     e.tier_state[tier].counters[C_INSERTS] += 1
     e.tier_state[tier].counters[C_BYTES_IN] += size
@@ -356,6 +359,13 @@ cdef inline int _hit(Engine e, uint32_t slot) noexcept nogil:
     return tier
 
 
+cdef int _access_any(Engine e, uint64_t key, uint64_t size) noexcept nogil:
+    """_access() for every policy but the native LRU."""
+    if e.policy_kind != PK_LRU:
+        return _policy_access(e, key, size, _find(e, key))
+    return _access(e, key, size)
+
+
 cdef inline int _access(Engine e, uint64_t key, uint64_t size) noexcept nogil:
     """The fused per-use call: the tier of a hit (then maybe promoted), or -1 after inserting."""
     cdef uint64_t gap, h = _hash(key)
@@ -376,7 +386,7 @@ cdef inline bint _replace_coldest(Engine e, uint64_t key, uint64_t size, uint64_
     cdef uint32_t victim = t.tail
     cdef uint64_t charge, victim_charge, victim_hash, group
     cdef Slot* s
-    if (not e.native_policy or e.logging or t.pinned != 0 or victim == VC_NIL
+    if (not e.lru_native or e.logging or t.pinned != 0 or victim == VC_NIL
             or e.growth_left == 0):
         return False
     charge = _charge(e, size)
@@ -433,6 +443,36 @@ cdef inline int _access_miss(Engine e, uint64_t key, uint64_t size, uint64_t h,
     if tier < 0:
         return tier
     e.tier_state[tier].counters[C_MISSES] += 1
+    return ST_MISS
+
+
+cdef inline int _policy_hit(Engine e, uint32_t slot) noexcept nogil:
+    """_hit() for the policies of engine_policies.pxi."""
+    cdef int tier
+    cdef Slot* s = &e.slots[slot]
+    _policy_touch(e, slot)
+    tier = s.tier
+    e.tier_state[tier].counters[C_HITS] += 1
+    _policy_sample(e, tier, True)
+    if vc_unlikely(<uint64_t>s.frequency >= e.tier_state[tier].promote_at):
+        _promote(e, slot, False)
+    return tier
+
+
+cdef inline int _policy_access(Engine e, uint64_t key, uint64_t size, uint32_t slot) noexcept nogil:
+    """_access() for the policies, given the key's slot (VC_NIL: absent)."""
+    cdef int tier
+    if e.policy_kind == PK_WTINYLFU and slot == VC_NIL:
+        _sketch_increment(e, key)       # a hit counts in _policy_touch
+    if slot != VC_NIL:
+        return _policy_hit(e, slot)
+    tier = _insert(e, key, size, VC_NIL)
+    if tier == ST_DECLINED:
+        return ST_MISS
+    if tier < 0:
+        return tier
+    e.tier_state[tier].counters[C_MISSES] += 1
+    _policy_sample(e, tier, False)
     return ST_MISS
 
 
@@ -601,6 +641,8 @@ cdef int _verify(Engine e) except -1:
                 _broken(f"slot {slot}'s prev link is {e.slots[slot].prev}, expected {prev}")
             if e.slots[slot].flags & FLAG_LIFTED:
                 _broken(f"slot {slot} is still marked lifted")
+            if e.pstate == NULL and e.slots[slot].flags != 0:
+                _broken(f"slot {slot} has policy bits {e.slots[slot].flags:#x} under LRU")
             if _find(e, e.slots[slot].key) != slot:
                 _broken(f"key {e.slots[slot].key} of tier {tier} is not found in the map")
             used += _charge(e, e.slots[slot].size)
@@ -658,6 +700,8 @@ cdef int _verify(Engine e) except -1:
             slot = e.slots[slot].next
     if free_count + total != e.slot_high_water:
         _broken(f"{free_count} free + {total} live slots != {e.slot_high_water} handed out")
+    if e.pstate != NULL:
+        _verify_policy(e)
     return 0
 
 
@@ -681,6 +725,14 @@ cdef class Engine:
         self.limbo_head = VC_NIL
         self.limbo_tail = VC_NIL
         self.native_policy = True
+        self.lru_native = True
+        self.policy_kind = PK_LRU
+        self.pstate = NULL
+        self.ghosts = NULL
+        self.ghost_buckets = NULL
+        self.ghost_free = VC_NIL
+        self.sketch = NULL
+        self.doorkeeper = NULL
         self.promote_threshold = 3
         self.spill_victims = True
         self.granularity = 1
@@ -734,8 +786,14 @@ cdef class Engine:
                     raise ValueError(f"promote_threshold must be an int in [0, 2**32), got "
                                      f"{threshold!r}. Fix: pass a small non-negative int.")
                 self.promote_threshold = <uint32_t>threshold
+                config = policy._engine_config() if hasattr(policy, "_engine_config") else None
+                if config is not None:
+                    (self.policy_kind, self.small_ratio, self.ghost_ratio, self.move_threshold,
+                     self.window_ratio, self.adaptive) = config
+                    self.lru_native = self.policy_kind == PK_LRU
             else:
                 self.native_policy = False
+                self.lru_native = False
         self.tier_state = <TierState*>PyMem_RawMalloc(len(specs) * sizeof(TierState))
         if self.tier_state == NULL:
             raise MemoryError("Could not allocate the tiers. Fix: free memory.")
@@ -753,6 +811,8 @@ cdef class Engine:
                 self.tier_state[tier].promote_at = 0       # every hit asks the Python policy
         self.names = tuple(name for name, _ in specs)
         self.granularity = granularity
+        if self.policy_kind != PK_LRU:
+            _policy_setup(self)
         self.spill_victims = bool(spill)
         self.py_policy = policy
         self._on_evict = on_evict
@@ -769,6 +829,7 @@ cdef class Engine:
         self.buckets = NULL
         PyMem_RawFree(self.ctrl)
         self.ctrl = NULL
+        _policy_free(self)
         if self.lock_ready:
             sem_destroy(&self.lock_free)
             self.lock_ready = False
@@ -902,7 +963,10 @@ cdef class Engine:
         if not vc_exact_u64(size, &s):
             s = _u64_slow(size, "size")
         _enter(self)
-        result = _access(self, k, s)
+        if vc_likely(self.lru_native):
+            result = _access(self, k, s)
+        else:
+            result = _access_any(self, k, s)
         _leave(self, result, k, s, -1)
         return <object>_ACCESS_RESULT_OBJECTS[result + 1]     # result >= ST_MISS after _leave
 
@@ -915,7 +979,7 @@ cdef class Engine:
         _enter(self)
         slot = _find(self, k)
         if slot != VC_NIL:
-            result = _hit(self, slot)
+            result = _policy_hit(self, slot) if self.policy_kind != PK_LRU else _hit(self, slot)
         _leave(self, result, k, 0, -1)
         return result
 
@@ -926,8 +990,14 @@ cdef class Engine:
         cdef uint64_t s = _as_u64(size, "size")
         cdef int result
         _enter(self)
+        if self.policy_kind == PK_WTINYLFU:
+            _sketch_increment(self, k)
         result = _insert(self, k, s, _find(self, k))
+        if result == ST_DECLINED:
+            _leave(self, 0, k, s, -1)
+            return False
         _leave(self, result, k, s, -1)
+        return True
 
     def record_access(self, key):
         """Record an access (frequency, last_access, most-recent end); no-op for a missing key."""
@@ -936,7 +1006,10 @@ cdef class Engine:
         _enter(self)
         slot = _find(self, k)
         if slot != VC_NIL:
-            _touch(self, slot)
+            if self.policy_kind != PK_LRU:
+                _policy_touch(self, slot)
+            else:
+                _touch(self, slot)
         _leave(self, 0, k, 0, -1)
 
     def promote(self, key):
@@ -1155,7 +1228,8 @@ cdef class Engine:
     def sizeof(self):
         """Bytes of C memory the engine holds (slots, map, tiers, event log)."""
         return (self.slot_capacity * sizeof(Slot) + _map_bytes(self)
-                + self.n_tiers * sizeof(TierState) + self.events_capacity * sizeof(Event))
+                + self.n_tiers * sizeof(TierState) + self.events_capacity * sizeof(Event)
+                + _policy_bytes(self))
 
     # ---- batch calls ----
 
@@ -1178,7 +1252,7 @@ cdef class Engine:
         cdef Prefetcher ring
         _enter(self)
         _prefetch_start(self, &ring)
-        if self.native_policy:
+        if self.lru_native:
             with nogil:
                 for i in range(n):
                     home = _prefetch_keys(self, &ring, kv, i, True)
@@ -1189,6 +1263,15 @@ cdef class Engine:
                         result[i] = <int8_t>_hit(self, slot)
                         continue
                     status = _access_miss(self, kv[i], sv[i], home, gap)
+                    if status < ST_MISS:
+                        failed = i
+                        break
+                    result[i] = <int8_t>status
+        elif self.native_policy:
+            with nogil:
+                for i in range(n):
+                    home = _prefetch_keys(self, &ring, kv, i, True)
+                    status = _policy_access(self, kv[i], sv[i], _find_from(self, kv[i], home))
                     if status < ST_MISS:
                         failed = i
                         break
@@ -1231,7 +1314,12 @@ cdef class Engine:
             with nogil:
                 for i in range(n):
                     home = _prefetch_keys(self, &ring, kv, i, False)
+                    if self.policy_kind == PK_WTINYLFU:
+                        _sketch_increment(self, kv[i])
                     status = _insert(self, kv[i], sv[i], _find_from(self, kv[i], home))
+                    if status == ST_DECLINED:
+                        result[i] = -1
+                        continue
                     if status < 0:
                         failed = i
                         break
@@ -1263,7 +1351,10 @@ cdef class Engine:
             for i in range(n):
                 slot = _find_from(self, kv[i], _prefetch_keys(self, &ring, kv, i, True))
                 if slot != VC_NIL:
-                    _touch(self, slot)
+                    if self.policy_kind != PK_LRU:
+                        _policy_touch(self, slot)
+                    else:
+                        _touch(self, slot)
                     present += 1
         _leave(self, 0, 0, 0, -1)
         return present
