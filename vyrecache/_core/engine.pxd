@@ -117,7 +117,7 @@ ctypedef struct PolicyState:
     uint64_t seg_used[3]    # charged bytes per segment
     uint64_t seg_count[3]
     uint64_t seg_cap[3]     # S3-FIFO: small, main; W-TinyLFU: window, main, protected
-    int64_t p               # ARC's target size of T1, in bytes
+    double p                # ARC's target size of T1, in bytes (fractional steps, as libCacheSim)
     uint32_t ghost_head[2]  # ghost lists (S3-FIFO: list 0; ARC: B1, B2), most recent first
     uint32_t ghost_tail[2]
     uint64_t ghost_used[2]  # their charged bytes

@@ -517,6 +517,7 @@ cdef inline void _policy_place(Engine e, uint32_t slot, int tier) noexcept nogil
     elif e.policy_kind == PK_WTINYLFU:
         k = 1 if ps.arriving else 0
     ps.arriving = 0
+    ps.incoming = 0
     _seg_link(e, slot, tier, k)
 
 
@@ -554,7 +555,7 @@ cdef int _policy_arrival(Engine e, int tier, uint64_t key, uint64_t charge, bint
     admission of an entry too large for the window.  0, or ST_DECLINED."""
     cdef PolicyState* ps = &e.pstate[tier]
     cdef uint32_t g, victim
-    cdef int64_t delta
+    cdef double delta
     ps.arriving = 0
     ps.incoming = charge
     if e.policy_kind == PK_S3FIFO:
@@ -567,22 +568,13 @@ cdef int _policy_arrival(Engine e, int tier, uint64_t key, uint64_t charge, bint
         if g != VC_NIL:
             # Adapt T1's target: a hit in B1 says T1 was too small, one in B2 that T2 was.
             if e.ghosts[g].list == 0:
-                delta = <int64_t>(ps.ghost_used[1] // ps.ghost_used[0]) if ps.ghost_used[0] else 0
-                if delta < 1:
-                    delta = 1
-                ps.p = ps.p + delta
-                if ps.p > <int64_t>e.tier_state[tier].capacity:
-                    ps.p = <int64_t>e.tier_state[tier].capacity
+                delta = <double>ps.ghost_used[1] / <double>ps.ghost_used[0]
+                ps.p = min(ps.p + max(delta, 1.0), <double>e.tier_state[tier].capacity)
                 ps.arriving = 1
             else:
-                delta = <int64_t>(ps.ghost_used[0] // ps.ghost_used[1]) if ps.ghost_used[1] else 0
-                if delta < 1:
-                    delta = 1
-                ps.p = ps.p - delta if ps.p > delta else 0
+                delta = <double>ps.ghost_used[0] / <double>ps.ghost_used[1]
+                ps.p = max(ps.p - max(delta, 1.0), 0.0)
                 ps.arriving = 2
-            victim = _arc_replace(e, tier)
-            if victim != VC_NIL:
-                _displace(e, victim)
             _ghost_remove(e, g)
     elif e.policy_kind == PK_WTINYLFU and charge > ps.seg_cap[0]:
         # Too large for the window: the entry goes straight to probation, and a new key must
@@ -674,15 +666,14 @@ cdef uint32_t _s3_main_victim(Engine e, int tier) noexcept nogil:
 
 cdef uint32_t _arc_replace(Engine e, int tier) noexcept nogil:
     """ARC's REPLACE: T1's LRU entry goes to B1 when T1 exceeds its target p (or meets it and
-    the arrival is a B2 hit), else T2's LRU entry goes to B2."""
+    the arrival is a B2 hit) or T2 is empty, else T2's LRU entry goes to B2."""
     cdef PolicyState* ps = &e.pstate[tier]
-    cdef int64_t t1 = <int64_t>ps.seg_used[0]
+    cdef double t1 = <double>ps.seg_used[0]
     cdef uint32_t victim
-    cdef int which
-    if t1 > 0 and (t1 > ps.p or (t1 == ps.p and ps.arriving == 2)):
+    cdef int which = 1
+    if (ps.seg_used[0] > 0 and (t1 > ps.p or (t1 == ps.p and ps.arriving == 2))
+            or ps.seg_used[1] == 0):
         which = 0
-    else:
-        which = 1
     victim = _seg_oldest_unpinned(e, tier, which)
     if victim == VC_NIL:
         which = 1 - which
@@ -696,17 +687,20 @@ cdef uint32_t _arc_victim(Engine e, int tier) noexcept nogil:
     cdef PolicyState* ps = &e.pstate[tier]
     cdef uint64_t capacity = e.tier_state[tier].capacity
     cdef uint32_t victim
+    if ps.arriving:
+        return _arc_replace(e, tier)                    # a ghost hit: cases II and III
+    # Case IV, a miss everywhere.
     if ps.seg_used[0] + ps.ghost_used[0] + ps.incoming > capacity:
-        # Case A of the paper: T1 and B1 hold c pages.
-        if ps.seg_used[0] < capacity:
-            if ps.ghost_tail[0] != VC_NIL:
-                _ghost_remove(e, ps.ghost_tail[0])
+        # Case A: T1 and B1 hold c pages.  Testing B1 for emptiness rather than T1 < c also
+        # holds for entries of different sizes (libCacheSim does the same).
+        if ps.ghost_used[0] > 0:
+            _ghost_remove(e, ps.ghost_tail[0])
             return _arc_replace(e, tier)
         victim = _seg_oldest_unpinned(e, tier, 0)       # T1 holds everything: it leaves unseen
         return victim if victim != VC_NIL else _seg_oldest_unpinned(e, tier, 1)
     # Case B: the directory holds 2c pages, B2's oldest goes.
     if (ps.seg_used[0] + ps.seg_used[1] + ps.ghost_used[0] + ps.ghost_used[1] >= 2 * capacity
-            and ps.ghost_tail[1] != VC_NIL):
+            and ps.ghost_used[1] > 0):
         _ghost_remove(e, ps.ghost_tail[1])
     return _arc_replace(e, tier)
 
@@ -848,7 +842,7 @@ cdef int _verify_policy(Engine e) except -1:
             ghost_total += n
         if e.policy_kind == PK_S3FIFO and ps.ghost_used[0] > ps.ghost_cap:
             _broken(f"tier {tier}'s ghost FIFO holds {ps.ghost_used[0]} bytes of {ps.ghost_cap}")
-        if e.policy_kind == PK_ARC and (ps.p < 0 or ps.p > <int64_t>e.tier_state[tier].capacity):
+        if e.policy_kind == PK_ARC and (ps.p < 0 or ps.p > <double>e.tier_state[tier].capacity):
             _broken(f"tier {tier}'s ARC target p = {ps.p} lies outside [0, capacity]")
         if e.policy_kind == PK_WTINYLFU and (
                 ps.seg_cap[0] + ps.seg_cap[1] != e.tier_state[tier].capacity
