@@ -43,6 +43,7 @@ COUNTERS: dict[str, str] = {
     "spills": "entries that arrived in this tier by spilling: pushed out of the next faster one to make room",
     "bytes_in": "bytes of entries that arrived in this tier, for any reason",
     "bytes_out": "bytes of entries that left this tier, for any reason",
+    "rejections": "new keys the tier's admission filter declined (W-TinyLFU): nothing stored, insert returned False",
     "compactions": "compaction passes run on this tier (automatic or by cache.compact())",
     "compaction_bytes": "bytes moved inside this tier by compaction",
     "fragmentation_evictions": "entries evicted because no contiguous range was free even after compaction",
