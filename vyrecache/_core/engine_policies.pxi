@@ -567,13 +567,21 @@ cdef int _policy_arrival(Engine e, int tier, uint64_t key, uint64_t charge, bint
         g = _ghost_find(e, key, tier)
         if g != VC_NIL:
             # Adapt T1's target: a hit in B1 says T1 was too small, one in B2 that T2 was.
+            # The step is |other ghost| / |this ghost|, at least 1 (also when entries of size 0
+            # leave this ghost list at 0 bytes).
             if e.ghosts[g].list == 0:
-                delta = <double>ps.ghost_used[1] / <double>ps.ghost_used[0]
-                ps.p = min(ps.p + max(delta, 1.0), <double>e.tier_state[tier].capacity)
+                delta = 1.0
+                if ps.ghost_used[0] and <double>ps.ghost_used[1] / <double>ps.ghost_used[0] > 1.0:
+                    delta = <double>ps.ghost_used[1] / <double>ps.ghost_used[0]
+                ps.p = ps.p + delta
+                if ps.p > <double>e.tier_state[tier].capacity:
+                    ps.p = <double>e.tier_state[tier].capacity
                 ps.arriving = 1
             else:
-                delta = <double>ps.ghost_used[0] / <double>ps.ghost_used[1]
-                ps.p = max(ps.p - max(delta, 1.0), 0.0)
+                delta = 1.0
+                if ps.ghost_used[1] and <double>ps.ghost_used[0] / <double>ps.ghost_used[1] > 1.0:
+                    delta = <double>ps.ghost_used[0] / <double>ps.ghost_used[1]
+                ps.p = ps.p - delta if ps.p > delta else 0.0
                 ps.arriving = 2
             _ghost_remove(e, g)
     elif e.policy_kind == PK_WTINYLFU and charge > ps.seg_cap[0]:
