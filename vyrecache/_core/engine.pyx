@@ -1217,6 +1217,40 @@ cdef class Engine:
             memset(self.tier_state[tier].counters, 0, sizeof(self.tier_state[tier].counters))
         self.release()
 
+    def policy_info(self, int tier):
+        """A tier's policy state as a dict: the policy's name, and per segment its entries,
+        bytes and share (S3-FIFO: small/main; ARC: t1/t2 and p; W-TinyLFU: window, probation,
+        protected), the ghost lists' keys and bytes.  For reports and tests; not an access."""
+        cdef PolicyState* ps
+        self._check_tier(tier)
+        self.acquire()
+        try:
+            info = {"policy": POLICY_NAMES[self.policy_kind]}
+            if self.pstate == NULL:
+                return info
+            ps = &self.pstate[tier]
+            names = {PK_S3FIFO: ("small", "main"), PK_ARC: ("t1", "t2"),
+                     PK_WTINYLFU: ("window", "probation", "protected")}.get(
+                         self.policy_kind, ("entries",))
+            for index, name in enumerate(names):
+                info[name] = {"count": ps.seg_count[index], "bytes": ps.seg_used[index]}
+            if self.policy_kind == PK_S3FIFO:
+                info["small"]["capacity"] = ps.seg_cap[0]
+                info["main"]["capacity"] = ps.seg_cap[1]
+                info["ghost"] = {"count": ps.ghost_count[0], "bytes": ps.ghost_used[0],
+                                 "capacity": ps.ghost_cap}
+            elif self.policy_kind == PK_ARC:
+                info["p"] = ps.p
+                info["b1"] = {"count": ps.ghost_count[0], "bytes": ps.ghost_used[0]}
+                info["b2"] = {"count": ps.ghost_count[1], "bytes": ps.ghost_used[1]}
+            elif self.policy_kind == PK_WTINYLFU:
+                info["window"]["capacity"] = ps.seg_cap[0]
+                info["probation"]["capacity"] = ps.seg_cap[1] - ps.seg_cap[2]
+                info["protected"]["capacity"] = ps.seg_cap[2]
+            return info
+        finally:
+            self.release()
+
     def check(self):
         """Walk every structure and raise CacheError naming the first broken invariant."""
         self.acquire()

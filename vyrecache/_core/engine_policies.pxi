@@ -535,10 +535,6 @@ cdef inline void _lift_out(Engine e, uint32_t slot) noexcept nogil:
         _seg_unlink(e, slot)
 
 
-cdef inline uint64_t _main_used(PolicyState* ps) noexcept nogil:
-    return ps.seg_used[1] + ps.seg_used[2]
-
-
 cdef uint32_t _wtlfu_main_victim(Engine e, int tier, uint32_t besides) noexcept nogil:
     """The main space's victim: probation's oldest unpinned entry, else protected's."""
     cdef uint32_t slot = _seg_oldest(e, tier, 1)
@@ -589,7 +585,7 @@ cdef int _policy_arrival(Engine e, int tier, uint64_t key, uint64_t charge, bint
         # win the admission contest against each main victim it would displace.
         ps.arriving = 1
         if fresh:
-            while _main_used(ps) + charge > ps.seg_cap[1]:
+            while e.tier_state[tier].used > e.tier_state[tier].capacity - charge:
                 victim = _wtlfu_main_victim(e, tier, VC_NIL)
                 if victim == VC_NIL:
                     break
@@ -602,28 +598,43 @@ cdef int _policy_arrival(Engine e, int tier, uint64_t key, uint64_t charge, bint
 
 
 cdef void _wtlfu_make_window_room(Engine e, int tier, uint64_t charge) noexcept nogil:
-    """The window's oldest entries move to probation until the arrival fits in the window; a
-    candidate that pushes main past its share competes with main's victim, and the one the
-    sketch has seen less often leaves the tier."""
+    """The window's oldest entries move to probation until the arrival fits in the window.
+    While the tier is then over capacity, each of those candidates, newest first, competes
+    with probation's oldest entry, and the one the sketch has seen less often leaves the tier
+    (Caffeine's evictFromMain).  Whatever room is still missing, _make_room's loop makes."""
     cdef PolicyState* ps = &e.pstate[tier]
-    cdef uint32_t candidate, victim
+    cdef TierState* t = &e.tier_state[tier]
+    cdef uint32_t candidate, victim, older
+    cdef uint64_t moved = 0
     if ps.arriving:
         return
     while ps.seg_used[0] + charge > ps.seg_cap[0]:
         candidate = _seg_oldest_unpinned(e, tier, 0)
         if candidate == VC_NIL:
-            return
+            break
         _seg_move(e, candidate, 1)
-        while _main_used(ps) > ps.seg_cap[1]:
-            victim = _wtlfu_main_victim(e, tier, candidate)
-            if victim == VC_NIL:
-                break
-            if (_sketch_frequency(e, e.slots[candidate].key)
-                    > _sketch_frequency(e, e.slots[victim].key)):
-                _displace(e, victim)
-            else:
-                _displace(e, candidate)
-                break
+        moved += 1
+    candidate = ps.seg_head[1]
+    while moved and candidate != VC_NIL and t.used > t.capacity - charge:
+        moved -= 1
+        older = e.slots[candidate].next
+        if older != VC_NIL and _seg(&e.slots[older]) != 1:
+            older = VC_NIL
+        if e.slots[candidate].pins:
+            candidate = older
+            continue
+        victim = _seg_oldest_unpinned(e, tier, 1)
+        if victim == candidate:
+            break                           # no older probation entry is left to compete
+        if (_sketch_frequency(e, e.slots[candidate].key)
+                > _sketch_frequency(e, e.slots[victim].key)):
+            if older == victim:
+                older = e.slots[victim].next if e.slots[victim].next != VC_NIL and _seg(
+                    &e.slots[e.slots[victim].next]) == 1 else VC_NIL
+            _displace(e, victim)
+        else:
+            _displace(e, candidate)
+        candidate = older
 
 
 cdef uint32_t _s3_small_victim(Engine e, int tier, bint force) noexcept nogil:
