@@ -69,7 +69,8 @@ def policy_names(text: str) -> list[str]:
     names = [name.strip().lower() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in POLICIES]
     if unknown or not names:
-        raise ValueError(f"unknown policy {', '.join(unknown) or text!r}. Fix: use "
+        named = ", ".join(repr(name) for name in unknown) or repr(text)
+        raise ValueError(f"unknown policy {named}. Fix: use "
                          f"{', '.join(POLICIES)} or all, comma-separated.")
     return names
 

@@ -128,7 +128,7 @@ def _csv(path: Path, data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
     key_column, size_column = 0, None
     if rows:
         header = [cell.strip().lower() for cell in rows[0].split(",")]
-        if any(not cell.lstrip("-").isdigit() for cell in header):
+        if not header[0].lstrip("-").isdigit():
             named = {cell: index for index, cell in enumerate(header)}
             key_column = next((named[n] for n in ("key", "obj_id", "id") if n in named), 0)
             size_column = next((named[n] for n in ("size", "obj_size", "bytes") if n in named),
