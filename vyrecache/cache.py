@@ -69,6 +69,8 @@ class LruPolicy(TierPolicy):
     times.  The engine runs it in C; it never calls back into Python."""
 
     DEFAULT_THRESHOLD = 3
+    #: The name ``vyrecache replay --policy`` knows it by.
+    name = "lru"
 
     def __init__(self, promote_threshold: int = DEFAULT_THRESHOLD) -> None:
         if (isinstance(promote_threshold, bool) or not isinstance(promote_threshold, int)
