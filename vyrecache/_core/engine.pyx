@@ -298,6 +298,14 @@ cdef int _insert(Engine e, uint64_t key, uint64_t size, uint32_t old) noexcept n
     if vc_unlikely(e.policy_kind != PK_LRU):
         if _policy_arrival(e, tier, key, charge, old == VC_NIL) == ST_DECLINED:
             return ST_DECLINED
+    return _insert_arrived(e, key, size, tier, charge)
+
+
+cdef inline int _insert_arrived(Engine e, uint64_t key, uint64_t size, int tier,
+                                uint64_t charge) noexcept nogil:
+    """The rest of _insert once the tier is chosen, room reserved and the arrival announced."""
+    cdef uint32_t slot
+    cdef Slot* s
     _make_room(e, tier, charge)
     slot = _take_slot(e)
     s = &e.slots[slot]
@@ -362,7 +370,7 @@ cdef inline int _hit(Engine e, uint32_t slot) noexcept nogil:
 cdef int _access_any(Engine e, uint64_t key, uint64_t size) noexcept nogil:
     """_access() for every policy but the native LRU."""
     if e.policy_kind != PK_LRU:
-        return _policy_access(e, key, size, _find(e, key))
+        return _policy_access(e, key, size, _hash(key))
     return _access(e, key, size)
 
 
@@ -459,14 +467,61 @@ cdef inline int _policy_hit(Engine e, uint32_t slot) noexcept nogil:
     return tier
 
 
-cdef inline int _policy_access(Engine e, uint64_t key, uint64_t size, uint32_t slot) noexcept nogil:
-    """_access() for the policies, given the key's slot (VC_NIL: absent)."""
+cdef int _policy_replace(Engine e, uint64_t key, uint64_t size, uint64_t h,
+                         uint64_t gap) noexcept nogil:
+    """_replace_coldest() for the policies: the common miss of a full tier 0 evicts the
+    policy's victim and takes over its slot and the free bucket the miss's lookup found.
+    ST_TOO_LARGE, having changed nothing, unless the conditions of the LRU version hold (no
+    log, no pins in tier 0, room in the map, an eviction needed); otherwise the miss's status,
+    having done what _insert would (a victim too small to make room is evicted and the general
+    path makes the rest)."""
+    cdef TierState* t = &e.tier_state[0]
+    cdef uint64_t charge = _charge(e, size), victim_hash
+    cdef uint32_t victim
+    cdef Slot* s
+    if (e.policy_kind == PK_WTINYLFU or e.logging or t.pinned != 0 or t.count == 0
+            or e.growth_left == 0 or charge > t.capacity or t.used <= t.capacity - charge):
+        return ST_TOO_LARGE
+    _policy_arrival(e, 0, key, charge, True)
+    victim = _policy_victim(e, 0)
+    s = &e.slots[victim]
+    if t.used - _charge(e, s.size) > t.capacity - charge:
+        _remove(e, victim, EV_EVICT)
+        if _reserve_one(e) != 0:
+            e.pstate[0].arriving = 0
+            return ST_NO_MEMORY
+        _insert_arrived(e, key, size, 0, charge)
+        return 0
+    _seg_unlink(e, victim)
+    t.counters[C_BYTES_OUT] += s.size
+    t.counters[C_EVICTIONS] += 1
+    victim_hash = _hash(s.key)
+    s.key = key
+    s.size = size
+    s.last_access = 0
+    s.frequency = 0
+    s.flags = 0
+    # In this order, as in _replace_coldest: both buckets name this slot until the delete.
+    _map_erase_from(e, victim, victim_hash)
+    _map_place(e, gap, victim, h)
+    _policy_place(e, victim, 0)
+    t.counters[C_INSERTS] += 1
+    t.counters[C_BYTES_IN] += size
+    return 0
+
+
+cdef inline int _policy_access(Engine e, uint64_t key, uint64_t size, uint64_t h) noexcept nogil:
+    """_access() for the policies, given the key's hash."""
     cdef int tier
+    cdef uint64_t gap
+    cdef uint32_t slot = _lookup(e, key, h, &gap)
     if e.policy_kind == PK_WTINYLFU and slot == VC_NIL:
         _sketch_increment(e, key)       # a hit counts in _policy_touch
     if slot != VC_NIL:
         return _policy_hit(e, slot)
-    tier = _insert(e, key, size, VC_NIL)
+    tier = _policy_replace(e, key, size, h, gap)
+    if tier == ST_TOO_LARGE:
+        tier = _insert(e, key, size, VC_NIL)
     if tier == ST_DECLINED:
         return ST_MISS
     if tier < 0:
@@ -1305,7 +1360,7 @@ cdef class Engine:
             with nogil:
                 for i in range(n):
                     home = _prefetch_keys(self, &ring, kv, i, True)
-                    status = _policy_access(self, kv[i], sv[i], _find_from(self, kv[i], home))
+                    status = _policy_access(self, kv[i], sv[i], home)
                     if status < ST_MISS:
                         failed = i
                         break
