@@ -144,8 +144,19 @@ cdef inline uint32_t _seg_oldest_unpinned(Engine e, int tier, int k) noexcept no
 
 # ---- ghosts -----------------------------------------------------------------------------------
 
+cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
+    # The map's multiplicative hash mixes only upwards (its low bits depend on the key's low
+    # bits alone), so tables indexed by low bits take a full avalanche: MurmurHash3's finalizer.
+    x ^= x >> 33
+    x *= 0xFF51AFD7ED558CCDULL
+    x ^= x >> 33
+    x *= 0xC4CEB9FE1A85EC53ULL
+    x ^= x >> 33
+    return x
+
+
 cdef inline uint64_t _ghost_hash(uint64_t key, int tier) noexcept nogil:
-    return _hash(key ^ (<uint64_t>(tier + 1) * 0x9E3779B97F4A7C15ULL))
+    return _mix(key ^ (<uint64_t>(tier + 1) * 0x9E3779B97F4A7C15ULL))
 
 
 cdef uint32_t _ghost_find(Engine e, uint64_t key, int tier) noexcept nogil:
@@ -322,19 +333,19 @@ cdef int _sketch_resize(Engine e, uint64_t words) noexcept nogil:
 
 
 cdef inline uint64_t _sketch_index(Engine e, uint64_t key, int row) noexcept nogil:
-    return _hash(key ^ _SKETCH_SEEDS[row]) & (e.sketch_words * 16 - 1)
+    return _mix(key ^ _SKETCH_SEEDS[row]) & (e.sketch_words * 16 - 1)
 
 
 cdef inline bint _door_has(Engine e, uint64_t key) noexcept nogil:
     cdef uint64_t bits = e.sketch_words * 64 - 1
-    cdef uint64_t h = _hash(key * 0xD6E8FEB86659FD93ULL + 1)
+    cdef uint64_t h = _mix(key * 0xD6E8FEB86659FD93ULL + 1)
     cdef uint64_t a = h & bits, b = (h >> 32) & bits
     return ((e.doorkeeper[a >> 6] >> (a & 63)) & 1) and ((e.doorkeeper[b >> 6] >> (b & 63)) & 1)
 
 
 cdef inline void _door_add(Engine e, uint64_t key) noexcept nogil:
     cdef uint64_t bits = e.sketch_words * 64 - 1
-    cdef uint64_t h = _hash(key * 0xD6E8FEB86659FD93ULL + 1)
+    cdef uint64_t h = _mix(key * 0xD6E8FEB86659FD93ULL + 1)
     cdef uint64_t a = h & bits, b = (h >> 32) & bits
     e.doorkeeper[a >> 6] |= (<uint64_t>1) << (a & 63)
     e.doorkeeper[b >> 6] |= (<uint64_t>1) << (b & 63)
