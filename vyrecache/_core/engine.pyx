@@ -14,8 +14,8 @@ ST_DECLINED (engine.pxd).
 cimport cython
 from cpython.object cimport PyObject
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
-from libc.stdint cimport (INT8_MAX, UINT32_MAX, UINT64_MAX, int8_t, int32_t, int64_t, uint8_t, uint16_t,
-                          uint32_t, uint64_t)
+from libc.stdint cimport (INT8_MAX, UINT32_MAX, UINT64_MAX, int8_t, int32_t, int64_t, uint8_t,
+                          uint16_t, uint32_t, uint64_t)
 from libc.string cimport memcpy, memset
 
 import operator
