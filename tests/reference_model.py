@@ -15,7 +15,7 @@ from vyrecache.errors import AllPinnedError, EntryTooLargeError, KeyNotFoundErro
 
 EV_INSERT, EV_REMOVE, EV_EVICT, EV_LIFT, EV_PLACE = 1, 2, 3, 4, 5
 COUNTERS = ("hits", "misses", "inserts", "evictions", "promotions", "demotions", "spills",
-            "bytes_in", "bytes_out")
+            "bytes_in", "bytes_out", "rejections")
 U32_MAX = 2**32 - 1
 
 

@@ -255,7 +255,7 @@ def test_counters_have_stable_names_and_reset():
     cache.access(1, 5)
     counters = cache.counters()
     assert list(counters[0]) == ["hits", "misses", "inserts", "evictions", "promotions",
-                                 "demotions", "spills", "bytes_in", "bytes_out"]
+                                 "demotions", "spills", "bytes_in", "bytes_out", "rejections"]
     assert (counters[0]["hits"], counters[0]["misses"], counters[0]["inserts"]) == (1, 1, 1)
     cache.reset_counters()
     assert all(v == 0 for row in cache.counters() for v in row.values())

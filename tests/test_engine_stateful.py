@@ -83,7 +83,8 @@ class EngineVersusModel(RuleBasedStateMachine):
         self.both(self.cache.insert, self.model_insert, key, size)
 
     def model_insert(self, key, size):
-        self.model.insert(key, size)        # insert() returns None; the model says the tier
+        self.model.insert(key, size)        # insert() says whether it stored; LRU always does
+        return True
 
     @rule(key=KEYS, size=SIZES)
     def access(self, key, size):

@@ -57,6 +57,14 @@ def tiered_cache_tour() -> None:
     cache.insert(2, 100)
     removed: vc.CacheEntry = cache.remove(2)
     assert removed.size == 100
+    policies: list[vc.TierPolicy] = [
+        vc.FifoPolicy(), vc.ClockPolicy(promote_threshold=2), vc.SievePolicy(),
+        vc.S3FifoPolicy(small_ratio=0.1, ghost_ratio=0.9, move_threshold=2), vc.ArcPolicy(),
+        vc.WTinyLfuPolicy(window_ratio=0.01, adaptive=True)]
+    for policy in policies:
+        other = vc.TieredCache([vc.CacheTier("host", 1 << 20)], policy=policy)
+        stored: bool = other.insert(3, 10)
+        assert stored and other.policy_info(0)["policy"]
 
     keys: npt.NDArray[np.uint64] = np.arange(100, dtype=np.uint64)
     tiers = cache.access_many(keys, np.full(100, 512, dtype=np.uint64))

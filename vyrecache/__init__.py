@@ -6,8 +6,9 @@ from ._version import __version__
 from .backend import BufferLocation
 from ._core.storage import Lease
 from .buffer_cache import BufferCache, BufferTierView, CompactionReport
-from .cache import (AccessStats, CacheEntry, CacheTier, LruPolicy, TieredCache, TierPolicy,
-                    TierView)
+from .cache import (AccessStats, ArcPolicy, CacheEntry, CacheTier, ClockPolicy, FifoPolicy,
+                    LruPolicy, S3FifoPolicy, SievePolicy, TieredCache, TierPolicy, TierView,
+                    WTinyLfuPolicy)
 from .remote import RedisTier, RemoteTierWarning
 from .errors import (AllPinnedError, CacheClosedError, CacheError, CapacityAccountingError,
                      DeviceError, DeviceLostError, DeviceOutOfMemoryError, EntryTooLargeError,
@@ -21,7 +22,8 @@ __all__ = [
     "CacheError", "KeyNotFoundError", "EntryTooLargeError", "CapacityAccountingError",
     "AllPinnedError", "PinnedError", "CacheClosedError", "DeviceError", "DeviceOutOfMemoryError",
     "DeviceLostError", "VulkanUnavailableError",
-    "TieredCache", "CacheTier", "LruPolicy", "TierPolicy", "CacheEntry", "AccessStats", "TierView",
+    "TieredCache", "CacheTier", "LruPolicy", "FifoPolicy", "ClockPolicy", "SievePolicy",
+    "S3FifoPolicy", "ArcPolicy", "WTinyLfuPolicy", "TierPolicy", "CacheEntry", "AccessStats", "TierView",
     "BufferCache", "BufferLocation", "BufferTierView", "CompactionReport", "Lease", "devices",
     "RedisTier", "RemoteTierWarning",
 ]

@@ -13,8 +13,9 @@ from typing import Any, Callable, Iterable
 
 from ._core.engine import COUNTER_NAMES, EVENT_DTYPE, AccessStats, CacheEntry, Engine
 
-__all__ = ["TieredCache", "CacheTier", "TierPolicy", "LruPolicy", "CacheEntry", "AccessStats",
-           "TierView", "COUNTER_NAMES", "EVENT_DTYPE"]
+__all__ = ["TieredCache", "CacheTier", "TierPolicy", "LruPolicy", "FifoPolicy", "ClockPolicy",
+           "SievePolicy", "S3FifoPolicy", "ArcPolicy", "WTinyLfuPolicy", "POLICIES", "CacheEntry",
+           "AccessStats", "TierView", "COUNTER_NAMES", "EVENT_DTYPE"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class LruPolicy(TierPolicy):
     times.  The engine runs it in C; it never calls back into Python."""
 
     DEFAULT_THRESHOLD = 3
+    #: The name ``vyrecache replay --policy`` knows it by.
+    name = "lru"
 
     def __init__(self, promote_threshold: int = DEFAULT_THRESHOLD) -> None:
         if (isinstance(promote_threshold, bool) or not isinstance(promote_threshold, int)
@@ -94,6 +97,160 @@ class LruPolicy(TierPolicy):
 
 
 LruPolicy._native = True
+
+
+def _check_ratio(name: str, value: object, low: float, high: float, example: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
+        raise ValueError(f"{name} must be a number in [{low}, {high}), got {value!r}. "
+                         f"Fix: pass e.g. {name}={example}.")
+    return float(value)
+
+
+class _EnginePolicy(TierPolicy):
+    """A policy the engine runs in C, per tier (see docs/DESIGN.md, "Eviction policies").
+
+    Each tier runs its own instance over the entries it holds; an entry that arrives in a tier
+    (insert, spill, promotion, demotion) arrives as an insertion and keeps its access
+    statistics; promotion between tiers follows ``promote_threshold`` as with LruPolicy.
+    Subclass TierPolicy, not these, to write a policy in Python.
+    """
+
+    #: The engine's policy kind (engine.pxd, PK_*).
+    _kind = 0
+    #: The name ``vyrecache replay --policy`` knows it by.
+    name = ""
+
+    def __init__(self, promote_threshold: int = LruPolicy.DEFAULT_THRESHOLD) -> None:
+        if (isinstance(promote_threshold, bool) or not isinstance(promote_threshold, int)
+                or not 0 <= promote_threshold < 1 << 32):
+            raise ValueError(f"promote_threshold must be an int in [0, 2**32), got "
+                             f"{promote_threshold!r}. Fix: pass a small non-negative int, "
+                             f"e.g. LruPolicy.DEFAULT_THRESHOLD.")
+        self.promote_threshold = promote_threshold
+
+    def _params(self) -> dict[str, Any]:
+        return {}
+
+    def _engine_config(self) -> tuple[int, float, float, int, float, bool]:
+        """(kind, small_ratio, ghost_ratio, move_threshold, window_ratio, adaptive)."""
+        return (self._kind, 0.0, 0.0, 0, 0.0, False)
+
+    def should_promote(self, key: int, stats: AccessStats) -> bool:
+        return stats.frequency >= self.promote_threshold
+
+    def eviction_candidate(self, tier: int, cache: "TieredCache") -> int | None:
+        return None
+
+    def __repr__(self) -> str:
+        params = "".join(f", {name}={value!r}" for name, value in self._params().items())
+        return f"{type(self).__name__}(promote_threshold={self.promote_threshold}{params})"
+
+    def __eq__(self, other: object) -> bool:
+        return (type(other) is type(self) and other.promote_threshold == self.promote_threshold
+                and other._params() == self._params())
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.promote_threshold, tuple(self._params().items())))
+
+
+class FifoPolicy(_EnginePolicy):
+    """First in, first out: a hit changes nothing; the oldest arrival leaves first."""
+
+    _kind = 1
+    name = "fifo"
+
+
+class ClockPolicy(_EnginePolicy):
+    """CLOCK (second chance) with one reference bit: new entries arrive unmarked, a hit marks
+    the entry, and the hand spares a marked entry once, clearing its bit."""
+
+    _kind = 2
+    name = "clock"
+
+
+class SievePolicy(_EnginePolicy):
+    """SIEVE (Zhang et al., NSDI'24): a FIFO with a visited bit and a hand that walks from the
+    oldest entry towards the newest, evicting the first unvisited one; entries never move."""
+
+    _kind = 3
+    name = "sieve"
+
+
+class S3FifoPolicy(_EnginePolicy):
+    """S3-FIFO (Yang et al., SOSP'23): a small FIFO (``small_ratio`` of the tier) that new keys
+    enter, a main FIFO with a 2-bit CLOCK counter, and a ghost FIFO of recently evicted keys
+    (``ghost_ratio`` of the tier).  An entry accessed ``move_threshold`` times in small moves to
+    main; a key found in the ghost goes straight to main.  The defaults are libCacheSim's."""
+
+    _kind = 4
+    name = "s3fifo"
+
+    def __init__(self, small_ratio: float = 0.1, ghost_ratio: float = 0.9,
+                 move_threshold: int = 2,
+                 promote_threshold: int = LruPolicy.DEFAULT_THRESHOLD) -> None:
+        super().__init__(promote_threshold)
+        self.small_ratio = _check_ratio("small_ratio", small_ratio, 0.0, 1.0, "0.1")
+        self.ghost_ratio = _check_ratio("ghost_ratio", ghost_ratio, 0.0, 8.0, "0.9")
+        if (isinstance(move_threshold, bool) or not isinstance(move_threshold, int)
+                or not 1 <= move_threshold <= 3):
+            raise ValueError(f"move_threshold must be 1, 2 or 3 (the 2-bit counter's range), got "
+                             f"{move_threshold!r}. Fix: pass move_threshold=2, the default.")
+        self.move_threshold = move_threshold
+
+    def _params(self) -> dict[str, Any]:
+        return {"small_ratio": self.small_ratio, "ghost_ratio": self.ghost_ratio,
+                "move_threshold": self.move_threshold}
+
+    def _engine_config(self) -> tuple[int, float, float, int, float, bool]:
+        return (self._kind, self.small_ratio, self.ghost_ratio, self.move_threshold, 0.0, False)
+
+
+class ArcPolicy(_EnginePolicy):
+    """ARC (Megiddo & Modha, FAST'03): T1 for entries seen once, T2 for entries seen again, and
+    their ghosts B1 and B2, whose hits move T1's target size p."""
+
+    _kind = 5
+    name = "arc"
+
+
+class WTinyLfuPolicy(_EnginePolicy):
+    """W-TinyLFU (Einziger, Friedman & Manes), as in Caffeine: new entries enter a window LRU
+    (``window_ratio`` of the tier); the window's oldest entry then competes with the main
+    SLRU's victim, and a count-min sketch behind a doorkeeper says which was requested more
+    often.  With ``adaptive`` a hill climber resizes the window from the tier's hit ratio.
+
+    It is the one policy with admission: a new key too large for the window enters main only
+    by winning against main's victims, and ``insert`` returns False (the tier counts a
+    ``rejection``) when it loses.  The frequency sketch is shared by all tiers: how often a key
+    is requested does not depend on where it lives."""
+
+    _kind = 6
+    name = "wtinylfu"
+
+    def __init__(self, window_ratio: float = 0.01, adaptive: bool = True,
+                 promote_threshold: int = LruPolicy.DEFAULT_THRESHOLD) -> None:
+        super().__init__(promote_threshold)
+        self.window_ratio = _check_ratio("window_ratio", window_ratio, 0.0, 1.0, "0.01")
+        if not isinstance(adaptive, bool):
+            raise TypeError(f"adaptive must be True or False, got {adaptive!r}. Fix: pass a bool.")
+        self.adaptive = adaptive
+
+    def _params(self) -> dict[str, Any]:
+        return {"window_ratio": self.window_ratio, "adaptive": self.adaptive}
+
+    def _engine_config(self) -> tuple[int, float, float, int, float, bool]:
+        return (self._kind, 0.0, 0.0, 0, self.window_ratio, self.adaptive)
+
+
+for _policy_class in (FifoPolicy, ClockPolicy, SievePolicy, S3FifoPolicy, ArcPolicy,
+                      WTinyLfuPolicy):
+    _policy_class._native = True
+
+#: Every built-in policy by its replay name.
+POLICIES: dict[str, type[TierPolicy]] = {
+    "lru": LruPolicy, "fifo": FifoPolicy, "clock": ClockPolicy, "sieve": SievePolicy,
+    "s3fifo": S3FifoPolicy, "arc": ArcPolicy, "wtinylfu": WTinyLfuPolicy,
+}
 
 
 class TierView:

@@ -43,6 +43,7 @@ COUNTERS: dict[str, str] = {
     "spills": "entries that arrived in this tier by spilling: pushed out of the next faster one to make room",
     "bytes_in": "bytes of entries that arrived in this tier, for any reason",
     "bytes_out": "bytes of entries that left this tier, for any reason",
+    "rejections": "new keys the tier's admission filter declined (W-TinyLFU): nothing stored, insert returned False",
     "cleanings": "segments (or windows of segments, for a large entry) cleaned to make room",
     "cleaning_bytes": "bytes copied by cleaning (the write amplification's numerator)",
     "compactions": "cache.compact() passes run on this tier",

@@ -3,7 +3,7 @@
 # The storage layer (`storage.pyx`) reads the event log, the slot array and the per-tier state
 # directly; everything it may touch is declared here.  Method bodies live in engine.pyx.
 
-from libc.stdint cimport int8_t, int32_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 
 cdef extern from "<pthread.h>" nogil:
@@ -24,11 +24,27 @@ cdef extern from "<semaphore.h>" nogil:
 cdef extern from *:
     """
     #define VC_NIL ((uint32_t)0xFFFFFFFFu)
-    #define VC_N_COUNTERS 9
+    #define VC_N_COUNTERS 10
     """
     # "No slot": the end of a list, an empty hash bucket, an empty free list.
     const uint32_t VC_NIL
     const int VC_N_COUNTERS
+
+
+# Status codes of the internal C functions (_insert, _access, ...): >= 0 a tier, ST_MISS a miss,
+# ST_DECLINED the admission filter's answer, anything else an error that _raise_status explains.
+cdef enum:
+    ST_MISS = -1
+    ST_TOO_LARGE = -2
+    ST_ALL_PINNED = -3
+    ST_NO_MEMORY = -4
+    ST_NOT_FOUND = -5
+    ST_TOO_MANY = -6
+    # Not an error: the tier's admission filter (W-TinyLFU) turned a new key away.  Nothing was
+    # stored under the key; entries the arrival displaced before losing stay displaced (their
+    # events are in the log).  Engine.insert returns False, access() reports a miss, the tier
+    # counts a rejection.  Only _insert returns it, and only for a key that was absent.
+    ST_DECLINED = -7
 
 
 # Event kinds (docs/DESIGN.md, section 1).
@@ -38,16 +54,6 @@ cpdef enum EventKind:
     EV_EVICT = 3
     EV_LIFT = 4
     EV_PLACE = 5
-
-
-# Status codes of the engine's C functions below -1 (errors that changed nothing).
-cdef enum:
-    ST_MISS = -1
-    ST_TOO_LARGE = -2
-    ST_ALL_PINNED = -3
-    ST_NO_MEMORY = -4
-    ST_NOT_FOUND = -5
-    ST_TOO_MANY = -6
 
 
 # Indices into TierState.counters, in the order counters() reports them.
@@ -61,6 +67,7 @@ cdef enum:
     C_SPILLS = 6
     C_BYTES_IN = 7
     C_BYTES_OUT = 8
+    C_REJECTIONS = 9        # arrivals the admission filter declined (W-TinyLFU)
 
 
 ctypedef struct Slot:
@@ -73,7 +80,8 @@ ctypedef struct Slot:
     uint32_t frequency      # recorded accesses, saturating
     uint16_t pins           # nested pin count; > 0 means never a victim and never moved
     int8_t tier             # -1 for a free slot
-    uint8_t flags           # FLAG_LIFTED while an entry is between EV_LIFT and EV_PLACE
+    uint8_t flags           # FLAG_LIFTED while an entry is between EV_LIFT and EV_PLACE; the
+                            # other bits belong to the tier's policy (engine_policies.pxi)
                             # 40 bytes in all: keep it so (memory per entry, docs/DESIGN.md)
 
 
@@ -85,8 +93,56 @@ ctypedef struct TierState:
     uint32_t head           # most recent
     uint32_t tail           # coldest
     uint64_t promote_at     # a hit whose frequency reaches this may promote (2**32: never)
-    uint64_t counters[9]    # VC_N_COUNTERS, indexed by the C_* constants
-    uint64_t padding        # to 128 bytes: a tier's address is then index << 7, not index * 120
+    uint64_t counters[10]   # VC_N_COUNTERS, indexed by the C_* constants; 128 bytes in all,
+                            # so a tier's address is index << 7, not index * 120
+
+
+# Policy kinds (engine_policies.pxi).  PK_LRU keeps the original code path.
+cdef enum:
+    PK_LRU = 0
+    PK_FIFO = 1
+    PK_CLOCK = 2
+    PK_SIEVE = 3
+    PK_S3FIFO = 4
+    PK_ARC = 5
+    PK_WTINYLFU = 6
+
+
+ctypedef struct PolicyState:
+    # One tier's policy state.  A tier's entries stay on its one list (so the storage layer's
+    # walk with first_slot/next_slot sees them all), cut into up to three segments that follow
+    # each other from head to tail: segment 0 nearest the head.
+    uint32_t seg_head[3]    # the first (most recent) slot of each segment, VC_NIL when empty
+    uint32_t hand           # SIEVE's hand (VC_NIL: the next search starts at the tail)
+    uint64_t seg_used[3]    # charged bytes per segment
+    uint64_t seg_count[3]
+    uint64_t seg_cap[3]     # S3-FIFO: small, main; W-TinyLFU: window, main, protected
+    double p                # ARC's target size of T1, in bytes (fractional steps, as libCacheSim)
+    uint32_t ghost_head[2]  # ghost lists (S3-FIFO: list 0; ARC: B1, B2), most recent first
+    uint32_t ghost_tail[2]
+    uint64_t ghost_used[2]  # their charged bytes
+    uint64_t ghost_count[2]
+    uint64_t ghost_cap      # S3-FIFO's ghost capacity in bytes
+    uint64_t incoming       # charge of the entry the tier is making room for (ARC's case A)
+    int arriving            # set between an arrival's ghost check and its placement: 1 or 2 =
+                            # the ghost list the key was found in (0: none)
+    bint has_evicted        # S3-FIFO: the tier has chosen a victim once
+    # W-TinyLFU's hill climber
+    uint64_t sample_hits
+    uint64_t sample_count
+    double previous_hit_rate
+    double step
+
+
+ctypedef struct Ghost:
+    # A key that left a tier recently (S3-FIFO's ghost queue, ARC's B1/B2).  A free node has
+    # tier == -1 and is chained through `next`.
+    uint64_t key
+    uint64_t charge
+    uint32_t prev
+    uint32_t next
+    int8_t tier
+    uint8_t list
 
 
 ctypedef struct Event:
@@ -130,7 +186,27 @@ cdef class Engine:
     cdef Py_ssize_t n_live
     cdef uint64_t tick
     cdef uint32_t promote_threshold
-    cdef bint native_policy
+    cdef bint native_policy             # no Python callbacks: LRU or a policy of engine_policies
+    cdef bint lru_native                # the native LRU: the original code paths
+    cdef int policy_kind                # PK_*
+    cdef PolicyState* pstate            # per tier, NULL for LRU
+    cdef double small_ratio             # S3-FIFO
+    cdef double ghost_ratio
+    cdef uint32_t move_threshold
+    cdef double window_ratio            # W-TinyLFU
+    cdef bint adaptive
+    cdef Ghost* ghosts                  # node pool of every tier's ghost lists
+    cdef uint32_t ghost_capacity
+    cdef uint32_t ghost_high_water
+    cdef uint32_t ghost_free
+    cdef uint32_t* ghost_buckets        # (key, tier) -> node, linear probing
+    cdef uint64_t ghost_bucket_mask
+    cdef uint64_t n_ghosts
+    cdef uint64_t* sketch               # W-TinyLFU: count-min sketch, 16 4-bit counters a word
+    cdef uint64_t sketch_words
+    cdef uint64_t* doorkeeper           # W-TinyLFU: a Bloom filter in front of the sketch
+    cdef uint64_t sketch_additions
+    cdef uint64_t sketch_sample
     cdef bint spill_victims
     cdef bint logging                   # record_events or on_evict
     cdef bint _record_events

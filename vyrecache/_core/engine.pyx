@@ -7,14 +7,15 @@ to slot (engine_map.pxi), one intrusive LRU list per tier with its byte accounti
 behaviour of the original Rust `TieredCache`, with its flaws fixed; docs/DESIGN.md section 1 is
 the contract with the storage layer.
 
-Status codes of the internal C functions: >= 0 a tier, -1 a miss, below -1 an error.
+Status codes of the internal C functions: >= 0 a tier, -1 a miss, below -1 an error or
+ST_DECLINED (engine.pxd).
 """
 
 cimport cython
 from cpython.object cimport PyObject
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
-from libc.stdint cimport (INT8_MAX, UINT32_MAX, UINT64_MAX, int8_t, int32_t, uint8_t, uint16_t,
-                          uint32_t, uint64_t)
+from libc.stdint cimport (INT8_MAX, UINT32_MAX, UINT64_MAX, int8_t, int32_t, int64_t, uint8_t,
+                          uint16_t, uint32_t, uint64_t)
 from libc.string cimport memcpy, memset
 
 import operator
@@ -68,6 +69,7 @@ for _result in range(INT8_MAX + 2):
 include "engine_values.pxi"
 include "engine_map.pxi"
 include "engine_lists.pxi"
+include "engine_policies.pxi"
 
 cdef uint64_t parse_u64(object value, str what) except? 0:
     return _as_u64(value, what)
@@ -82,7 +84,7 @@ cdef object parse_keys(object keys):
 
 
 COUNTER_NAMES = ("hits", "misses", "inserts", "evictions", "promotions", "demotions", "spills",
-                 "bytes_in", "bytes_out")
+                 "bytes_in", "bytes_out", "rejections")
 
 
 cdef object _event_dtype():
@@ -149,7 +151,7 @@ cdef inline void _begin_op(Engine e) noexcept nogil:
 # --------------------------------------------------------------------------------------------
 # Python policies (only reached when the policy is not the built-in LruPolicy)
 
-cdef uint32_t _policy_victim(Engine e, int tier) noexcept:
+cdef uint32_t _python_victim(Engine e, int tier) noexcept:
     cdef uint64_t key
     cdef uint32_t slot
     e.in_callback += 1
@@ -189,9 +191,11 @@ cdef inline uint32_t _pick_victim(Engine e, int tier) noexcept nogil:
     cdef uint32_t slot
     if not e.native_policy:
         with gil:
-            slot = _policy_victim(e, tier)
+            slot = _python_victim(e, tier)
         if slot != VC_NIL:
             return slot
+    elif vc_unlikely(e.policy_kind != PK_LRU):
+        return _policy_victim(e, tier)
     return _coldest_unpinned(e, tier)
 
 
@@ -210,6 +214,8 @@ cdef inline bint _should_promote(Engine e, uint32_t slot) noexcept nogil:
 cdef inline void _make_room(Engine e, int tier, uint64_t charge) noexcept nogil:
     """Displace victims of `tier` until `charge` more bytes fit.  The caller checked _can_host."""
     cdef TierState* t = &e.tier_state[tier]
+    if vc_unlikely(e.policy_kind == PK_WTINYLFU):
+        _wtlfu_make_window_room(e, tier, charge)
     if t.used > t.capacity - charge:
         _displace_until_fits(e, tier, charge)
 
@@ -240,13 +246,15 @@ cdef void _move(Engine e, uint32_t slot, int dst, int counter) noexcept nogil:
     cdef Slot* s = &e.slots[slot]
     cdef int src = s.tier
     _emit(e, EV_LIFT, slot, src, dst)
-    _unlink(e, slot)
+    _lift_out(e, slot)
     e.tier_state[src].counters[C_BYTES_OUT] += s.size
     s.flags |= FLAG_LIFTED
-    _make_room(e, dst, _charge(e, s.size))
+    if vc_unlikely(e.policy_kind != PK_LRU):
+        _policy_arrival(e, dst, s.key, _charge(e, s.size), False)
+    _make_room(e, dst, _charge(e, e.slots[slot].size))
     s = &e.slots[slot]
     s.flags &= ~FLAG_LIFTED
-    _link_head(e, slot, dst)
+    _place(e, slot, dst)
     _emit(e, EV_PLACE, slot, src, dst)
     e.tier_state[dst].counters[counter] += 1
     e.tier_state[dst].counters[C_BYTES_IN] += s.size
@@ -278,7 +286,7 @@ cdef inline void _remove(Engine e, uint32_t slot, uint8_t kind) noexcept nogil:
     if vc_unlikely(s.pins != 0):
         e.tier_state[tier].pinned -= _charge(e, s.size)
         s.pins = 0
-    _unlink(e, slot)
+    _lift_out(e, slot)
     e.tier_state[tier].counters[C_BYTES_OUT] += s.size
     if kind == EV_EVICT:
         e.tier_state[tier].counters[C_EVICTIONS] += 1
@@ -299,6 +307,17 @@ cdef int _insert(Engine e, uint64_t key, uint64_t size, uint32_t old) noexcept n
         return ST_TOO_MANY if reserved == -2 else ST_NO_MEMORY
     if old != VC_NIL:
         _remove(e, old, EV_REMOVE)
+    if vc_unlikely(e.policy_kind != PK_LRU):
+        if _policy_arrival(e, tier, key, charge, old == VC_NIL) == ST_DECLINED:
+            return ST_DECLINED
+    return _insert_arrived(e, key, size, tier, charge)
+
+
+cdef inline int _insert_arrived(Engine e, uint64_t key, uint64_t size, int tier,
+                                uint64_t charge) noexcept nogil:
+    """The rest of _insert once the tier is chosen, room reserved and the arrival announced."""
+    cdef uint32_t slot
+    cdef Slot* s
     _make_room(e, tier, charge)
     slot = _take_slot(e)
     s = &e.slots[slot]
@@ -310,7 +329,7 @@ cdef int _insert(Engine e, uint64_t key, uint64_t size, uint32_t old) noexcept n
     s.flags = 0
     _map_insert(e, slot)
     e.n_live += 1
-    _link_head(e, slot, tier)
+    _place(e, slot, tier)
     _emit(e, EV_INSERT, slot, -1, tier)
     e.tier_state[tier].counters[C_INSERTS] += 1
     e.tier_state[tier].counters[C_BYTES_IN] += size
@@ -360,6 +379,13 @@ cdef inline int _hit(Engine e, uint32_t slot) noexcept nogil:
     return tier
 
 
+cdef int _access_any(Engine e, uint64_t key, uint64_t size) noexcept nogil:
+    """_access() for every policy but the native LRU."""
+    if e.policy_kind != PK_LRU:
+        return _policy_access(e, key, size, _hash(key))
+    return _access(e, key, size)
+
+
 cdef inline int _access(Engine e, uint64_t key, uint64_t size) noexcept nogil:
     """The fused per-use call: the tier of a hit (then maybe promoted), or -1 after inserting."""
     cdef uint64_t gap, h = _hash(key)
@@ -380,7 +406,7 @@ cdef inline bint _replace_coldest(Engine e, uint64_t key, uint64_t size, uint64_
     cdef uint32_t victim = t.tail
     cdef uint64_t charge, victim_charge, victim_hash, group
     cdef Slot* s
-    if (not e.native_policy or e.logging or t.pinned != 0 or victim == VC_NIL
+    if (not e.lru_native or e.logging or t.pinned != 0 or victim == VC_NIL
             or e.growth_left == 0):
         return False
     charge = _charge(e, size)
@@ -437,6 +463,83 @@ cdef inline int _access_miss(Engine e, uint64_t key, uint64_t size, uint64_t h,
     if tier < 0:
         return tier
     e.tier_state[tier].counters[C_MISSES] += 1
+    return ST_MISS
+
+
+cdef inline int _policy_hit(Engine e, uint32_t slot) noexcept nogil:
+    """_hit() for the policies of engine_policies.pxi."""
+    cdef int tier
+    cdef Slot* s = &e.slots[slot]
+    _policy_touch(e, slot)
+    tier = s.tier
+    e.tier_state[tier].counters[C_HITS] += 1
+    _policy_sample(e, tier, True)
+    if vc_unlikely(<uint64_t>s.frequency >= e.tier_state[tier].promote_at):
+        _promote(e, slot, False)
+    return tier
+
+
+cdef int _policy_replace(Engine e, uint64_t key, uint64_t size, uint64_t h,
+                         uint64_t gap) noexcept nogil:
+    """_replace_coldest() for the policies: the common miss of a full tier 0 evicts the
+    policy's victim and takes over its slot and the free bucket the miss's lookup found.
+    ST_TOO_LARGE, having changed nothing, unless the conditions of the LRU version hold (no
+    log, no pins in tier 0, room in the map, an eviction needed); otherwise the miss's status,
+    having done what _insert would (a victim too small to make room is evicted and the general
+    path makes the rest)."""
+    cdef TierState* t = &e.tier_state[0]
+    cdef uint64_t charge = _charge(e, size), victim_hash
+    cdef uint32_t victim
+    cdef Slot* s
+    if (e.policy_kind == PK_WTINYLFU or e.logging or t.pinned != 0 or t.count == 0
+            or e.growth_left == 0 or charge > t.capacity or t.used <= t.capacity - charge):
+        return ST_TOO_LARGE
+    _policy_arrival(e, 0, key, charge, True)
+    victim = _policy_victim(e, 0)
+    s = &e.slots[victim]
+    if t.used - _charge(e, s.size) > t.capacity - charge:
+        _remove(e, victim, EV_EVICT)
+        if _reserve_one(e) != 0:
+            e.pstate[0].arriving = 0
+            return ST_NO_MEMORY
+        _insert_arrived(e, key, size, 0, charge)
+        return 0
+    _seg_unlink(e, victim)
+    t.counters[C_BYTES_OUT] += s.size
+    t.counters[C_EVICTIONS] += 1
+    victim_hash = _hash(s.key)
+    s.key = key
+    s.size = size
+    s.last_access = 0
+    s.frequency = 0
+    s.flags = 0
+    # In this order, as in _replace_coldest: both buckets name this slot until the delete.
+    _map_erase_from(e, victim, victim_hash)
+    _map_place(e, gap, victim, h)
+    _policy_place(e, victim, 0)
+    t.counters[C_INSERTS] += 1
+    t.counters[C_BYTES_IN] += size
+    return 0
+
+
+cdef inline int _policy_access(Engine e, uint64_t key, uint64_t size, uint64_t h) noexcept nogil:
+    """_access() for the policies, given the key's hash."""
+    cdef int tier
+    cdef uint64_t gap
+    cdef uint32_t slot = _lookup(e, key, h, &gap)
+    if e.policy_kind == PK_WTINYLFU and slot == VC_NIL:
+        _sketch_increment(e, key)       # a hit counts in _policy_touch
+    if slot != VC_NIL:
+        return _policy_hit(e, slot)
+    tier = _policy_replace(e, key, size, h, gap)
+    if tier == ST_TOO_LARGE:
+        tier = _insert(e, key, size, VC_NIL)
+    if tier == ST_DECLINED:
+        return ST_MISS
+    if tier < 0:
+        return tier
+    e.tier_state[tier].counters[C_MISSES] += 1
+    _policy_sample(e, tier, False)
     return ST_MISS
 
 
@@ -605,6 +708,8 @@ cdef int _verify(Engine e) except -1:
                 _broken(f"slot {slot}'s prev link is {e.slots[slot].prev}, expected {prev}")
             if e.slots[slot].flags & FLAG_LIFTED:
                 _broken(f"slot {slot} is still marked lifted")
+            if e.pstate == NULL and e.slots[slot].flags != 0:
+                _broken(f"slot {slot} has policy bits {e.slots[slot].flags:#x} under LRU")
             if _find(e, e.slots[slot].key) != slot:
                 _broken(f"key {e.slots[slot].key} of tier {tier} is not found in the map")
             used += _charge(e, e.slots[slot].size)
@@ -662,6 +767,8 @@ cdef int _verify(Engine e) except -1:
             slot = e.slots[slot].next
     if free_count + total != e.slot_high_water:
         _broken(f"{free_count} free + {total} live slots != {e.slot_high_water} handed out")
+    if e.pstate != NULL:
+        _verify_policy(e)
     return 0
 
 
@@ -685,6 +792,14 @@ cdef class Engine:
         self.limbo_head = VC_NIL
         self.limbo_tail = VC_NIL
         self.native_policy = True
+        self.lru_native = True
+        self.policy_kind = PK_LRU
+        self.pstate = NULL
+        self.ghosts = NULL
+        self.ghost_buckets = NULL
+        self.ghost_free = VC_NIL
+        self.sketch = NULL
+        self.doorkeeper = NULL
         self.promote_threshold = 3
         self.spill_victims = True
         self.granularity = 1
@@ -738,8 +853,14 @@ cdef class Engine:
                     raise ValueError(f"promote_threshold must be an int in [0, 2**32), got "
                                      f"{threshold!r}. Fix: pass a small non-negative int.")
                 self.promote_threshold = <uint32_t>threshold
+                config = policy._engine_config() if hasattr(policy, "_engine_config") else None
+                if config is not None:
+                    (self.policy_kind, self.small_ratio, self.ghost_ratio, self.move_threshold,
+                     self.window_ratio, self.adaptive) = config
+                    self.lru_native = self.policy_kind == PK_LRU
             else:
                 self.native_policy = False
+                self.lru_native = False
         self.tier_state = <TierState*>PyMem_RawMalloc(len(specs) * sizeof(TierState))
         if self.tier_state == NULL:
             raise MemoryError("Could not allocate the tiers. Fix: free memory.")
@@ -757,6 +878,8 @@ cdef class Engine:
                 self.tier_state[tier].promote_at = 0       # every hit asks the Python policy
         self.names = tuple(name for name, _ in specs)
         self.granularity = granularity
+        if self.policy_kind != PK_LRU:
+            _policy_setup(self)
         self.spill_victims = bool(spill)
         self.py_policy = policy
         self._on_evict = on_evict
@@ -773,6 +896,7 @@ cdef class Engine:
         self.buckets = NULL
         PyMem_RawFree(self.ctrl)
         self.ctrl = NULL
+        _policy_free(self)
         if self.lock_ready:
             sem_destroy(&self.lock_free)
             self.lock_ready = False
@@ -969,7 +1093,10 @@ cdef class Engine:
         if not vc_exact_u64(size, &s):
             s = _u64_slow(size, "size")
         _enter(self)
-        result = _access(self, k, s)
+        if vc_likely(self.lru_native):
+            result = _access(self, k, s)
+        else:
+            result = _access_any(self, k, s)
         _leave(self, result, k, s, -1)
         return <object>_ACCESS_RESULT_OBJECTS[result + 1]     # result >= ST_MISS after _leave
 
@@ -982,7 +1109,7 @@ cdef class Engine:
         _enter(self)
         slot = _find(self, k)
         if slot != VC_NIL:
-            result = _hit(self, slot)
+            result = _policy_hit(self, slot) if self.policy_kind != PK_LRU else _hit(self, slot)
         _leave(self, result, k, 0, -1)
         return result
 
@@ -993,8 +1120,14 @@ cdef class Engine:
         cdef uint64_t s = _as_u64(size, "size")
         cdef int result
         _enter(self)
+        if self.policy_kind == PK_WTINYLFU:
+            _sketch_increment(self, k)
         result = _insert(self, k, s, _find(self, k))
+        if result == ST_DECLINED:
+            _leave(self, 0, k, s, -1)
+            return False
         _leave(self, result, k, s, -1)
+        return True
 
     def record_access(self, key):
         """Record an access (frequency, last_access, most-recent end); no-op for a missing key."""
@@ -1003,7 +1136,10 @@ cdef class Engine:
         _enter(self)
         slot = _find(self, k)
         if slot != VC_NIL:
-            _touch(self, slot)
+            if self.policy_kind != PK_LRU:
+                _policy_touch(self, slot)
+            else:
+                _touch(self, slot)
         _leave(self, 0, k, 0, -1)
 
     def promote(self, key):
@@ -1211,6 +1347,40 @@ cdef class Engine:
             memset(self.tier_state[tier].counters, 0, sizeof(self.tier_state[tier].counters))
         self.release()
 
+    def policy_info(self, int tier):
+        """A tier's policy state as a dict: the policy's name, and per segment its entries,
+        bytes and share (S3-FIFO: small/main; ARC: t1/t2 and p; W-TinyLFU: window, probation,
+        protected), the ghost lists' keys and bytes.  For reports and tests; not an access."""
+        cdef PolicyState* ps
+        self._check_tier(tier)
+        self.acquire()
+        try:
+            info = {"policy": POLICY_NAMES[self.policy_kind]}
+            if self.pstate == NULL:
+                return info
+            ps = &self.pstate[tier]
+            names = {PK_S3FIFO: ("small", "main"), PK_ARC: ("t1", "t2"),
+                     PK_WTINYLFU: ("window", "probation", "protected")}.get(
+                         self.policy_kind, ("entries",))
+            for index, name in enumerate(names):
+                info[name] = {"count": ps.seg_count[index], "bytes": ps.seg_used[index]}
+            if self.policy_kind == PK_S3FIFO:
+                info["small"]["capacity"] = ps.seg_cap[0]
+                info["main"]["capacity"] = ps.seg_cap[1]
+                info["ghost"] = {"count": ps.ghost_count[0], "bytes": ps.ghost_used[0],
+                                 "capacity": ps.ghost_cap}
+            elif self.policy_kind == PK_ARC:
+                info["p"] = ps.p
+                info["b1"] = {"count": ps.ghost_count[0], "bytes": ps.ghost_used[0]}
+                info["b2"] = {"count": ps.ghost_count[1], "bytes": ps.ghost_used[1]}
+            elif self.policy_kind == PK_WTINYLFU:
+                info["window"]["capacity"] = ps.seg_cap[0]
+                info["probation"]["capacity"] = ps.seg_cap[1] - ps.seg_cap[2]
+                info["protected"]["capacity"] = ps.seg_cap[2]
+            return info
+        finally:
+            self.release()
+
     def check(self):
         """Walk every structure and raise CacheError naming the first broken invariant."""
         self.acquire()
@@ -1222,7 +1392,8 @@ cdef class Engine:
     def sizeof(self):
         """Bytes of C memory the engine holds (slots, map, tiers, event log)."""
         return (self.slot_capacity * sizeof(Slot) + _map_bytes(self)
-                + self.n_tiers * sizeof(TierState) + self.events_capacity * sizeof(Event))
+                + self.n_tiers * sizeof(TierState) + self.events_capacity * sizeof(Event)
+                + _policy_bytes(self))
 
     # ---- batch calls ----
 
@@ -1245,7 +1416,7 @@ cdef class Engine:
         cdef Prefetcher ring
         _enter(self)
         _prefetch_start(self, &ring)
-        if self.native_policy:
+        if self.lru_native:
             with nogil:
                 for i in range(n):
                     home = _prefetch_keys(self, &ring, kv, i, True)
@@ -1256,6 +1427,15 @@ cdef class Engine:
                         result[i] = <int8_t>_hit(self, slot)
                         continue
                     status = _access_miss(self, kv[i], sv[i], home, gap)
+                    if status < ST_MISS:
+                        failed = i
+                        break
+                    result[i] = <int8_t>status
+        elif self.native_policy:
+            with nogil:
+                for i in range(n):
+                    home = _prefetch_keys(self, &ring, kv, i, True)
+                    status = _policy_access(self, kv[i], sv[i], home)
                     if status < ST_MISS:
                         failed = i
                         break
@@ -1298,7 +1478,12 @@ cdef class Engine:
             with nogil:
                 for i in range(n):
                     home = _prefetch_keys(self, &ring, kv, i, False)
+                    if self.policy_kind == PK_WTINYLFU:
+                        _sketch_increment(self, kv[i])
                     status = _insert(self, kv[i], sv[i], _find_from(self, kv[i], home))
+                    if status == ST_DECLINED:
+                        result[i] = -1
+                        continue
                     if status < 0:
                         failed = i
                         break
@@ -1330,7 +1515,10 @@ cdef class Engine:
             for i in range(n):
                 slot = _find_from(self, kv[i], _prefetch_keys(self, &ring, kv, i, True))
                 if slot != VC_NIL:
-                    _touch(self, slot)
+                    if self.policy_kind != PK_LRU:
+                        _policy_touch(self, slot)
+                    else:
+                        _touch(self, slot)
                     present += 1
         _leave(self, 0, 0, 0, -1)
         return present

@@ -29,7 +29,8 @@ cnp.import_array()
 
 from vyrecache._core.allocator cimport round_up
 from vyrecache._core.engine cimport (Engine, Event, EV_INSERT, EV_REMOVE, EV_EVICT, EV_LIFT,
-                                     EV_PLACE, VC_NIL, ST_NOT_FOUND, parse_u64, parse_u64_array,
+                                     EV_PLACE, VC_NIL, ST_NOT_FOUND, ST_DECLINED, parse_u64,
+                                     parse_u64_array,
                                      parse_keys)
 
 import math
@@ -1224,15 +1225,18 @@ cdef class Storage:
                 self.engine.op_end()
                 raise
             status = self.engine.op_insert(k, buffer.len)
-            if status < -1:
+            if status < -1 and status != ST_DECLINED:
                 self.abort(status, k, buffer.len, -1)
             try:
                 self.data = <const char*>buffer.buf
-                self.replay_checked()
-                self.puts_bytes += buffer.len
+                self.replay_checked()       # a declined key's events: what its arrival displaced
+                if status != ST_DECLINED:
+                    self.puts_bytes += buffer.len
             finally:
                 self.data = NULL
                 self.leave()
+            if status == ST_DECLINED:
+                return False
             if self.write_through and self.remote is not None:
                 self.remote.write_many([k], [data])
             return True
@@ -1618,11 +1622,14 @@ cdef class Storage:
                     self.check_put(kv[i], lv[i], i)
                     self.ensure_slots(self.engine.slot_high_water + 2)
                     status = self.engine.op_insert(kv[i], lv[i])
-                    if status < -1:
+                    if status < -1 and status != ST_DECLINED:
                         self.engine.raise_status(status, kv[i], lv[i], i)
                     self.data = <const char*><size_t>pv[i]
                     self.replay_checked()
-                    self.puts_bytes += lv[i]
+                    if status == ST_DECLINED:
+                        out[i] = False
+                    else:
+                        self.puts_bytes += lv[i]
                     stored = i + 1
             except BaseException as error:
                 failure = error

@@ -102,7 +102,7 @@ def positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser of the whole command line, every sub-command registered."""
-    from . import bench, demo, info
+    from . import bench, demo, info, replay
 
     parser = _Parser(prog="vyrecache",
                      description="vyrecache: a tiered cache for GPU buffers (Vulkan, with a host fallback).")
@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.register(commands)
     demo.register(commands)
     bench.register(commands)
+    replay.register(commands)
     return parser
 
 

@@ -1,0 +1,197 @@
+"""Side-by-side benchmark of the engine's eviction policies, in one process.
+
+1. Cost: every policy's access_many() per key and access() per call on bench_core's workload
+   (Zipf(0.99) over 100,000 keys, 1,000,000 accesses, tiers of 10,000 + 2,000 entries), as a
+   ratio to LRU's (floors: access_many at most 1.5x LRU, access() at most 1.3x).
+2. Replay speed: ``vyrecache.replay`` against libCacheSim's ``process_trace`` on the same
+   oracleGeneral file and policy, end to end from the file (floor: at least 5x faster).
+3. Hit ratios: every policy and Belady's OPT at 1%, 10% and 30% of the unique keys of every
+   shared trace, and how close adaptive W-TinyLFU gets to the best other policy at each point.
+
+``--lru-baseline DIR`` also times LRU on the engine extension found in DIR (a build of an
+earlier commit) against this one, interleaved, to show that the LRU path did not slow down.
+Run: ``python benchmarks/bench_policies.py [--quick] [--traces DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.machinery
+import importlib.util
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import vyrecache as vc
+from vyrecache._core import engine as current_engine
+from vyrecache.replay import opt_hits, replay
+from vyrecache.traces import read_trace
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_core import TIER0, TIER1, cpu_model, interleaved_best, zipf_trace  # noqa: E402
+
+POLICIES = [vc.LruPolicy, vc.FifoPolicy, vc.ClockPolicy, vc.SievePolicy, vc.S3FifoPolicy,
+            vc.ArcPolicy, vc.WTinyLfuPolicy]
+TRACES = ["lirs_cs.trace.gz", "lirs_gli.trace.gz", "lirs_multi2.trace.gz", "lirs_sprite.trace.gz",
+          "lirs_loop.trace.gz", "cache2k_web12.trace.xz", "cloudphysics_io.oracleGeneral.bin",
+          "scarab_recs.trace.xz", "mooncake_conversation_trace.jsonl",
+          "mooncake_synthetic_trace.jsonl"]
+LIBCACHESIM = {"lru": "LRU", "fifo": "FIFO", "clock": "Clock", "sieve": "Sieve",
+               "s3fifo": "S3FIFO", "arc": "ARC", "wtinylfu": "WTinyLFU"}
+_ORACLE = np.dtype([("time", "<u4"), ("key", "<u8"), ("size", "<u4"), ("next", "<i8")])
+
+
+def new_cache(policy, engine=None):
+    tiers = [vc.CacheTier("host", TIER0), vc.CacheTier("vram", TIER1)]
+    if engine is None:
+        return vc.TieredCache(tiers, policy=policy)
+    return engine.Engine(tiers, policy=policy)
+
+
+def cost_runs(trace, trace_list, policy, engine=None):
+    def per_call():
+        access = new_cache(policy, engine).access
+        for key in trace_list:
+            access(key, 1)
+
+    def batch():
+        new_cache(policy, engine).access_many(trace, 1)
+    return per_call, batch
+
+
+def policy_costs(trace, repeat):
+    trace_list = trace.tolist()
+    runs = []
+    for policy in POLICIES:
+        runs += cost_runs(trace, trace_list, policy())
+    seconds = interleaved_best(runs, repeat)
+    n = trace.size
+    lru_call, lru_batch = seconds[0] / n * 1e9, seconds[1] / n * 1e9
+    print(f"{'policy':10} {'access() ns':>12} {'/ LRU':>7} {'access_many ns/key':>19} {'/ LRU':>7}"
+          f" {'hit ratio':>10}")
+    worst = [0.0, 0.0]
+    for index, policy in enumerate(POLICIES):
+        call, batch = seconds[2 * index] / n * 1e9, seconds[2 * index + 1] / n * 1e9
+        cache = new_cache(policy())
+        ratio = float((cache.access_many(trace, 1) >= 0).mean())
+        worst = [max(worst[0], call / lru_call), max(worst[1], batch / lru_batch)]
+        print(f"{policy.name:10} {call:12.1f} {call / lru_call:6.2f}x {batch:19.1f} "
+              f"{batch / lru_batch:6.2f}x {ratio:10.3f}")
+    print(f"worst: access() {worst[0]:.2f}x LRU (floor 1.3x), access_many {worst[1]:.2f}x LRU "
+          f"(floor 1.5x)\n")
+
+
+def load_engine(directory: Path):
+    """The engine extension module built in `directory`, under a name of its own."""
+    found = sorted((directory / "vyrecache" / "_core").glob("engine.*.so"))
+    if not found:
+        raise SystemExit(f"no engine extension under {directory}/vyrecache/_core. Fix: build "
+                         f"it there with `VYRECACHE_ONLY=engine python setup.py build_ext "
+                         f"--inplace`.")
+    loader = importlib.machinery.ExtensionFileLoader("baseline.engine", str(found[0]))
+    spec = importlib.util.spec_from_file_location("baseline.engine", found[0], loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def lru_against_baseline(trace, repeat, directory):
+    baseline = load_engine(directory)
+    trace_list = trace.tolist()
+    runs = list(cost_runs(trace, trace_list, vc.LruPolicy(), baseline))
+    runs += cost_runs(trace, trace_list, vc.LruPolicy(), current_engine)
+    seconds = interleaved_best(runs, repeat)
+    n = trace.size
+    print(f"LRU against the engine in {directory} (interleaved, best of {repeat}):")
+    for label, before, after in (("access() per call", seconds[0], seconds[2]),
+                                 ("access_many() per key", seconds[1], seconds[3])):
+        print(f"  {label:22} before {before / n * 1e9:6.1f} ns  after {after / n * 1e9:6.1f} ns"
+              f"  ({after / before:.3f}x)")
+    print()
+
+
+def replay_speed(traces_dir: Path, repeat: int):
+    try:
+        import libcachesim as lcs
+    except ImportError:
+        print("replay against libCacheSim: skipped (pip install libcachesim)\n")
+        return
+    trace = read_trace(traces_dir / "cloudphysics_io.oracleGeneral.bin")
+    records = np.zeros(len(trace), dtype=_ORACLE)
+    records["key"], records["size"] = trace.keys, 1
+    records["time"], records["next"] = np.arange(len(trace)), -1
+    size = max(1, trace.unique_keys // 10)
+    print(f"replay speed: cloudphysics keys with unit sizes ({len(trace):,} requests, cache of "
+          f"{size:,}), end to end from the same oracleGeneral file, best of {repeat}")
+    print(f"{'policy':10} {'vyrecache ms':>13} {'libCacheSim ms':>15} {'speed-up':>9}")
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "unit.oracleGeneral.bin"
+        records.tofile(path)
+        for policy in POLICIES:
+            name = policy.name
+            theirs = getattr(lcs, LIBCACHESIM[name])
+
+            def ours():
+                replay(read_trace(path), name, size)
+
+            def libcachesim():
+                reader = lcs.TraceReader(str(path), lcs.TraceType.ORACLE_GENERAL_TRACE)
+                theirs(cache_size=size, hashpower=16).process_trace(reader)
+            ours_s, theirs_s = interleaved_best([ours, libcachesim], repeat)
+            print(f"{name:10} {ours_s * 1e3:13.1f} {theirs_s * 1e3:15.1f} "
+                  f"{theirs_s / ours_s:8.1f}x")
+    print("floor: at least 5x faster\n")
+
+
+def hit_ratio_table(traces_dir: Path):
+    names = [policy.name for policy in POLICIES]
+    print("hit ratio (%) per trace and cache size (% of unique keys), unit sizes; gap = "
+          "W-TinyLFU minus the best other policy, in points")
+    print(f"{'trace':36} {'size':>9} " + " ".join(f"{n:>8}" for n in names)
+          + f" {'OPT':>7} {'gap':>6}")
+    for name in TRACES:
+        path = traces_dir / name
+        if not path.is_file():
+            print(f"{name:36} (absent)")
+            continue
+        trace = read_trace(path)
+        for fraction in (0.01, 0.1, 0.3):
+            size = max(1, int(trace.unique_keys * fraction))
+            ratios = [replay(trace, policy, size).hit_ratio * 100 for policy in names]
+            best_other = max(ratios[:-1])
+            opt = opt_hits(trace, size)[0] / len(trace) * 100
+            print(f"{name[:36]:36} {size:>6} {fraction * 100:2.0f}% "
+                  + " ".join(f"{ratio:8.2f}" for ratio in ratios)
+                  + f" {opt:7.2f} {ratios[-1] - best_other:+6.2f}")
+    print()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="100,000 accesses, one repeat")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--traces", type=Path,
+                        default=Path(__file__).resolve().parents[1].parent / "shared" / "traces")
+    parser.add_argument("--lru-baseline", type=Path, default=None, metavar="DIR")
+    parser.add_argument("--only", choices=["cost", "baseline", "replay", "table"], default=None)
+    args = parser.parse_args()
+    accesses = 100_000 if args.quick else 1_000_000
+    repeat = 1 if args.quick else args.repeat
+    trace = zipf_trace(100_000, accesses, 0.99, seed=7)
+    print(f"machine: {cpu_model()}; workload of bench_core: Zipf(0.99), {accesses:,} accesses, "
+          f"tiers {TIER0:,} + {TIER1:,} entries\n")
+    if args.only in (None, "cost"):
+        policy_costs(trace, repeat)
+    if args.lru_baseline is not None and args.only in (None, "baseline"):
+        lru_against_baseline(trace, repeat, args.lru_baseline)
+    if args.only in (None, "replay"):
+        replay_speed(args.traces, repeat)
+    if args.only in (None, "table"):
+        hit_ratio_table(args.traces)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""``vyrecache replay``, the trace readers and Belady's OPT."""
+
+import gzip
+import json
+import lzma
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from traces_dir import trace_path
+from vyrecache._core.belady import belady_hits
+from vyrecache.cli import main
+from vyrecache.replay import opt_hits, prefix_usable_hits, replay
+from vyrecache.traces import read_trace
+
+
+def brute_force_opt(keys, capacity):
+    """Belady's MIN with bypass by exhaustive search of the next uses, for small traces."""
+    cache, hits = set(), 0
+    for index, key in enumerate(keys):
+        if key in cache:
+            hits += 1
+            continue
+
+        def next_use(k):
+            return next((i for i in range(index + 1, len(keys)) if keys[i] == k), len(keys))
+        if len(cache) < capacity:
+            cache.add(key)
+            continue
+        farthest = max(cache, key=next_use)
+        if next_use(farthest) > next_use(key):
+            cache.remove(farthest)
+            cache.add(key)
+    return hits
+
+
+@settings(max_examples=200, deadline=None)
+@given(keys=st.lists(st.integers(0, 9), max_size=60), capacity=st.integers(1, 6))
+def test_opt_is_belady_with_bypass(keys, capacity):
+    got = int(belady_hits(np.array(keys, dtype=np.uint64), None, capacity).sum())
+    assert got == brute_force_opt(keys, capacity)
+
+
+@settings(max_examples=100, deadline=None)
+@given(keys=st.lists(st.integers(0, 20), min_size=1, max_size=200), capacity=st.integers(1, 30))
+def test_no_policy_beats_opt(keys, capacity):
+    from vyrecache.traces import Trace
+    trace = Trace("t", "text", np.array(keys, dtype=np.uint64))
+    best, exact = opt_hits(trace, capacity)
+    assert exact
+    for name in ("lru", "fifo", "clock", "sieve", "s3fifo", "arc", "wtinylfu"):
+        assert replay(trace, name, capacity).hits <= best
+
+
+def test_opt_with_byte_sizes_never_overfills_and_counts_hits():
+    keys = np.array([1, 2, 1, 3, 1, 2], dtype=np.uint64)
+    sizes = np.array([5, 5, 5, 9, 5, 5], dtype=np.uint64)
+    assert belady_hits(keys, sizes, 10).tolist() == [False, False, True, False, True, True]
+    with pytest.raises(ValueError, match="sizes has 2 entries for 6 keys. Fix:"):
+        belady_hits(keys, sizes[:2], 10)
+
+
+def test_prefix_usable_hits_stop_at_a_request_s_first_miss():
+    results = np.array([0, 0, -1, 0, -1, 1, 1, 0], dtype=np.int8)
+    starts = np.array([0, 4, 5, 5], dtype=np.int64)      # blocks 0-3, 4, (empty), 5-7
+    assert prefix_usable_hits(results, starts) == 2 + 0 + 3
+
+
+def write(path, text, compress=None):
+    data = text.encode()
+    if compress == "gz":
+        data = gzip.compress(data)
+    elif compress == "xz":
+        data = lzma.compress(data)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("compress", [None, "gz", "xz"])
+def test_text_lirs_and_csv_traces_read_through_compression(tmp_path, compress):
+    suffix = f".{compress}" if compress else ""
+    text = write(tmp_path / f"keys.txt{suffix}", "1\n2\nalpha\n1\n", compress)
+    assert read_trace(text).keys.tolist()[:2] == [1, 2] and len(read_trace(text)) == 4
+    lirs = write(tmp_path / f"lirs_x.trace{suffix}", "5\r\n*\r\n6\r\n5\r\n", compress)
+    assert read_trace(lirs).keys.tolist() == [5, 6, 5]
+    csv = write(tmp_path / f"t.csv{suffix}", "key,size\n7,100\n8,20\n7,100\n", compress)
+    trace = read_trace(csv)
+    assert trace.keys.tolist() == [7, 8, 7] and trace.sizes.tolist() == [100, 20, 100]
+
+
+def test_binary_formats(tmp_path):
+    (tmp_path / "a.cache2k").write_bytes(np.array([3, -1, 3], dtype=">i4").tobytes())
+    assert read_trace(tmp_path / "a.cache2k", "cache2k").keys.tolist() == [3, 2**32 - 1, 3]
+    (tmp_path / "b.scarab").write_bytes(np.array([9, 9], dtype=">i8").tobytes())
+    assert read_trace(tmp_path / "b.scarab", "scarab").keys.tolist() == [9, 9]
+    records = np.zeros(2, dtype=[("t", "<u4"), ("k", "<u8"), ("s", "<u4"), ("n", "<i8")])
+    records["k"], records["s"] = [4, 5], [512, 1024]
+    records.tofile(tmp_path / "c.oracleGeneral.bin")
+    trace = read_trace(tmp_path / "c.oracleGeneral.bin")
+    assert trace.format == "oracle-general" and trace.keys.tolist() == [4, 5]
+
+
+def test_mooncake_blocks_and_request_starts(tmp_path):
+    path = write(tmp_path / "m.jsonl", '{"hash_ids": [1, 2, 3]}\n{"hash_ids": [1, 2, 4]}\n')
+    trace = read_trace(path)
+    assert trace.keys.tolist() == [1, 2, 3, 1, 2, 4] and trace.request_starts.tolist() == [0, 3]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--policy", "lfu"], "unknown policy 'lfu'"),
+    (["--size", "0"], "invalid cache size '0'"),
+    (["--size", "ten"], "invalid cache size 'ten'"),
+    (["--tiers", "50%,20%"], "add up to 70%"),
+    (["--tiers", "80,20"], "invalid tier share '80'"),
+    (["--format", "csv"], "not an integer"),
+])
+def test_bad_arguments_name_the_value_and_the_fix(tmp_path, capsys, args, words):
+    path = write(tmp_path / "t.txt", "1\n2\n1\n")
+    if args[0] == "--format":
+        path = write(tmp_path / "t.csv", "1,big\n")
+    assert main(["replay", str(path), *args]) != 0
+    err = capsys.readouterr().err
+    assert words in err and "Fix:" in err
+
+
+def test_missing_and_malformed_files_say_how_to_fix(tmp_path, capsys):
+    assert main(["replay", str(tmp_path / "nothing.txt")]) == 1
+    assert "does not exist. Fix:" in capsys.readouterr().err
+    write(tmp_path / "bad.jsonl", "not json\n")
+    assert main(["replay", str(tmp_path / "bad.jsonl")]) == 1
+    assert "not a Mooncake record" in capsys.readouterr().err
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["replay", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--format", "--policy", "--size", "--tiers", "--plot", "--json"):
+        assert option in out
+
+
+def test_json_replay_with_tiers_of_a_text_trace(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    keys = rng.zipf(1.3, 5000) % 500
+    path = write(tmp_path / "z.txt", "\n".join(map(str, keys)) + "\n")
+    assert main(["replay", str(path), "--policy", "lru,arc,wtinylfu", "--size", "5%,50",
+                 "--tiers", "75%,25%", "--json"]) == 0
+    [report] = json.loads(capsys.readouterr().out)
+    assert report["requests"] == 5000 and [s["capacity"] for s in report["sizes"]][1] == 50
+    for size in report["sizes"]:
+        assert [p["policy"] for p in size["policies"]] == ["lru", "arc", "wtinylfu"]
+        for result in size["policies"]:
+            assert result["hits"] <= size["opt_hits"] and size["opt_exact"]
+            assert sum(result["tier_hits"]) == result["hits"]
+
+
+def test_csv_with_sizes_replays_bytes_and_labels_opt_a_bound(tmp_path, capsys):
+    rows = "\n".join(f"{k % 40},{(k % 7 + 1) * 100}" for k in range(2000))
+    path = write(tmp_path / "s.csv", "key,size\n" + rows + "\n")
+    assert main(["replay", str(path), "--policy", "lru,sieve", "--size", "2000"]) == 0
+    out = capsys.readouterr().out
+    assert "byte sizes" in out and "OPT>=" in out
+
+
+def test_plot_draws_a_file(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    path = write(tmp_path / "z.txt", "\n".join(str(k % 97) for k in range(3000)) + "\n")
+    out = tmp_path / "plot.png"
+    assert main(["replay", str(path), "--policy", "lru,s3fifo", "--plot", str(out)]) == 0
+    assert out.stat().st_size > 1000
+
+
+def test_mooncake_trace_reports_prefix_usable_hits(capsys):
+    path = trace_path("mooncake_synthetic_trace.jsonl")
+    assert main(["replay", str(path), "--policy", "lru,s3fifo", "--size", "10%"]) == 0
+    out = capsys.readouterr().out
+    assert "121,877 requests" in out and "prefix-usable hit ratio" in out
+
+
+def test_replay_matches_the_cache_it_drives():
+    path = trace_path("lirs_sprite.trace.gz")
+    trace = read_trace(path)
+    result = replay(trace, "sieve", 707)
+    assert result.hits == 109234        # libCacheSim's Sieve on the same keys and size

@@ -1,0 +1,915 @@
+# Eviction policies from the literature, run per tier in C: FIFO, CLOCK, SIEVE, S3-FIFO, ARC and
+# W-TinyLFU beside the original LRU (which keeps its own code paths in engine_lists.pxi).
+#
+# Every tier keeps one list of its entries (so count, used, the storage layer's walk and check()
+# stay as they are), cut into up to three segments that follow each other from head to tail:
+#
+#   head                                                                            tail
+#    |  segment 0: newest .. oldest  |  segment 1: newest .. oldest  |  segment 2 ...  |
+#         seg_head[0]                     seg_head[1]                     seg_head[2]
+#
+#   FIFO, CLOCK, SIEVE: segment 0 only, in insertion order.
+#   S3-FIFO: 0 = the small FIFO, 1 = the main FIFO.  Small's oldest sits next to main's newest.
+#   ARC: 0 = T1 (seen once), 1 = T2 (seen twice or more).
+#   W-TinyLFU: 0 = the window LRU, 1 = probation, 2 = protected (the main SLRU).
+#
+# Invariant: an entry's segment bits name the segment it lies in; seg_head[k] is the first entry
+# of segment k on the list; seg_used/seg_count sum the segment.  Ghosts (keys that left a tier:
+# S3-FIFO's ghost FIFO, ARC's B1 and B2) live in one node pool with a (key, tier) hash map, each
+# tier's lists ordered most recent first.
+#
+# Every operation is O(1), amortized where a policy's own algorithm is: CLOCK's and S3-FIFO's
+# second chances and SIEVE's hand clear a mark per step, and each mark was set by one access.
+# Pinned entries are skipped where they lie (never victims), as the LRU walk skips them.
+#
+# An entry arriving in a tier (insert, spill, promotion, demotion) arrives as an insertion: the
+# policy bits start clear, its access statistics (frequency, last_access) travel with it.
+
+from libc.math cimport fabs
+
+cdef enum:
+    FLAG_MARK = 2           # CLOCK's reference bit, SIEVE's visited bit
+    FREQ_SHIFT = 2          # S3-FIFO's 2-bit access counter
+    FREQ_MASK = 0x0C
+    SEG_SHIFT = 4           # the segment an entry lies in
+    SEG_MASK = 0x30
+    POLICY_BITS = 0x3E      # everything but FLAG_LIFTED
+    MIN_GHOST_BUCKET_BITS = 6
+    SKETCH_DEPTH = 4
+    MIN_SKETCH_WORDS = 64
+
+cdef uint64_t[4] _SKETCH_SEEDS
+_SKETCH_SEEDS[0] = 0xC3A5C85C97CB3127ULL
+_SKETCH_SEEDS[1] = 0xB492B66FBE98F273ULL
+_SKETCH_SEEDS[2] = 0x9AE16A3B2F90404FULL
+_SKETCH_SEEDS[3] = 0xCBF29CE484222325ULL
+
+POLICY_NAMES = ("lru", "fifo", "clock", "sieve", "s3fifo", "arc", "wtinylfu")
+
+
+# ---- segments ---------------------------------------------------------------------------------
+
+cdef inline int _seg(Slot* s) noexcept nogil:
+    return (s.flags & SEG_MASK) >> SEG_SHIFT
+
+
+cdef inline uint32_t _seg_after(PolicyState* ps, int k) noexcept nogil:
+    """The first slot of the first non-empty segment after k, VC_NIL when there is none."""
+    cdef int j
+    for j in range(k + 1, 3):
+        if ps.seg_head[j] != VC_NIL:
+            return ps.seg_head[j]
+    return VC_NIL
+
+
+cdef inline uint32_t _seg_oldest(Engine e, int tier, int k) noexcept nogil:
+    cdef PolicyState* ps = &e.pstate[tier]
+    cdef uint32_t following
+    if ps.seg_head[k] == VC_NIL:
+        return VC_NIL
+    following = _seg_after(ps, k)
+    return e.tier_state[tier].tail if following == VC_NIL else e.slots[following].prev
+
+
+cdef void _seg_link(Engine e, uint32_t slot, int tier, int k) noexcept nogil:
+    """Link `slot` at the most recent end of segment k of `tier`."""
+    cdef Slot* s = &e.slots[slot]
+    cdef TierState* t = &e.tier_state[tier]
+    cdef PolicyState* ps = &e.pstate[tier]
+    cdef uint32_t before = ps.seg_head[k]
+    cdef uint64_t charge = _charge(e, s.size)
+    if before == VC_NIL:
+        before = _seg_after(ps, k)
+    s.tier = <int8_t>tier
+    s.flags = <uint8_t>((s.flags & ~SEG_MASK) | (k << SEG_SHIFT))
+    s.next = before
+    if before == VC_NIL:
+        s.prev = t.tail
+        if t.tail != VC_NIL:
+            e.slots[t.tail].next = slot
+        else:
+            t.head = slot
+        t.tail = slot
+    else:
+        s.prev = e.slots[before].prev
+        if s.prev != VC_NIL:
+            e.slots[s.prev].next = slot
+        else:
+            t.head = slot
+        e.slots[before].prev = slot
+    ps.seg_head[k] = slot
+    t.count += 1
+    t.used += charge
+    ps.seg_used[k] += charge
+    ps.seg_count[k] += 1
+
+
+cdef void _seg_unlink(Engine e, uint32_t slot) noexcept nogil:
+    cdef Slot* s = &e.slots[slot]
+    cdef PolicyState* ps = &e.pstate[s.tier]
+    cdef int k = _seg(s)
+    if ps.seg_head[k] == slot:
+        ps.seg_head[k] = s.next if s.next != VC_NIL and _seg(&e.slots[s.next]) == k else VC_NIL
+    if ps.hand == slot:
+        ps.hand = s.prev
+    ps.seg_used[k] -= _charge(e, s.size)
+    ps.seg_count[k] -= 1
+    _unlink(e, slot)
+
+
+cdef inline void _seg_move(Engine e, uint32_t slot, int k) noexcept nogil:
+    """Move an entry to the most recent end of segment k of its own tier."""
+    cdef int tier = e.slots[slot].tier
+    _seg_unlink(e, slot)
+    _seg_link(e, slot, tier, k)
+
+
+cdef inline uint32_t _seg_step(Engine e, int tier, int k, uint32_t prev) noexcept nogil:
+    """The next entry of a walk from the oldest end of segment k towards its newest, given the
+    slot before the current one (`prev`): that one while it is in the segment, else the oldest
+    again (the walk goes round, as a clock hand does)."""
+    if prev == VC_NIL or _seg(&e.slots[prev]) != k:
+        return _seg_oldest(e, tier, k)
+    return prev
+
+
+cdef inline uint32_t _seg_oldest_unpinned(Engine e, int tier, int k) noexcept nogil:
+    cdef uint32_t slot = _seg_oldest(e, tier, k)
+    while slot != VC_NIL and _seg(&e.slots[slot]) == k:
+        if not e.slots[slot].pins:
+            return slot
+        slot = e.slots[slot].prev
+    return VC_NIL
+
+
+# ---- ghosts -----------------------------------------------------------------------------------
+
+cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
+    # The map's multiplicative hash mixes only upwards (its low bits depend on the key's low
+    # bits alone), so tables indexed by low bits take a full avalanche: MurmurHash3's finalizer.
+    x ^= x >> 33
+    x *= 0xFF51AFD7ED558CCDULL
+    x ^= x >> 33
+    x *= 0xC4CEB9FE1A85EC53ULL
+    x ^= x >> 33
+    return x
+
+
+cdef inline uint64_t _ghost_hash(uint64_t key, int tier) noexcept nogil:
+    return _mix(key ^ (<uint64_t>(tier + 1) * 0x9E3779B97F4A7C15ULL))
+
+
+cdef uint32_t _ghost_find(Engine e, uint64_t key, int tier) noexcept nogil:
+    cdef uint64_t i
+    cdef uint32_t g
+    if e.n_ghosts == 0:
+        return VC_NIL
+    i = _ghost_hash(key, tier) & e.ghost_bucket_mask
+    while True:
+        g = e.ghost_buckets[i]
+        if g == VC_NIL:
+            return VC_NIL
+        if e.ghosts[g].key == key and e.ghosts[g].tier == tier:
+            return g
+        i = (i + 1) & e.ghost_bucket_mask
+
+
+cdef void _ghost_file(Engine e, uint32_t g) noexcept nogil:
+    cdef uint64_t i = _ghost_hash(e.ghosts[g].key, e.ghosts[g].tier) & e.ghost_bucket_mask
+    while e.ghost_buckets[i] != VC_NIL:
+        i = (i + 1) & e.ghost_bucket_mask
+    e.ghost_buckets[i] = g
+
+
+cdef int _ghost_reserve(Engine e) noexcept nogil:
+    """Room for one more ghost in the pool and the map; -1 when out of memory."""
+    cdef uint64_t wanted, n_buckets, i
+    cdef Ghost* nodes
+    cdef uint32_t* fresh
+    cdef uint32_t* old
+    cdef uint64_t old_count
+    if e.ghost_free == VC_NIL and e.ghost_high_water == e.ghost_capacity:
+        wanted = <uint64_t>e.ghost_capacity * 2 if e.ghost_capacity else 64
+        if wanted > MAX_SLOTS:
+            return -1
+        nodes = <Ghost*>PyMem_RawRealloc(e.ghosts, wanted * sizeof(Ghost))
+        if nodes == NULL:
+            return -1
+        e.ghosts = nodes
+        e.ghost_capacity = <uint32_t>wanted
+    # Linear probing at most half full keeps a probe to about 1.5 buckets.
+    if e.ghost_buckets == NULL or (e.n_ghosts + 1) * 2 > e.ghost_bucket_mask + 1:
+        n_buckets = (e.ghost_bucket_mask + 1) * 2 if e.ghost_buckets != NULL else (
+            1 << MIN_GHOST_BUCKET_BITS)
+        fresh = <uint32_t*>PyMem_RawMalloc(n_buckets * sizeof(uint32_t))
+        if fresh == NULL:
+            return -1
+        memset(fresh, 0xFF, n_buckets * sizeof(uint32_t))
+        old = e.ghost_buckets
+        old_count = e.ghost_bucket_mask + 1 if old != NULL else 0
+        e.ghost_buckets = fresh
+        e.ghost_bucket_mask = n_buckets - 1
+        for i in range(old_count):
+            if old[i] != VC_NIL:
+                _ghost_file(e, old[i])
+        PyMem_RawFree(old)
+    return 0
+
+
+cdef void _ghost_push(Engine e, int tier, int which, uint64_t key, uint64_t charge) noexcept nogil:
+    """Record `key` at the most recent end of ghost list `which` of `tier`."""
+    cdef PolicyState* ps = &e.pstate[tier]
+    cdef uint32_t g
+    # Out of memory: the key is simply not remembered, which costs at most a later ghost hit.
+    if _ghost_reserve(e) != 0:
+        return
+    if e.ghost_free != VC_NIL:
+        g = e.ghost_free
+        e.ghost_free = e.ghosts[g].next
+    else:
+        g = e.ghost_high_water
+        e.ghost_high_water += 1
+    e.ghosts[g].key = key
+    e.ghosts[g].charge = charge
+    e.ghosts[g].tier = <int8_t>tier
+    e.ghosts[g].list = <uint8_t>which
+    e.ghosts[g].prev = VC_NIL
+    e.ghosts[g].next = ps.ghost_head[which]
+    if ps.ghost_head[which] != VC_NIL:
+        e.ghosts[ps.ghost_head[which]].prev = g
+    else:
+        ps.ghost_tail[which] = g
+    ps.ghost_head[which] = g
+    ps.ghost_used[which] += charge
+    ps.ghost_count[which] += 1
+    e.n_ghosts += 1
+    _ghost_file(e, g)
+
+
+cdef void _ghost_remove(Engine e, uint32_t g) noexcept nogil:
+    cdef Ghost* node = &e.ghosts[g]
+    cdef PolicyState* ps = &e.pstate[node.tier]
+    cdef int which = node.list
+    cdef uint64_t i, j, home
+    cdef uint32_t moving
+    if node.prev != VC_NIL:
+        e.ghosts[node.prev].next = node.next
+    else:
+        ps.ghost_head[which] = node.next
+    if node.next != VC_NIL:
+        e.ghosts[node.next].prev = node.prev
+    else:
+        ps.ghost_tail[which] = node.prev
+    ps.ghost_used[which] -= node.charge
+    ps.ghost_count[which] -= 1
+    # Backward-shift deletion: no tombstones, so a probe stops at the first empty bucket.
+    i = _ghost_hash(node.key, node.tier) & e.ghost_bucket_mask
+    while e.ghost_buckets[i] != g:
+        i = (i + 1) & e.ghost_bucket_mask
+    j = i
+    while True:
+        j = (j + 1) & e.ghost_bucket_mask
+        moving = e.ghost_buckets[j]
+        if moving == VC_NIL:
+            break
+        home = _ghost_hash(e.ghosts[moving].key, e.ghosts[moving].tier) & e.ghost_bucket_mask
+        # `moving` may fill the hole at i unless its home lies cyclically in (i, j].
+        if (i <= j and i < home <= j) or (i > j and (home > i or home <= j)):
+            continue
+        e.ghost_buckets[i] = moving
+        i = j
+    e.ghost_buckets[i] = VC_NIL
+    node.tier = -1
+    node.next = e.ghost_free
+    e.ghost_free = g
+    e.n_ghosts -= 1
+
+
+cdef void _ghost_clear(Engine e) noexcept nogil:
+    cdef int tier, which
+    cdef PolicyState* ps
+    e.n_ghosts = 0
+    e.ghost_free = VC_NIL
+    e.ghost_high_water = 0
+    if e.ghost_buckets != NULL:
+        memset(e.ghost_buckets, 0xFF, (e.ghost_bucket_mask + 1) * sizeof(uint32_t))
+    for tier in range(e.n_tiers):
+        ps = &e.pstate[tier]
+        for which in range(2):
+            ps.ghost_head[which] = VC_NIL
+            ps.ghost_tail[which] = VC_NIL
+            ps.ghost_used[which] = 0
+            ps.ghost_count[which] = 0
+
+
+# ---- W-TinyLFU's frequency sketch ---------------------------------------------------------------
+#
+# A count-min sketch of 4-bit counters, 16 to a word, SKETCH_DEPTH rows hashed over one table of
+# 16 * sketch_words counters.  With w counters a row and N recorded accesses since the last
+# halving, a row overestimates a key's count by more than e * N / w with probability at most
+# 1 / e, and the estimate (the minimum of the rows) does so with probability at most e**-4.  The
+# table holds about 16 counters per live entry and is halved every 10 counters' worth of
+# accesses per word (the sample), so N stays near 10 * sketch_words and the error stays below
+# one count in most estimates.  A Bloom filter (the doorkeeper) takes a key's first access, so
+# keys seen once never reach the counters.
+
+cdef int _sketch_resize(Engine e, uint64_t words) noexcept nogil:
+    cdef uint64_t* table = <uint64_t*>PyMem_RawMalloc(words * sizeof(uint64_t))
+    cdef uint64_t* door = <uint64_t*>PyMem_RawMalloc(words * sizeof(uint64_t))
+    if table == NULL or door == NULL:
+        PyMem_RawFree(table)
+        PyMem_RawFree(door)
+        return -1
+    memset(table, 0, words * sizeof(uint64_t))
+    memset(door, 0, words * sizeof(uint64_t))
+    PyMem_RawFree(e.sketch)
+    PyMem_RawFree(e.doorkeeper)
+    e.sketch = table
+    e.doorkeeper = door
+    e.sketch_words = words
+    e.sketch_additions = 0
+    e.sketch_sample = 10 * words         # Caffeine's sample: 10 accesses per entry
+    return 0
+
+
+cdef inline uint64_t _sketch_index(Engine e, uint64_t key, int row) noexcept nogil:
+    return _mix(key ^ _SKETCH_SEEDS[row]) & (e.sketch_words * 16 - 1)
+
+
+cdef inline bint _door_has(Engine e, uint64_t key) noexcept nogil:
+    cdef uint64_t bits = e.sketch_words * 64 - 1
+    cdef uint64_t h = _mix(key * 0xD6E8FEB86659FD93ULL + 1)
+    cdef uint64_t a = h & bits, b = (h >> 32) & bits
+    return ((e.doorkeeper[a >> 6] >> (a & 63)) & 1) and ((e.doorkeeper[b >> 6] >> (b & 63)) & 1)
+
+
+cdef inline void _door_add(Engine e, uint64_t key) noexcept nogil:
+    cdef uint64_t bits = e.sketch_words * 64 - 1
+    cdef uint64_t h = _mix(key * 0xD6E8FEB86659FD93ULL + 1)
+    cdef uint64_t a = h & bits, b = (h >> 32) & bits
+    e.doorkeeper[a >> 6] |= (<uint64_t>1) << (a & 63)
+    e.doorkeeper[b >> 6] |= (<uint64_t>1) << (b & 63)
+
+
+cdef void _sketch_increment(Engine e, uint64_t key) noexcept nogil:
+    cdef int row
+    cdef uint64_t index, shift, words
+    # The sketch follows the cache's size: about 16 counters per entry.  Growing starts the
+    # counts afresh (as Caffeine's does when its maximum changes); out of memory keeps the table.
+    if <uint64_t>e.n_live > e.sketch_words:
+        words = e.sketch_words * 2
+        while words < <uint64_t>e.n_live:
+            words *= 2
+        _sketch_resize(e, words)
+    if not _door_has(e, key):
+        _door_add(e, key)
+    else:
+        for row in range(SKETCH_DEPTH):
+            index = _sketch_index(e, key, row)
+            shift = (index & 15) << 2
+            if ((e.sketch[index >> 4] >> shift) & 15) != 15:
+                e.sketch[index >> 4] += (<uint64_t>1) << shift
+    e.sketch_additions += 1
+    if e.sketch_additions >= e.sketch_sample:
+        # Ageing: halve every counter and forget the doorkeeper, so that the sketch follows
+        # a popularity that changes.
+        for index in range(e.sketch_words):
+            e.sketch[index] = (e.sketch[index] >> 1) & 0x7777777777777777ULL
+        memset(e.doorkeeper, 0, e.sketch_words * sizeof(uint64_t))
+        e.sketch_additions //= 2
+
+
+cdef uint64_t _sketch_frequency(Engine e, uint64_t key) noexcept nogil:
+    cdef int row
+    cdef uint64_t index, count, least = 15
+    for row in range(SKETCH_DEPTH):
+        index = _sketch_index(e, key, row)
+        count = (e.sketch[index >> 4] >> ((index & 15) << 2)) & 15
+        if count < least:
+            least = count
+    return least + (1 if _door_has(e, key) else 0)
+
+
+# ---- configuration ------------------------------------------------------------------------------
+
+cdef void _policy_set_caps(Engine e, int tier) noexcept nogil:
+    """The segment capacities of a tier from its capacity and the policy's ratios."""
+    cdef PolicyState* ps = &e.pstate[tier]
+    cdef uint64_t capacity = e.tier_state[tier].capacity
+    if e.policy_kind == PK_S3FIFO:
+        ps.seg_cap[0] = <uint64_t>(<double>capacity * e.small_ratio)
+        ps.seg_cap[1] = capacity - ps.seg_cap[0]
+        ps.ghost_cap = <uint64_t>(<double>capacity * e.ghost_ratio)
+    elif e.policy_kind == PK_WTINYLFU:
+        # Caffeine's split: the main space is floor(99% of the capacity), the window the rest,
+        # so a small cache still has a window of one entry; protected is 80% of the main space.
+        ps.seg_cap[1] = <uint64_t>(<double>capacity * (1.0 - e.window_ratio))
+        if ps.seg_cap[1] > capacity:
+            ps.seg_cap[1] = capacity
+        ps.seg_cap[0] = capacity - ps.seg_cap[1]
+        ps.seg_cap[2] = <uint64_t>(<double>ps.seg_cap[1] * 0.8)
+        ps.step = -0.0625 * <double>capacity
+
+
+cdef int _policy_setup(Engine e) except -1:
+    cdef int tier, k
+    cdef PolicyState* ps
+    e.pstate = <PolicyState*>PyMem_RawMalloc(e.n_tiers * sizeof(PolicyState))
+    if e.pstate == NULL:
+        raise MemoryError("Could not allocate the tiers' policy state. Fix: free memory.")
+    memset(e.pstate, 0, e.n_tiers * sizeof(PolicyState))
+    for tier in range(e.n_tiers):
+        ps = &e.pstate[tier]
+        for k in range(3):
+            ps.seg_head[k] = VC_NIL
+        for k in range(2):
+            ps.ghost_head[k] = VC_NIL
+            ps.ghost_tail[k] = VC_NIL
+        ps.hand = VC_NIL
+        _policy_set_caps(e, tier)
+    e.ghost_free = VC_NIL
+    if e.policy_kind == PK_WTINYLFU and _sketch_resize(e, MIN_SKETCH_WORDS) != 0:
+        raise MemoryError("Could not allocate the frequency sketch. Fix: free memory.")
+    return 0
+
+
+# ---- the hooks the rules call -------------------------------------------------------------------
+
+cdef void _policy_touch(Engine e, uint32_t slot) noexcept nogil:
+    """_touch() for the policies: the access statistics, then the policy's own bookkeeping."""
+    cdef Slot* s = &e.slots[slot]
+    cdef int k, tier = s.tier
+    cdef uint32_t demoted
+    cdef uint8_t f
+    cdef PolicyState* ps
+    e.tick += 1
+    s.last_access = e.tick
+    if s.frequency != UINT32_MAX:
+        s.frequency += 1
+    if e.policy_kind == PK_CLOCK or e.policy_kind == PK_SIEVE:
+        s.flags |= FLAG_MARK
+    elif e.policy_kind == PK_S3FIFO:
+        f = (s.flags & FREQ_MASK) >> FREQ_SHIFT
+        if f < 3:
+            s.flags = <uint8_t>((s.flags & ~FREQ_MASK) | ((f + 1) << FREQ_SHIFT))
+    elif e.policy_kind == PK_ARC:
+        _seg_move(e, slot, 1)                   # T1 or T2 -> the most recent end of T2
+    elif e.policy_kind == PK_WTINYLFU:
+        _sketch_increment(e, s.key)
+        k = _seg(s)
+        if k == 0:
+            _seg_move(e, slot, 0)
+        else:
+            _seg_move(e, slot, 2)               # probation or protected -> protected
+            ps = &e.pstate[tier]
+            while ps.seg_used[2] > ps.seg_cap[2] and ps.seg_count[2] > 1:
+                demoted = _seg_oldest(e, tier, 2)
+                _seg_move(e, demoted, 1)
+
+
+cdef void _climb(Engine e, int tier) noexcept nogil:
+    """Caffeine's hill climber: after a sample of this tier's accesses, move the window's size
+    a step in the direction that raised the hit ratio, with steps that shrink while the ratio
+    settles and restart when it jumps."""
+    cdef PolicyState* ps = &e.pstate[tier]
+    cdef uint64_t capacity = e.tier_state[tier].capacity
+    cdef double rate = <double>ps.sample_hits / <double>ps.sample_count
+    cdef double change = rate - ps.previous_hit_rate
+    cdef double amount = ps.step if change >= 0 else -ps.step
+    cdef double window
+    if fabs(change) >= 0.05:
+        ps.step = 0.0625 * <double>capacity * (1.0 if amount >= 0 else -1.0)
+    else:
+        ps.step = 0.98 * amount
+    ps.previous_hit_rate = rate
+    ps.sample_hits = 0
+    ps.sample_count = 0
+    window = <double>ps.seg_cap[0] + amount
+    if window < 1.0:
+        window = 1.0
+    if window > <double>capacity - 1.0:
+        window = <double>capacity - 1.0
+    if window < 0.0:
+        window = 0.0
+    ps.seg_cap[0] = <uint64_t>window
+    ps.seg_cap[1] = capacity - ps.seg_cap[0]
+    ps.seg_cap[2] = <uint64_t>(<double>ps.seg_cap[1] * 0.8)
+
+
+cdef inline void _policy_sample(Engine e, int tier, bint hit) noexcept nogil:
+    cdef PolicyState* ps
+    if e.policy_kind != PK_WTINYLFU or not e.adaptive:
+        return
+    ps = &e.pstate[tier]
+    ps.sample_hits += hit
+    ps.sample_count += 1
+    if ps.sample_count >= 10 * (e.tier_state[tier].count if e.tier_state[tier].count > 16 else 16):
+        _climb(e, tier)
+
+
+cdef inline void _policy_place(Engine e, uint32_t slot, int tier) noexcept nogil:
+    """An entry arrives in `tier` (room made): link it where the policy inserts."""
+    cdef Slot* s = &e.slots[slot]
+    cdef PolicyState* ps = &e.pstate[tier]
+    cdef int k = 0
+    cdef uint64_t charge
+    s.flags &= ~(FLAG_MARK | FREQ_MASK)
+    if e.policy_kind == PK_S3FIFO:
+        charge = _charge(e, s.size)
+        # A ghost hit goes to main.  So does an entry the small FIFO cannot hold, and, until
+        # the tier's first eviction, an entry arriving while small is full (libCacheSim's
+        # S3-FIFO, whose author wrote the paper: the cache fills up completely before the
+        # first eviction instead of evicting from small).
+        if (ps.arriving or charge >= ps.seg_cap[0]
+                or (not ps.has_evicted and ps.seg_used[0] >= ps.seg_cap[0])):
+            k = 1
+    elif e.policy_kind == PK_ARC:
+        k = 1 if ps.arriving else 0
+    elif e.policy_kind == PK_WTINYLFU:
+        k = 1 if ps.arriving else 0
+    ps.arriving = 0
+    ps.incoming = 0
+    _seg_link(e, slot, tier, k)
+
+
+cdef inline void _place(Engine e, uint32_t slot, int tier) noexcept nogil:
+    if e.policy_kind == PK_LRU:
+        _link_head(e, slot, tier)
+    else:
+        _policy_place(e, slot, tier)
+
+
+cdef inline void _lift_out(Engine e, uint32_t slot) noexcept nogil:
+    if e.policy_kind == PK_LRU:
+        _unlink(e, slot)
+    else:
+        _seg_unlink(e, slot)
+
+
+cdef uint32_t _wtlfu_main_victim(Engine e, int tier, uint32_t besides) noexcept nogil:
+    """The main space's victim: probation's oldest unpinned entry, else protected's."""
+    cdef uint32_t slot = _seg_oldest(e, tier, 1)
+    while slot != VC_NIL and _seg(&e.slots[slot]) == 1:
+        if not e.slots[slot].pins and slot != besides:
+            return slot
+        slot = e.slots[slot].prev
+    slot = _seg_oldest_unpinned(e, tier, 2)
+    return VC_NIL if slot == besides else slot
+
+
+cdef int _policy_arrival(Engine e, int tier, uint64_t key, uint64_t charge, bint fresh) noexcept nogil:
+    """Before room is made for an arriving entry: the ghost check (S3-FIFO, ARC) and W-TinyLFU's
+    admission of an entry too large for the window.  0, or ST_DECLINED."""
+    cdef PolicyState* ps = &e.pstate[tier]
+    cdef uint32_t g, victim
+    cdef double delta
+    ps.arriving = 0
+    ps.incoming = charge
+    if e.policy_kind == PK_S3FIFO:
+        g = _ghost_find(e, key, tier)
+        if g != VC_NIL:
+            _ghost_remove(e, g)
+            ps.arriving = 1
+    elif e.policy_kind == PK_ARC:
+        g = _ghost_find(e, key, tier)
+        if g != VC_NIL:
+            # Adapt T1's target: a hit in B1 says T1 was too small, one in B2 that T2 was.
+            # The step is |other ghost| / |this ghost|, at least 1 (also when entries of size 0
+            # leave this ghost list at 0 bytes).
+            if e.ghosts[g].list == 0:
+                delta = 1.0
+                if ps.ghost_used[0] and <double>ps.ghost_used[1] / <double>ps.ghost_used[0] > 1.0:
+                    delta = <double>ps.ghost_used[1] / <double>ps.ghost_used[0]
+                ps.p = ps.p + delta
+                if ps.p > <double>e.tier_state[tier].capacity:
+                    ps.p = <double>e.tier_state[tier].capacity
+                ps.arriving = 1
+            else:
+                delta = 1.0
+                if ps.ghost_used[1] and <double>ps.ghost_used[0] / <double>ps.ghost_used[1] > 1.0:
+                    delta = <double>ps.ghost_used[0] / <double>ps.ghost_used[1]
+                ps.p = ps.p - delta if ps.p > delta else 0.0
+                ps.arriving = 2
+            _ghost_remove(e, g)
+    elif e.policy_kind == PK_WTINYLFU and charge > ps.seg_cap[0]:
+        # Too large for the window: the entry goes straight to probation, and a new key must
+        # win the admission contest against each main victim it would displace.
+        ps.arriving = 1
+        if fresh:
+            while e.tier_state[tier].used > e.tier_state[tier].capacity - charge:
+                victim = _wtlfu_main_victim(e, tier, VC_NIL)
+                if victim == VC_NIL:
+                    break
+                if _sketch_frequency(e, key) <= _sketch_frequency(e, e.slots[victim].key):
+                    ps.arriving = 0
+                    e.tier_state[tier].counters[C_REJECTIONS] += 1
+                    return ST_DECLINED
+                _displace(e, victim)
+    return 0
+
+
+cdef void _wtlfu_make_window_room(Engine e, int tier, uint64_t charge) noexcept nogil:
+    """The window's oldest entries move to probation until the arrival fits in the window.
+    While the tier is then over capacity, each of those candidates, newest first, competes
+    with probation's oldest entry, and the one the sketch has seen less often leaves the tier
+    (Caffeine's evictFromMain).  Whatever room is still missing, _make_room's loop makes."""
+    cdef PolicyState* ps = &e.pstate[tier]
+    cdef TierState* t = &e.tier_state[tier]
+    cdef uint32_t candidate, victim, older
+    cdef uint64_t moved = 0
+    if ps.arriving:
+        return
+    while ps.seg_used[0] + charge > ps.seg_cap[0]:
+        candidate = _seg_oldest_unpinned(e, tier, 0)
+        if candidate == VC_NIL:
+            break
+        _seg_move(e, candidate, 1)
+        moved += 1
+    candidate = ps.seg_head[1]
+    while moved and candidate != VC_NIL and t.used > t.capacity - charge:
+        moved -= 1
+        older = e.slots[candidate].next
+        if older != VC_NIL and _seg(&e.slots[older]) != 1:
+            older = VC_NIL
+        if e.slots[candidate].pins:
+            candidate = older
+            continue
+        victim = _seg_oldest_unpinned(e, tier, 1)
+        if victim == candidate:
+            break                           # no older probation entry is left to compete
+        if (_sketch_frequency(e, e.slots[candidate].key)
+                > _sketch_frequency(e, e.slots[victim].key)):
+            if older == victim:
+                older = e.slots[victim].next if e.slots[victim].next != VC_NIL and _seg(
+                    &e.slots[e.slots[victim].next]) == 1 else VC_NIL
+            _displace(e, victim)
+        else:
+            _displace(e, candidate)
+        candidate = older
+
+
+cdef uint32_t _s3_small_victim(Engine e, int tier, bint force) noexcept nogil:
+    """S3-FIFO's small queue: its oldest entry leaves (into the ghost) unless it was accessed
+    move_threshold times, which sends it to main; with `force`, the oldest leaves regardless."""
+    cdef uint32_t slot = _seg_oldest(e, tier, 0), prev
+    cdef Slot* s
+    while slot != VC_NIL and _seg(&e.slots[slot]) == 0:
+        s = &e.slots[slot]
+        prev = s.prev
+        if s.pins:
+            slot = prev
+            continue
+        if not force and ((s.flags & FREQ_MASK) >> FREQ_SHIFT) >= e.move_threshold:
+            s.flags &= ~FREQ_MASK
+            _seg_move(e, slot, 1)
+            slot = prev
+            continue
+        if e.pstate[tier].ghost_cap >= _charge(e, s.size):
+            _ghost_push(e, tier, 0, s.key, _charge(e, s.size))
+            while e.pstate[tier].ghost_used[0] > e.pstate[tier].ghost_cap:
+                _ghost_remove(e, e.pstate[tier].ghost_tail[0])
+        return slot
+    return VC_NIL
+
+
+cdef uint32_t _s3_main_victim(Engine e, int tier) noexcept nogil:
+    """S3-FIFO's main queue, a CLOCK with a 2-bit counter: an accessed entry goes round again
+    with its count lowered by one."""
+    cdef PolicyState* ps = &e.pstate[tier]
+    cdef uint32_t slot = _seg_oldest(e, tier, 1), prev
+    cdef uint64_t steps = 4 * ps.seg_count[1] + 4
+    cdef uint8_t f
+    cdef Slot* s
+    while slot != VC_NIL and steps:
+        steps -= 1
+        s = &e.slots[slot]
+        prev = s.prev
+        if not s.pins:
+            f = (s.flags & FREQ_MASK) >> FREQ_SHIFT
+            if f == 0:
+                return slot
+            s.flags = <uint8_t>((s.flags & ~FREQ_MASK) | ((f - 1) << FREQ_SHIFT))
+            _seg_move(e, slot, 1)
+        slot = _seg_step(e, tier, 1, prev)
+    return VC_NIL
+
+
+cdef uint32_t _arc_replace(Engine e, int tier) noexcept nogil:
+    """ARC's REPLACE: T1's LRU entry goes to B1 when T1 exceeds its target p (or meets it and
+    the arrival is a B2 hit) or T2 is empty, else T2's LRU entry goes to B2."""
+    cdef PolicyState* ps = &e.pstate[tier]
+    cdef double t1 = <double>ps.seg_used[0]
+    cdef uint32_t victim
+    cdef int which = 1
+    if (ps.seg_used[0] > 0 and (t1 > ps.p or (t1 == ps.p and ps.arriving == 2))
+            or ps.seg_used[1] == 0):
+        which = 0
+    victim = _seg_oldest_unpinned(e, tier, which)
+    if victim == VC_NIL:
+        which = 1 - which
+        victim = _seg_oldest_unpinned(e, tier, which)
+    if victim != VC_NIL:
+        _ghost_push(e, tier, which, e.slots[victim].key, _charge(e, e.slots[victim].size))
+    return victim
+
+
+cdef uint32_t _arc_victim(Engine e, int tier) noexcept nogil:
+    cdef PolicyState* ps = &e.pstate[tier]
+    cdef uint64_t capacity = e.tier_state[tier].capacity
+    cdef uint32_t victim
+    if ps.arriving:
+        return _arc_replace(e, tier)                    # a ghost hit: cases II and III
+    # Case IV, a miss everywhere.
+    if ps.seg_used[0] + ps.ghost_used[0] + ps.incoming > capacity:
+        # Case A: T1 and B1 hold c pages.  Testing B1 for emptiness rather than T1 < c also
+        # holds for entries of different sizes (libCacheSim does the same).
+        if ps.ghost_used[0] > 0:
+            _ghost_remove(e, ps.ghost_tail[0])
+            return _arc_replace(e, tier)
+        victim = _seg_oldest_unpinned(e, tier, 0)       # T1 holds everything: it leaves unseen
+        return victim if victim != VC_NIL else _seg_oldest_unpinned(e, tier, 1)
+    # Case B: the directory holds 2c pages, B2's oldest goes.
+    if (ps.seg_used[0] + ps.seg_used[1] + ps.ghost_used[0] + ps.ghost_used[1] >= 2 * capacity
+            and ps.ghost_used[1] > 0):
+        _ghost_remove(e, ps.ghost_tail[1])
+    return _arc_replace(e, tier)
+
+
+cdef uint32_t _clock_victim(Engine e, int tier) noexcept nogil:
+    cdef uint32_t slot = e.tier_state[tier].tail, prev
+    cdef uint64_t steps = 2 * e.tier_state[tier].count + 2
+    cdef Slot* s
+    while slot != VC_NIL and steps:
+        steps -= 1
+        s = &e.slots[slot]
+        prev = s.prev
+        if not s.pins:
+            if not (s.flags & FLAG_MARK):
+                return slot
+            s.flags &= ~FLAG_MARK                   # a second chance: round again, unmarked
+            _seg_move(e, slot, 0)
+        slot = prev if prev != VC_NIL else e.tier_state[tier].tail
+    return VC_NIL
+
+
+cdef uint32_t _sieve_victim(Engine e, int tier) noexcept nogil:
+    """SIEVE: the hand walks from the oldest entry towards the newest, clearing visited bits,
+    and stops at the first unvisited entry; entries never move."""
+    cdef PolicyState* ps = &e.pstate[tier]
+    cdef uint32_t slot = ps.hand if ps.hand != VC_NIL else e.tier_state[tier].tail
+    cdef uint64_t steps = 2 * e.tier_state[tier].count + 2
+    cdef Slot* s
+    while slot != VC_NIL and steps:
+        steps -= 1
+        s = &e.slots[slot]
+        if not s.pins:
+            if not (s.flags & FLAG_MARK):
+                ps.hand = s.prev
+                return slot
+            s.flags &= ~FLAG_MARK
+        slot = s.prev if s.prev != VC_NIL else e.tier_state[tier].tail
+    return VC_NIL
+
+
+cdef uint32_t _policy_victim(Engine e, int tier) noexcept nogil:
+    """The entry the tier's policy displaces next, after the moves its algorithm makes on the
+    way (second chances, small-to-main moves, ghosts); VC_NIL when every entry is pinned."""
+    cdef PolicyState* ps = &e.pstate[tier]
+    cdef uint32_t victim
+    cdef int kind = e.policy_kind
+    if kind == PK_FIFO:
+        return _coldest_unpinned(e, tier)
+    if kind == PK_CLOCK:
+        return _clock_victim(e, tier)
+    if kind == PK_SIEVE:
+        return _sieve_victim(e, tier)
+    if kind == PK_S3FIFO:
+        ps.has_evicted = True
+        if ps.seg_used[1] > ps.seg_cap[1] or ps.seg_used[0] == 0:
+            victim = _s3_main_victim(e, tier)
+            return victim if victim != VC_NIL else _s3_small_victim(e, tier, True)
+        victim = _s3_small_victim(e, tier, False)
+        if victim == VC_NIL:
+            victim = _s3_main_victim(e, tier)
+        return victim if victim != VC_NIL else _s3_small_victim(e, tier, True)
+    if kind == PK_ARC:
+        return _arc_victim(e, tier)
+    victim = _wtlfu_main_victim(e, tier, VC_NIL)
+    return victim if victim != VC_NIL else _seg_oldest_unpinned(e, tier, 0)
+
+
+# ---- check() ------------------------------------------------------------------------------------
+
+cdef int _verify_policy(Engine e) except -1:
+    """The policy structures of every tier, after _verify's walk of the lists."""
+    cdef int tier, k, which, segments
+    cdef uint32_t slot, g, prev
+    cdef uint64_t used[3]
+    cdef uint64_t count[3]
+    cdef uint64_t ghost_total = 0, n, bytes_
+    cdef PolicyState* ps
+    cdef Slot* s
+    segments = 3 if e.policy_kind == PK_WTINYLFU else (
+        2 if e.policy_kind == PK_S3FIFO or e.policy_kind == PK_ARC else 1)
+    for tier in range(e.n_tiers):
+        ps = &e.pstate[tier]
+        for k in range(3):
+            used[k] = 0
+            count[k] = 0
+        k = 0
+        slot = e.tier_state[tier].head
+        while slot != VC_NIL:
+            s = &e.slots[slot]
+            if _seg(s) >= segments:
+                _broken(f"slot {slot} of tier {tier} names segment {_seg(s)} of {segments}")
+            if _seg(s) < k:
+                _broken(f"slot {slot} of tier {tier} is in segment {_seg(s)} after segment {k}")
+            if count[_seg(s)] == 0 and ps.seg_head[_seg(s)] != slot:
+                _broken(f"tier {tier}'s segment {_seg(s)} starts at slot {slot}, its head says "
+                        f"{ps.seg_head[_seg(s)]}")
+            k = _seg(s)
+            used[k] += _charge(e, s.size)
+            count[k] += 1
+            if e.policy_kind not in (PK_CLOCK, PK_SIEVE) and s.flags & FLAG_MARK:
+                _broken(f"slot {slot} carries a reference bit its policy does not use")
+            if e.policy_kind != PK_S3FIFO and s.flags & FREQ_MASK:
+                _broken(f"slot {slot} carries an S3-FIFO count under another policy")
+            slot = s.next
+        for k in range(3):
+            if count[k] == 0 and ps.seg_head[k] != VC_NIL:
+                _broken(f"tier {tier}'s segment {k} is empty but its head names slot {ps.seg_head[k]}")
+            if used[k] != ps.seg_used[k] or count[k] != ps.seg_count[k]:
+                _broken(f"tier {tier}'s segment {k} holds {count[k]} entries of {used[k]} bytes, "
+                        f"its totals say {ps.seg_count[k]} of {ps.seg_used[k]}")
+        if ps.hand != VC_NIL and (ps.hand >= e.slot_high_water or e.slots[ps.hand].tier != tier):
+            _broken(f"tier {tier}'s SIEVE hand names slot {ps.hand}, not an entry of the tier")
+        if ps.arriving:
+            _broken(f"tier {tier} still marks an arrival from its ghost list {ps.arriving}")
+        for which in range(2):
+            n = bytes_ = 0
+            prev = VC_NIL
+            g = ps.ghost_head[which]
+            while g != VC_NIL:
+                if n > e.n_ghosts:
+                    _broken(f"tier {tier}'s ghost list {which} has a cycle")
+                if e.ghosts[g].tier != tier or e.ghosts[g].list != which:
+                    _broken(f"ghost {g} on tier {tier}'s list {which} says tier "
+                            f"{e.ghosts[g].tier}, list {e.ghosts[g].list}")
+                if e.ghosts[g].prev != prev:
+                    _broken(f"ghost {g}'s prev link is {e.ghosts[g].prev}, expected {prev}")
+                if _ghost_find(e, e.ghosts[g].key, tier) != g:
+                    _broken(f"ghost key {e.ghosts[g].key} of tier {tier} is not in the ghost map")
+                n += 1
+                bytes_ += e.ghosts[g].charge
+                prev = g
+                g = e.ghosts[g].next
+            if ps.ghost_tail[which] != prev:
+                _broken(f"tier {tier}'s ghost list {which} ends at {prev}, its tail says "
+                        f"{ps.ghost_tail[which]}")
+            if n != ps.ghost_count[which] or bytes_ != ps.ghost_used[which]:
+                _broken(f"tier {tier}'s ghost list {which} holds {n} keys of {bytes_} bytes, its "
+                        f"totals say {ps.ghost_count[which]} of {ps.ghost_used[which]}")
+            ghost_total += n
+        if e.policy_kind == PK_S3FIFO and ps.ghost_used[0] > ps.ghost_cap:
+            _broken(f"tier {tier}'s ghost FIFO holds {ps.ghost_used[0]} bytes of {ps.ghost_cap}")
+        if e.policy_kind == PK_ARC and (ps.p < 0 or ps.p > <double>e.tier_state[tier].capacity):
+            _broken(f"tier {tier}'s ARC target p = {ps.p} lies outside [0, capacity]")
+        if e.policy_kind == PK_WTINYLFU and (
+                ps.seg_cap[0] + ps.seg_cap[1] != e.tier_state[tier].capacity
+                or ps.seg_cap[2] > ps.seg_cap[1]):
+            _broken(f"tier {tier}'s W-TinyLFU shares (window {ps.seg_cap[0]}, main "
+                    f"{ps.seg_cap[1]}, protected {ps.seg_cap[2]}) do not fit its capacity")
+    if ghost_total != e.n_ghosts:
+        _broken(f"the ghost lists hold {ghost_total} keys, the ghost map counts {e.n_ghosts}")
+    n = 0
+    if e.ghost_buckets != NULL:
+        for bytes_ in range(e.ghost_bucket_mask + 1):
+            n += e.ghost_buckets[bytes_] != VC_NIL
+    if n != e.n_ghosts:
+        _broken(f"the ghost map files {n} keys, the ghost lists hold {e.n_ghosts}")
+    return 0
+
+
+cdef uint64_t _policy_bytes(Engine e) noexcept nogil:
+    """Bytes of C memory the policies hold."""
+    cdef uint64_t total = 0
+    if e.pstate != NULL:
+        total += e.n_tiers * sizeof(PolicyState)
+    total += <uint64_t>e.ghost_capacity * sizeof(Ghost)
+    if e.ghost_buckets != NULL:
+        total += (e.ghost_bucket_mask + 1) * sizeof(uint32_t)
+    total += 2 * e.sketch_words * sizeof(uint64_t)
+    return total
+
+
+cdef void _policy_free(Engine e) noexcept nogil:
+    PyMem_RawFree(e.pstate)
+    e.pstate = NULL
+    PyMem_RawFree(e.ghosts)
+    e.ghosts = NULL
+    PyMem_RawFree(e.ghost_buckets)
+    e.ghost_buckets = NULL
+    PyMem_RawFree(e.sketch)
+    e.sketch = NULL
+    PyMem_RawFree(e.doorkeeper)
+    e.doorkeeper = NULL
