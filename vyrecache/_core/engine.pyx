@@ -997,7 +997,7 @@ cdef class Engine:
         cdef uint32_t slot = _find(self, key)
         if slot == VC_NIL:
             return ST_MISS
-        return _hit(self, slot)
+        return _policy_hit(self, slot) if self.policy_kind != PK_LRU else _hit(self, slot)
 
     cdef int op_promote(self, uint32_t slot, bint strict) noexcept nogil:
         return _promote(self, slot, strict)
@@ -1022,6 +1022,19 @@ cdef class Engine:
 
     cdef void op_evict(self, uint32_t slot) noexcept nogil:
         _remove(self, slot, EV_EVICT)
+
+    cdef int op_pin(self, uint32_t slot, int delta) noexcept nogil:
+        """pin() (delta 1) or unpin() (-1) of a present entry; -1, changing nothing, when the
+        count would leave [0, 65535] (pin() and unpin() explain that)."""
+        cdef Slot* s = &self.slots[slot]
+        if (delta > 0 and s.pins == 0xFFFF) or (delta < 0 and s.pins == 0):
+            return -1
+        if delta > 0 and s.pins == 0:
+            self.tier_state[s.tier].pinned += _charge(self, s.size)
+        s.pins = <uint16_t>(s.pins + delta)
+        if delta < 0 and s.pins == 0:
+            self.tier_state[s.tier].pinned -= _charge(self, s.size)
+        return 0
 
     cdef int target_tier(self, uint64_t size, uint32_t replaced) noexcept nogil:
         """The tier insert() would put an entry of `size` bytes in, or its error status."""

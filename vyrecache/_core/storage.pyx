@@ -984,11 +984,7 @@ cdef class Storage:
         """Copy bytes of a block into host memory (outside of an operation's batch)."""
         cdef uint64_t done = 0, chunk
         if self.b_addr[block] != NULL:
-            if size >= NOGIL_COPY_BYTES:
-                with nogil:
-                    memcpy(out, self.b_addr[block] + offset, size)
-            else:
-                memcpy(out, self.b_addr[block] + offset, size)
+            self.host_copy(out, self.b_addr[block] + offset, size)
             return 0
         while done < size:
             chunk = min(size - done, self.staging_size)
@@ -1327,6 +1323,9 @@ cdef class Storage:
         return 0
 
     cdef void leave_read(self) noexcept:
+        if self.streamed:
+            vc_stream_fence()
+            self.streamed = False
         self.busy = 0
         self.engine.release()
 
@@ -1467,31 +1466,29 @@ cdef class Storage:
 
     def pin(self, key):
         """Keep the entry where it is (no eviction, spill, move or replacement); pins nest."""
-        cdef uint64_t k = parse_u64(key, "key")
-        cdef Py_ssize_t slot
-        self.enter_read()
-        try:
-            self.engine.pin(k)
-            slot = self.engine.slot_of(k)
-            if not self.s_pinned[slot]:
-                self.s_pinned[slot] = 1
-                self.pin_entry(slot, 1)
-        finally:
-            self.leave_read()
+        self.pin_key(parse_u64(key, "key"), 1)
 
     def unpin(self, key):
         """Undo one ``pin``."""
-        cdef uint64_t k = parse_u64(key, "key")
+        self.pin_key(parse_u64(key, "key"), -1)
+
+    cdef int pin_key(self, uint64_t k, int delta) except -1:
         cdef Py_ssize_t slot
         self.enter_read()
         try:
-            self.engine.unpin(k)
-            slot = self.engine.slot_of(k)
-            if self.engine.slots[slot].pins == 0 and self.s_pinned[slot]:
+            slot = self.find(k)
+            if self.engine.op_pin(<uint32_t>slot, delta) != 0:
+                # Out of range: the engine's own call explains it, and changes nothing.
+                self.engine.pin(k) if delta > 0 else self.engine.unpin(k)
+            if delta > 0 and not self.s_pinned[slot]:
+                self.s_pinned[slot] = 1
+                self.pin_entry(slot, 1)
+            elif delta < 0 and self.engine.slots[slot].pins == 0 and self.s_pinned[slot]:
                 self.pin_entry(slot, -1)
                 self.s_pinned[slot] = 0
         finally:
             self.leave_read()
+        return 0
 
     def get(self, key):
         """The entry's CacheEntry (key, size, tier), or None.  Not an access."""
@@ -1802,17 +1799,11 @@ cdef class Storage:
         cdef uint64_t k = parse_u64(key, "key")
         cdef Py_ssize_t slot
         cdef char* address = NULL
-        self.pin(k)
-        try:
-            location = self.location(k)
-            slot = self.engine.slot_of(k)
-            if self.s_seg[slot] >= 0 and self.b_addr[self.segs[self.s_seg[slot]].block] != NULL:
-                address = self.b_addr[self.segs[self.s_seg[slot]].block] + self.s_offset[slot]
-            return _new_lease(self, k, location, bool(writable), address,
-                              <Py_ssize_t>self.engine.slots[slot].size)
-        except BaseException:
-            self.unpin(k)
-            raise
+        self.pin_key(k, 1)
+        slot = self.engine.slot_of(k)
+        if self.s_seg[slot] >= 0 and self.b_addr[self.segs[self.s_seg[slot]].block] != NULL:
+            address = self.b_addr[self.segs[self.s_seg[slot]].block] + self.s_offset[slot]
+        return _new_lease(self, key, writable, address, <Py_ssize_t>self.engine.slots[slot].size)
 
     def _close_storage(self):
         """Free every block (idempotent).  Raises CacheError when called from inside an operation,
@@ -2033,7 +2024,7 @@ cdef class Lease:
 
     cdef readonly Storage storage
     cdef readonly object key
-    cdef readonly object location
+    cdef object where
     cdef readonly bint writable
     cdef readonly int exports
     cdef readonly bint active
@@ -2048,6 +2039,13 @@ cdef class Lease:
     def __exit__(self, *exc):
         self.release()
 
+    @property
+    def location(self):
+        """The entry's BufferLocation (it does not change while the lease is held)."""
+        if self.where is None:
+            self.where = self.storage.location(self.key)
+        return self.where
+
     def release(self):
         """Unpin the entry (idempotent); BufferError while views of it still exist."""
         if not self.active:
@@ -2057,7 +2055,7 @@ cdef class Lease:
                               f"bytes (memoryviews, arrays or DLPack tensors). Fix: drop or release "
                               f"them (del the array, memoryview.release()) before the lease ends.")
         self.active = False
-        self.storage.unpin(self.key)
+        self.storage.pin_key(self.key, -1)
 
     cdef int require_view(self, bint writable) except -1:
         if not self.active:
@@ -2146,12 +2144,10 @@ cdef class Lease:
         return f"<Lease key={self.key} {self.size} bytes {state}>"
 
 
-cdef Lease _new_lease(Storage storage, object key, object location, bint writable, char* address,
-                      Py_ssize_t size):
+cdef Lease _new_lease(Storage storage, object key, bint writable, char* address, Py_ssize_t size):
     cdef Lease lease = Lease.__new__(Lease)
     lease.storage = storage
     lease.key = key
-    lease.location = location
     lease.writable = writable
     lease.address = address
     lease.size = size

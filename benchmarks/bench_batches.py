@@ -1,0 +1,149 @@
+"""The batched data path against its memcpy bound, side by side in one process.
+
+* ``put_many`` / ``read_many`` of 1,000 entries of 16 KiB against ``np.copyto`` of the same bytes
+  into (out of) an arena, and per-key overhead at 64-byte entries against single ``put`` calls;
+* a lease (enter + exit) against a bare ``pin`` + ``unpin``;
+* the demo's workload with one ``access_many`` / ``put_many`` per request against the memcpy bound
+  of the bytes it moves and against the per-call loop.
+
+Rounds are interleaved; each figure is the best round.  Run:
+``python benchmarks/bench_batches.py [--backend host|vulkan] [--rounds N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import vyrecache as vc
+from vyrecache.cli.workload import KvWorkload
+
+
+def best_of(rounds: int, run) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def bulk(backend: str, rounds: int) -> None:
+    count, size = 1000, 16 << 10
+    rows = np.random.default_rng(0).integers(0, 256, (count, size), dtype=np.uint8)
+    keys = np.arange(count, dtype=np.uint64)
+    out = np.empty_like(rows)
+    arena = np.ones(count * size, dtype=np.uint8).reshape(count, size)
+    with vc.BufferCache([vc.CacheTier("host", 64 << 20, "host")], backend=backend) as cache:
+        cache.put_many(keys, rows)
+        put = best_of(rounds, lambda: cache.put_many(keys, rows))
+        read = best_of(rounds, lambda: cache.read_many(keys, out))
+    copy_in = best_of(rounds, lambda: np.copyto(arena, rows))
+    copy_out = best_of(rounds, lambda: np.copyto(out, arena))
+    print(f"1,000 x 16 KiB: put_many {put * 1e3:.2f} ms ({copy_in / put:.2f}x np.copyto in, "
+          f"{copy_in * 1e3:.2f} ms); read_many {read * 1e3:.2f} ms ({copy_out / read:.2f}x np.copyto out, "
+          f"{copy_out * 1e3:.2f} ms)")
+
+    small = np.zeros((count, 64), dtype=np.uint8)
+    with vc.BufferCache([vc.CacheTier("host", 1 << 20, "host")], backend=backend) as cache:
+        cache.put_many(keys, small)
+        many = best_of(rounds, lambda: cache.put_many(keys, small))
+        smalls = [small[i] for i in range(count)]
+        key_list = keys.tolist()
+
+        def singles() -> None:
+            for key, row in zip(key_list, smalls):
+                cache.put(key, row)
+        single = best_of(rounds, singles)
+        out_small = np.empty_like(small)
+        read_small = best_of(rounds, lambda: cache.read_many(keys, out_small))
+    print(f"64-byte entries: put_many {many / count * 1e9:.0f} ns/key, read_many "
+          f"{read_small / count * 1e9:.0f} ns/key, put() {single / count * 1e9:.0f} ns/call")
+
+
+def leases(backend: str, rounds: int) -> None:
+    n = 20000
+    with vc.BufferCache([vc.CacheTier("host", 1 << 20, "host")], backend=backend) as cache:
+        cache.put(1, np.zeros(4096, dtype=np.uint8))
+
+        def leased() -> None:
+            lease = cache.lease
+            for _ in range(n):
+                with lease(1):
+                    pass
+
+        def pinned() -> None:
+            pin, unpin = cache.pin, cache.unpin
+            for _ in range(n):
+                pin(1)
+                unpin(1)
+        lease_time = best_of(rounds, leased)
+        pin_time = best_of(rounds, pinned)
+    print(f"lease enter + exit: {lease_time / n * 1e9:.0f} ns (pin + unpin: {pin_time / n * 1e9:.0f} ns)")
+
+
+def workload(backend: str, rounds: int) -> None:
+    block = 16 << 10
+    work = KvWorkload(4096, block, seed=0)
+    requests = []
+    for _ in range(4000):
+        keys, sizes = work.batch(1)
+        requests.append((keys, sizes))
+    source = np.random.default_rng(0).integers(0, 256, block, dtype=np.uint8)
+    tiers = [vc.CacheTier("host", 48 << 20, "host"), vc.CacheTier("device", 8 << 20, "device")]
+    accesses = sum(len(keys) for keys, _ in requests)
+
+    def batched() -> tuple[float, int]:
+        with vc.BufferCache(tiers, backend=backend) as cache:
+            blocks = [[source[:size] for size in sizes.tolist()] for _, sizes in requests]
+            started = time.perf_counter()
+            for (keys, _), datas in zip(requests, blocks):
+                missing = np.flatnonzero(cache.access_many(keys) < 0)
+                if missing.size:
+                    cache.put_many(keys[missing], [datas[index] for index in missing.tolist()])
+            return time.perf_counter() - started, cache.puts_bytes
+
+    def per_call() -> float:
+        with vc.BufferCache(tiers, backend=backend) as cache:
+            blocks = [[source[:size] for size in sizes.tolist()] for _, sizes in requests]
+            started = time.perf_counter()
+            for (keys, _), datas in zip(requests, blocks):
+                for key, data in zip(keys.tolist(), datas):
+                    if cache.access(key) < 0:
+                        cache.put(key, data)
+            return time.perf_counter() - started
+
+    batch_best = call_best = float("inf")
+    moved = 0
+    for _ in range(rounds):
+        seconds, moved = batched()
+        batch_best = min(batch_best, seconds)
+        call_best = min(call_best, per_call())
+    arena = np.ones(moved, dtype=np.uint8)
+    pieces = [source[: min(block, moved - offset)] for offset in range(0, moved, block)]
+
+    def copies() -> None:
+        offset = 0
+        for piece in pieces:
+            np.copyto(arena[offset:offset + piece.size], piece)
+            offset += piece.size
+    bound = best_of(rounds, copies)
+    print(f"demo workload, one call per request: {accesses / batch_best:,.0f} accesses/s "
+          f"({accesses / call_best:,.0f} per call, {call_best / batch_best:.2f}x); memcpy of the "
+          f"{moved / 2**20:,.0f} MiB put: {bound * 1e3:.1f} ms = {bound / batch_best:.0%} of the batched time")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", default="host", choices=("host", "vulkan"))
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    bulk(args.backend, args.rounds)
+    leases(args.backend, args.rounds)
+    workload(args.backend, max(1, args.rounds // 2))
+
+
+if __name__ == "__main__":
+    main()
