@@ -96,11 +96,7 @@ def hit_ratio_sweep(workload: KvWorkload, requests: int, host_size: int,
     for device_size in device_sizes:
         cache = vc.TieredCache([vc.CacheTier("host", host_size), vc.CacheTier("device", device_size)],
                                policy=vc.LruPolicy())
-        if hasattr(cache, "access_many"):
-            found = np.asarray(cache.access_many(keys, sizes), dtype=np.int64)
-        else:
-            found = np.fromiter((cache.access(key, size) for key, size in zip(keys.tolist(), sizes.tolist())),
-                                dtype=np.int64, count=len(keys))
+        found = np.asarray(cache.access_many(keys, sizes), dtype=np.int64)
         # From access()'s results (tier or -1), so the figure does not depend on how counters count misses.
         hits = np.bincount(found[found >= 0], minlength=2)
         ratios = {"host": hits[0] / len(keys), "device": hits[1] / len(keys), "total": hits.sum() / len(keys)}

@@ -459,11 +459,6 @@ class Device:
                               "persists the device is hung and the cache must be recreated.")
         check("vkResetFences", lib.vkResetFences(self._handle, 1, self._fence_slot))
 
-    def wait_idle(self) -> None:
-        """Wait until the device has finished all submitted work."""
-        self._require_open()
-        check("vkDeviceWaitIdle", self._vk.lib.vkDeviceWaitIdle(self._handle))
-
     # -- staging --------------------------------------------------------------------------------------
 
     def _staging_block(self, size: int) -> Block:
