@@ -144,14 +144,26 @@ def run(args: argparse.Namespace) -> int:
                     count = _REQUESTS_PER_STEP if args.requests is None else min(
                         _REQUESTS_PER_STEP, args.requests - requests)
                     keys, sizes = workload.batch(count)
-                    for key, size in zip(keys.tolist(), sizes.tolist()):
-                        found = access(key)
-                        if found < 0:
+                    if remote is None:
+                        for key, size in zip(keys.tolist(), sizes.tolist()):
+                            found = access(key)
+                            if found < 0:
+                                put(key, payload(key, size))
+                                puts += 1
+                                bytes_put += size
+                            else:
+                                hits_by_tier[found] += 1
+                    else:
+                        # One access_many per step: the local misses of the step cost one round
+                        # trip to the remote tier instead of one each.
+                        tiers_found = cache.access_many(keys)
+                        for found in tiers_found[tiers_found >= 0].tolist():
+                            hits_by_tier[found] += 1
+                        for key, size in dict.fromkeys(zip(keys[tiers_found < 0].tolist(),
+                                                           sizes[tiers_found < 0].tolist())):
                             put(key, payload(key, size))
                             puts += 1
                             bytes_put += size
-                        else:
-                            hits_by_tier[found] += 1
                     requests += count
                     accesses += len(keys)
                     now = time.perf_counter()
