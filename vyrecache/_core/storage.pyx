@@ -1613,11 +1613,11 @@ cdef class Storage:
             failure = None
             try:
                 # Up front, so that bad input changes nothing: pinned keys, entries too large.
+                # The batch changes no pin and no capacity, so these checks hold to its end.
                 for i in range(n):
                     self.check_put(kv[i], lv[i], i)
+                self.ensure_slots(self.engine.slot_high_water + n + 1)
                 for i in range(n):
-                    self.check_put(kv[i], lv[i], i)
-                    self.ensure_slots(self.engine.slot_high_water + 2)
                     status = self.engine.op_insert(kv[i], lv[i])
                     if status < -1 and status != ST_DECLINED:
                         self.engine.raise_status(status, kv[i], lv[i], i)
