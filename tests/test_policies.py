@@ -281,3 +281,17 @@ class WTinyLfuMachine(RuleBasedStateMachine):
 TestWTinyLfuMachine = WTinyLfuMachine.TestCase
 TestWTinyLfuMachine.settings = settings(max_examples=60, stateful_step_count=50, deadline=None,
                                         suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_a_plain_subclass_stays_native_and_an_override_makes_a_python_policy():
+    class Quiet(vc.SievePolicy):
+        pass
+
+    class Eager(vc.SievePolicy):
+        def should_promote(self, key, stats):
+            return True
+
+    assert Quiet._native and not Eager._native
+    cache = vc.TieredCache([vc.CacheTier("t", 10)], policy=Quiet())
+    assert cache.policy_info(0)["policy"] == "sieve"
+    assert vc.TieredCache([vc.CacheTier("t", 10)], policy=Eager()).policy_info(0)["policy"] == "lru"

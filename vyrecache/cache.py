@@ -50,10 +50,14 @@ class TierPolicy:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        lru = globals().get("LruPolicy")
-        cls._native = (lru is not None and issubclass(cls, lru)
-                       and cls.should_promote is lru.should_promote
-                       and cls.eviction_candidate is lru.eviction_candidate)
+        # A subclass of a built-in policy that overrides neither method is still that policy,
+        # run in C; overriding one makes it a Python policy.
+        for native in (globals().get("_EnginePolicy"), globals().get("LruPolicy")):
+            if native is not None and issubclass(cls, native):
+                cls._native = (cls.should_promote is native.should_promote
+                               and cls.eviction_candidate is native.eviction_candidate)
+                return
+        cls._native = False
 
     def should_promote(self, key: int, stats: AccessStats) -> bool:
         """Whether the entry ``key`` should move one tier up.  The base class never promotes."""
@@ -112,7 +116,8 @@ class _EnginePolicy(TierPolicy):
     Each tier runs its own instance over the entries it holds; an entry that arrives in a tier
     (insert, spill, promotion, demotion) arrives as an insertion and keeps its access
     statistics; promotion between tiers follows ``promote_threshold`` as with LruPolicy.
-    Subclass TierPolicy, not these, to write a policy in Python.
+    A subclass that overrides ``should_promote`` or ``eviction_candidate`` becomes a Python
+    policy, whose victims default to the built-in LRU order: subclass TierPolicy to write one.
     """
 
     #: The engine's policy kind (engine.pxd, PK_*).

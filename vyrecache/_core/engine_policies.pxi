@@ -285,23 +285,6 @@ cdef void _ghost_remove(Engine e, uint32_t g) noexcept nogil:
     e.n_ghosts -= 1
 
 
-cdef void _ghost_clear(Engine e) noexcept nogil:
-    cdef int tier, which
-    cdef PolicyState* ps
-    e.n_ghosts = 0
-    e.ghost_free = VC_NIL
-    e.ghost_high_water = 0
-    if e.ghost_buckets != NULL:
-        memset(e.ghost_buckets, 0xFF, (e.ghost_bucket_mask + 1) * sizeof(uint32_t))
-    for tier in range(e.n_tiers):
-        ps = &e.pstate[tier]
-        for which in range(2):
-            ps.ghost_head[which] = VC_NIL
-            ps.ghost_tail[which] = VC_NIL
-            ps.ghost_used[which] = 0
-            ps.ghost_count[which] = 0
-
-
 # ---- W-TinyLFU's frequency sketch ---------------------------------------------------------------
 #
 # A count-min sketch of 4-bit counters, 16 to a word, SKETCH_DEPTH rows hashed over one table of
