@@ -130,9 +130,11 @@ class Connection:
         self._startup_nodes = startup_nodes
         self._timeout = timeout
         self._no_retry = Retry(NoBackoff(), 0)
-        #: What a failed round trip raises: every redis-py error, socket errors, and the cluster
-        #: client's own exception (which is no RedisError).
-        self.errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        #: What a failed round trip raises: every redis-py error, socket errors, the cluster
+        #: client's own exception (which is no RedisError), and the ValueError redis-py lets out
+        #: when a node dies while a connection's buffer is read ("I/O operation on closed file").
+        #: Arguments are checked before a round trip, so these come from the server side only.
+        self.errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError, ValueError)
         if self.cluster:
             from redis.cluster import RedisClusterException
             self.errors += (RedisClusterException,)
