@@ -159,6 +159,9 @@ ctypedef struct Event:
 cdef uint64_t parse_u64(object value, str what) except? 0
 cdef object parse_u64_array(object values, str what, Py_ssize_t length=*)
 cdef object parse_keys(object keys)
+# Calls callback(entry) for every entry; the first exception any call raised (or `error`, if one
+# was already pending), for the caller to raise once every victim has been reported.
+cdef object report_victims(object callback, list entries, object error)
 
 
 cdef class Engine:

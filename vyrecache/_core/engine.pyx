@@ -83,6 +83,16 @@ cdef object parse_keys(object keys):
     return _as_u64_keys(keys)
 
 
+cdef object report_victims(object callback, list entries, object error):
+    for entry in entries:
+        try:
+            callback(entry)
+        except BaseException as callback_error:
+            if error is None:
+                error = callback_error
+    return error
+
+
 COUNTER_NAMES = ("hits", "misses", "inserts", "evictions", "promotions", "demotions", "spills",
                  "bytes_in", "bytes_out", "rejections")
 
@@ -637,12 +647,7 @@ cdef int _leave_slow(Engine e, int status, uint64_t key, uint64_t size,
     if status < ST_MISS:
         _raise_status(e, status, key, size, index)
     if evicted:
-        for entry in evicted:
-            try:
-                callback(entry)
-            except BaseException as callback_error:
-                if error is None:
-                    error = callback_error
+        error = report_victims(callback, evicted, error)
     if error is not None:
         raise error
     if alloc_failed:

@@ -30,7 +30,7 @@ cnp.import_array()
 from vyrecache._core.allocator cimport round_up
 from vyrecache._core.engine cimport (Engine, Event, EV_INSERT, EV_REMOVE, EV_EVICT, EV_LIFT,
                                      EV_PLACE, VC_NIL, ST_NOT_FOUND, ST_DECLINED, parse_u64,
-                                     parse_u64_array,
+                                     parse_u64_array, report_victims,
                                      parse_keys)
 
 import math
@@ -1139,13 +1139,7 @@ cdef class Storage:
                     error = remote_error
         if self.evicted:
             evicted, self.evicted = self.evicted, []
-            callback = self.on_evict
-            for entry in evicted:
-                try:
-                    callback(entry)
-                except BaseException as callback_error:
-                    if error is None:
-                        error = callback_error
+            error = report_victims(self.on_evict, evicted, error)
         if error is not None:
             raise error
         return 0
