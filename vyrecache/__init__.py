@@ -6,6 +6,9 @@ from ._version import __version__
 from .backend import BufferLocation
 from ._core.storage import Lease
 from .buffer_cache import BufferCache, BufferTierView, CompactionReport
+from .exported import ExportedMemory
+from .host import HostBackend
+from .vulkan.backend import VulkanBackend
 from .cache import (AccessStats, ArcPolicy, CacheEntry, CacheTier, ClockPolicy, FifoPolicy,
                     LruPolicy, S3FifoPolicy, SievePolicy, TieredCache, TierPolicy, TierView,
                     WTinyLfuPolicy)
@@ -24,7 +27,8 @@ __all__ = [
     "DeviceLostError", "VulkanUnavailableError",
     "TieredCache", "CacheTier", "LruPolicy", "FifoPolicy", "ClockPolicy", "SievePolicy",
     "S3FifoPolicy", "ArcPolicy", "WTinyLfuPolicy", "TierPolicy", "CacheEntry", "AccessStats", "TierView",
-    "BufferCache", "BufferLocation", "BufferTierView", "CompactionReport", "Lease", "devices",
+    "BufferCache", "BufferLocation", "BufferTierView", "CompactionReport", "Lease", "ExportedMemory",
+    "HostBackend", "VulkanBackend", "devices",
     "RedisTier", "RemoteTierWarning",
 ]
 

@@ -130,6 +130,11 @@ class StorageBackend(ABC):
     def compact(self, blocks: list[StorageBlock], plan: Any) -> None:
         """Run a compaction plan over a tier's blocks (indexed as the plan's blocks) and wait."""
 
+    def export_fd(self, block: StorageBlock) -> int:
+        """A new opaque fd of the memory behind *block*, for another device to import."""
+        raise BufferError(f"the {self.name} backend has no exportable device memory. Fix: use a "
+                          "VulkanBackend whose device has VK_KHR_external_memory_fd.")
+
     @property
     @abstractmethod
     def device(self) -> Any:

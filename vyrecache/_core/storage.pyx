@@ -34,12 +34,14 @@ from vyrecache._core.engine cimport (Engine, Event, EV_INSERT, EV_REMOVE, EV_EVI
                                      parse_keys)
 
 import math
+import os
 import time
 
 import numpy as np
 
 from vyrecache._core.engine import CacheEntry
 from vyrecache.copytable import COPY_DTYPE
+from vyrecache.exported import ExportedMemory
 from vyrecache.errors import (AllPinnedError, CacheClosedError, CacheError, EntryTooLargeError,
                               KeyNotFoundError, PinnedError, KEY_NOT_FOUND_MESSAGE)
 
@@ -2083,6 +2085,32 @@ cdef class Lease:
         self.storage.exports += 1
 
     def __releasebuffer__(self, Py_buffer* view):
+        self.exports -= 1
+        self.storage.exports -= 1
+
+    def export_fd(self):
+        """An ExportedMemory: an opaque fd of the memory holding the entry, its offset and size
+        (Vulkan devices with VK_KHR_external_memory_fd).  The lease cannot end while it is open."""
+        if not self.active:
+            raise BufferError(f"the lease of key {self.key} has ended; its bytes may move or be "
+                              f"freed. Fix: export inside the `with cache.lease(key)` block.")
+        tier, block, offset, size = self.storage._location_of(self.key)
+        if block is None:
+            raise BufferError(f"key {self.key} holds 0 bytes: there is no memory to export. "
+                              f"Fix: export entries with at least one byte.")
+        fd = self.storage.backend.export_fd(block)
+        native = block.native
+        try:
+            exported = ExportedMemory(fd, offset, size, native.allocation_size, block.memory_type_index,
+                                      self.storage.backend.device.device_uuid, self._end_export)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.exports += 1
+        self.storage.exports += 1
+        return exported
+
+    def _end_export(self):
         self.exports -= 1
         self.storage.exports -= 1
 

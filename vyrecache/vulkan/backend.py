@@ -10,13 +10,17 @@ device-only ones through the device's staging buffer.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from ..backend import StorageBackend, StorageBlock, TierMemory
 from ..host.backend import compact_arrays
-from .device import Device
+from .device import EXTERNAL_MEMORY_FD, Device
+from .info import device_extensions
+from .instance import as_handle
+from .loader import load
 from .memory import HOST_CACHED, HOST_COHERENT, HOST_VISIBLE
 
 __all__ = ["COMPACTION_MODES", "VulkanBackend", "calibrate_compaction", "calibration_timings"]
@@ -204,6 +208,53 @@ class VulkanBackend(StorageBackend):
             if self._owns_device:
                 self._device.close()
             raise
+
+    @classmethod
+    def from_handles(cls, instance: Any, physical_device: Any, device: Any, queue_family_index: int,
+                     queue_index: int = 0, *, enabled_extensions: Iterable[str] = (),
+                     compaction: str = "auto") -> "VulkanBackend":
+        """A backend on a Vulkan instance and device that the caller's own code created.
+
+        The handles are cffi handles of the ``vulkan`` binding (what ``vkCreateInstance`` and
+        friends returned) or their addresses as ints.  vyrecache never destroys them: closing the
+        cache frees its own memory, buffers and command objects on the device, and the caller
+        destroys the device and instance afterwards.  *enabled_extensions* are the device
+        extensions the caller enabled; those of :meth:`required_device_extensions` turn on the
+        optional features (``Lease.export_fd``).  The caller must not submit to the given queue
+        from another thread during a cache operation (or gives the cache a queue of its own).
+
+        Raises:
+            TypeError, ValueError: a handle, the queue family or queue index is not valid.
+        """
+        borrowed = Device.from_handles(instance, physical_device, device, queue_family_index, queue_index,
+                                       enabled_extensions=enabled_extensions)
+        try:
+            backend = cls(device=borrowed, compaction=compaction)
+        except BaseException:
+            borrowed.close()
+            raise
+        backend._owns_device = True   # the wrapper, not the borrowed handles
+        return backend
+
+    @staticmethod
+    def required_device_extensions(physical_device: Any = None) -> list[str]:
+        """The device extensions to enable at ``vkCreateDevice`` for vyrecache's optional features.
+
+        ``VK_KHR_external_memory_fd``: exportable memory (``Lease.export_fd``).  Without any of
+        them the cache works fully; only those features are off.  With *physical_device* (a
+        ``VkPhysicalDevice`` handle) only the extensions it offers are listed, ready to pass to
+        ``ppEnabledExtensionNames``.
+        """
+        wanted = [EXTERNAL_MEMORY_FD]
+        if physical_device is None:
+            return wanted
+        vk = load()
+        offered = device_extensions(vk, as_handle(vk, "VkPhysicalDevice", physical_device))
+        return [name for name in wanted if name in offered]
+
+    def export_fd(self, block: StorageBlock) -> int:
+        """A new opaque fd of the memory behind *block* (see :meth:`Device.export_fd`)."""
+        return self._device.export_fd(block.native)
 
     @property
     def device(self) -> Any:

@@ -19,6 +19,7 @@ import sys
 import time
 import warnings
 import weakref
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -26,20 +27,26 @@ from . import faults
 from .check import check
 from .commands import CommandRecorder
 from .info import DeviceInfo, describe_physical_device
-from .instance import Instance
+from .instance import Instance, as_handle
 from .loader import load, unavailable_error
 from .memory import HOST_VISIBLE, choose_memory_type
 from .objects import created, destroyed
 from .pipeline import ComputePipeline, DescriptorPool
 from ..errors import CacheClosedError, DeviceError
 
-__all__ = ["Device", "Block"]
+__all__ = ["Device", "Block", "EXTERNAL_MEMORY_FD"]
 
 _BUFFER_USAGE = 0x20 | 0x1 | 0x2  # STORAGE_BUFFER | TRANSFER_SRC | TRANSFER_DST
 _FENCE_TIMEOUT_NS = 120 * 1_000_000_000
 _STAGING_MIN = 1 << 20
 _STAGING_MAX = 64 << 20
 _VK_TIMEOUT = 2
+_COPY_CAPABLE = 0x1 | 0x2 | 0x4  # GRAPHICS | COMPUTE | TRANSFER: each can record vkCmdCopyBuffer
+_OPAQUE_FD = 0x1                 # VK_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD_BIT
+_EXPORTABLE = 0x2                # VK_EXTERNAL_MEMORY_FEATURE_EXPORTABLE_BIT
+
+#: The device extension behind exportable memory (``Lease.export_fd``).
+EXTERNAL_MEMORY_FD = "VK_KHR_external_memory_fd"
 
 # Devices still open at interpreter exit are closed while the interpreter is intact, before
 # module teardown could leave driver threads touching freed Python objects.
@@ -65,6 +72,8 @@ class Block:
     Attributes:
         id: small device-global integer naming the block in copy tables (reused after free).
         size: bytes usable through the buffer (the size asked for).
+        allocation_size: bytes of the ``VkDeviceMemory`` (what an importer of an exported fd
+            allocates).
         memory_type_index: the Vulkan memory type the memory came from.
         host_visible: whether the memory is mapped; then ``array`` is a writable numpy uint8
             view of the whole block and ``mapped_address`` its address (0 when not mapped).
@@ -73,14 +82,15 @@ class Block:
     Views of ``array`` must not be used after the block is freed: the mapping is gone.
     """
 
-    __slots__ = ("id", "size", "memory_type_index", "host_visible", "buffer_handle", "mapped_address",
-                 "array", "_device", "_memory", "_buffer", "__weakref__")
+    __slots__ = ("id", "size", "allocation_size", "memory_type_index", "host_visible", "buffer_handle",
+                 "mapped_address", "array", "_device", "_memory", "_buffer", "__weakref__")
 
     def __init__(self, device: "Device", block_id: int, size: int, memory_type_index: int,
                  host_visible: bool, memory, buffer, mapped_address: int, array) -> None:
         self._device = device
         self.id = block_id
         self.size = size
+        self.allocation_size = size  # the VkDeviceMemory's size (>= size), set once allocated
         self.memory_type_index = memory_type_index
         self.host_visible = host_visible
         self._memory = memory
@@ -116,23 +126,10 @@ class Device:
 
     def __init__(self, index: int | None = None, validation: bool | None = None,
                  force_staging: bool = False) -> None:
-        self._vk = load()
-        self._handle = None
-        self._closed = False
-        self._instance = None
-        self._command_pool = self._command_buffer = self._fence = None
-        self._blocks: dict[int, Block] = {}
-        self._buffers_by_id: list = []
-        self._sizes_by_id = np.zeros(0, dtype=np.uint64)
-        self._free_ids: list[int] = []
-        self._resources: set = set()
-        self._staging: Block | None = None
-        self._recorder: CommandRecorder | None = None
-        self.force_staging = force_staging
+        self._init_state(force_staging)
         if validation is None:
             validation = os.environ.get("VYRECACHE_VALIDATION") == "1"
         self.validation = validation
-        self.validation_messages: list[str] = []
         try:
             self._instance = Instance(validation, self.validation_messages)
             physical_devices = self._instance.physical_devices()
@@ -147,30 +144,167 @@ class Device:
             self.info: DeviceInfo = describe_physical_device(self._instance, self._physical_device, index)
             self.queue_family_index = self._compute_queue_family()
             self._create_device()
-            self._create_commands()
-            self._buffer_type_bits = self._probe_buffer_type_bits()
+            self._finish_setup()
         except BaseException:
             self.close()
             raise
         _open_devices.add(self)
 
+    @classmethod
+    def from_handles(cls, instance, physical_device, device, queue_family_index: int, queue_index: int = 0,
+                     *, enabled_extensions: Iterable[str] = ()) -> "Device":
+        """Use a Vulkan instance and device that the caller's own code created.
+
+        The handles are cffi handles of the ``vulkan`` binding or their addresses as ints.  The
+        wrapper creates its command pools, fences, buffers and memory on *device* and destroys
+        them in :meth:`close`, which never destroys the borrowed device or instance: the caller
+        does, after closing every cache that uses them.  Cache operations submit to queue
+        *queue_index* of family *queue_family_index*: the caller must not submit to that queue
+        from another thread while a cache operation runs (Vulkan requires queue access to be
+        externally synchronised), or give the cache a queue of its own.  *enabled_extensions*
+        names the device extensions the caller enabled at ``vkCreateDevice``; those of
+        :func:`required_device_extensions` turn on the optional features.
+
+        Raises:
+            TypeError: a handle is neither a cffi handle nor an int.
+            ValueError: *physical_device* is not one of *instance*'s, or the queue does not exist
+                or cannot copy.
+        """
+        self = cls.__new__(cls)
+        self._init_state(False)
+        self.validation = False
+        self._owns_handles = False
+        try:
+            vk = self._vk
+            names = tuple(enabled_extensions) if not isinstance(enabled_extensions, str) else None
+            if names is None or not all(isinstance(name, str) for name in names):
+                raise TypeError(f"enabled_extensions must be an iterable of extension names, got "
+                                f"{enabled_extensions!r}. Fix: pass the names given to vkCreateDevice, "
+                                f"e.g. ['VK_KHR_external_memory_fd'].")
+            self._instance = Instance.borrow(instance)
+            physical = as_handle(vk, "VkPhysicalDevice", physical_device)
+            listed = self._instance.physical_devices()
+            addresses = [_address(vk.ffi, handle) for handle in listed]
+            if _address(vk.ffi, physical) not in addresses:
+                raise ValueError(f"physical device {_address(vk.ffi, physical):#x} is not one of the "
+                                 f"instance's {len(listed)} physical device(s). Fix: pass the "
+                                 "VkPhysicalDevice the VkDevice was created from.")
+            index = addresses.index(_address(vk.ffi, physical))
+            self._physical_device = listed[index]
+            self.info = describe_physical_device(self._instance, self._physical_device, index)
+            self._check_queue(queue_family_index, queue_index)
+            self.queue_family_index = queue_family_index
+            self.queue_index = queue_index
+            self.enabled_extensions = frozenset(names)
+            self._handle = as_handle(vk, "VkDevice", device)
+            self._fetch_queue()
+            self._finish_setup()
+        except BaseException:
+            self.close()
+            raise
+        _open_devices.add(self)
+        return self
+
+    def _init_state(self, force_staging: bool) -> None:
+        self._vk = load()
+        self._handle = None
+        self._closed = False
+        self._owns_handles = True
+        self._instance = None
+        self._command_pool = self._command_buffer = self._fence = None
+        self._blocks: dict[int, Block] = {}
+        self._buffers_by_id: list = []
+        self._sizes_by_id = np.zeros(0, dtype=np.uint64)
+        self._free_ids: list[int] = []
+        self._resources: set = set()
+        self._staging: Block | None = None
+        self._recorder: CommandRecorder | None = None
+        self.force_staging = force_staging
+        self.validation_messages: list[str] = []
+        self.queue_index = 0
+        self.enabled_extensions: frozenset[str] = frozenset()
+        self.exportable = False
+
+    def _finish_setup(self) -> None:
+        self.exportable = EXTERNAL_MEMORY_FD in self.enabled_extensions and self._can_export()
+        if self.exportable:
+            self._get_memory_fd = self._device_proc("vkGetMemoryFdKHR", "PFN_vkGetMemoryFdKHR")
+        self._create_commands()
+        self._buffer_type_bits = self._probe_buffer_type_bits()
+
     # -- construction ---------------------------------------------------------------------------
 
     def _compute_queue_family(self) -> int:
+        for i, (flags, count) in enumerate(self._queue_families()):
+            if flags & 0x2 and count > 0:  # VK_QUEUE_COMPUTE_BIT
+                return i
+        raise DeviceError(f"device {self.info.name!r} has no queue family with compute support. "
+                          "Fix: pick another device (device_index) or use the host backend.")
+
+    def _queue_families(self):
         ffi, lib = self._vk.ffi, self._vk.lib
         count = ffi.new("uint32_t*")
         lib.vkGetPhysicalDeviceQueueFamilyProperties(self._physical_device, count, ffi.NULL)
         families = ffi.new("VkQueueFamilyProperties[]", count[0])
         lib.vkGetPhysicalDeviceQueueFamilyProperties(self._physical_device, count, families)
-        for i in range(count[0]):
-            if families[i].queueFlags & 0x2 and families[i].queueCount > 0:  # VK_QUEUE_COMPUTE_BIT
-                return i
-        raise DeviceError(f"device {self.info.name!r} has no queue family with compute support. "
-                          "Fix: pick another device (device_index) or use the host backend.")
+        return [(int(families[i].queueFlags), int(families[i].queueCount)) for i in range(count[0])]
+
+    def _check_queue(self, family: int, index: int) -> None:
+        families = self._queue_families()
+        for name, value in (("queue_family_index", family), ("queue_index", index)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}.")
+        if not 0 <= family < len(families):
+            raise ValueError(f"queue_family_index {family} does not exist: {self.info.name!r} has "
+                             f"{len(families)} queue families. Fix: pass the family your VkDevice's "
+                             "queue was created in.")
+        flags, count = families[family]
+        if not flags & _COPY_CAPABLE:
+            raise ValueError(f"queue family {family} of {self.info.name!r} cannot record copy commands "
+                             f"(flags {flags:#x}). Fix: give a family with transfer, compute or graphics.")
+        if not 0 <= index < count:
+            raise ValueError(f"queue_index {index} does not exist: family {family} has {count} "
+                             "queue(s). Fix: pass the index of a queue your VkDevice created.")
+
+    def _fetch_queue(self) -> None:
+        ffi, lib = self._vk.ffi, self._vk.lib
+        queue = ffi.new("VkQueue*")
+        lib.vkGetDeviceQueue(self._handle, self.queue_family_index, self.queue_index, queue)
+        self._queue = queue[0]
+
+    def _device_proc(self, name: str, pfn_type: str):
+        ffi, lib = self._vk.ffi, self._vk.lib
+        pointer = lib.vkGetDeviceProcAddr(self._handle, name.encode())
+        if pointer == ffi.NULL:
+            raise DeviceError(f"{name} is missing on {self.info.name!r} although its extension is "
+                              "enabled. Fix: update the driver, or leave the extension out.")
+        return ffi.cast(pfn_type, pointer)
+
+    def _can_export(self) -> bool:
+        """Whether buffers like the cache's can be backed by exportable opaque-fd memory."""
+        vk = self._vk
+        ffi = vk.ffi
+        query = self._instance.proc("vkGetPhysicalDeviceExternalBufferProperties",
+                                    "PFN_vkGetPhysicalDeviceExternalBufferProperties",
+                                    fallback="vkGetPhysicalDeviceExternalBufferPropertiesKHR")
+        if query is None:
+            return False
+        info = ffi.new("VkPhysicalDeviceExternalBufferInfo*")
+        info.sType = vk.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_EXTERNAL_BUFFER_INFO
+        info.usage = _BUFFER_USAGE
+        info.handleType = _OPAQUE_FD
+        properties = ffi.new("VkExternalBufferProperties*")
+        properties.sType = vk.VK_STRUCTURE_TYPE_EXTERNAL_BUFFER_PROPERTIES
+        query(self._physical_device, info, properties)
+        return bool(properties.externalMemoryProperties.externalMemoryFeatures & _EXPORTABLE)
 
     def _create_device(self) -> None:
         vk = self._vk
         ffi, lib = vk.ffi, vk.lib
+        # Exportable memory only where the driver offers it; nothing else is optional.
+        extensions = [name for name in (EXTERNAL_MEMORY_FD,) if name in self.info.extensions]
+        keep = [ffi.new("char[]", name.encode()) for name in extensions]
+        extension_names = ffi.new("char*[]", keep)
         priority = ffi.new("float*", 1.0)
         queue_info = ffi.new("VkDeviceQueueCreateInfo*")
         queue_info.sType = vk.VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO
@@ -181,13 +315,14 @@ class Device:
         info.sType = vk.VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO
         info.queueCreateInfoCount = 1
         info.pQueueCreateInfos = queue_info
+        info.enabledExtensionCount = len(extensions)
+        info.ppEnabledExtensionNames = extension_names if extensions else ffi.NULL
         out = ffi.new("VkDevice*")
         check("vkCreateDevice", lib.vkCreateDevice(self._physical_device, info, ffi.NULL, out))
         self._handle = out[0]
         created("devices")
-        queue = ffi.new("VkQueue*")
-        lib.vkGetDeviceQueue(self._handle, self.queue_family_index, 0, queue)
-        self._queue = queue[0]
+        self.enabled_extensions = frozenset(extensions)
+        self._fetch_queue()
 
     def _create_commands(self) -> None:
         vk = self._vk
@@ -245,6 +380,11 @@ class Device:
         info.size = size
         info.usage = _BUFFER_USAGE
         info.sharingMode = vk.VK_SHARING_MODE_EXCLUSIVE
+        if self.exportable:
+            external = ffi.new("VkExternalMemoryBufferCreateInfo*")
+            external.sType = vk.VK_STRUCTURE_TYPE_EXTERNAL_MEMORY_BUFFER_CREATE_INFO
+            external.handleTypes = _OPAQUE_FD
+            info.pNext = external
         out = ffi.new("VkBuffer*")
         check("vkCreateBuffer", lib.vkCreateBuffer(self._handle, info, ffi.NULL, out), f"creating a {size}-byte buffer")
         created("buffers")
@@ -315,6 +455,16 @@ class Device:
             allocate_info.sType = vk.VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO
             allocate_info.allocationSize = allocation_size
             allocate_info.memoryTypeIndex = memory_type_index
+            if self.exportable:
+                # One buffer per allocation anyway: dedicated, which some drivers require to export.
+                dedicated = ffi.new("VkMemoryDedicatedAllocateInfo*")
+                dedicated.sType = vk.VK_STRUCTURE_TYPE_MEMORY_DEDICATED_ALLOCATE_INFO
+                dedicated.buffer = buffer
+                export = ffi.new("VkExportMemoryAllocateInfo*")
+                export.sType = vk.VK_STRUCTURE_TYPE_EXPORT_MEMORY_ALLOCATE_INFO
+                export.handleTypes = _OPAQUE_FD
+                export.pNext = dedicated
+                allocate_info.pNext = export
             out = ffi.new("VkDeviceMemory*")
             injected = faults.take_allocation_failure()
             result = injected if injected is not None else lib.vkAllocateMemory(self._handle, allocate_info, ffi.NULL, out)
@@ -343,6 +493,7 @@ class Device:
             raise
         block_id = self._take_id()
         block = Block(self, block_id, size, memory_type_index, host_visible, memory, buffer, address, array)
+        block.allocation_size = allocation_size
         self._blocks[block_id] = block
         self._buffers_by_id[block_id] = buffer
         self._sizes_by_id[block_id] = size
@@ -551,6 +702,35 @@ class Device:
             raise ValueError(f"range [{offset}, {offset + size}) leaves block {block.id} of {block.size} bytes. "
                              "Fix: keep reads and writes inside the block.")
 
+    # -- external memory ----------------------------------------------------------------------------
+
+    def export_fd(self, block: Block) -> int:
+        """A new opaque POSIX fd of *block*'s memory (``vkGetMemoryFdKHR``); the caller owns it.
+
+        Importing the fd (``VkImportMemoryFdInfoKHR``, CUDA's ``cudaImportExternalMemory``) gives
+        its ownership to the importer; an fd that is not imported must be closed.
+
+        Raises:
+            BufferError: the device was made without ``VK_KHR_external_memory_fd``.
+            ValueError: *block* was freed or belongs to another device.
+        """
+        self._require_open()
+        if not self.exportable:
+            raise BufferError(f"{self.info.name!r} does not export memory here: the device was made "
+                              f"without {EXTERNAL_MEMORY_FD} or the driver cannot export buffers. Fix: "
+                              f"enable the extensions of VulkanBackend.required_device_extensions().")
+        if block._device is not self or block.freed:
+            raise ValueError(f"{block!r} is not a live block of this device. Fix: export a live block.")
+        vk = self._vk
+        ffi = vk.ffi
+        info = ffi.new("VkMemoryGetFdInfoKHR*")
+        info.sType = vk.VK_STRUCTURE_TYPE_MEMORY_GET_FD_INFO_KHR
+        info.memory = block._memory
+        info.handleType = _OPAQUE_FD
+        fd = ffi.new("int*")
+        check("vkGetMemoryFdKHR", self._get_memory_fd(self._handle, info, fd))
+        return int(fd[0])
+
     # -- compute helpers --------------------------------------------------------------------------------
 
     def create_compute_pipeline(self, spirv: bytes, storage_buffers: int, push_constant_size: int = 0,
@@ -634,7 +814,12 @@ class Device:
         ffi, lib = vk.ffi, vk.lib
         handle = self._handle
         if handle is not None:
-            lib.vkDeviceWaitIdle(handle)  # a lost device still has to be torn down: result ignored
+            # A lost device still has to be torn down: results ignored.  A borrowed device may be
+            # busy with its owner's work: only the cache's queue has to drain.
+            if self._owns_handles:
+                lib.vkDeviceWaitIdle(handle)
+            elif getattr(self, "_queue", None) is not None:
+                lib.vkQueueWaitIdle(self._queue)
             self._recorder = None
             for resource in list(self._resources):
                 resource._release()
@@ -655,8 +840,9 @@ class Device:
                 lib.vkDestroyFence(handle, fence, ffi.NULL)
                 destroyed("fences")
             self._handle = None
-            lib.vkDestroyDevice(handle, ffi.NULL)
-            destroyed("devices")
+            if self._owns_handles:
+                lib.vkDestroyDevice(handle, ffi.NULL)
+                destroyed("devices")
         instance, self._instance = self._instance, None
         if instance is not None:
             instance.destroy()

@@ -9,7 +9,7 @@ from .instance import Instance
 from .loader import load
 from .memory import MemoryHeap, MemoryType
 
-__all__ = ["DeviceInfo", "devices", "describe_physical_device", "MAX_BLOCK_SIZE"]
+__all__ = ["DeviceInfo", "devices", "describe_physical_device", "device_extensions", "MAX_BLOCK_SIZE"]
 
 # Blocks larger than this gain nothing and fail on many drivers even below maxMemoryAllocationSize.
 MAX_BLOCK_SIZE = 1 << 30
@@ -43,6 +43,9 @@ class DeviceInfo:
     heap_usage: tuple[int, ...] | None = None
     extensions: tuple[str, ...] = field(default=(), repr=False)
     backend: str = "vulkan"
+    #: ``VkPhysicalDeviceIDProperties.deviceUUID``: what an importer (another Vulkan device,
+    #: CUDA) compares to know that exported memory is its own (empty where unknown).
+    device_uuid: bytes = field(default=b"", repr=False)
 
     @property
     def max_block_size(self) -> int:
@@ -70,6 +73,7 @@ class DeviceInfo:
             "max_compute_work_group_count": list(self.max_compute_work_group_count),
             "heap_budgets": None if self.heap_budgets is None else list(self.heap_budgets),
             "heap_usage": None if self.heap_usage is None else list(self.heap_usage),
+            "device_uuid": self.device_uuid.hex(),
         }
 
     def __str__(self) -> str:
@@ -90,7 +94,7 @@ def _version(packed: int) -> tuple[int, int, int]:
     return (packed >> 22 & 0x7F, packed >> 12 & 0x3FF, packed & 0xFFF)
 
 
-def _device_extensions(vk, physical_device) -> tuple[str, ...]:
+def device_extensions(vk, physical_device) -> tuple[str, ...]:
     ffi, lib = vk.ffi, vk.lib
     count = ffi.new("uint32_t*")
     call = "vkEnumerateDeviceExtensionProperties"
@@ -104,16 +108,21 @@ def describe_physical_device(instance: Instance, physical_device, index: int) ->
     """Read every property :class:`DeviceInfo` holds from *physical_device* of *instance*."""
     vk = load()
     ffi, lib = vk.ffi, vk.lib
-    extensions = _device_extensions(vk, physical_device)
+    extensions = device_extensions(vk, physical_device)
     properties = ffi.new("VkPhysicalDeviceProperties2*")
     properties.sType = vk.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2
     maintenance3 = ffi.new("VkPhysicalDeviceMaintenance3Properties*")
     maintenance3.sType = vk.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES
+    identity = ffi.new("VkPhysicalDeviceIDProperties*")
+    identity.sType = vk.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_ID_PROPERTIES
     max_allocation = None
+    device_uuid = b""
     if instance._properties2 is not None:
         properties.pNext = maintenance3
+        maintenance3.pNext = identity
         instance._properties2(physical_device, properties)
         max_allocation = int(maintenance3.maxMemoryAllocationSize) or None
+        device_uuid = bytes(ffi.buffer(identity.deviceUUID, 16))
     else:
         lib.vkGetPhysicalDeviceProperties(physical_device, ffi.addressof(properties.properties))
     # Copy every field out now: nested structs are views into `properties`.
@@ -150,6 +159,7 @@ def describe_physical_device(instance: Instance, physical_device, index: int) ->
         min_storage_buffer_offset_alignment=int(limits.minStorageBufferOffsetAlignment),
         max_compute_work_group_count=tuple(int(limits.maxComputeWorkGroupCount[i]) for i in range(3)),
         heap_budgets=heap_budgets, heap_usage=heap_usage, extensions=extensions,
+        device_uuid=device_uuid,
     )
 
 

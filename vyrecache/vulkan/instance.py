@@ -1,7 +1,8 @@
 """The Vulkan instance: API 1.1, optionally with the validation layer and a debug messenger.
 
 :class:`Instance` is shared by :func:`~vyrecache.vulkan.info.devices` (a short-lived instance
-to list devices) and :class:`~vyrecache.vulkan.device.Device` (one instance per device).
+to list devices) and :class:`~vyrecache.vulkan.device.Device` (one instance per device, or the
+user's own instance, borrowed with :meth:`Instance.borrow` and never destroyed).
 """
 
 from __future__ import annotations
@@ -10,12 +11,32 @@ from .check import check
 from .loader import load, unavailable_error
 from .objects import created, destroyed
 
-__all__ = ["Instance", "VALIDATION_LAYER", "API_VERSION"]
+__all__ = ["Instance", "VALIDATION_LAYER", "API_VERSION", "as_handle"]
 
 VALIDATION_LAYER = "VK_LAYER_KHRONOS_validation"
 DEBUG_UTILS = "VK_EXT_debug_utils"
 PROPERTIES2_KHR = "VK_KHR_get_physical_device_properties2"
 API_VERSION = (1, 1, 0)
+
+
+def as_handle(vk, type_name: str, handle):
+    """*handle* (a cffi handle of the ``vulkan`` binding, or its address as an int) as a *type_name*.
+
+    Raises:
+        TypeError: *handle* is neither, or is NULL.
+    """
+    ffi = vk.ffi
+    if isinstance(handle, int) and not isinstance(handle, bool):
+        if handle <= 0:
+            raise TypeError(f"a {type_name} handle must be a live handle, got the address {handle}. "
+                            f"Fix: pass the handle your own code created (or int(ffi.cast('uintptr_t', h))).")
+        return ffi.cast(type_name, handle)
+    if isinstance(handle, ffi.CData) and ffi.typeof(handle).kind == "pointer":
+        if handle == ffi.NULL:
+            raise TypeError(f"the {type_name} handle is NULL. Fix: pass the handle your code created.")
+        return ffi.cast(type_name, handle)
+    raise TypeError(f"a {type_name} handle must be a cffi handle of the `vulkan` binding or an int, got "
+                    f"{type(handle).__name__} {handle!r}. Fix: pass what vkCreate* gave your code.")
 
 
 def _enumerate_strings(vk, call: str, function, *args, field: str) -> list[str]:
@@ -58,6 +79,7 @@ class Instance:
         self._vk = vk
         self.handle = None
         self.messenger = None
+        self.owned = True
         self.validation = validation
         self.messages: list[str] = messages if messages is not None else []
         self._callback = None
@@ -111,11 +133,7 @@ class Instance:
         self.handle = handle[0]
         created("instances")
         try:
-            self._properties2 = self.proc("vkGetPhysicalDeviceProperties2", "PFN_vkGetPhysicalDeviceProperties2",
-                                          fallback="vkGetPhysicalDeviceProperties2KHR")
-            self._memory_properties2 = self.proc(
-                "vkGetPhysicalDeviceMemoryProperties2", "PFN_vkGetPhysicalDeviceMemoryProperties2",
-                fallback="vkGetPhysicalDeviceMemoryProperties2KHR")
+            self._resolve_properties2()
             if validation:
                 create = self.proc("vkCreateDebugUtilsMessengerEXT", "PFN_vkCreateDebugUtilsMessengerEXT")
                 messenger = ffi.new("VkDebugUtilsMessengerEXT*")
@@ -127,6 +145,32 @@ class Instance:
         except BaseException:
             self.destroy()
             raise
+
+    @classmethod
+    def borrow(cls, handle) -> "Instance":
+        """Wrap a ``VkInstance`` that the caller created (a cffi handle or its address as an int).
+
+        :meth:`destroy` leaves a borrowed instance alone: its creator destroys it.  Validation
+        messages go to the creator's own messenger, if it made one.
+        """
+        vk = load()
+        instance = cls.__new__(cls)
+        instance._vk = vk
+        instance.handle = as_handle(vk, "VkInstance", handle)
+        instance.messenger = None
+        instance.owned = False
+        instance.validation = False
+        instance.messages = []
+        instance._callback = None
+        instance._resolve_properties2()
+        return instance
+
+    def _resolve_properties2(self) -> None:
+        self._properties2 = self.proc("vkGetPhysicalDeviceProperties2", "PFN_vkGetPhysicalDeviceProperties2",
+                                      fallback="vkGetPhysicalDeviceProperties2KHR")
+        self._memory_properties2 = self.proc(
+            "vkGetPhysicalDeviceMemoryProperties2", "PFN_vkGetPhysicalDeviceMemoryProperties2",
+            fallback="vkGetPhysicalDeviceMemoryProperties2KHR")
 
     def _messenger_info(self):
         vk = self._vk
@@ -175,10 +219,15 @@ class Instance:
         return [array[i] for i in range(count[0])]
 
     def destroy(self) -> None:
-        """Destroy the messenger and the instance; calling it again does nothing."""
+        """Destroy the messenger and the instance; calling it again does nothing.
+
+        A borrowed instance is only forgotten, never destroyed.
+        """
         lib, ffi = self._vk.lib, self._vk.ffi
         messenger, self.messenger = self.messenger, None
         handle, self.handle = self.handle, None
+        if not self.owned:
+            return
         if messenger is not None and handle is not None:
             self._destroy_messenger(handle, messenger, ffi.NULL)
             destroyed("debug_messengers")
