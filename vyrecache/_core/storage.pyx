@@ -1172,8 +1172,8 @@ cdef class Storage:
         cdef Py_ssize_t old = self.engine.slot_of(key)
         cdef int tier
         cdef uint64_t c = self.charge(size)
-        where = f" (keys[{index}])" if index >= 0 else ""
         if old >= 0 and self.engine.slots[old].pins:
+            where = _batch_position(index)
             raise PinnedError(f"Key {key}{where} is pinned, so it cannot be replaced. "
                               f"Fix: unpin it first (cache.unpin({key})), as often as it was pinned.")
         tier = self.engine.target_tier(size, VC_NIL if old < 0 else <uint32_t>old)
@@ -1182,12 +1182,14 @@ cdef class Storage:
         if c > self.logs[tier].max_entry:
             largest = max(min(self.logs[t].max_entry, self.engine.tier_state[t].capacity)
                           for t in range(self.n_tiers))
+            where = _batch_position(index)
             raise EntryTooLargeError(
                 f"Key {key}{where} has {size} bytes, more than one entry can take here: an entry "
                 f"must fit one memory block of its tier, and the largest storable size is "
                 f"{largest} bytes. Fix: split the buffer, or use a device whose "
                 f"maxMemoryAllocationSize is larger.")
         if not self.placeable(tier, c):
+            where = _batch_position(index)
             raise AllPinnedError(
                 f"Cannot make room for key {key}{where} ({size} bytes) in tier {tier}: pinned "
                 f"entries occupy every segment (or every run of segments) that could hold it. "
@@ -1567,7 +1569,7 @@ cdef class Storage:
         cdef Py_buffer* buffers = NULL
         cdef Py_ssize_t taken = 0, row
         cdef int status
-        cdef uint64_t size
+        cdef uint64_t size, base
         out = np.ones(n, dtype=bool)
         if isinstance(data, np.ndarray):
             if data.ndim != 2 or data.dtype != np.uint8 or not data.flags.c_contiguous:
@@ -2164,6 +2166,12 @@ cdef class Lease:
     def __repr__(self):
         state = "active" if self.active else "ended"
         return f"<Lease key={self.key} {self.size} bytes {state}>"
+
+
+cdef str _batch_position(Py_ssize_t index):
+    """" (keys[i])" for an error about the i-th key of a batch; "" for a single call (index -1).
+    Built only when an error is raised: the checks run once per key of every batch."""
+    return f" (keys[{index}])" if index >= 0 else ""
 
 
 cdef Lease _new_lease(Storage storage, object key, bint writable, char* address, Py_ssize_t size):
