@@ -8,7 +8,9 @@ its payloads made before timing:
 * ``OrderedDict``: two OrderedDicts of numpy arrays with the same rules (promote at 3 accesses,
   the fast tier's victims spill into the slow one, the slow tier's leave);
 * ``BufferCache host`` / ``BufferCache vulkan``: ``access(key)``, and ``put(key, block)`` on a
-  miss, per call.
+  miss, per call;
+* ``... fill_many``: the same caches with one ``fill_many(keys, blocks)`` per request (every
+  access of the request, and the puts of its misses, in one call).
 
 It prints accesses/s, hit ratio, bytes put, bytes copied to make room and the write
 amplification, and the memcpy bound: the time ``np.copyto`` takes for the bytes put, in the same
@@ -85,6 +87,17 @@ def serve(cache, keys: list[int], blocks: list[np.ndarray]) -> tuple[float, list
     return seconds, [tier >= 0 for tier in tiers]
 
 
+def serve_requests(cache, requests: list[tuple[np.ndarray, list[np.ndarray]]]) -> tuple[float, list[bool]]:
+    """serve() with one fill_many per request."""
+    found = []
+    fill = cache.fill_many
+    started = time.perf_counter()
+    for keys, blocks in requests:
+        found.append(fill(keys, blocks))
+    seconds = time.perf_counter() - started
+    return seconds, (np.concatenate(found) >= 0).tolist()
+
+
 def memcpy_bound(blocks: list[np.ndarray]) -> float:
     """Seconds np.copyto takes to copy every block once into an arena (its pages touched first)."""
     arena = np.ones(sum(block.nbytes for block in blocks), dtype=np.uint8)
@@ -105,17 +118,22 @@ def main() -> None:
     parser.add_argument("--scaling", action="store_true", help="also time access() at 4,096 and 1,000,000 entries")
     args = parser.parse_args()
     workload = KvWorkload(4096, BLOCK, seed=0)
-    keys_array, sizes = workload.batch(args.requests)
+    drawn = [workload.batch(1) for _ in range(args.requests)]
+    keys_array = np.concatenate([request_keys for request_keys, _ in drawn])
+    sizes = np.concatenate([request_sizes for _, request_sizes in drawn])
     keys = keys_array.tolist()
     source = np.random.default_rng(0).integers(0, 256, BLOCK, dtype=np.uint8)
     blocks = [source[:size] for size in sizes.tolist()]
+    requests = [(request_keys, [source[:size] for size in request_sizes.tolist()])
+                for request_keys, request_sizes in drawn]
     tiers = [vc.CacheTier("host", HOST, "host"), vc.CacheTier("device", DEVICE, "device")]
     contestants = {"OrderedDict": lambda headroom: OrderedDictPeer(HOST, DEVICE)}
     backends = ["host"] + ([] if args.no_vulkan else ["vulkan"])
     for backend in backends:
         contestants[f"BufferCache {backend}"] = (
             lambda headroom, backend=backend: vc.BufferCache(tiers, backend=backend, headroom=headroom))
-    print(f"workload: {len(keys):,} accesses, blocks of {BLOCK >> 10} KiB, host {HOST >> 20} MiB + "
+        contestants[f"BufferCache {backend} fill_many"] = contestants[f"BufferCache {backend}"]
+    print(f"workload: {len(requests):,} requests, {len(keys):,} accesses, blocks of {BLOCK >> 10} KiB, host {HOST >> 20} MiB + "
           f"device {DEVICE >> 20} MiB")
     for headroom in args.headroom:
         best: dict[str, float] = {}
@@ -124,7 +142,10 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, make in contestants.items():
                 cache = make(headroom)
-                seconds, hit_mask = serve(cache, keys, blocks)
+                if name.endswith("fill_many"):
+                    seconds, hit_mask = serve_requests(cache, requests)
+                else:
+                    seconds, hit_mask = serve(cache, keys, blocks)
                 hits = sum(hit_mask)
                 missed = [block for block, hit in zip(blocks, hit_mask) if not hit]
                 best[name] = min(best.get(name, float("inf")), seconds)
@@ -140,8 +161,8 @@ def main() -> None:
         peer = best["OrderedDict"]
         print(f"\nheadroom {headroom}:")
         for name, seconds in best.items():
-            print(f"  {name:<20} {len(keys) / seconds:>12,.0f} accesses/s  {peer / seconds:5.2f}x peer   "
-                  f"{facts[name]}")
+            print(f"  {name:<30} {len(keys) / seconds:>12,.0f} accesses/s  {peer / seconds:5.2f}x peer  "
+                  f"{bound / seconds:4.0%} of memcpy   {facts[name]}")
         print(f"  memcpy bound (np.copyto of the bytes put, in the same sizes): {bound * 1e3:.1f} ms, "
               f"{len(keys) / bound:,.0f} accesses/s")
     if args.scaling:

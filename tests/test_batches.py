@@ -1,4 +1,5 @@
-"""put_many / read_many / access_many: the same tiers, evictions and bytes as the single calls.
+"""put_many / read_many / access_many / fill_many: the same tiers, evictions and bytes as the
+single calls.
 
 Two caches get one random sequence: one through the batch calls, one key at a time.  After every
 step their keys, tiers, counters and bytes must agree, and check() must pass on both.
@@ -51,6 +52,7 @@ def state(cache):
 BATCH = st.lists(st.tuples(st.integers(0, 40), st.integers(0, 1500)), min_size=0, max_size=12)
 STEPS = st.lists(st.one_of(st.tuples(st.just("put"), BATCH),
                            st.tuples(st.just("access"), BATCH),
+                           st.tuples(st.just("fill"), BATCH),
                            st.tuples(st.just("read"), BATCH)), max_size=14)
 
 
@@ -70,6 +72,15 @@ def test_batches_agree_with_single_calls(make_cache, steps):
         elif kind == "access":
             tiers = batched.access_many(keys)
             assert tiers.tolist() == [single.access(key) for key in keys.tolist()]
+        elif kind == "fill":
+            # access every key, then put the ones that were missing, in order
+            blobs = [payload(key, size, version) for key, size in items]
+            tiers = batched.fill_many(keys, blobs)
+            expected = [single.access(key) for key in keys.tolist()]
+            assert tiers.tolist() == expected
+            for key, blob, tier in zip(keys.tolist(), blobs, expected):
+                if tier < 0:
+                    single.put(key, blob)
         else:
             out = np.full((len(keys), 1500), 7, dtype=np.uint8)
             found = batched.read_many(keys, out)
@@ -115,6 +126,11 @@ def test_bad_batches_raise_and_change_nothing(make_cache):
         (lambda: cache.put_many(np.array([5, 6], dtype=np.uint64), [b"x", object()]), TypeError),
         (lambda: cache.put_many(np.array([5, 6], dtype=np.uint64), [b"x", bytes(1 << 20)]), vc.EntryTooLargeError),
         (lambda: cache.put_many([-1, 2], rows), ValueError),
+        (lambda: cache.fill_many(np.array([5, 6], dtype=np.uint64), rows[:1]), ValueError),
+        (lambda: cache.fill_many(np.array([5, 6], dtype=np.uint64), rows, [16, 17]), ValueError),
+        (lambda: cache.fill_many(np.array([5, 6], dtype=np.uint64), [b"x", bytes(1 << 20)]),
+         vc.EntryTooLargeError),
+        (lambda: cache.fill_many(np.array([5, 6], dtype=np.uint64), [b"x", object()]), TypeError),
         (lambda: cache.read_many(np.array([1], dtype=np.uint64), np.zeros((1, 50), np.uint8)), ValueError),
         (lambda: cache.read_many(np.array([1], dtype=np.uint64), np.zeros((2, 200), np.uint8)), ValueError),
         (lambda: cache.read_many(np.array([1], dtype=np.uint64), np.zeros((1, 200), np.float32)), ValueError),
@@ -125,3 +141,21 @@ def test_bad_batches_raise_and_change_nothing(make_cache):
         assert getattr(caught.value, "stored", 0) == 0      # found before anything changed
         assert state(cache) == before
         cache.check()
+
+
+def test_fill_many_reads_only_the_rows_of_missing_keys_and_never_replaces_a_hit(make_cache):
+    cache = make_cache()
+    cache.put(1, payload(1, 300))
+    cache.pin(1)                                  # a pinned hit: its row may be anything
+    cache.put(2, payload(2, 200))
+    keys = np.array([1, 2, 3, 3], dtype=np.uint64)
+    rows = [bytes(1 << 20), b"ignored", payload(3, 50), payload(3, 60, 1)]
+    tiers = cache.fill_many(keys, rows)
+    assert tiers.tolist() == [0, 0, -1, -1]       # what access_many says; 3 was put twice, in order
+    assert cache.read(1).tobytes() == payload(1, 300)
+    assert cache.read(2).tobytes() == payload(2, 200)
+    assert cache.read(3).tobytes() == payload(3, 60, 1)
+    rows2 = np.zeros((2, 64), dtype=np.uint8)
+    assert cache.fill_many(np.array([2, 9], dtype=np.uint64), rows2, [0, 17]).tolist() == [0, -1]
+    assert cache.read(9).tobytes() == bytes(17)
+    cache.check()

@@ -20,7 +20,7 @@ Every public method is one operation: it either completes, or raises having chan
 
 cimport cython
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport free, realloc
+from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memset, strchr
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE, PyBUF_FORMAT
 cimport numpy as cnp
@@ -1529,11 +1529,11 @@ cdef class Storage:
         """access() for each key in order, in one call with the bytes moved as one batch; int8
         array of the tier each key was found in (-1: absent, nothing inserted).  With a remote
         tier, the misses are looked up there in one round trip."""
-        key_array = parse_keys(keys)
-        cdef const uint64_t[::1] kv = key_array
-        cdef Py_ssize_t i, n = kv.shape[0]
-        out = np.empty(n, dtype=np.int8)
-        cdef int8_t[::1] result = out
+        key_array = batch_keys(keys)
+        cdef const uint64_t* kv = <const uint64_t*>cnp.PyArray_DATA(<cnp.ndarray>key_array)
+        cdef Py_ssize_t i, n = cnp.PyArray_DIM(<cnp.ndarray>key_array, 0)
+        cdef cnp.ndarray out = new_array(n, cnp.NPY_INT8)
+        cdef int8_t* result = <int8_t*>cnp.PyArray_DATA(out)
         cdef int tier
         self.enter()
         try:
@@ -1560,108 +1560,110 @@ cdef class Storage:
         Every argument is checked before anything changes.  An error that can only arise part-way
         (every candidate pinned) raises with ``stored``, the number of keys stored before it.
         """
-        key_array = parse_keys(keys)
-        cdef const uint64_t[::1] kv = key_array
-        cdef Py_ssize_t i, n = kv.shape[0], stored = 0
-        cdef cnp.ndarray pointers = np.empty(n, dtype=np.uint64)
-        cdef cnp.ndarray lengths = np.empty(n, dtype=np.uint64)
-        cdef uint64_t[::1] pv = pointers, lv = lengths
-        cdef Py_buffer* buffers = NULL
-        cdef Py_ssize_t taken = 0, row
-        cdef int status
-        cdef uint64_t size, base
-        out = np.ones(n, dtype=bool)
-        if isinstance(data, np.ndarray):
-            if data.ndim != 2 or data.dtype != np.uint8 or not data.flags.c_contiguous:
-                raise ValueError(f"put_many() needs data as a 2-D C-contiguous uint8 array (one row "
-                                 f"per key), got shape {data.shape} of {data.dtype}. Fix: pass "
-                                 f"np.ascontiguousarray(rows, dtype=np.uint8), or a list of buffers.")
-            if data.shape[0] != n:
-                raise ValueError(f"put_many() got {n} keys but {data.shape[0]} rows of data. "
-                                 f"Fix: pass one row per key.")
-            row = data.shape[1]
-            base = <uint64_t><size_t>cnp.PyArray_DATA(data)
-            for i in range(n):
-                pv[i] = base + <uint64_t>(i * row)
-                lv[i] = row
-        else:
-            items = list(data)
-            if len(items) != n:
-                raise ValueError(f"put_many() got {n} keys but {len(items)} buffers. "
-                                 f"Fix: pass one buffer per key.")
-            buffers = <Py_buffer*>realloc(NULL, max(n, 1) * sizeof(Py_buffer))
-            if buffers == NULL:
-                raise MemoryError()
+        key_array = batch_keys(keys)
+        cdef const uint64_t* kv = <const uint64_t*>cnp.PyArray_DATA(<cnp.ndarray>key_array)
+        cdef Py_ssize_t i, n = cnp.PyArray_DIM(<cnp.ndarray>key_array, 0)
+        cdef Rows rows = collect_rows(self, data, sizes, kv, n, "put_many")
+        cdef cnp.ndarray out = new_array(n, cnp.NPY_BOOL)
+        if n:
+            memset(cnp.PyArray_DATA(out), 1, n)
+        self.enter()
+        failure = None
         try:
-            if buffers != NULL:
-                for i in range(n):
-                    self.get_buffer(items[i], &buffers[i])
-                    taken += 1
-                    pv[i] = <uint64_t><size_t>buffers[i].buf
-                    lv[i] = buffers[i].len
-            if sizes is not None:
-                size_array = parse_u64_array(sizes, "sizes", n)
-                for i in range(n):
-                    if size_array[i] > lv[i]:
-                        raise ValueError(f"sizes[{i}] is {size_array[i]} bytes but data for key "
-                                         f"{kv[i]} holds {lv[i]}. Fix: pass sizes no larger than "
-                                         f"the rows.")
-                    lv[i] = size_array[i]
-            self.enter()
-            failure = None
-            try:
-                # Up front, so that bad input changes nothing: pinned keys, entries too large.
-                # The batch changes no pin and no capacity, so these checks hold to its end.
-                for i in range(n):
-                    self.check_put(kv[i], lv[i], i)
-                self.ensure_slots(self.engine.slot_high_water + n + 1)
-                for i in range(n):
-                    status = self.engine.op_insert(kv[i], lv[i])
-                    if status < -1 and status != ST_DECLINED:
-                        self.engine.raise_status(status, kv[i], lv[i], i)
-                    self.data = <const char*><size_t>pv[i]
-                    self.replay_checked()
-                    if status == ST_DECLINED:
-                        out[i] = False
-                    else:
-                        self.puts_bytes += lv[i]
-                    stored = i + 1
-            except BaseException as error:
-                failure = error
-            finally:
-                self.data = NULL
-                self.leave()
-            if failure is not None:
-                if stored:
-                    failure.stored = stored
-                    failure.args = (f"{failure.args[0]} ({stored} of {n} keys were stored before "
-                                    f"it; see the error's `stored`)",) + failure.args[1:]
-                else:
-                    failure.stored = 0
-                raise failure
+            # Up front, so that bad input changes nothing: pinned keys, entries too large.
+            # The batch changes no pin and no capacity, so these checks hold to its end.
+            for i in range(n):
+                self.check_put(kv[i], rows.length[i], i)
+            self.ensure_slots(self.engine.slot_high_water + n + 1)
+            for i in range(n):
+                if not self.put_row(kv[i], rows, i):
+                    (<uint8_t*>cnp.PyArray_DATA(out))[i] = 0
+                rows.stored += 1
+        except BaseException as error:
+            failure = error
         finally:
-            for i in range(taken):
-                PyBuffer_Release(&buffers[i])
-            free(buffers)
+            self.data = NULL
+            self.leave()
+        if failure is not None:
+            raise rows.part_way(failure, n)
         return out
+
+    def fill_many(self, keys, data, sizes=None):
+        """access_many(keys), then put_many() of the keys it did not find, in one call.
+
+        ``data`` holds a row (or buffer) for every key, as for put_many; only the rows of missing
+        keys are read.  Returns what access_many returns: the tier each key was found in, -1
+        where it was missing (and is now stored from its row).  The puts are checked before
+        anything changes; an error only possible part-way raises with ``stored`` (keys put).
+        With a remote tier, missing keys are not looked up there: their bytes are given.
+        """
+        key_array = batch_keys(keys)
+        cdef const uint64_t* kv = <const uint64_t*>cnp.PyArray_DATA(<cnp.ndarray>key_array)
+        cdef Py_ssize_t i, slot, n = cnp.PyArray_DIM(<cnp.ndarray>key_array, 0)
+        cdef Rows rows = collect_rows(self, data, sizes, kv, n, "fill_many")
+        cdef cnp.ndarray out = new_array(n, cnp.NPY_INT8)
+        cdef int8_t* result = <int8_t*>cnp.PyArray_DATA(out)
+        cdef int tier
+        self.enter()
+        failure = None
+        try:
+            # A key that may be put must be puttable: the missing ones, and the present ones that
+            # an access could still evict (a pinned entry stays, and is never replaced).
+            for i in range(n):
+                slot = self.engine.slot_of(kv[i])
+                if slot < 0 or not self.engine.slots[slot].pins:
+                    self.check_put(kv[i], rows.length[i], i)
+            self.ensure_slots(self.engine.slot_high_water + n + 1)
+            for i in range(n):
+                tier = self.engine.op_touch(kv[i])
+                if tier < 0:
+                    self.misses += 1
+                else:
+                    self.replay_checked()
+                result[i] = <int8_t>tier
+            for i in range(n):
+                if result[i] < 0:
+                    self.put_row(kv[i], rows, i)
+                    rows.stored += 1
+        except BaseException as error:
+            failure = error
+        finally:
+            self.data = NULL
+            self.leave()
+        if failure is not None:
+            raise rows.part_way(failure, n)
+        return out
+
+    cdef bint put_row(self, uint64_t key, Rows rows, Py_ssize_t i) except -1:
+        """Insert row i of a checked batch under `key`; False when the policy declined it."""
+        cdef int status = self.engine.op_insert(key, rows.length[i])
+        if status < -1 and status != ST_DECLINED:
+            self.engine.raise_status(status, key, rows.length[i], i)
+        self.data = <const char*><size_t>rows.address[i]
+        self.replay_checked()
+        if status == ST_DECLINED:
+            return False
+        self.puts_bytes += rows.length[i]
+        return True
 
     def read_many(self, keys, out):
         """Copy each present entry's bytes into ``out[i, :size]`` (a writable 2-D uint8 array,
         one row per key); rows of missing keys stay untouched.  The found mask.  Not an access."""
-        key_array = parse_keys(keys)
-        cdef const uint64_t[::1] kv = key_array
-        cdef Py_ssize_t i, n = kv.shape[0], slot, row
-        if (not isinstance(out, np.ndarray) or out.ndim != 2 or out.dtype != np.uint8
-                or not out.flags.c_contiguous or not out.flags.writeable):
+        key_array = batch_keys(keys)
+        cdef const uint64_t* kv = <const uint64_t*>cnp.PyArray_DATA(<cnp.ndarray>key_array)
+        cdef Py_ssize_t i, n = cnp.PyArray_DIM(<cnp.ndarray>key_array, 0), slot, row
+        if not is_u8_matrix(out, True):
             raise ValueError("read_many() needs out as a writable 2-D C-contiguous uint8 array "
                              "(one row per key). Fix: pass np.empty((len(keys), row_bytes), np.uint8).")
-        if out.shape[0] != n:
+        if cnp.PyArray_DIM(<cnp.ndarray>out, 0) != n:
             raise ValueError(f"read_many() got {n} keys but out has {out.shape[0]} rows. "
                              f"Fix: pass one row per key.")
-        row = out.shape[1]
+        row = cnp.PyArray_DIM(<cnp.ndarray>out, 1)
         cdef char* base = <char*>cnp.PyArray_DATA(out)
-        found = np.zeros(n, dtype=bool)
-        cdef uint8_t[::1] mask = found.view(np.uint8)
+        cdef cnp.ndarray found = new_array(n, cnp.NPY_BOOL)
+        cdef uint8_t* mask = <uint8_t*>cnp.PyArray_DATA(found)
+        if n:
+            memset(mask, 0, n)
         cdef uint64_t size
         if self.remote is not None:
             missing = np.flatnonzero(~self.present_mask(key_array))
@@ -1970,7 +1972,6 @@ cdef extern from "dlpack.h":
 
 from cpython.ref cimport Py_INCREF, Py_DECREF
 from cpython.pycapsule cimport (PyCapsule_New, PyCapsule_IsValid, PyCapsule_GetPointer)
-from libc.stdlib cimport malloc
 
 ctypedef struct DlpackExport:
     vc_dl_managed_versioned versioned
@@ -2166,6 +2167,104 @@ cdef class Lease:
     def __repr__(self):
         state = "active" if self.active else "ended"
         return f"<Lease key={self.key} {self.size} bytes {state}>"
+
+
+cdef class Rows:
+    """The bytes of a batch's entries: each one's address and length, with the buffers they
+    come from held until the batch is done (released when the object goes)."""
+
+    cdef uint64_t* address
+    cdef uint64_t* length
+    cdef Py_buffer* buffers
+    cdef Py_ssize_t taken
+    cdef Py_ssize_t stored          # rows put so far (what a part-way error reports)
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        for i in range(self.taken):
+            PyBuffer_Release(&self.buffers[i])
+        free(self.buffers)
+        free(self.address)
+
+    cdef object part_way(self, object failure, Py_ssize_t n):
+        """`failure` with `stored` set (and said in its message when some keys were stored)."""
+        failure.stored = self.stored
+        if self.stored:
+            failure.args = (f"{failure.args[0]} ({self.stored} of {n} keys were stored before "
+                            f"it; see the error's `stored`)",) + failure.args[1:]
+        return failure
+
+
+cdef Rows collect_rows(Storage storage, object data, object sizes, const uint64_t* kv,
+                       Py_ssize_t n, str call):
+    """Rows of `data` (a 2-D C-contiguous uint8 array, or one buffer per key), cut to `sizes`;
+    every check of the input, before the batch changes anything."""
+    cdef Rows rows = Rows.__new__(Rows)
+    cdef Py_ssize_t i, row
+    cdef uint64_t base
+    rows.address = <uint64_t*>malloc(max(n, 1) * 2 * sizeof(uint64_t))
+    if rows.address == NULL:
+        raise MemoryError()
+    rows.length = rows.address + n
+    if cnp.PyArray_Check(data):
+        if not is_u8_matrix(data, False):
+            raise ValueError(f"{call}() needs data as a 2-D C-contiguous uint8 array (one row per "
+                             f"key), got shape {data.shape} of {data.dtype}. Fix: pass "
+                             f"np.ascontiguousarray(rows, dtype=np.uint8), or a list of buffers.")
+        if cnp.PyArray_DIM(<cnp.ndarray>data, 0) != n:
+            raise ValueError(f"{call}() got {n} keys but {data.shape[0]} rows of data. "
+                             f"Fix: pass one row per key.")
+        row = cnp.PyArray_DIM(<cnp.ndarray>data, 1)
+        base = <uint64_t><size_t>cnp.PyArray_DATA(data)
+        for i in range(n):
+            rows.address[i] = base + <uint64_t>(i * row)
+            rows.length[i] = row
+    else:
+        items = data if type(data) is list else list(data)
+        if len(items) != n:
+            raise ValueError(f"{call}() got {n} keys but {len(items)} buffers. "
+                             f"Fix: pass one buffer per key.")
+        rows.buffers = <Py_buffer*>malloc(max(n, 1) * sizeof(Py_buffer))
+        if rows.buffers == NULL:
+            raise MemoryError()
+        for i in range(n):
+            storage.get_buffer(items[i], &rows.buffers[i])
+            rows.taken += 1
+            rows.address[i] = <uint64_t><size_t>rows.buffers[i].buf
+            rows.length[i] = rows.buffers[i].len
+    if sizes is not None:
+        size_array = parse_u64_array(sizes, "sizes", n)
+        for i in range(n):
+            if size_array[i] > rows.length[i]:
+                raise ValueError(f"sizes[{i}] is {size_array[i]} bytes but data for key "
+                                 f"{kv[i]} holds {rows.length[i]}. Fix: pass sizes no larger "
+                                 f"than the rows.")
+            rows.length[i] = size_array[i]
+    return rows
+
+
+cdef object batch_keys(object keys):
+    """parse_keys() with a fast path for what servers pass: a 1-D contiguous uint64 ndarray,
+    used as it is (the general parser costs microseconds, which batches of a few keys feel)."""
+    if (cnp.PyArray_CheckExact(keys) and cnp.PyArray_TYPE(<cnp.ndarray>keys) == cnp.NPY_UINT64
+            and cnp.PyArray_NDIM(<cnp.ndarray>keys) == 1
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>keys)):
+        return keys
+    return parse_keys(keys)
+
+
+cdef inline cnp.ndarray new_array(Py_ssize_t n, int typenum):
+    """An uninitialised 1-D array through the C API (np.empty costs a Python call)."""
+    cdef cnp.npy_intp length = n
+    return cnp.PyArray_EMPTY(1, &length, typenum, 0)
+
+
+cdef inline bint is_u8_matrix(object array, bint writable):
+    """A 2-D C-contiguous uint8 ndarray (writable when asked)."""
+    return (cnp.PyArray_Check(array) and cnp.PyArray_NDIM(<cnp.ndarray>array) == 2
+            and cnp.PyArray_TYPE(<cnp.ndarray>array) == cnp.NPY_UINT8
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>array)
+            and (not writable or cnp.PyArray_ISWRITEABLE(<cnp.ndarray>array)))
 
 
 cdef str _batch_position(Py_ssize_t index):
