@@ -1,17 +1,15 @@
-"""Compaction throughput against one vkCmdCopyBuffer of the same bytes, in the same run.
+"""Segment cleaning on device memory: each copy executor against one vkCmdCopyBuffer of the same bytes.
 
-For each case a 256 MiB device block is filled with entries, some are evicted at random, and the
-block is compacted in each mode a VulkanBackend can run (record, one submit, wait: what a cache
-pays): "shader" (every chunk in the compute shader), "split" (the same with disjoint chunks cut
-into 4 KiB workgroups), "hybrid" (self-overlapping chunks in the shader, the others as copy
-regions) and, where the device's memory is mapped and cached, "cpu"
-(streaming CPU copies in the mapping on up to 4 threads, the backend's "host" mode; "cpu 1T" is
-the same on one thread).  The baseline copies the same
-number of bytes with a single vkCmdCopyBuffer between two other device blocks, timed the same
-way.  Best of --repeat runs after a warm-up.  The last column is the mode
-``VulkanBackend(compaction="auto")`` picks on this device.
+A cleaning copies the live entries of a 4 MiB segment into a free one.  Here a device block of
+--size-mib holds segments whose every other entry is live; the copy table moves them all, as
+the storage layer's cleanings do, and each executor runs it (record, one submit, wait: what a
+cache operation pays): "commands" (vkCmdCopyBuffer regions), "shader" (the compute shader, one
+workgroup per 64 KiB piece) and "split" (4 KiB pieces).  The peer copies the same number of bytes
+with a single vkCmdCopyBuffer region between two other device blocks, timed the same way.  Rounds
+are interleaved; each figure is the best of --repeat after a warm-up.  The last line names the
+mode ``VulkanBackend(compaction="auto")`` picks on this device.
 
-    .venv/bin/python benchmarks/bench_compaction.py [--size-mib 256] [--repeat 5]
+    .venv/bin/python benchmarks/bench_compaction.py [--size-mib 64] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -21,152 +19,72 @@ import time
 
 import numpy as np
 
-from vyrecache._core.compaction import execute_on_host, plan_block
+from vyrecache.compaction import executor_for, measured_modes
+from vyrecache.compaction.executors import MODES
+from vyrecache.copytable import COPY_DTYPE
 from vyrecache.vulkan import Device
-from vyrecache.host.backend import compact_arrays
-from vyrecache.vulkan.backend import _cpu_compactable, calibrate_compaction
-from vyrecache.vulkan.compute import CompactionKernel
 
 MIB = 1 << 20
 
 
-def layout_half_evicted(block_size: int, entry_size: int, seed: int):
-    rng = np.random.default_rng(seed)
-    count = block_size // entry_size
-    keep = np.sort(rng.permutation(count)[:count // 2])
-    offsets = keep.astype(np.uint64) * entry_size
-    return offsets, np.full(len(keep), entry_size, np.uint64), np.zeros(len(keep), bool)
+def cleaning_table(source, destination, entry: int) -> np.ndarray:
+    """Every other entry of *source* packed into *destination*, as cleanings move them."""
+    count = source.size // entry // 2
+    table = np.zeros(count, dtype=COPY_DTYPE)
+    table["src_block"], table["dst_block"] = source.id, destination.id
+    table["src_offset"] = np.arange(count, dtype=np.uint64) * np.uint64(2 * entry)
+    table["dst_offset"] = np.arange(count, dtype=np.uint64) * np.uint64(entry)
+    table["size"] = entry
+    return table
 
 
-def layout_sixteen_byte_slide(block_size: int, entry_size: int):
-    """Entries packed after a 16-byte hole: every entry slides by 16 bytes onto itself."""
-    count = (block_size - 16) // entry_size
-    offsets = 16 + np.arange(count, dtype=np.uint64) * entry_size
-    return offsets, np.full(count, entry_size, np.uint64), np.zeros(count, bool)
-
-
-def best_time(action, repeat: int) -> float:
-    action()  # warm-up: page faults, shader compilation, descriptor sets
+def timed(run, repeat: int) -> float:
+    run()                                       # warm-up: pipelines, page tables, caches
     best = float("inf")
     for _ in range(repeat):
-        start = time.perf_counter()
-        action()
-        best = min(best, time.perf_counter() - start)
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
     return best
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mib", type=int, default=256)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size-mib", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--warmup", type=float, default=1.0,
-                        help="seconds of copies before measuring, so a GPU leaves its idle clocks")
-    parser.add_argument("--overlap-mib", type=int, default=32,
-                        help="block size of the 16-byte-slide case (one chunk per wave)")
     args = parser.parse_args()
-    block_size = args.size_mib * MIB
-
-    device = Device(validation=False)
-    memory_type = device.memory_type_for("device", block_size)
-    block = device.allocate_block(memory_type, block_size)
-    source = device.allocate_block(memory_type, block_size)
-    target = device.allocate_block(memory_type, block_size)
-    device.upload(block, 0, np.random.default_rng(0).integers(0, 256, block_size, dtype=np.uint8))
-    device.upload(source, 0, np.zeros(block_size, np.uint8))
-    kernels = {"shader": CompactionKernel(device),
-               "split": CompactionKernel(device, split_disjoint=True),
-               "hybrid": CompactionKernel(device, transfer_disjoint=True)}
-    modes = {name: (lambda plan, kernel=kernel: kernel.run(block, plan))
-             for name, kernel in kernels.items()}
-    if block.host_visible and _cpu_compactable(device, memory_type):
-        modes["cpu"] = lambda plan: compact_arrays(plan, [block.array])
-        # The same copies on one thread, to show what the threads add.
-        modes["cpu 1T"] = lambda plan: execute_on_host(plan, [block.array], streaming=True)
-    auto = calibrate_compaction(device)
-
-    cases = [
-        ("64 KiB entries, half evicted", layout_half_evicted(block_size, 64 << 10, 1), block_size),
-        ("4 KiB entries, half evicted", layout_half_evicted(block_size, 4 << 10, 2), block_size),
-        ("1 MiB entries, half evicted", layout_half_evicted(block_size, MIB, 3), block_size),
-        (f"1 MiB entries slid by 16 B ({args.overlap_mib} MiB)",
-         layout_sixteen_byte_slide(args.overlap_mib * MIB, MIB), args.overlap_mib * MIB),
-    ]
-    warm_until = time.perf_counter() + args.warmup
-    while time.perf_counter() < warm_until:
-        with device.record() as recorder:
-            recorder.copy_region(source, 0, target, 0, block_size)
-    start = time.perf_counter()
-    with device.record() as recorder:
-        for _ in range(8):
-            recorder.copy_region(source, 0, target, 0, block_size)
-    sustained = 8 * block_size / (time.perf_counter() - start)
-    print(f"device: {device.info.name}; block {args.size_mib} MiB; best of {args.repeat}; "
-          f"{args.warmup:.1f} s warm-up; sustained vkCmdCopyBuffer {sustained / 1e9:.1f} GB/s moved "
-          f"({2 * sustained / 1e9:.1f} GB/s read+write, 8 copies in one submit)")
-    header = (f"{'case':<36} {'moved MiB':>9} {'chunks':>6} {'waves':>5} {'plan ms':>7} "
-              f"{'copy GB/s':>9}" + "".join(f" {name + ' GB/s':>11} {'ratio':>5}" for name in modes)
-              + f" {'auto':>6}")
-    print(header)
-    print("-" * len(header))
-    for name, layout, size in cases:
-        start = time.perf_counter()
-        plan = plan_block(*layout, size)
-        plan_seconds = time.perf_counter() - start
-        moved = plan.chunk_bytes
-
-        def copy_once():
-            with device.record() as recorder:
-                recorder.copy_region(source, 0, target, 0, moved)
-
-        copy_rate = moved / best_time(copy_once, args.repeat)
-        rates = [moved / best_time(lambda: run(plan), args.repeat) for run in modes.values()]
-        print(f"{name:<36} {moved / MIB:>9.1f} {len(plan.chunks):>6} {plan.waves:>5} "
-              f"{plan_seconds * 1e3:>7.1f} {copy_rate / 1e9:>9.2f}"
-              + "".join(f" {rate / 1e9:>11.2f} {rate / copy_rate:>5.2f}" for rate in rates)
-              + f" {'cpu' if auto == 'host' else auto:>6}")
-    for kernel in kernels.values():
-        kernel.destroy()
-    end_to_end(device, block_size, source, target, args.repeat)
-    device.close()
-
-
-def end_to_end(device: Device, block_size: int, source, target, repeat: int) -> None:
-    """What a user pays: ``cache.compact()`` of a BufferCache tier of one block, half of its 64 KiB
-    entries removed at random (planning, copies, the storage layer's bookkeeping), against one
-    vkCmdCopyBuffer of the bytes it moved.  A fresh cache per run (a compacted tier stays so)."""
-    import vyrecache as vc
-    from vyrecache.vulkan.backend import VulkanBackend
-
-    entry = 64 << 10
-    payload = np.random.default_rng(4).integers(0, 256, entry, dtype=np.uint8)
-    print(f"\ncache.compact() end to end, {block_size // MIB} MiB tier of 64 KiB entries, half "
-          f"removed (best of {repeat}):")
-    for mode in ("auto", "shader", "split", "hybrid"):
-        best, report = float("inf"), None
-        for attempt in range(repeat + 1):
-            backend = VulkanBackend(device=device, compaction=mode)
-            with vc.BufferCache([vc.CacheTier("tier", block_size, memory="device")],
-                                backend=backend) as cache:
-                count = block_size // entry
-                for key in range(count):
-                    cache.put(key, payload)
-                for key in np.random.default_rng(5).permutation(count)[:count // 2]:
-                    cache.remove(int(key))
-                start = time.perf_counter()
-                report = cache.compact(0)
-                seconds = time.perf_counter() - start
-            if attempt:          # the first run pays page faults and pipeline creation
-                best = min(best, seconds)
-
-        def copy_once():
-            with device.record() as recorder:
-                recorder.copy_region(source, 0, target, 0, report.bytes_moved)
-
-        copy_rate = report.bytes_moved / best_time(copy_once, repeat)
-        rate = report.bytes_moved / best
-        print(f"  {mode + ' (' + backend.compaction + ')':<20} {report.bytes_moved / MIB:7.1f} MiB in "
-              f"{best * 1e3:7.2f} ms: {rate / 1e9:6.2f} GB/s, {rate / copy_rate:5.2f}x one "
-              f"vkCmdCopyBuffer ({copy_rate / 1e9:.2f} GB/s)")
+    size = args.size_mib * MIB
+    device = Device()
+    try:
+        memory_type = device.memory_type_for("device", 4 * size)
+        blocks = [device.allocate_block(memory_type, size) for _ in range(4)]
+        noise = np.random.default_rng(0).integers(0, 256, MIB, dtype=np.uint8)
+        for block in blocks:
+            for offset in range(0, size, MIB):
+                device.upload(block, offset, noise)
+        executors = {mode: executor_for(device, mode) for mode in MODES[1:]}
+        print(f"{device.info.name}: {args.size_mib} MiB of segments, every other entry live")
+        print(f"{'entry':>8} {'peer: one region':>18} " + " ".join(f"{mode:>18}" for mode in executors))
+        for entry in (4096, 16 << 10, 64 << 10, 256 << 10):
+            table = cleaning_table(blocks[0], blocks[1], entry)
+            moved = int(table["size"].sum())
+            peer_row = np.array([(blocks[2].id, blocks[3].id, 0, 0, moved)], dtype=COPY_DTYPE)
+            best = {name: float("inf") for name in ["peer", *executors]}
+            for _ in range(args.repeat):
+                best["peer"] = min(best["peer"], timed(lambda: executors["commands"].run(peer_row), 1))
+                for mode, executor in executors.items():
+                    best[mode] = min(best[mode], timed(lambda: executor.run(table), 1))
+            cells = [f"{moved / best['peer'] / 1e9:8.2f} GB/s".rjust(18)]
+            cells += [f"{moved / best[mode] / 1e9:6.2f} GB/s {best['peer'] / best[mode]:4.2f}x".rjust(18)
+                      for mode in executors]
+            print(f"{entry >> 10:>6} K " + " ".join(cells))
+        timings = measured_modes(device)
+        print(f"compaction='auto' picks {min(timings, key=timings.__getitem__)!r} "
+              f"({', '.join(f'{mode} {seconds * 1e3:.2f} ms' for mode, seconds in timings.items())})")
+        for executor in executors.values():
+            executor.close()
+    finally:
+        device.close()
 
 
 if __name__ == "__main__":

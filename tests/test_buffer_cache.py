@@ -24,27 +24,28 @@ def payload(key: int, size: int, version: int = 0) -> bytes:
     return rng.integers(0, 256, size, dtype=np.uint8).tobytes()
 
 
-VULKAN_COMPACTION = {"vulkan": "hybrid", "vulkan-device-copies": "hybrid",
-                     "vulkan-shader-compaction": "shader", "vulkan-host-compaction": "host"}
+VULKAN_COMPACTION = {"vulkan": "commands", "vulkan-device-copies": "commands",
+                     "vulkan-shader-copies": "shader"}
 
 
-@pytest.fixture(params=["host", "vulkan", "vulkan-device-copies", "vulkan-shader-compaction",
-                        "vulkan-host-compaction"])
+@pytest.fixture(params=["host", "vulkan", "vulkan-device-copies", "vulkan-shader-copies"])
 def make_cache(request):
     """Build BufferCaches on one backend; closes them and checks for validation messages.
 
     "vulkan-device-copies" moves entries with vkCmdCopyBuffer and reads/writes
     through the staging buffer even on a UMA device where memcpy would do, so
-    the discrete-GPU paths run on lavapipe too.
+    the discrete-GPU paths run on lavapipe too; "vulkan-shader-copies" does the
+    same with every copy table run by the compute shader.
     """
     made = []
     if request.param.startswith("vulkan"):
         device = request.getfixturevalue("vulkan_device")
-        device.force_staging = request.param == "vulkan-device-copies"
+        device_copies = request.param in ("vulkan-device-copies", "vulkan-shader-copies")
+        device.force_staging = device_copies
         from vyrecache.vulkan.backend import VulkanBackend
 
         def backend():
-            return VulkanBackend(device=device, device_copies=request.param == "vulkan-device-copies",
+            return VulkanBackend(device=device, device_copies=device_copies,
                                  compaction=VULKAN_COMPACTION[request.param])
     else:
         def backend():
@@ -385,8 +386,6 @@ def test_out_of_device_memory_at_creation_leaves_nothing_behind(vulkan_device, m
             faults.fail_next_allocation(1)
         return real_allocate(memory_type_index, size)
 
-    from vyrecache.vulkan.backend import calibrate_compaction
-    calibrate_compaction(vulkan_device)   # measured once per driver, before counting allocations
     monkeypatch.setattr(vulkan_device, "allocate_block", counting_allocate)
     failing_call = 0
     vulkan_device._staging and vulkan_device.free_block(vulkan_device._staging)
@@ -496,20 +495,30 @@ def test_threads_sharing_a_cache_never_corrupt_bytes(make_cache):
     cache.check()
 
 
-def test_compaction_mode_is_measured_once_per_driver(vulkan_device):
-    from vyrecache.vulkan.backend import VulkanBackend, calibrate_compaction
-    from vyrecache.vulkan.memory import HOST_CACHED, HOST_COHERENT, HOST_VISIBLE
-    mode = calibrate_compaction(vulkan_device)
-    assert mode in ("shader", "split", "hybrid", "host")
-    assert calibrate_compaction(vulkan_device) == mode
-    # The CPU is a candidate exactly where the device's memory is mapped, coherent and cached.
-    from vyrecache.vulkan.backend import calibration_timings
-    flags = vulkan_device.info.memory_types[vulkan_device.memory_type_for("device", 1 << 20)]
-    cpu = HOST_VISIBLE | HOST_COHERENT | HOST_CACHED
-    assert ("host" in calibration_timings(vulkan_device)) == (flags.property_flags & cpu == cpu)
-    backend = VulkanBackend(device=vulkan_device)
-    assert backend.compaction == mode
-    backend.close()
+def test_the_copy_executor_is_chosen_only_when_a_tier_needs_device_memory(vulkan_device):
+    from vyrecache.compaction import CopyCommands, ShaderCopies
+    from vyrecache.vulkan.backend import VulkanBackend
+    backend = VulkanBackend(device=vulkan_device)          # "auto": nothing measured yet
+    assert backend._executor is None
+    cache = vc.BufferCache([vc.CacheTier("host", 1 << 20, "host")], backend=backend)
+    # Every tier is mapped here (lavapipe), so the copies the storage makes are CPU copies and
+    # the copy commands it records itself; no measurement ran.
+    assert isinstance(backend.executor, CopyCommands)
+    cache.close()
+    shader = VulkanBackend(device=vulkan_device, compaction="shader", device_copies=True)
+    assert isinstance(shader.executor, ShaderCopies) and shader.transfer_queue() is None
+    cache = vc.BufferCache([vc.CacheTier("host", 64 << 10, "host"), vc.CacheTier("vram", 64 << 10, "device")],
+                           backend=shader)
+    for key in range(20):
+        cache.put(key, payload(key, 3000 + key))
+        cache.access(key)
+        cache.access(key)
+        cache.access(key)
+    for key in range(20):
+        if key in cache:
+            assert cache.read(key).tobytes() == payload(key, 3000 + key)
+    cache.check()
+    cache.close()
     with pytest.raises(ValueError, match="Fix:"):
         VulkanBackend(device=vulkan_device, compaction="fastest")
 

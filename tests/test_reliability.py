@@ -47,7 +47,7 @@ def make_cache(request, backend_name):
     """Build BufferCaches on the parametrized backend and close them after the test.
 
     On Vulkan every cache gets its own VulkanBackend over the session's validated device
-    (a fixed compaction mode, so no calibration runs per cache).
+    (copy commands: nothing is measured per cache).
     """
     made = []
     if backend_name.startswith("vulkan"):
@@ -57,7 +57,7 @@ def make_cache(request, backend_name):
         def new_backend():
             # "vulkan-device-copies": every copy through copy tables submitted from C, the
             # discrete-GPU path, on a device whose memory is all mapped.
-            return VulkanBackend(device=device, compaction="hybrid",
+            return VulkanBackend(device=device, compaction="commands",
                                  device_copies=backend_name == "vulkan-device-copies")
     else:
         def new_backend():
@@ -108,7 +108,7 @@ BACKEND = sys.argv[1]
 def new_backend():
     if BACKEND == "vulkan":
         from vyrecache.vulkan.backend import VulkanBackend
-        return VulkanBackend(compaction="hybrid")
+        return VulkanBackend(compaction="commands")
     from vyrecache.host import HostBackend
     return HostBackend()
 

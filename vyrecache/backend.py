@@ -2,7 +2,7 @@
 
 A backend knows nothing about keys, tiers' rules or eviction; the storage layer
 (``vyrecache/_core/storage.pyx``) decides what goes where and asks the backend
-for blocks, for batched copies and for compaction of a block.  Two backends
+for blocks and to run batched copies (``vyrecache.compaction`` on a Vulkan device).  Two backends
 exist: :class:`vyrecache.host.HostBackend` (plain host memory) and
 :class:`vyrecache.vulkan.backend.VulkanBackend` (device memory through Vulkan).
 Both must give byte-for-byte the same observable behaviour.
@@ -125,10 +125,6 @@ class StorageBackend(ABC):
 
     def prepare_write(self, nbytes: int) -> None:
         """Make sure a later ``write`` of ``nbytes`` cannot fail for lack of staging memory."""
-
-    @abstractmethod
-    def compact(self, blocks: list[StorageBlock], plan: Any) -> None:
-        """Run a compaction plan over a tier's blocks (indexed as the plan's blocks) and wait."""
 
     def export_fd(self, block: StorageBlock) -> int:
         """A new opaque fd of the memory behind *block*, for another device to import."""

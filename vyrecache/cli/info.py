@@ -26,7 +26,7 @@ def register(commands: Any) -> None:
                                  "usable device, say why, how to fix it, and that the host backend will be used.")
     parser.add_argument("--json", action="store_true", help="print the devices as JSON")
     parser.add_argument("--compaction", action="store_true",
-                        help="also time every compaction mode on each device (what "
+                        help="also time every way of running copies on device memory (what "
                              "VulkanBackend(compaction='auto') measures and picks)")
     parser.set_defaults(run=run)
 
@@ -78,7 +78,7 @@ def describe_device(device: Any, index: int) -> dict[str, Any]:
 
 def compaction_timings(index: int) -> dict[str, Any]:
     """The compaction modes' times on device *index* and the one "auto" picks, or the error."""
-    from ..vulkan.backend import calibration_timings
+    from ..compaction import measured_modes
     from ..vulkan.device import Device
 
     try:
@@ -86,7 +86,7 @@ def compaction_timings(index: int) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - reported, not raised: info describes the device
         return {"error": " ".join(str(exc).split())}
     try:
-        timings = calibration_timings(device)
+        timings = measured_modes(device)
     except Exception as exc:  # noqa: BLE001
         return {"error": " ".join(str(exc).split())}
     finally:
@@ -135,7 +135,7 @@ def format_device(info: dict[str, Any]) -> str:
             lines.append(f"  compaction: not measured: {compaction['error']}")
         else:
             times = ", ".join(f"{mode} {seconds * 1e3:.2f} ms" for mode, seconds in compaction["seconds"].items())
-            lines.append(f"  compaction of 4 MiB in 64 KiB entries (8 MiB block): {times}; "
+            lines.append(f"  copies on device memory (every other 16 KiB entry of 8 MiB moved): {times}; "
                          f"compaction='auto' picks {compaction['auto']!r}")
     return "\n".join(lines)
 

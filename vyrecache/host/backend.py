@@ -1,4 +1,4 @@
-"""Storage on plain host memory: numpy blocks, memcpy moves, CPU compaction.
+"""Storage on plain host memory: numpy blocks and memcpy moves.
 
 Used when ``backend="host"`` is asked for, or when ``backend="auto"`` finds no
 Vulkan device.  Every block is "host visible", so the storage layer moves bytes
@@ -19,7 +19,7 @@ import numpy as np
 from ..backend import StorageBackend, StorageBlock, TierMemory
 from ..errors import DeviceOutOfMemoryError
 
-__all__ = ["HostBackend", "HostDeviceInfo", "compact_arrays"]
+__all__ = ["HostBackend", "HostDeviceInfo"]
 
 # Blocks start on a cache-line boundary, like a driver's allocation would (mappings start on a
 # page boundary, which is one).
@@ -45,23 +45,6 @@ def _require_memory(nbytes: int, what: str) -> None:
         raise DeviceOutOfMemoryError(
             f"{what} of {nbytes} bytes does not fit in the {available} bytes of host memory "
             f"available now (MemAvailable). Fix: make the tier smaller, or free memory first.")
-
-# Threads that share a streamed compaction: a few saturate memory bandwidth (measured on a
-# 2-core VM: 8-9 GB/s streamed by one thread, 12-16 GB/s by two).
-_COMPACTION_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                 else os.cpu_count() or 1))
-
-
-def compact_arrays(plan: Any, arrays: list[np.ndarray]) -> None:
-    """Run a compaction plan on the CPU over blocks' bytes (numpy views of host memory)."""
-    from .._core.compaction import execute_on_host
-    from .._core.storage import STREAM_THRESHOLD_BYTES
-    # Plans that move more than the storage layer's batch threshold stream past the CPU cache
-    # as its batches do; smaller ones stay in the cache for the reads that follow.
-    streaming = plan.chunk_bytes > STREAM_THRESHOLD_BYTES
-    execute_on_host(plan, arrays, streaming=streaming,
-                    threads=_COMPACTION_THREADS if streaming else 1)
-
 
 @dataclass(frozen=True)
 class HostDeviceInfo:
@@ -141,9 +124,6 @@ class HostBackend(StorageBackend):
 
     def read_into(self, block: StorageBlock, offset: int, out: memoryview) -> None:
         np.frombuffer(out, dtype=np.uint8)[:] = block.array[offset:offset + out.nbytes]
-
-    def compact(self, blocks: list[StorageBlock], plan: Any) -> None:
-        compact_arrays(plan, [block.array for block in blocks])
 
     def close(self) -> None:
         for block in list(self._blocks.values()):

@@ -69,7 +69,7 @@ class CommandRecorder:
         rows = len(table)
         if rows == 0:
             return
-        self._device._validate_copy_table(table)
+        self._device.validate_copy_table(table)
         if wave_starts is None:
             boundaries = np.array([0, rows], dtype=np.int64)
         else:

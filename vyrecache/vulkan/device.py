@@ -20,6 +20,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Iterable
+from types import MappingProxyType
 
 import numpy as np
 
@@ -547,7 +548,20 @@ class Device:
         lib.vkFreeMemory(self._handle, memory, ffi.NULL)
         destroyed("memory")
 
-    def _validate_copy_table(self, table: np.ndarray) -> None:
+    @property
+    def blocks_by_id(self) -> "MappingProxyType[int, Block]":
+        """The live blocks by ``Block.id`` (the ids copy tables name), read-only."""
+        return MappingProxyType(self._blocks)
+
+    @property
+    def block_sizes(self) -> np.ndarray:
+        """Each block id's size in bytes (0 for a free id), as copy tables index it; read-only."""
+        view = self._sizes_by_id.view()
+        view.flags.writeable = False
+        return view
+
+    def validate_copy_table(self, table: np.ndarray) -> None:
+        """Raise ValueError unless every row of *table* stays inside live blocks of this device."""
         sizes = self._sizes_by_id
         src, dst = table["src_block"], table["dst_block"]
         known = len(self._buffers_by_id)
