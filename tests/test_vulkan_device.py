@@ -192,12 +192,6 @@ def test_recordings_do_not_nest_and_an_exception_discards_the_recording(vulkan_d
     device.free_block(b)
 
 
-def test_copy_bandwidth_reports_a_positive_rate(vulkan_device):
-    before = live_objects()
-    assert vulkan_device.copy_bandwidth(64 * KiB, repeat=1) > 0
-    assert live_objects() == before
-
-
 def test_checker_maps_results_to_errors_with_call_and_fix():
     assert check("vkWaitForFences", 2) == 2
     with pytest.raises(DeviceOutOfMemoryError, match="vkAllocateMemory.*VK_ERROR_OUT_OF_DEVICE_MEMORY.*Fix"):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-import time
 import warnings
 import weakref
 from collections.abc import Iterable
@@ -768,49 +767,6 @@ class Device:
         """
         self._require_open()
         return DescriptorPool(self, max_sets, storage_buffers_per_set)
-
-    # -- benchmarks -------------------------------------------------------------------------------------
-
-    def copy_bandwidth(self, size: int, src_memory_type_index: int | None = None,
-                       dst_memory_type_index: int | None = None, repeat: int = 3) -> float:
-        """Time one ``vkCmdCopyBuffer`` of *size* bytes between two fresh blocks; return bytes per second.
-
-        Each timing covers recording, one submit and the fence wait (what a cache operation pays).
-        The best of *repeat* runs after one warm-up is returned.  By default the source is
-        ``"host"`` memory and the destination ``"device"`` memory, like a promote.
-
-        Raises:
-            ValueError: *size* does not fit one block.
-            DeviceOutOfMemoryError: the two blocks could not be allocated.
-        """
-        self._require_open()
-        if src_memory_type_index is None:
-            src_memory_type_index = self.memory_type_for("host", size)
-        if dst_memory_type_index is None:
-            dst_memory_type_index = self.memory_type_for("device", size)
-        source = self.allocate_block(src_memory_type_index, size)
-        try:
-            destination = self.allocate_block(dst_memory_type_index, size)
-            try:
-                # Real bytes in both: untouched memory can read as the kernel's shared zero page,
-                # which makes a copy look several times faster than any real one.
-                pattern = np.frombuffer(np.random.default_rng(size).bytes(min(size, 1 << 20)), np.uint8)
-                for block in (source, destination):
-                    for offset in range(0, size, pattern.size):
-                        self.upload(block, offset, pattern[:min(pattern.size, size - offset)])
-                best = float("inf")
-                for attempt in range(repeat + 1):
-                    start = time.perf_counter()
-                    with self.record() as recorder:
-                        recorder.copy_region(source, 0, destination, 0, size)
-                    elapsed = time.perf_counter() - start
-                    if attempt:  # the first run warms up page tables and driver caches
-                        best = min(best, elapsed)
-                return size / best
-            finally:
-                self.free_block(destination)
-        finally:
-            self.free_block(source)
 
     # -- release ----------------------------------------------------------------------------------------
 
