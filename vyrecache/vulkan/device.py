@@ -37,6 +37,8 @@ __all__ = ["Device", "Block"]
 
 _BUFFER_USAGE = 0x20 | 0x1 | 0x2  # STORAGE_BUFFER | TRANSFER_SRC | TRANSFER_DST
 _FENCE_TIMEOUT_NS = 120 * 1_000_000_000
+#: The device extension of timeline semaphores (core in Vulkan 1.2; the instance asks for 1.1).
+TIMELINE_EXTENSION = "VK_KHR_timeline_semaphore"
 _STAGING_MIN = 1 << 20
 _STAGING_MAX = 64 << 20
 _VK_TIMEOUT = 2
@@ -181,6 +183,15 @@ class Device:
         info.sType = vk.VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO
         info.queueCreateInfoCount = 1
         info.pQueueCreateInfos = queue_info
+        timeline = self._timeline_features()
+        if timeline is not None:
+            names = [ffi.new("char[]", TIMELINE_EXTENSION.encode())]
+            extension_names = ffi.new("char*[]", names)
+            info.enabledExtensionCount = 1
+            info.ppEnabledExtensionNames = extension_names
+            info.pNext = timeline
+        #: Asynchronous transfers signal a timeline semaphore (else each waits on a fence).
+        self.timeline_semaphores = timeline is not None
         out = ffi.new("VkDevice*")
         check("vkCreateDevice", lib.vkCreateDevice(self._physical_device, info, ffi.NULL, out))
         self._handle = out[0]
@@ -188,6 +199,29 @@ class Device:
         queue = ffi.new("VkQueue*")
         lib.vkGetDeviceQueue(self._handle, self.queue_family_index, 0, queue)
         self._queue = queue[0]
+
+    def _timeline_features(self):
+        """The feature struct enabling timeline semaphores, or None where the device lacks them."""
+        vk = self._vk
+        ffi = vk.ffi
+        if TIMELINE_EXTENSION not in self.info.extensions:
+            return None
+        get_features = self._instance.proc("vkGetPhysicalDeviceFeatures2", "PFN_vkGetPhysicalDeviceFeatures2",
+                                           fallback="vkGetPhysicalDeviceFeatures2KHR")
+        if get_features is None:
+            return None
+        timeline = ffi.new("VkPhysicalDeviceTimelineSemaphoreFeatures*")
+        timeline.sType = vk.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_TIMELINE_SEMAPHORE_FEATURES
+        features = ffi.new("VkPhysicalDeviceFeatures2*")
+        features.sType = vk.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2
+        features.pNext = timeline
+        get_features(self._physical_device, features)
+        if not timeline.timelineSemaphore:
+            return None
+        enable = ffi.new("VkPhysicalDeviceTimelineSemaphoreFeatures*")
+        enable.sType = vk.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_TIMELINE_SEMAPHORE_FEATURES
+        enable.timelineSemaphore = 1
+        return enable
 
     def _create_commands(self) -> None:
         vk = self._vk
