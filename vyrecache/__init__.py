@@ -4,7 +4,7 @@ from typing import TYPE_CHECKING
 
 from ._version import __version__
 from .backend import BufferLocation
-from ._core.storage import Lease
+from ._core.storage import Lease, Transfer
 from .buffer_cache import BufferCache, BufferTierView, CompactionReport
 from .cache import (AccessStats, ArcPolicy, CacheEntry, CacheTier, ClockPolicy, FifoPolicy,
                     LruPolicy, S3FifoPolicy, SievePolicy, TieredCache, TierPolicy, TierView,
@@ -24,7 +24,7 @@ __all__ = [
     "DeviceLostError", "VulkanUnavailableError",
     "TieredCache", "CacheTier", "LruPolicy", "FifoPolicy", "ClockPolicy", "SievePolicy",
     "S3FifoPolicy", "ArcPolicy", "WTinyLfuPolicy", "TierPolicy", "CacheEntry", "AccessStats", "TierView",
-    "BufferCache", "BufferLocation", "BufferTierView", "CompactionReport", "Lease", "devices",
+    "BufferCache", "BufferLocation", "BufferTierView", "CompactionReport", "Lease", "Transfer", "devices",
     "RedisTier", "RemoteTierWarning",
 ]
 
