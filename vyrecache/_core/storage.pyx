@@ -1023,9 +1023,17 @@ cdef class Storage:
         self.s_wave[slot] = self.wave
         self.s_ticket[slot] = self.op_ticket
         if self.op_ticket:
-            self.seg_ticket[src_seg] = self.op_ticket
-            self.seg_ticket[dst_seg] = self.op_ticket
+            self.stamp(src_seg, src_offset, size)
+            self.stamp(dst_seg, dst_offset, size)
         return 0
+
+    cdef void stamp(self, int32_t g, uint64_t offset, uint64_t size) noexcept:
+        """Mark the segments under [offset, offset + size) of g's block (a run takes several)
+        with the running transfer's ticket."""
+        cdef uint64_t seg = self.logs[self.segs[g].tier].segment_size
+        cdef int32_t k, n = <int32_t>((offset - self.segs[g].offset + size + seg - 1) // seg)
+        for k in range(n):
+            self.seg_ticket[g + k] = self.op_ticket
 
     cdef int write_data(self, int32_t block, uint64_t offset, const char* data, uint64_t size,
                         int32_t seg) except -1:
@@ -1048,7 +1056,7 @@ cdef class Storage:
             done += chunk
         self.segs[seg].touched_wave = self.wave
         if self.op_ticket:
-            self.seg_ticket[seg] = self.op_ticket
+            self.stamp(seg, offset, size)
         return 0
 
     cdef int read_data(self, int32_t block, uint64_t offset, char* out, uint64_t size) except -1:
