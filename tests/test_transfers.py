@@ -174,22 +174,29 @@ def test_many_transfers_in_flight_at_once(request, mode):
         cache.close()
 
 
-def test_puts_that_reuse_freed_memory_wait_for_the_copies_reading_it(request, mode):
-    """Promote a tier's worth, then at once fill the freed low tier with new entries: the new
-    bytes must not land in memory the device still reads."""
-    size, count = 128 << 10, 48
-    cache = _make(request, mode, 8 << 20, 8 << 20)
+@pytest.mark.parametrize("segments", [0, 3])
+def test_puts_that_reuse_freed_memory_wait_for_the_copies_reading_it(request, mode, segments):
+    """Promote a tier's entries, then at once put new ones there: the segments the move freed
+    are the first the puts take, and the new bytes must not land in memory the device still
+    reads (entries within a segment, and entries of a run of 3 segments)."""
+    cache = _make(request, mode, 32 << 20, 32 << 20)
+    size = 256 << 10
+    if segments:
+        size = segments * cache._tier_memory(0)["segment_size"] - 4096
+    count = (20 << 20) // size
     try:
         keys = np.arange(count, dtype=np.uint64)
         _fill_low_tier(cache, keys, size)
-        transfer = cache.promote_many(keys, wait=False)
         fresh = np.arange(1000, 1000 + count, dtype=np.uint64)
-        cache.put_many(fresh, np.stack([payload(int(key), size) for key in fresh]))
+        rows = np.stack([payload(int(key), size) for key in fresh])
+        transfer = cache.promote_many(keys, wait=False)
+        cache.put_many(fresh, rows)
         transfer.wait()
         for key in keys.tolist():
             assert cache.get(key).tier == 1
             assert raw_bytes(cache, key) == payload(key, size).tobytes()
         for key in fresh.tolist():
+            assert cache.get(key).tier == 0
             assert cache.read(key).tobytes() == payload(key, size).tobytes()
         cache.check()
     finally:
