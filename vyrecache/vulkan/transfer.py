@@ -76,7 +76,8 @@ class TransferQueue:
                 semaphore_info.sType = vk.VK_STRUCTURE_TYPE_SEMAPHORE_CREATE_INFO
                 semaphore_info.pNext = type_info
                 semaphore = ffi.new("VkSemaphore*")
-                check("vkCreateSemaphore", lib.vkCreateSemaphore(handle, semaphore_info, ffi.NULL, semaphore))
+                check("vkCreateSemaphore",
+                      lib.vkCreateSemaphore(handle, semaphore_info, ffi.NULL, semaphore))
                 self._semaphore = semaphore[0]
                 created("semaphores")
             pointers = []
