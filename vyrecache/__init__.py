@@ -4,7 +4,7 @@ from typing import TYPE_CHECKING
 
 from ._version import __version__
 from .backend import BufferLocation
-from ._core.storage import Lease
+from ._core.storage import Lease, Transfer
 from .buffer_cache import BufferCache, BufferTierView, CompactionReport
 from .exported import ExportedMemory
 from .host import HostBackend
@@ -28,7 +28,7 @@ __all__ = [
     "TieredCache", "CacheTier", "LruPolicy", "FifoPolicy", "ClockPolicy", "SievePolicy",
     "S3FifoPolicy", "ArcPolicy", "WTinyLfuPolicy", "TierPolicy", "CacheEntry", "AccessStats", "TierView",
     "BufferCache", "BufferLocation", "BufferTierView", "CompactionReport", "Lease", "ExportedMemory",
-    "HostBackend", "VulkanBackend", "devices",
+    "HostBackend", "VulkanBackend", "Transfer", "devices",
     "RedisTier", "RemoteTierWarning",
 ]
 

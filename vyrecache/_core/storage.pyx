@@ -67,12 +67,22 @@ cdef extern from "vkcopy.h":
         void* submit
         void* wait
         void* reset_fences
+        void* fence_status
+        uint64_t semaphore
+        void* counter
+        void* wait_semaphores
         uint64_t timeout_ns
         const char* failed_call
     ctypedef struct vc_vk_copy:
         uint64_t src, dst, src_offset, dst_offset, size
     int32_t vc_vk_run(vc_vk_queue* q, const vc_vk_copy* rows, size_t n, const int64_t* wave_starts,
                       size_t n_waves) nogil
+    int32_t vc_vk_start(vc_vk_queue* q, void* cb, uint64_t fence, uint64_t value,
+                        const vc_vk_copy* rows, size_t n, const int64_t* wave_starts,
+                        size_t n_waves) nogil
+    int32_t vc_vk_reached(vc_vk_queue* q, uint64_t fence, uint64_t* value) nogil
+    int32_t vc_vk_wait_for(vc_vk_queue* q, uint64_t value, const uint64_t* fences, uint32_t n_fences,
+                           uint64_t timeout_ns) nogil
 
 cdef extern from "hugepages.h":
     void vc_advise_huge_pages(void* start, size_t bytes) nogil
@@ -111,8 +121,17 @@ cdef enum:
     SC_FRAGMENTATION_EVICTIONS = 4
     SC_N = 5
 
+# Asynchronous transfers in flight at once per cache (vulkan/transfer.py's pool of command
+# buffers); one more first waits for the oldest.
+MAX_TRANSFERS = 32
+GPU_TIMEOUT_MESSAGE = ("the GPU did not finish a copy within 120 s. Fix: if it persists the "
+                       "device is hung; close the cache and create a new one.")
+
 IN_USE_MESSAGE = ("the cache is in use by an operation (this call came from inside one of its "
                   "callbacks). Fix: call it after the operation returns.")
+
+
+cdef class Transfer
 
 
 cdef class Storage:
@@ -181,11 +200,28 @@ cdef class Storage:
     cdef dict parked                           # slot -> numpy copy of a parked entry's bytes
     cdef int32_t room_seg                      # find_room()'s answer
     cdef uint64_t room_offset
+    # Asynchronous transfers (move_many with wait=False): each has a ticket, the value its
+    # submit signals on the timeline semaphore.  Bytes a transfer in flight writes or reads are
+    # stamped with its ticket, and the CPU waits for a ticket before it touches them.
+    cdef uint64_t* s_ticket                    # per slot: the transfer writing its bytes
+    cdef uint64_t* seg_ticket                  # per segment: the last transfer reading or writing it
+    cdef uint64_t staging_ticket               # the last transfer reading the staging buffer
+    cdef uint64_t op_ticket                    # the running operation's ticket (0: synchronous)
+    cdef uint64_t next_ticket
+    cdef uint64_t done_ticket                  # every ticket up to it is complete
+    cdef bint device_moves                     # record every copy as a row (an async operation)
+    cdef list pending                          # Transfers in flight, oldest first
+    cdef Py_ssize_t n_pending
+    cdef list free_transfer_slots              # command buffer slots of the TransferQueue not in use
+    cdef Py_ssize_t n_transfer_slots
 
     def __cinit__(self, *args, **kwargs):
         self.wave = 1
         self.stream_min = DEFAULT_STREAM_MIN
         self.n_rows = 0
+        self.next_ticket = 1
+        self.pending = []
+        self.free_transfer_slots = []
 
     def _take_memory(self, Engine engine, backend, memories, layouts, on_evict=None):
         """Take every tier's memory; on failure frees what was taken and re-raises.
@@ -213,8 +249,10 @@ cdef class Storage:
         self.logs = <TierLog*>realloc(NULL, max(self.n_tiers, 1) * sizeof(TierLog))
         self.segs = <Segment*>realloc(NULL, max(self.n_segs, 1) * sizeof(Segment))
         self.counters = <uint64_t*>realloc(NULL, max(self.n_tiers, 1) * SC_N * sizeof(uint64_t))
-        if self.logs == NULL or self.segs == NULL or self.counters == NULL:
+        self.seg_ticket = <uint64_t*>realloc(NULL, max(self.n_segs, 1) * sizeof(uint64_t))
+        if self.logs == NULL or self.segs == NULL or self.counters == NULL or self.seg_ticket == NULL:
             raise MemoryError("Could not allocate the tiers' segment tables. Fix: free memory.")
+        memset(self.seg_ticket, 0, max(self.n_segs, 1) * sizeof(uint64_t))
         memset(self.counters, 0, max(self.n_tiers, 1) * SC_N * sizeof(uint64_t))
         memset(self.segs, 0, max(self.n_segs, 1) * sizeof(Segment))
         device_copies = bool(getattr(backend, "device_copies", False))
@@ -306,6 +344,11 @@ cdef class Storage:
         self.vk.submit = <void*><size_t>points[5]
         self.vk.wait = <void*><size_t>points[6]
         self.vk.reset_fences = <void*><size_t>points[7]
+        self.vk.fence_status = <void*><size_t>points[8]
+        self.vk.semaphore = queue.semaphore
+        if self.vk.semaphore:
+            self.vk.counter = <void*><size_t>points[9]
+            self.vk.wait_semaphores = <void*><size_t>points[10]
         self.vk.timeout_ns = 120 * 1000000000
         blocks = self.blocks + [self.staging]
         self.n_ids = max(block.id for block in blocks) + 1
@@ -322,6 +365,7 @@ cdef class Storage:
         free(self.b_addr); free(self.b_id); free(self.logs); free(self.segs); free(self.counters)
         free(self.s_seg); free(self.s_offset); free(self.s_prev); free(self.s_next)
         free(self.s_wave); free(self.s_state); free(self.s_pinned); free(self.rows)
+        free(self.s_ticket); free(self.seg_ticket)
 
     def release_blocks(self):
         """Give every block back to the backend (idempotent); the storage is unusable afterwards."""
@@ -365,6 +409,10 @@ cdef class Storage:
         p = realloc(self.s_pinned, cap * sizeof(uint8_t))
         if p == NULL: raise MemoryError()
         self.s_pinned = <uint8_t*>p
+        p = realloc(self.s_ticket, cap * sizeof(uint64_t))
+        if p == NULL: raise MemoryError()
+        self.s_ticket = <uint64_t*>p
+        memset(&self.s_ticket[self.cap_slots], 0, (cap - self.cap_slots) * sizeof(uint64_t))
         memset(&self.s_state[self.cap_slots], 0, (cap - self.cap_slots) * sizeof(uint8_t))
         memset(&self.s_pinned[self.cap_slots], 0, (cap - self.cap_slots) * sizeof(uint8_t))
         memset(&self.s_wave[self.cap_slots], 0, (cap - self.cap_slots) * sizeof(uint64_t))
@@ -435,6 +483,8 @@ cdef class Storage:
         cdef int32_t g = log.free_top
         if g < 0:
             return -1
+        if self.seg_ticket[g] > self.done_ticket:
+            self.settle(self.seg_ticket[g])      # a transfer in flight may still read or write it
         log.free_top = self.segs[g].link_next
         log.n_free -= 1
         self.segs[g].fill = 0
@@ -447,6 +497,8 @@ cdef class Storage:
         """Take one given segment off the free stack (a run's window)."""
         cdef TierLog* log = &self.logs[self.segs[g].tier]
         cdef int32_t cur = log.free_top, prev = -1
+        if self.seg_ticket[g] > self.done_ticket:
+            self.settle(self.seg_ticket[g])
         while cur != g:
             prev = cur
             cur = self.segs[cur].link_next
@@ -614,6 +666,7 @@ cdef class Storage:
             value = np.empty(size, dtype=np.uint8)
             if size:
                 self.flush()
+                self.settle(self.s_ticket[slot])
                 self.read_data(self.segs[self.s_seg[slot]].block, self.s_offset[slot],
                                <char*>cnp.PyArray_DATA(value), size)
         self.leaving_keys.append(key)
@@ -625,6 +678,7 @@ cdef class Storage:
         cdef int32_t g = self.s_seg[slot]
         parked = np.empty(size, dtype=np.uint8)
         self.flush()
+        self.settle(self.s_ticket[slot])
         self.read_data(self.segs[g].block, self.s_offset[slot], <char*>cnp.PyArray_DATA(parked), size)
         self.unlink_entry(slot, self.charge(size))
         self.parked[slot] = parked
@@ -745,6 +799,9 @@ cdef class Storage:
                     break
         if best < 0:
             return False
+        for j in range(best, best + k):
+            if self.seg_ticket[j] > self.done_ticket:
+                self.settle(self.seg_ticket[j])   # the run overwrites its dead ranges too
         # Claim the window: nothing may be appended to or cleaned into it while it is emptied.
         for j in range(best, best + k):
             if self.segs[j].state == SEG_FREE:
@@ -916,6 +973,7 @@ cdef class Storage:
                 parked = self.parked.pop(slot)
                 self.write_data(self.segs[g].block, offset, <const char*>cnp.PyArray_DATA(parked), size, g)
             self.s_wave[slot] = self.wave if self.n_rows else 0
+            self.s_ticket[slot] = self.op_ticket
             self.s_state[slot] = S_PLACED
         else:
             self.lifted.remove(slot)
@@ -953,26 +1011,45 @@ cdef class Storage:
         """Copy an entry's bytes (the ranges never overlap: different segments)."""
         if size == 0:
             return 0
-        if self.n_rows == 0 and self.b_addr[src_block] != NULL and self.b_addr[dst_block] != NULL:
+        if (self.n_rows == 0 and not self.device_moves and self.b_addr[src_block] != NULL
+                and self.b_addr[dst_block] != NULL):
+            if self.s_ticket[slot] > self.done_ticket:
+                self.settle(self.s_ticket[slot])     # a transfer in flight still writes them
+            self.s_ticket[slot] = 0
             self.cpu_copy(self.b_addr[dst_block] + dst_offset, self.b_addr[src_block] + src_offset, size)
             return 0
         if self.s_wave[slot] == self.wave:
             self.new_wave()          # read-after-write: the entry was written in this wave
+        # Rows run after every earlier submit (vkcopy.h's first barrier): no wait for a ticket.
         self.add_row(self.b_id[src_block], src_offset, self.b_id[dst_block], dst_offset, size)
         self.segs[src_seg].touched_wave = self.wave
         self.segs[dst_seg].touched_wave = self.wave
         self.s_wave[slot] = self.wave
+        self.s_ticket[slot] = self.op_ticket
+        if self.op_ticket:
+            self.stamp(src_seg, src_offset, size)
+            self.stamp(dst_seg, dst_offset, size)
         return 0
+
+    cdef void stamp(self, int32_t g, uint64_t offset, uint64_t size) noexcept:
+        """Mark the segments under [offset, offset + size) of g's block (a run takes several)
+        with the running transfer's ticket."""
+        cdef uint64_t seg = self.logs[self.segs[g].tier].segment_size
+        cdef int32_t k, n = <int32_t>((offset - self.segs[g].offset + size + seg - 1) // seg)
+        for k in range(n):
+            self.seg_ticket[g + k] = self.op_ticket
 
     cdef int write_data(self, int32_t block, uint64_t offset, const char* data, uint64_t size,
                         int32_t seg) except -1:
         """Write user bytes into a block: memcpy when mapped, else through staging rows."""
         cdef uint64_t done = 0, chunk
-        if self.n_rows == 0 and self.b_addr[block] != NULL:
+        if self.n_rows == 0 and self.b_addr[block] != NULL and not self.device_moves:
             self.finish_run()
             self.host_copy(self.b_addr[block] + offset, data, size)
             return 0
         self.finish_run()
+        if self.staging_ticket > self.done_ticket:
+            self.settle(self.staging_ticket)     # a transfer in flight still reads the staging
         while done < size:
             if self.staging_used == self.staging_size:
                 self.flush()
@@ -982,6 +1059,8 @@ cdef class Storage:
             self.staging_used += chunk
             done += chunk
         self.segs[seg].touched_wave = self.wave
+        if self.op_ticket:
+            self.stamp(seg, offset, size)
         return 0
 
     cdef int read_data(self, int32_t block, uint64_t offset, char* out, uint64_t size) except -1:
@@ -990,6 +1069,8 @@ cdef class Storage:
         if self.b_addr[block] != NULL:
             self.host_copy(out, self.b_addr[block] + offset, size)
             return 0
+        if self.staging_ticket > self.done_ticket:
+            self.settle(self.staging_ticket)
         while done < size:
             chunk = min(size - done, self.staging_size)
             self.add_row(self.b_id[block], offset + done, self.staging.id, 0, chunk)
@@ -1043,13 +1124,10 @@ cdef class Storage:
         self.backend.run_copies(table, waves)
         return 0
 
-    cdef int run_on_queue(self, list waves) except -1:
-        """The pending rows as one submit recorded in C; waits for the fence without the GIL."""
+    cdef vc_vk_copy* device_rows(self) except NULL:
+        """The pending rows with VkBuffer handles (the caller frees them)."""
         cdef Py_ssize_t i, n = self.n_rows
-        cdef cnp.ndarray starts = np.asarray(waves, dtype=np.int64)
-        cdef const int64_t[::1] sv = starts
         cdef vc_vk_copy* rows = <vc_vk_copy*>realloc(NULL, max(n, 1) * sizeof(vc_vk_copy))
-        cdef int32_t result
         if rows == NULL:
             raise MemoryError()
         for i in range(n):
@@ -1058,6 +1136,15 @@ cdef class Storage:
             rows[i].src_offset = self.rows[i].src_offset
             rows[i].dst_offset = self.rows[i].dst_offset
             rows[i].size = self.rows[i].size
+        return rows
+
+    cdef int run_on_queue(self, list waves) except -1:
+        """The pending rows as one submit recorded in C; waits for the fence without the GIL."""
+        cdef Py_ssize_t n = self.n_rows
+        cdef cnp.ndarray starts = np.asarray(waves, dtype=np.int64)
+        cdef const int64_t[::1] sv = starts
+        cdef vc_vk_copy* rows = self.device_rows()
+        cdef int32_t result
         self.n_rows = 0
         self.wave_first_row = 0
         self.wave_starts = []
@@ -1070,10 +1157,191 @@ cdef class Storage:
             from vyrecache.vulkan.check import error_for
             call = (<bytes>self.vk.failed_call).decode()
             if result == 2:
-                raise CacheError(f"{call}: the GPU did not finish a copy within 120 s. Fix: if it "
-                                 f"persists the device is hung; close the cache and create a new one.")
+                raise CacheError(f"{call}: {GPU_TIMEOUT_MESSAGE}")
             raise error_for(call, result, "running a cache operation's copies")
         return 0
+
+    # -- asynchronous transfers ----------------------------------------------------------------
+
+    cdef int ensure_device_path(self) except -1:
+        """The staging buffer and transfer queue an asynchronous move records into (made on the
+        first one where every tier is mapped)."""
+        if self.vk.device != NULL:
+            return 0
+        if self.staging is None:
+            wanted = 1 << 20
+            for tier in range(self.n_tiers):
+                wanted = max(wanted, min(64 << 20, self.logs[tier].memory))
+            self.staging = self.backend.allocate_block(self.backend.resolve_memory("host", wanted), wanted)
+            self.staging_addr = <char*><size_t>self.staging.address
+            self.staging_size = self.staging.size
+        self.take_transfer_queue(self.backend)
+        return 0
+
+    cdef int reserve_transfer_slot(self) except -1:
+        """A free command buffer slot for the next transfer: a new one, or the oldest transfer's
+        once it completes."""
+        if self.free_transfer_slots:
+            return 0
+        if self.n_transfer_slots < MAX_TRANSFERS:
+            self.transfer.slot(self.n_transfer_slots)
+            self.free_transfer_slots.append(self.n_transfer_slots)
+            self.n_transfer_slots += 1
+            return 0
+        self.settle((<Transfer>self.pending[0]).ticket)
+        self.retire()
+        return 0
+
+    cdef object start_transfer(self, object key_array, object tiers):
+        """Submit the operation's rows without waiting, pin its keys, and return its Transfer."""
+        cdef Py_ssize_t n = self.n_rows
+        cdef Py_ssize_t index, i
+        cdef Transfer transfer
+        waves = [start for start in self.wave_starts if 0 < start < self.n_rows]
+        cdef cnp.ndarray starts = np.asarray(waves, dtype=np.int64)
+        cdef const int64_t[::1] sv = starts
+        cdef vc_vk_copy* rows
+        cdef int32_t result
+        cdef uint64_t value = self.op_ticket
+        cdef const uint64_t[::1] kv = key_array
+        cdef const int8_t[::1] tv = tiers
+        self.finish_run()
+        index = self.free_transfer_slots[len(self.free_transfer_slots) - 1]
+        command_buffer, fence = self.transfer.slot(index)
+        cdef void* cb = <void*><size_t>command_buffer
+        cdef uint64_t fence_handle = fence
+        rows = self.device_rows()
+        with nogil:
+            result = vc_vk_start(&self.vk, cb, fence_handle, value, rows, n,
+                                 &sv[0] if sv.shape[0] else NULL, sv.shape[0])
+        free(rows)
+        if result != 0:
+            # Nothing was submitted: leave() runs the rows and waits, as a synchronous move.
+            from vyrecache.vulkan.check import error_for
+            raise error_for((<bytes>self.vk.failed_call).decode(), result,
+                            "starting an asynchronous transfer")
+        self.free_transfer_slots.pop()
+        self.n_rows = 0
+        self.wave_first_row = 0
+        self.wave_starts = []
+        self.wave += 1
+        if self.staging_used:
+            self.staging_ticket = value
+        self.staging_used = 0
+        if self.done_ticket >= value:
+            self.done_ticket = value - 1
+        pinned = np.ascontiguousarray(key_array[np.asarray(tiers) >= 0])
+        transfer = _new_transfer(self, value, fence_handle, index, tiers, pinned)
+        self.pending.append(transfer)
+        self.n_pending += 1
+        self.pin_transfer_keys(pinned, 1)
+        return transfer
+
+    cdef int pin_transfer_keys(self, object keys, int delta) except -1:
+        """Pin (1) or unpin (-1) a transfer's keys, as pin() and unpin() do."""
+        cdef const uint64_t[::1] kv = keys
+        cdef Py_ssize_t i, slot
+        for i in range(kv.shape[0]):
+            slot = self.engine.slot_of(kv[i])
+            if slot < 0 or (delta < 0 and self.engine.slots[slot].pins == 0):
+                continue        # unpinned by hand meanwhile: nothing of the transfer's left
+            self.engine.op_pin(<uint32_t>slot, delta)
+            if delta > 0 and not self.s_pinned[slot]:
+                self.s_pinned[slot] = 1
+                self.pin_entry(slot, 1)
+            elif delta < 0 and self.engine.slots[slot].pins == 0 and self.s_pinned[slot]:
+                self.pin_entry(slot, -1)
+                self.s_pinned[slot] = 0
+        return 0
+
+    cdef int refresh(self) except -1:
+        """Advance done_ticket past the transfers that completed (a ticket no transfer holds, of an
+        operation that ran its rows synchronously, is complete once those before it are)."""
+        cdef Transfer transfer
+        cdef uint64_t value = 0
+        cdef int32_t result
+        cdef bint timeline = self.vk.semaphore != 0
+        if timeline and self.n_pending:
+            result = vc_vk_reached(&self.vk, 0, &value)
+            if result != 0:
+                self.raise_vk(result)
+        for transfer in self.pending:
+            if not transfer.signalled:
+                if not timeline:
+                    result = vc_vk_reached(&self.vk, transfer.fence, &value)
+                    if result != 0:
+                        self.raise_vk(result)
+                    transfer.signalled = value != 0
+                else:
+                    transfer.signalled = value >= transfer.ticket
+            if not transfer.signalled:
+                self.done_ticket = transfer.ticket - 1
+                return 0
+        self.done_ticket = (self.op_ticket if self.op_ticket else self.next_ticket) - 1
+        return 0
+
+    cdef int raise_vk(self, int32_t result) except -1:
+        from vyrecache.vulkan.check import error_for
+        raise error_for((<bytes>self.vk.failed_call).decode(), result, "waiting for a transfer")
+
+    cdef bint wait_ticket(self, uint64_t ticket, uint64_t timeout_ns) except -1:
+        """Wait up to timeout_ns until `ticket` is complete; False on time-out."""
+        cdef Transfer transfer
+        cdef uint64_t target = 0
+        cdef int32_t result
+        cdef uint32_t n_fences = 0
+        cdef uint64_t* fences
+        self.refresh()
+        if ticket <= self.done_ticket:
+            return True
+        if timeout_ns == 0:
+            return False
+        fences = <uint64_t*>realloc(NULL, max(self.n_pending, 1) * sizeof(uint64_t))
+        if fences == NULL:
+            raise MemoryError()
+        for transfer in self.pending:
+            if transfer.ticket > ticket:
+                break
+            if not transfer.signalled:
+                target = transfer.ticket       # the last one in flight at or before `ticket`
+                fences[n_fences] = transfer.fence
+                n_fences += 1
+        with nogil:
+            result = vc_vk_wait_for(&self.vk, target, fences, n_fences, timeout_ns)
+        free(fences)
+        if result == 2:
+            return False
+        if result != 0:
+            self.raise_vk(result)
+        self.refresh()
+        return ticket <= self.done_ticket
+
+    cdef int settle(self, uint64_t ticket) except -1:
+        """Wait until the transfer that stamped `ticket` is done (its copies in this very
+        operation are ordered by the operation's own waves instead)."""
+        if ticket <= self.done_ticket or ticket == self.op_ticket:
+            return 0
+        if not self.wait_ticket(ticket, self.vk.timeout_ns):
+            raise CacheError(f"waiting for an asynchronous transfer: {GPU_TIMEOUT_MESSAGE}")
+        return 0
+
+    cdef int retire(self) except -1:
+        """Complete the transfers that are done: unpin their keys, free their slots."""
+        cdef Transfer transfer
+        self.refresh()
+        while self.pending and (<Transfer>self.pending[0]).ticket <= self.done_ticket:
+            transfer = self.pending.pop(0)
+            self.n_pending -= 1
+            self.free_transfer_slots.append(transfer.slot)
+            transfer.finished = True
+            if transfer.keys is not None:
+                keys, transfer.keys = transfer.keys, None
+                self.pin_transfer_keys(keys, -1)
+        return 0
+
+    def _transfers_in_flight(self):
+        """The number of asynchronous transfers not completed yet (as of the last check)."""
+        return self.n_pending
 
     cdef void cpu_copy(self, char* dst, const char* src, size_t size) noexcept:
         # Ranges of different segments never overlap, so extending a run can never write bytes
@@ -1267,6 +1535,7 @@ cdef class Storage:
             size = <cnp.npy_intp>self.engine.slots[slot].size
             out = cnp.PyArray_EMPTY(1, &size, cnp.NPY_UINT8, 0)
             if size:
+                self.settle(self.s_ticket[slot])
                 self.read_data(self.segs[self.s_seg[slot]].block, self.s_offset[slot],
                                <char*>cnp.PyArray_DATA(out), size)
             return out
@@ -1297,6 +1566,7 @@ cdef class Storage:
                                      "Fix: pass a buffer of exactly %d bytes (cache.get(key).size)."
                                      % (k, size, buffer.len, size))
                 if size:
+                    self.settle(self.s_ticket[slot])
                     self.read_data(self.segs[self.s_seg[slot]].block, self.s_offset[slot],
                                    <char*>buffer.buf, size)
             finally:
@@ -1320,6 +1590,12 @@ cdef class Storage:
         if self.busy:
             self.engine.release()
             raise CacheError(IN_USE_MESSAGE)
+        if self.n_pending:
+            try:
+                self.retire()
+            except BaseException:
+                self.engine.release()
+                raise
         return 0
 
     cdef void leave_read(self) noexcept:
@@ -1390,24 +1666,46 @@ cdef class Storage:
             self.leave()
         return 0
 
-    def promote_many(self, keys):
+    def promote_many(self, keys, wait=True):
         """Promote every key of a uint64 array (its bytes in one batch); int8 array of each key's
-        tier afterwards (-1 when absent).  A promotion blocked by pins is skipped."""
-        return self.move_many(keys, True)
+        tier afterwards (-1 when absent).  A promotion blocked by pins is skipped.
 
-    def demote_many(self, keys):
+        With ``wait=False`` it returns a Transfer at once instead: the engine's tiers are already
+        the new ones (``transfer.tiers``), the bytes move on the device, and the keys stay pinned
+        until the transfer completes (on the host backend it is complete when returned).
+        """
+        return self.move_many(keys, True, _check_wait(wait, "promote_many"))
+
+    def demote_many(self, keys, wait=True):
         """Demote every key of a uint64 array (its bytes in one batch); int8 array of each key's
-        tier afterwards (-1 when absent).  A demotion blocked by pins is skipped."""
-        return self.move_many(keys, False)
+        tier afterwards (-1 when absent).  A demotion blocked by pins is skipped.  ``wait=False``:
+        a Transfer, as for promote_many."""
+        return self.move_many(keys, False, _check_wait(wait, "demote_many"))
 
-    cdef object move_many(self, object keys, bint up):
+    cdef object move_many(self, object keys, bint up, bint wait):
         key_array = parse_keys(keys)
         cdef const uint64_t[::1] kv = key_array
         cdef Py_ssize_t i, n = kv.shape[0], slot
         out = np.empty(n, dtype=np.int8)
         cdef int8_t[::1] result = out
+        cdef bint on_device = not wait and hasattr(self.backend, "transfer_queue")
+        transfer = None
+        if on_device:
+            self.lock()
+            try:
+                self.ensure_device_path()        # before anything changes: it may fail
+            finally:
+                self.engine.release()
+            # A backend that runs its copy tables itself (the compute shader) has no queue for
+            # this cache: its moves complete within the call, as on the host backend.
+            on_device = self.vk.device != NULL
         self.enter()
         try:
+            if on_device:
+                self.reserve_transfer_slot()
+                self.op_ticket = self.next_ticket
+                self.next_ticket += 1
+                self.device_moves = True
             for i in range(n):
                 slot = self.engine.slot_of(kv[i])
                 if slot < 0:
@@ -1420,9 +1718,17 @@ cdef class Storage:
                 self.replay_checked()
                 slot = self.engine.slot_of(kv[i])
                 result[i] = -1 if slot < 0 else self.engine.slots[slot].tier
+            if on_device:
+                transfer = self.start_transfer(key_array, out)
         finally:
+            self.device_moves = False
+            self.op_ticket = 0
             self.leave()
-        return out
+        if wait:
+            return out
+        if transfer is None:
+            transfer = _new_transfer(self, 0, 0, -1, out, None)
+        return transfer
 
     def remove(self, key):
         """Remove the entry and free its bytes; its CacheEntry.  KeyNotFoundError if absent,
@@ -1686,6 +1992,7 @@ cdef class Storage:
                 mask[i] = 1
                 size = self.engine.slots[slot].size
                 if size:
+                    self.settle(self.s_ticket[slot])
                     self.read_data(self.segs[self.s_seg[slot]].block, self.s_offset[slot],
                                    base + i * row, size)
         finally:
@@ -1803,6 +2110,16 @@ cdef class Storage:
         cdef char* address = NULL
         self.pin_key(k, 1)
         slot = self.engine.slot_of(k)
+        if self.s_ticket[slot] > self.done_ticket:
+            try:
+                self.enter_read()
+                try:
+                    self.settle(self.s_ticket[slot])    # a view must see the bytes in flight
+                finally:
+                    self.leave_read()
+            except BaseException:
+                self.pin_key(k, -1)
+                raise
         if self.s_seg[slot] >= 0 and self.b_addr[self.segs[self.s_seg[slot]].block] != NULL:
             address = self.b_addr[self.segs[self.s_seg[slot]].block] + self.s_offset[slot]
         return _new_lease(self, key, writable, address, <Py_ssize_t>self.engine.slots[slot].size)
@@ -1818,6 +2135,11 @@ cdef class Storage:
                               f"the leases first.")
         self.lock()
         try:
+            if self.n_pending:
+                # Close waits for the transfers in flight (the device must not free memory a
+                # copy still uses) and completes them: their entries are unpinned.
+                self.settle((<Transfer>self.pending[len(self.pending) - 1]).ticket)
+                self.retire()
             self.closed = True
             self.release_blocks()
         finally:
@@ -2286,3 +2608,90 @@ cdef Lease _new_lease(Storage storage, object key, bint writable, char* address,
     lease.strides[0] = 1
     lease.active = True
     return lease
+
+
+# --------------------------------------------------------------------------------------------
+# Transfers: promote_many / demote_many with wait=False
+
+cdef bint _check_wait(object wait, str call) except -1:
+    if wait is True or wait is False or isinstance(wait, np.bool_):
+        return bool(wait)
+    raise TypeError(f"{call}(wait=...) takes True or False, got {wait!r}. Fix: pass wait=False for a "
+                    f"Transfer, or leave it out to wait for the bytes.")
+
+
+cdef uint64_t _timeout_ns(object timeout) except? 0:
+    """Nanoseconds of a wait() timeout in seconds (None: forever)."""
+    if timeout is None:
+        return <uint64_t>-1
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.integer, np.floating)):
+        raise TypeError(f"Transfer.wait(timeout) takes seconds as a number or None, got "
+                        f"{timeout!r}. Fix: pass e.g. timeout=1.5, or None to wait until done.")
+    seconds = float(timeout)
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(f"Transfer.wait(timeout) needs a number of seconds >= 0, got {timeout!r}. "
+                         f"Fix: pass 0 to poll, a positive number, or None to wait until done.")
+    if seconds * 1e9 >= 1.8e19:
+        return <uint64_t>-1
+    return <uint64_t>(seconds * 1e9)
+
+
+cdef class Transfer:
+    """The bytes of one ``promote_many``/``demote_many(keys, wait=False)`` moving on the device.
+
+    ``tiers`` is the int8 array the synchronous call returns (each key's tier afterwards, -1 when
+    absent): the cache's metadata already says so.  Until the transfer completes its keys are
+    pinned; reads, leases and later operations that touch bytes still in flight wait for them.
+    ``done()`` and ``wait()`` complete it (its keys are unpinned) when the copies are finished;
+    so does the first operation of the cache after they finish, and ``close()``, which waits.
+    """
+
+    cdef Storage storage
+    cdef readonly object tiers
+    cdef readonly uint64_t ticket
+    cdef uint64_t fence
+    cdef Py_ssize_t slot
+    cdef object keys
+    cdef bint signalled
+    cdef bint finished
+
+    def done(self):
+        """True once the copies have finished (and the keys are unpinned); never blocks."""
+        if self.finished:
+            return True
+        self.storage.lock()           # completes finished transfers
+        self.storage.engine.release()
+        return self.finished
+
+    def wait(self, timeout=None):
+        """Wait until the copies have finished, at most ``timeout`` seconds (None: as long as it
+        takes, 0: just poll); True when the transfer is complete, False on time-out."""
+        cdef uint64_t timeout_ns = _timeout_ns(timeout)
+        if self.finished:
+            return True
+        self.storage.lock()
+        try:
+            if not self.finished:
+                self.storage.wait_ticket(self.ticket, timeout_ns)
+                self.storage.retire()
+        finally:
+            self.storage.engine.release()
+        return self.finished
+
+    def __repr__(self):
+        state = "done" if self.finished else "in flight"
+        return f"<Transfer of {len(self.tiers)} key(s) {state}>"
+
+
+cdef Transfer _new_transfer(Storage storage, uint64_t ticket, uint64_t fence, Py_ssize_t slot,
+                            object tiers, object keys):
+    cdef Transfer transfer = Transfer.__new__(Transfer)
+    transfer.storage = storage
+    transfer.tiers = tiers
+    transfer.ticket = ticket
+    transfer.fence = fence
+    transfer.slot = slot
+    transfer.keys = keys
+    transfer.finished = ticket == 0
+    transfer.signalled = ticket == 0
+    return transfer

@@ -18,7 +18,7 @@ import numpy as np
 from ..backend import StorageBackend, StorageBlock, TierMemory
 from ..compaction import CopyCommands, CopyExecutor, executor_for
 from ..compaction.executors import MODES
-from .device import EXTERNAL_MEMORY_FD, Device
+from .device import EXTERNAL_MEMORY_FD, TIMELINE_EXTENSION, Device
 from .info import device_extensions
 from .instance import as_handle
 from .loader import load
@@ -115,12 +115,14 @@ class VulkanBackend(StorageBackend):
     def required_device_extensions(physical_device: Any = None) -> list[str]:
         """The device extensions to enable at ``vkCreateDevice`` for vyrecache's optional features.
 
-        ``VK_KHR_external_memory_fd``: exportable memory (``Lease.export_fd``).  Without any of
-        them the cache works fully; only those features are off.  With *physical_device* (a
+        ``VK_KHR_external_memory_fd``: exportable memory (``Lease.export_fd``);
+        ``VK_KHR_timeline_semaphore`` (with ``VkPhysicalDeviceTimelineSemaphoreFeatures.
+        timelineSemaphore`` enabled): asynchronous transfers signal a timeline semaphore instead
+        of one fence each.  Without any of them the cache works fully; only those features are off.  With *physical_device* (a
         ``VkPhysicalDevice`` handle) only the extensions it offers are listed, ready to pass to
         ``ppEnabledExtensionNames``.
         """
-        wanted = [EXTERNAL_MEMORY_FD]
+        wanted = [EXTERNAL_MEMORY_FD, TIMELINE_EXTENSION]
         if physical_device is None:
             return wanted
         vk = load()

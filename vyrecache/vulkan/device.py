@@ -34,10 +34,12 @@ from .objects import created, destroyed
 from .pipeline import ComputePipeline, DescriptorPool
 from ..errors import CacheClosedError, DeviceError
 
-__all__ = ["Device", "Block", "EXTERNAL_MEMORY_FD"]
+__all__ = ["Device", "Block", "EXTERNAL_MEMORY_FD", "TIMELINE_EXTENSION"]
 
 _BUFFER_USAGE = 0x20 | 0x1 | 0x2  # STORAGE_BUFFER | TRANSFER_SRC | TRANSFER_DST
 _FENCE_TIMEOUT_NS = 120 * 1_000_000_000
+#: The device extension of timeline semaphores (core in Vulkan 1.2; the instance asks for 1.1).
+TIMELINE_EXTENSION = "VK_KHR_timeline_semaphore"
 _STAGING_MIN = 1 << 20
 _STAGING_MAX = 64 << 20
 _VK_TIMEOUT = 2
@@ -163,7 +165,8 @@ class Device:
         from another thread while a cache operation runs (Vulkan requires queue access to be
         externally synchronised), or give the cache a queue of its own.  *enabled_extensions*
         names the device extensions the caller enabled at ``vkCreateDevice``; those of
-        :func:`required_device_extensions` turn on the optional features.
+        :func:`required_device_extensions` turn on the optional features (name
+        ``VK_KHR_timeline_semaphore`` only with its ``timelineSemaphore`` feature enabled too).
 
         Raises:
             TypeError: a handle is neither a cffi handle nor an int.
@@ -196,6 +199,8 @@ class Device:
             self.queue_family_index = queue_family_index
             self.queue_index = queue_index
             self.enabled_extensions = frozenset(names)
+            # The caller names the extension only with its timelineSemaphore feature enabled.
+            self.timeline_semaphores = TIMELINE_EXTENSION in self.enabled_extensions
             self._handle = as_handle(vk, "VkDevice", device)
             self._fetch_queue()
             self._finish_setup()
@@ -224,6 +229,7 @@ class Device:
         self.queue_index = 0
         self.enabled_extensions: frozenset[str] = frozenset()
         self.exportable = False
+        self.timeline_semaphores = False
 
     def _finish_setup(self) -> None:
         self.exportable = EXTERNAL_MEMORY_FD in self.enabled_extensions and self._can_export()
@@ -301,8 +307,13 @@ class Device:
     def _create_device(self) -> None:
         vk = self._vk
         ffi, lib = vk.ffi, vk.lib
-        # Exportable memory only where the driver offers it; nothing else is optional.
+        # The optional features where the driver offers them: exportable memory, and timeline
+        # semaphores for asynchronous transfers (the extension: the instance asks for 1.1, where
+        # the core 1.2 feature is not valid).
+        timeline = self._timeline_features()
         extensions = [name for name in (EXTERNAL_MEMORY_FD,) if name in self.info.extensions]
+        if timeline is not None:
+            extensions.append(TIMELINE_EXTENSION)
         keep = [ffi.new("char[]", name.encode()) for name in extensions]
         extension_names = ffi.new("char*[]", keep)
         priority = ffi.new("float*", 1.0)
@@ -317,12 +328,39 @@ class Device:
         info.pQueueCreateInfos = queue_info
         info.enabledExtensionCount = len(extensions)
         info.ppEnabledExtensionNames = extension_names if extensions else ffi.NULL
+        if timeline is not None:
+            info.pNext = timeline
+        #: Asynchronous transfers signal a timeline semaphore (else each waits on a fence).
+        self.timeline_semaphores = timeline is not None
         out = ffi.new("VkDevice*")
         check("vkCreateDevice", lib.vkCreateDevice(self._physical_device, info, ffi.NULL, out))
         self._handle = out[0]
         created("devices")
         self.enabled_extensions = frozenset(extensions)
         self._fetch_queue()
+
+    def _timeline_features(self):
+        """The feature struct enabling timeline semaphores, or None where the device lacks them."""
+        vk = self._vk
+        ffi = vk.ffi
+        if TIMELINE_EXTENSION not in self.info.extensions:
+            return None
+        get_features = self._instance.proc("vkGetPhysicalDeviceFeatures2", "PFN_vkGetPhysicalDeviceFeatures2",
+                                           fallback="vkGetPhysicalDeviceFeatures2KHR")
+        if get_features is None:
+            return None
+        timeline = ffi.new("VkPhysicalDeviceTimelineSemaphoreFeatures*")
+        timeline.sType = vk.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_TIMELINE_SEMAPHORE_FEATURES
+        features = ffi.new("VkPhysicalDeviceFeatures2*")
+        features.sType = vk.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2
+        features.pNext = timeline
+        get_features(self._physical_device, features)
+        if not timeline.timelineSemaphore:
+            return None
+        enable = ffi.new("VkPhysicalDeviceTimelineSemaphoreFeatures*")
+        enable.sType = vk.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_TIMELINE_SEMAPHORE_FEATURES
+        enable.timelineSemaphore = 1
+        return enable
 
     def _create_commands(self) -> None:
         vk = self._vk

@@ -13,7 +13,7 @@ __all__ = ["KINDS", "live_objects", "created", "destroyed"]
 KINDS = (
     "instances", "debug_messengers", "devices", "command_pools", "command_buffers", "fences",
     "memory", "buffers", "shader_modules", "descriptor_set_layouts", "pipeline_layouts",
-    "pipelines", "descriptor_pools",
+    "pipelines", "descriptor_pools", "semaphores",
 )
 
 _lock = threading.Lock()

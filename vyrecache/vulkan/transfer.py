@@ -1,4 +1,4 @@
-"""A command pool, command buffer and fence of its own for one cache's copy tables, as raw handles.
+"""A command pool, command buffers and fences of its own for one cache's copy tables, as raw handles.
 
 The storage layer records and submits its copy tables from C (``_core/vkcopy.h``), so that no
 Python code runs inside an operation.  This object creates what that needs on a Device and gives
@@ -6,6 +6,10 @@ it out as integers: the device, queue, command buffer and fence handles, and the
 ``vkGetDeviceProcAddr`` (through the validation layer when it is on).  Each cache has its own, so
 two caches on one Device never share a command buffer; submits happen with the GIL held, which
 serialises them on the shared queue as Vulkan requires.
+
+Asynchronous transfers (``promote_many(keys, wait=False)``) each take one command buffer of a
+small pool (``slot(i)``), and signal the queue's timeline semaphore with their own value; on a
+device without timeline semaphores each slot has a fence instead.
 """
 
 from __future__ import annotations
@@ -18,18 +22,26 @@ __all__ = ["TransferQueue", "ENTRY_POINTS"]
 
 #: Entry points of the C executor, in the order of its struct's function pointers.
 ENTRY_POINTS = ("vkBeginCommandBuffer", "vkEndCommandBuffer", "vkResetCommandBuffer", "vkCmdCopyBuffer",
-                "vkCmdPipelineBarrier", "vkQueueSubmit", "vkWaitForFences", "vkResetFences")
+                "vkCmdPipelineBarrier", "vkQueueSubmit", "vkWaitForFences", "vkResetFences",
+                "vkGetFenceStatus")
+#: Those of timeline semaphores (VK_KHR_timeline_semaphore, core in Vulkan 1.2).
+TIMELINE_ENTRY_POINTS = ("vkGetSemaphoreCounterValueKHR", "vkWaitSemaphoresKHR")
+#: Asynchronous transfers in flight at once per cache; one more waits for the oldest.
+MAX_SLOTS = 32
 
 
 class TransferQueue:
-    """One command pool with one command buffer and one fence on a Device's queue."""
+    """One command pool with one command buffer and one fence on a Device's queue, and the pool
+    of command buffers (and timeline semaphore, or fences) of asynchronous transfers."""
 
     def __init__(self, device) -> None:
         vk = device._vk
         ffi, lib = vk.ffi, vk.lib
         self.device = device
-        self._pool = self._fence = None
+        self._pool = self._fence = self._semaphore = None
         self._buffer_slot = None
+        self._slots: list[tuple] = []       # (VkCommandBuffer[1], VkFence or None) per slot
+        self.timeline = bool(getattr(device, "timeline_semaphores", False))
         handle = device._handle
         try:
             pool_info = ffi.new("VkCommandPoolCreateInfo*")
@@ -55,8 +67,21 @@ class TransferQueue:
             check("vkCreateFence", lib.vkCreateFence(handle, fence_info, ffi.NULL, fence))
             self._fence = fence[0]
             created("fences")
+            if self.timeline:
+                type_info = ffi.new("VkSemaphoreTypeCreateInfo*")
+                type_info.sType = vk.VK_STRUCTURE_TYPE_SEMAPHORE_TYPE_CREATE_INFO
+                type_info.semaphoreType = vk.VK_SEMAPHORE_TYPE_TIMELINE
+                type_info.initialValue = 0
+                semaphore_info = ffi.new("VkSemaphoreCreateInfo*")
+                semaphore_info.sType = vk.VK_STRUCTURE_TYPE_SEMAPHORE_CREATE_INFO
+                semaphore_info.pNext = type_info
+                semaphore = ffi.new("VkSemaphore*")
+                check("vkCreateSemaphore",
+                      lib.vkCreateSemaphore(handle, semaphore_info, ffi.NULL, semaphore))
+                self._semaphore = semaphore[0]
+                created("semaphores")
             pointers = []
-            for name in ENTRY_POINTS:
+            for name in ENTRY_POINTS + (TIMELINE_ENTRY_POINTS if self.timeline else ()):
                 pointer = lib.vkGetDeviceProcAddr(handle, name.encode())
                 if pointer == ffi.NULL:
                     raise DeviceError(f"the driver gives no {name}. Fix: update the Vulkan driver.")
@@ -73,6 +98,44 @@ class TransferQueue:
         return (int(ffi.cast("uintptr_t", self.device._handle)), int(ffi.cast("uintptr_t", self.device._queue)),
                 int(ffi.cast("uintptr_t", self._buffer_slot[0])), int(ffi.cast("uintptr_t", self._fence)))
 
+    @property
+    def semaphore(self) -> int:
+        """The timeline semaphore's handle as an integer (0 without one)."""
+        if self._semaphore is None:
+            return 0
+        return int(self.device._vk.ffi.cast("uintptr_t", self._semaphore))
+
+    def slot(self, index: int) -> tuple[int, int]:
+        """(VkCommandBuffer, VkFence or 0) of asynchronous slot *index*, made on first use."""
+        vk = self.device._vk
+        ffi, lib, handle = vk.ffi, vk.lib, self.device._handle
+        while len(self._slots) <= index:
+            allocate_info = ffi.new("VkCommandBufferAllocateInfo*")
+            allocate_info.sType = vk.VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO
+            allocate_info.commandPool = self._pool
+            allocate_info.level = vk.VK_COMMAND_BUFFER_LEVEL_PRIMARY
+            allocate_info.commandBufferCount = 1
+            buffer = ffi.new("VkCommandBuffer[1]")
+            check("vkAllocateCommandBuffers", lib.vkAllocateCommandBuffers(handle, allocate_info, buffer))
+            created("command_buffers")
+            fence = None
+            if not self.timeline:
+                fence_info = ffi.new("VkFenceCreateInfo*")
+                fence_info.sType = vk.VK_STRUCTURE_TYPE_FENCE_CREATE_INFO
+                out = ffi.new("VkFence*")
+                try:
+                    check("vkCreateFence", lib.vkCreateFence(handle, fence_info, ffi.NULL, out))
+                except BaseException:
+                    lib.vkFreeCommandBuffers(handle, self._pool, 1, buffer)
+                    destroyed("command_buffers")
+                    raise
+                fence = out[0]
+                created("fences")
+            self._slots.append((buffer, fence))
+        buffer, fence = self._slots[index]
+        return (int(ffi.cast("uintptr_t", buffer[0])),
+                0 if fence is None else int(ffi.cast("uintptr_t", fence)))
+
     def destroy(self) -> None:
         """Destroy the pool, command buffer and fence; calling it again does nothing."""
         self._release()
@@ -86,6 +149,17 @@ class TransferQueue:
         slot, self._buffer_slot = self._buffer_slot, None
         pool, self._pool = self._pool, None
         fence, self._fence = self._fence, None
+        slots, self._slots = self._slots, []
+        semaphore, self._semaphore = self._semaphore, None
+        for buffer, slot_fence in slots:
+            lib.vkFreeCommandBuffers(handle, pool, 1, buffer)
+            destroyed("command_buffers")
+            if slot_fence is not None:
+                lib.vkDestroyFence(handle, slot_fence, ffi.NULL)
+                destroyed("fences")
+        if semaphore is not None:
+            lib.vkDestroySemaphore(handle, semaphore, ffi.NULL)
+            destroyed("semaphores")
         if slot is not None:
             lib.vkFreeCommandBuffers(handle, pool, 1, slot)
             destroyed("command_buffers")

@@ -1,0 +1,130 @@
+"""Asynchronous moves against synchronous ones, side by side in one process.
+
+A server promotes a request's blocks and computes meanwhile.  Each round moves the same batch up
+(``promote_many``) and runs the same CPU work (a numpy computation of about the copy's length):
+
+* ``wait=True``: the promotion, then the work (what a caller had before);
+* ``wait=False``: the promotion starts, the work runs, then ``transfer.wait()``.
+
+The figure is the time of promotion + work; their ratio is the overlap won.  Also printed: the
+promotion alone both ways, and how long ``promote_many(wait=False)`` takes to return.  Rounds are
+interleaved and each figure is the best round.  Run:
+``python benchmarks/bench_transfers.py [--backend vulkan|host] [--rounds N] [--mib M]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import vyrecache as vc
+
+
+def make_cache(backend: str, total: int, device_copies: bool = False) -> vc.BufferCache:
+    if backend == "vulkan":
+        from vyrecache.vulkan.backend import VulkanBackend
+        backend = VulkanBackend(device_copies=device_copies)
+    tiers = [vc.CacheTier("host", 2 * total, "host"), vc.CacheTier("vram", 2 * total, "device")]
+    return vc.BufferCache(tiers, backend=backend)
+
+
+def reset(cache: vc.BufferCache, keys: np.ndarray) -> None:
+    """Everything back in the low tier, hot enough to be promoted."""
+    cache.demote_many(keys)
+    for _ in range(3):
+        for key in keys.tolist():
+            cache.record_access(key)
+
+
+def timed(run) -> float:
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
+
+
+def measure(cache: vc.BufferCache, keys: np.ndarray, rows: np.ndarray, rounds: int) -> dict[str, float]:
+    cache.put_many(keys, rows)
+    reset(cache, keys)
+    synchronous = timed(lambda: cache.promote_many(keys))
+    for _ in range(2):
+        reset(cache, keys)
+        synchronous = min(synchronous, timed(lambda: cache.promote_many(keys)))
+    # CPU work of about the synchronous promotion's length: a server's own computation.
+    values = np.random.default_rng(1).random(1 << 14)
+    scratch = np.empty_like(values)
+    per_pass = min(timed(lambda: np.sin(values, out=scratch)) for _ in range(50))
+    passes = max(1, int(synchronous / max(per_pass, 1e-9)))
+
+    def work() -> None:
+        for _ in range(passes):
+            np.sin(values, out=scratch)
+
+    best = dict.fromkeys(("sync", "async_call", "async_total", "sync_work", "async_work", "work"),
+                         float("inf"))
+    for _ in range(rounds):
+        reset(cache, keys)
+        best["sync"] = min(best["sync"], timed(lambda: cache.promote_many(keys)))
+        reset(cache, keys)
+        started = time.perf_counter()
+        transfer = cache.promote_many(keys, wait=False)
+        returned = time.perf_counter()
+        transfer.wait()
+        best["async_call"] = min(best["async_call"], returned - started)
+        best["async_total"] = min(best["async_total"], time.perf_counter() - started)
+        reset(cache, keys)
+
+        def sync_then_work() -> None:
+            cache.promote_many(keys)
+            work()
+        best["sync_work"] = min(best["sync_work"], timed(sync_then_work))
+        reset(cache, keys)
+
+        def async_with_work() -> None:
+            transfer = cache.promote_many(keys, wait=False)
+            work()
+            transfer.wait()
+        best["async_work"] = min(best["async_work"], timed(async_with_work))
+        best["work"] = min(best["work"], timed(work))
+    for key in keys[:: max(1, len(keys) // 8)].tolist():
+        assert cache.read(key).tobytes() == rows[key].tobytes()
+    cache.check()
+    return best
+
+
+def report(name: str, best: dict[str, float], moved: int) -> None:
+    ms = {key: value * 1e3 for key, value in best.items()}
+    print(f"{name}:")
+    print(f"  promotion alone: wait=True {ms['sync']:.1f} ms ({moved / best['sync'] / 1e9:.2f} GB/s); "
+          f"wait=False returns in {ms['async_call']:.2f} ms, done after {ms['async_total']:.1f} ms "
+          f"({moved / best['async_total'] / 1e9:.2f} GB/s)")
+    print(f"  with {ms['work']:.1f} ms of CPU work: wait=True then work {ms['sync_work']:.1f} ms; "
+          f"wait=False overlapped {ms['async_work']:.1f} ms = {best['sync_work'] / best['async_work']:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", default="vulkan", choices=("host", "vulkan"))
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--mib", type=int, default=64, help="bytes moved per promotion, in MiB")
+    args = parser.parse_args()
+    size, count = 1 << 20, args.mib
+    keys = np.arange(count, dtype=np.uint64)
+    rows = np.random.default_rng(0).integers(0, 256, (count, size), dtype=np.uint8)
+    variants = [("mapped tiers", False)]
+    if args.backend == "vulkan":
+        # Device copies both ways: the same copy engine, so the ratio is the overlap alone.
+        variants.append(("device_copies=True", True))
+    print(f"{args.backend}: promote_many of {count} x 1 MiB, best of {args.rounds} interleaved rounds")
+    for name, device_copies in variants:
+        cache = make_cache(args.backend, count * size, device_copies)
+        try:
+            best = measure(cache, keys, rows, args.rounds)
+        finally:
+            cache.close()
+        report(name, best, count * size)
+
+
+if __name__ == "__main__":
+    main()
