@@ -78,6 +78,25 @@ def test_host_backend_completes_at_once(request):
         cache.close()
 
 
+def test_a_shader_executor_completes_moves_within_the_call(vulkan_device):
+    """The compute shader runs its tables from Python, with no queue of the cache's own: a
+    wait=False move completes within the call, as on the host backend, with the right bytes."""
+    from vyrecache.vulkan.backend import VulkanBackend
+    backend = VulkanBackend(device=vulkan_device, compaction="shader", device_copies=True)
+    cache = vc.BufferCache([vc.CacheTier("host", 1 << 20, "host"), vc.CacheTier("vram", 1 << 20, "device")],
+                           backend=backend)
+    try:
+        keys = np.arange(8, dtype=np.uint64)
+        _fill_low_tier(cache, keys, 4096 + 7)
+        transfer = cache.promote_many(keys, wait=False)
+        assert transfer.done() and transfer.tiers.tolist() == [1] * 8
+        for key in keys.tolist():
+            assert cache.read(key).tobytes() == payload(key, 4096 + 7).tobytes()
+        cache.check()
+    finally:
+        cache.close()
+
+
 @pytest.mark.parametrize("vulkan_mode", ["vulkan", "vulkan-fence", "vulkan-device-copies"])
 def test_wait_false_returns_before_the_device_copied_the_bytes(request, vulkan_mode):
     size, count = 1 << 20, 96                   # 96 MiB: many milliseconds of copying
