@@ -22,4 +22,13 @@ static inline void vc_advise_huge_pages(void *start, size_t bytes) {
 #endif
 }
 
+/* Write one byte of every 4 KiB page, so the memory is committed before the first operation:
+   a mapping a driver hands out may be backed lazily, and each first write would then fault
+   inside a put (and, without memory, fail there instead of at creation). */
+static inline void vc_touch_pages(void *start, size_t bytes) {
+    volatile char *p = (volatile char *)start;
+    for (size_t i = 0; i < bytes; i += 4096)
+        p[i] = 0;
+}
+
 #endif

@@ -86,6 +86,7 @@ cdef extern from "vkcopy.h":
 
 cdef extern from "hugepages.h":
     void vc_advise_huge_pages(void* start, size_t bytes) nogil
+    void vc_touch_pages(void* start, size_t bytes) nogil
 
 include "segments.pxi"
 
@@ -303,6 +304,7 @@ cdef class Storage:
                     # Before the first touch, so the pages come huge: big copies through a block
                     # otherwise miss the TLB every 4 KiB.
                     vc_advise_huge_pages(self.b_addr[index], block.size)
+                    vc_touch_pages(self.b_addr[index], block.size)
                 else:
                     self.b_addr[index] = NULL
                     self.unmapped = True
