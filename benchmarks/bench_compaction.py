@@ -114,12 +114,12 @@ def main() -> None:
         plan_seconds = time.perf_counter() - start
         moved = plan.chunk_bytes
 
-        def copy_once():
+        def copy_once(moved=moved):
             with device.record() as recorder:
                 recorder.copy_region(source, 0, target, 0, moved)
 
         copy_rate = moved / best_time(copy_once, args.repeat)
-        rates = [moved / best_time(lambda: run(plan), args.repeat) for run in modes.values()]
+        rates = [moved / best_time(lambda run=run, plan=plan: run(plan), args.repeat) for run in modes.values()]
         print(f"{name:<36} {moved / MIB:>9.1f} {len(plan.chunks):>6} {plan.waves:>5} "
               f"{plan_seconds * 1e3:>7.1f} {copy_rate / 1e9:>9.2f}"
               + "".join(f" {rate / 1e9:>11.2f} {rate / copy_rate:>5.2f}" for rate in rates)
@@ -158,9 +158,9 @@ def end_to_end(device: Device, block_size: int, source, target, repeat: int) -> 
             if attempt:          # the first run pays page faults and pipeline creation
                 best = min(best, seconds)
 
-        def copy_once():
+        def copy_once(moved=report.bytes_moved):
             with device.record() as recorder:
-                recorder.copy_region(source, 0, target, 0, report.bytes_moved)
+                recorder.copy_region(source, 0, target, 0, moved)
 
         copy_rate = report.bytes_moved / best_time(copy_once, repeat)
         rate = report.bytes_moved / best

@@ -20,7 +20,6 @@ import importlib.machinery
 import importlib.util
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -134,10 +133,10 @@ def replay_speed(traces_dir: Path, repeat: int):
             name = policy.name
             theirs = getattr(lcs, LIBCACHESIM[name])
 
-            def ours():
+            def ours(name=name):
                 replay(read_trace(path), name, size)
 
-            def libcachesim():
+            def libcachesim(theirs=theirs):
                 reader = lcs.TraceReader(str(path), lcs.TraceType.ORACLE_GENERAL_TRACE)
                 theirs(cache_size=size, hashpower=16).process_trace(reader)
             ours_s, theirs_s = interleaved_best([ours, libcachesim], repeat)

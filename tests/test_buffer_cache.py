@@ -465,7 +465,7 @@ def test_threads_sharing_a_cache_never_corrupt_bytes(make_cache):
     def worker(seed):
         rng = np.random.default_rng(seed)
         try:
-            for step in range(300):
+            for _ in range(300):
                 key = int(rng.integers(0, 40))
                 action = rng.integers(0, 4)
                 if action == 0:

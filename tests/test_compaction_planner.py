@@ -148,7 +148,7 @@ def test_single_block_plan_keeps_every_invariant(layout, max_bytes):
 def test_tier_plan_keeps_every_invariant(layouts_, max_bytes, evacuate):
     alignment = 256  # one alignment per tier
     blocks, sizes_of_blocks = [], []
-    for offsets, sizes, pinned, block_size, _ in layouts_:
+    for offsets, sizes, pinned, _block_size, _ in layouts_:
         offsets = offsets // 16 * 0  # re-lay out at the tier's alignment
         cursor = 0
         for i in range(len(sizes)):

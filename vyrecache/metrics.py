@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import CacheClosedError
 from .report import COUNTERS, counters_by_tier
@@ -64,7 +64,7 @@ def _metric_name(counter: str) -> str:
     return name[:-len("_total")] if name.endswith("_total") else name
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -98,7 +98,7 @@ class PrometheusCollector:
             return
         families: dict[str, Metric] = {}
 
-        def family(kind: type[Metric], name: str, documentation: str, labels: list[str]) -> Any:
+        def family(kind: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str, documentation: str, labels: list[str]) -> Any:
             if name not in families:
                 families[name] = kind(name, documentation, labels=labels)
             return families[name]
@@ -123,8 +123,8 @@ class PrometheusCollector:
         if isinstance(remote, Mapping) and remote:
             by_tier = (remote if all(isinstance(value, Mapping) and "hits" in value for value in remote.values())
                        else {"remote": remote})
-            for tier_name, values in by_tier.items():
-                self._add_remote(family, str(tier_name), values)
+            for tier_name, remote_values in by_tier.items():
+                self._add_remote(family, str(tier_name), remote_values)
         yield from families.values()
 
     @staticmethod

@@ -60,8 +60,6 @@ MAX_CHUNK_BYTES = CHUNK_BYTES
 assert CHUNK_DTYPE.itemsize == sizeof(Chunk) == sizeof(vc_chunk)
 
 
-
-
 cdef class CompactionPlan:
     """The result of ``plan_block`` or ``plan_tier``; read-only.
 
@@ -490,8 +488,8 @@ def plan_tier(blocks, block_sizes, alignment=16, max_bytes=None, evacuate=True):
     cdef uint64_t spent = 0
 
     if evacuate and n_blocks > 1:
-        live_bytes = [int(s.sum()) for (o, s, p) in entries]
-        holds = [bool((s > 0).any()) for (o, s, p) in entries]
+        live_bytes = [int(s.sum()) for (_, s, _) in entries]
+        holds = [bool((s > 0).any()) for (_, s, _) in entries]
         receiving = [False] * n_blocks
         free_lists = []
         for b in range(n_blocks):
@@ -521,7 +519,7 @@ def plan_tier(blocks, block_sizes, alignment=16, max_bytes=None, evacuate=True):
                 new_blocks[i], new_offsets[i] = found
             if not fits:
                 continue
-            targets = set(int(t) for t in np.unique(new_blocks[sizes > 0]))
+            targets = {int(t) for t in np.unique(new_blocks[sizes > 0])}
             cost = live_bytes[b] + sum(full[t][1] for t in targets if not slide_paid[t])
             if spent + cost > budget:
                 complete = False
@@ -692,4 +690,3 @@ def execute_on_host(CompactionPlan plan, blocks, bint streaming=False, int threa
                              threads)
     finally:
         free(bases)
-

@@ -14,8 +14,8 @@ ST_DECLINED (engine.pxd).
 cimport cython
 from cpython.object cimport PyObject
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
-from libc.stdint cimport (INT8_MAX, UINT32_MAX, UINT64_MAX, int8_t, int32_t, int64_t, uint8_t,
-                          uint16_t, uint32_t, uint64_t)
+from libc.stdint cimport (INT8_MAX, UINT32_MAX, UINT64_MAX, int8_t, int32_t, uint8_t, uint16_t,
+                          uint32_t, uint64_t)
 from libc.string cimport memcpy, memset
 
 import operator
@@ -308,8 +308,6 @@ cdef int _insert(Engine e, uint64_t key, uint64_t size, uint32_t old) noexcept n
     cdef uint64_t charge = _charge(e, size)
     cdef int tier = _first_tier_for(e, charge, old)
     cdef int reserved
-    cdef uint32_t slot
-    cdef Slot* s
     if vc_unlikely(tier < 0):
         return tier
     reserved = _reserve_one(e)
@@ -693,7 +691,7 @@ def _broken(what):
 cdef int _verify(Engine e) except -1:
     """Walk every structure; raise CacheError naming the first broken invariant."""
     cdef int tier
-    cdef uint32_t slot, prev, steps
+    cdef uint32_t slot, prev
     cdef uint64_t used, pinned, count, total = 0, in_map = 0, free_count = 0, deleted = 0
     cdef uint64_t i, h, group
     cdef uint8_t byte

@@ -18,7 +18,6 @@ engine's lock, with no Python code in between:
 Every public method is one operation: it either completes, or raises having changed nothing.
 """
 
-cimport cython
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memset, strchr
@@ -34,7 +33,6 @@ from vyrecache._core.engine cimport (Engine, Event, EV_INSERT, EV_REMOVE, EV_EVI
                                      parse_keys)
 
 import math
-import time
 
 import numpy as np
 
@@ -285,7 +283,6 @@ cdef class Storage:
     cdef int take_transfer_queue(self, backend) except -1:
         """Record and submit copy tables from C: a queue of this cache's own, its handles, and a
         table from block id to VkBuffer."""
-        cdef int i
         queue = backend.transfer_queue()
         self.transfer = queue
         device, vk_queue, command_buffer, fence = queue.handles()
@@ -803,7 +800,7 @@ cdef class Storage:
         """Whether an entry of `c` charged bytes can be given room in `tier` by moving and
         displacing unpinned entries: some segment holds no pinned entry (a run: some window)."""
         cdef TierLog* log = &self.logs[tier]
-        cdef int32_t k, g, j, run
+        cdef int32_t k, g, run
         if c == 0:
             return True
         if c > log.max_entry:
@@ -1565,7 +1562,6 @@ cdef class Storage:
         cdef Py_buffer* buffers = NULL
         cdef Py_ssize_t taken = 0, row
         cdef int status
-        cdef uint64_t size
         out = np.ones(n, dtype=bool)
         if isinstance(data, np.ndarray):
             if data.ndim != 2 or data.dtype != np.uint8 or not data.flags.c_contiguous:
@@ -1830,7 +1826,6 @@ cdef class Storage:
                 log = &self.logs[tier]
                 live_sum = 0
                 pinned_segments = 0
-                free_count = 0
                 g = log.free_top
                 free_set = set()
                 while g >= 0:
@@ -1863,7 +1858,8 @@ cdef class Storage:
                         pinned_segments += 1
                     if seg.state == SEG_RUN:
                         continue
-                    if seg.state == SEG_CLOSED and not seg.pinned and seg.bucket != _bucket_of(seg.live, log.segment_size):
+                    if (seg.state == SEG_CLOSED and not seg.pinned
+                            and seg.bucket != _bucket_of(seg.live, log.segment_size)):
                         raise CacheError(f"tier {tier}: closed segment {g} is not in its bucket")
                     total = 0
                     pins = 0

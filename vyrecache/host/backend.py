@@ -133,17 +133,20 @@ class HostBackend(StorageBackend):
         for row in table:
             src = self._blocks[int(row["src_block"])].array
             dst = self._blocks[int(row["dst_block"])].array
+            assert src is not None and dst is not None  # every live host block is mapped
             s, d, n = int(row["src_offset"]), int(row["dst_offset"]), int(row["size"])
             dst[d:d + n] = src[s:s + n]
 
     def write(self, block: StorageBlock, offset: int, data: memoryview) -> None:
+        assert block.array is not None
         block.array[offset:offset + data.nbytes] = np.frombuffer(data, dtype=np.uint8)
 
     def read_into(self, block: StorageBlock, offset: int, out: memoryview) -> None:
+        assert block.array is not None
         np.frombuffer(out, dtype=np.uint8)[:] = block.array[offset:offset + out.nbytes]
 
     def compact(self, blocks: list[StorageBlock], plan: Any) -> None:
-        compact_arrays(plan, [block.array for block in blocks])
+        compact_arrays(plan, [block.array for block in blocks])  # type: ignore[misc]  # host blocks are mapped
 
     def close(self) -> None:
         for block in list(self._blocks.values()):

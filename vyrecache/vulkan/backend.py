@@ -263,7 +263,7 @@ class VulkanBackend(StorageBackend):
                 block.host_visible and _cpu_compactable(self._device, block.memory_type_index)
                 for block in blocks):
             # Synchronous like every submit of this backend: no GPU work uses the blocks now.
-            compact_arrays(plan, [block.array for block in blocks])
+            compact_arrays(plan, [block.array for block in blocks])  # type: ignore[misc]  # host visible: mapped
             return
         natives = [block.native for block in blocks]
         chunks = plan.chunks

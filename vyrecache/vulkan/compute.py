@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import struct
 from importlib import resources
+from typing import Any
 
 import numpy as np
 
@@ -199,7 +200,7 @@ class CompactionKernel:
         """Rows the current chunk table holds (0 before the first plan or reservation)."""
         return 0 if self._table is None or self._table.freed else self._table.size // _TABLE_ENTRY_BYTES
 
-    def _table_rows(self, count: int) -> tuple[object, int]:
+    def _table_rows(self, count: int) -> tuple[Any, int]:
         """Room for *count* table rows in this recording: (table block, first row)."""
         first = self._table_rows_used
         needed = first + count

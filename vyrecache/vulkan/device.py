@@ -673,7 +673,7 @@ class Device:
         try:
             if not sys.is_finalizing():
                 warnings.warn(f"unclosed {self!r}; call close() or use it as a context manager",
-                              ResourceWarning, source=self)
+                              ResourceWarning, stacklevel=1, source=self)
             self.close()
         except Exception:
             pass  # nothing sensible can be done with an error during garbage collection

@@ -10,6 +10,8 @@ serialises them on the shared queue as Vulkan requires.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import DeviceError
 from .check import check
 from .objects import created, destroyed
@@ -29,7 +31,7 @@ class TransferQueue:
         ffi, lib = vk.ffi, vk.lib
         self.device = device
         self._pool = self._fence = None
-        self._buffer_slot = None
+        self._buffer_slot: Any = None
         handle = device._handle
         try:
             pool_info = ffi.new("VkCommandPoolCreateInfo*")
