@@ -1,4 +1,4 @@
-"""The engine's rules beyond the seed: events, granularity, pins, policies, batches, memory."""
+"""The engine's rules beyond the original Rust TieredCache's: events, granularity, pins, policies, batches, memory."""
 
 import threading
 import tracemalloc

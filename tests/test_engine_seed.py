@@ -1,4 +1,5 @@
-"""The original Rust TieredCache's own unit tests, rewritten against vyrecache's API."""
+"""The original Rust TieredCache's own unit tests, rewritten against vyrecache's API: the
+seed this project grew from, whose behaviour the engine keeps."""
 
 import vyrecache as vc
 
@@ -104,7 +105,7 @@ def test_promote_without_eviction_keeps_both_keys():
 
 
 def test_a_promote_into_a_full_tier_evicts_that_tiers_coldest_key():
-    # spill=False is the seed's exact behaviour: the victim leaves the cache.
+    # spill=False is the original cache's exact behaviour: the victim leaves the cache.
     cache = make(400, 100, spill=False)
     cache.insert(1, 100)
     cache.insert(2, 100)

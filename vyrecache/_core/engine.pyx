@@ -33,7 +33,7 @@ cdef extern from *:
     #else
     #define VC_DEBUG 0
     #endif
-    /* VC_REQUIRE_GIL: the engine's lock relies on the GIL (Engine.acquire). */
+    /* The engine's lock relies on the GIL to order its state (see Engine.acquire). */
     #ifdef Py_GIL_DISABLED
     #error "vyrecache's engine lock needs the GIL; free-threaded CPython is not supported yet"
     #endif
@@ -113,8 +113,6 @@ cdef object _event_dtype():
 EVENT_DTYPE = _event_dtype()
 # The event kinds as plain module constants too (EventKind.EV_INSERT == EV_INSERT).
 globals().update({kind.name: kind for kind in EventKind})
-SLOT_BYTES = sizeof(Slot)
-EVENT_BYTES = sizeof(Event)
 
 
 # --------------------------------------------------------------------------------------------
@@ -909,12 +907,12 @@ cdef class Engine:
     # The lock.  Every caller takes and releases it holding the GIL, so its state (owner, depth,
     # waiters) needs no atomic instruction: the GIL orders those reads and writes, and an
     # uncontended acquire/release is a few plain loads and stores instead of a recursive pthread
-    # mutex's two locked instructions and library calls (about a third of a hit's cost).  The
+    # mutex's two locked instructions and library calls (a large part of a hit's cost).  The
     # holder may then drop the GIL (the batch calls loop under `with nogil`); any other thread
     # sees the lock taken and parks on `lock_free` without the GIL until the holder releases.
     # Recursive, so that a policy callback may read the cache and the storage layer may hold the
     # lock across an operation and the processing of its events.  A free-threaded CPython has no
-    # GIL to lean on, so the build refuses it (see VC_REQUIRE_GIL).
+    # GIL to lean on, so the build refuses it (the Py_GIL_DISABLED #error at the top).
 
     cdef void acquire(self) noexcept:
         """Take the engine's lock; the caller holds the GIL (kept, except while waiting)."""
@@ -931,11 +929,6 @@ cdef class Engine:
             while sem_trywait(&self.lock_free) == 0:
                 pass
 
-    cdef void acquire_nogil(self) noexcept nogil:
-        """acquire() from code that does not hold the GIL (takes it for the moment)."""
-        with gil:
-            self.acquire()
-
     cdef void release(self) noexcept nogil:
         """Release the lock once; the caller holds the GIL."""
         _unlock(self)
@@ -946,15 +939,6 @@ cdef class Engine:
     cdef Py_ssize_t slot_of(self, uint64_t key) noexcept nogil:
         cdef uint32_t slot = _find(self, key)
         return -1 if slot == VC_NIL else <Py_ssize_t>slot
-
-    cdef Py_ssize_t first_slot(self, int tier) noexcept nogil:
-        """The most recent slot of `tier`, -1 when it is empty; walk on with next_slot()."""
-        cdef uint32_t slot = self.tier_state[tier].head
-        return -1 if slot == VC_NIL else <Py_ssize_t>slot
-
-    cdef Py_ssize_t next_slot(self, Py_ssize_t slot) noexcept nogil:
-        cdef uint32_t following = self.slots[slot].next
-        return -1 if following == VC_NIL else <Py_ssize_t>following
 
     cdef int evict_for_room(self, int tier, uint64_t* key_out) noexcept nogil:
         """Displace the coldest unpinned entry of `tier` (spilled down when allowed), appending
@@ -1100,8 +1084,8 @@ cdef class Engine:
     def access(self, key, size, /):
         """Use `key`: on a hit record the access, promote if the policy says so, return the tier
         it was found in; on a miss insert it with `size` bytes and return -1."""
-        # Positional-only, like dict.get: the call then skips keyword parsing, about 20 of the
-        # 200 instructions a call costs.
+        # Positional-only, like dict.get: the call then skips keyword parsing (BENCHMARKS.md,
+        # "The call path").
         cdef uint64_t k, s
         cdef int result
         if not vc_exact_u64(key, &k):
@@ -1438,7 +1422,7 @@ cdef class Engine:
                     home = _prefetch_keys(self, &ring, kv, i, True)
                     slot = _lookup(self, kv[i], home, &gap)
                     # _access() with the prefetcher's hash.  One test of the slot here: when a
-                    # helper returned the hit's tier, GCC tested the slot twice (5 instructions).
+                    # helper returned the hit's tier, GCC tested the slot twice.
                     if vc_likely(slot != VC_NIL):
                         result[i] = <int8_t>_hit(self, slot)
                         continue

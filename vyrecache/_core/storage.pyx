@@ -80,7 +80,8 @@ STREAM_THRESHOLD_BYTES = 4 << 20
 # Puts and moves of at least this many bytes use streaming stores: an entry written into a tier
 # is rarely read back at once, and a plain memcpy first reads every destination line it writes.
 DEFAULT_STREAM_MIN = 4096
-DEF NOGIL_COPY_BYTES = 1 << 20
+cdef enum:
+    NOGIL_COPY_BYTES = 1 << 20
 
 # Where an entry's bytes are.
 cdef enum SlotState:

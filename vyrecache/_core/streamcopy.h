@@ -9,8 +9,8 @@
 /* Copy with non-temporal stores: a batch move of many megabytes is not read back soon, and
    streaming stores skip the read-for-ownership of every destination line that a plain
    memcpy of a small entry pays (glibc streams only single copies above its threshold).
-   32-byte AVX2 stores where the CPU has them (measured here: 9.9 against 7.8 GiB/s for
-   16-byte SSE2 stores and 6.7 for memcpy, 64 MiB). */
+   32-byte AVX2 stores where the CPU has them, the faster of the two (BENCHMARKS.md, "Buffer
+   cache"). */
 #if defined(__GNUC__) && defined(__x86_64__)
 __attribute__((target("avx2")))
 static void vc_stream_copy_avx2(char* dst, const char* src, size_t n) {
