@@ -10,8 +10,7 @@ the engine rather than a second opinion; its tests check invariants and behaviou
 
 from __future__ import annotations
 
-from reference_model import EV_EVICT, EV_INSERT, EV_LIFT, EV_PLACE, EV_REMOVE, ModelCache
-from vyrecache.errors import AllPinnedError, EntryTooLargeError
+from reference_model import ModelCache
 
 
 class TierModel:
@@ -330,76 +329,20 @@ class PolicyModelCache(ModelCache):
 
     def unlink(self, entry):
         self.policies[entry.tier].remove(entry.key)
-        del self.lists[entry.tier][entry.key]
-        self.counters[entry.tier]["bytes_out"] += entry.size
+        super().unlink(entry)
 
     def link(self, entry, tier):
-        entry.tier = tier
-        self.lists[tier][entry.key] = None
+        super().link(entry, tier)
         self.policies[tier].place(entry.key)
 
-    def make_room(self, tier, charge):
-        while self.used(tier) + charge > self.capacities[tier]:
-            victim = self.policies[tier].victim()
-            assert victim is not None, "the caller checked that room can be made"
-            self.displace(self.entries[victim])
+    def victim_of(self, tier):
+        return self.policies[tier].victim()
 
-    def record(self, entry):
-        self.tick += 1
-        entry.last_access = self.tick
-        entry.frequency = min(entry.frequency + 1, 2**32 - 1)
+    def arrive(self, tier, key, charge, new):
+        self.policies[tier].arrival(key, charge, new)
+
+    def touched(self, entry):
         self.policies[entry.tier].touch(entry.key)
-
-    def move(self, entry, dst, counter):
-        src = entry.tier
-        self.events.append((EV_LIFT, entry.key, src, dst))
-        self.unlink(entry)
-        self.policies[dst].arrival(entry.key, self.charge(entry.size), False)
-        self.make_room(dst, self.charge(entry.size))
-        self.link(entry, dst)
-        self.events.append((EV_PLACE, entry.key, src, dst))
-        self.counters[dst][counter] += 1
-        self.counters[dst]["bytes_in"] += entry.size
-
-    def insert(self, key, size):
-        from reference_model import Entry
-        self.events = []
-        charge = self.charge(size)
-        old = self.entries.get(key)
-        fitting = [t for t, cap in enumerate(self.capacities) if charge <= cap]
-        if not fitting:
-            raise EntryTooLargeError(key)
-        hosts = [t for t in fitting if self.can_host(t, charge, ignore=old)]
-        if not hosts:
-            raise AllPinnedError(key)
-        tier = hosts[0]
-        if old is not None:
-            self.leave(old, EV_REMOVE)
-        self.policies[tier].arrival(key, charge, old is None)
-        self.make_room(tier, charge)
-        entry = Entry(key, size, tier)
-        self.entries[key] = entry
-        self.link(entry, tier)
-        self.events.append((EV_INSERT, key, -1, tier))
-        self.counters[tier]["inserts"] += 1
-        self.counters[tier]["bytes_in"] += size
-        return tier
-
-    def evict_coldest(self):
-        self.events = []
-        for tier in range(len(self.capacities)):
-            key = self.policies[tier].victim()
-            if key is not None:
-                self.leave(self.entries[key], EV_EVICT)
-                return key
-        return None
-
-    def evict_from_tier(self, tier):
-        self.events = []
-        key = self.policies[tier].victim()
-        if key is not None:
-            self.displace(self.entries[key])
-        return key
 
     def tier_keys(self, tier):
         return self.policies[tier].order()

@@ -11,11 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import vyrecache as vc
-
-
-def payload(key: int, size: int, version: int = 0) -> bytes:
-    rng = np.random.default_rng(key * 7919 + size * 31 + version)
-    return rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+from helpers import payload
 
 
 @pytest.fixture(params=["host", "vulkan", "vulkan-device-copies"])

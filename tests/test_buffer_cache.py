@@ -16,12 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import vyrecache as vc
+from helpers import payload
 from vyrecache.buffer_cache import open_backend
-
-
-def payload(key: int, size: int, version: int = 0) -> bytes:
-    rng = np.random.default_rng(key * 7919 + size * 31 + version)
-    return rng.integers(0, 256, size, dtype=np.uint8).tobytes()
 
 
 VULKAN_COMPACTION = {"vulkan": "hybrid", "vulkan-device-copies": "hybrid",

@@ -10,12 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import round_up
 from vyrecache._core.compaction import (CHUNK_DTYPE, FREE_RANGE_DTYPE, MAX_CHUNK_BYTES,
                                         CompactionPlan, execute_on_host, plan_block, plan_tier)
-
-
-def round_up(value, alignment):
-    return (value + alignment - 1) // alignment * alignment
 
 
 @st.composite

@@ -2,16 +2,7 @@
 seed this project grew from, whose behaviour the engine keeps."""
 
 import vyrecache as vc
-
-
-def make(*capacities, **options):
-    return vc.TieredCache([vc.CacheTier(f"L{i + 1}", c) for i, c in enumerate(capacities)],
-                          **options)
-
-
-def heat(cache, key):
-    for _ in range(vc.LruPolicy.DEFAULT_THRESHOLD):
-        cache.record_access(key)
+from helpers import heat, make
 
 
 def test_get_returns_entry_after_insert():

@@ -33,6 +33,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, TypeGuard
 
 from .errors import CacheClosedError
+from .counters import RATIO_COUNTERS
 from .report import COUNTERS, counters_by_tier
 
 try:
@@ -45,7 +46,7 @@ __all__ = ["PrometheusCollector"]
 
 _PREFIX = "vyrecache"
 #: Per-tier values that are a state now rather than a running total, with their metric suffix.
-_GAUGES = {"fragmentation": "fragmentation_ratio"}
+_GAUGES = {name: f"{name}_ratio" for name in RATIO_COUNTERS}
 _REMOTE_HELP = {
     "hits": "keys fetched from the remote tier that it served",
     "misses": "keys fetched from the remote tier that it did not serve (absent, corrupt, or server skipped)",

@@ -38,6 +38,7 @@ import numpy as np
 
 from vyrecache._core.engine import CacheEntry
 from vyrecache.copytable import COPY_DTYPE
+from vyrecache.counters import STORAGE_COUNTERS
 from vyrecache.errors import (AllPinnedError, CacheClosedError, CacheError, EntryTooLargeError,
                               KeyNotFoundError, PinnedError, KEY_NOT_FOUND_MESSAGE)
 
@@ -97,9 +98,8 @@ ctypedef struct CopyRow:
     uint64_t dst_offset
     uint64_t size
 
-# Storage counters per tier, in the order counters_of() reports them.
-STORAGE_COUNTER_NAMES = ("cleanings", "cleaning_bytes", "compactions", "compaction_bytes",
-                         "fragmentation_evictions")
+# Storage counters per tier, index by index (vyrecache/counters.py declares them).
+STORAGE_COUNTER_NAMES = STORAGE_COUNTERS
 cdef enum:
     SC_CLEANINGS = 0
     SC_CLEANING_BYTES = 1
@@ -107,6 +107,9 @@ cdef enum:
     SC_COMPACTION_BYTES = 3
     SC_FRAGMENTATION_EVICTIONS = 4
     SC_N = 5
+if len(STORAGE_COUNTER_NAMES) != SC_N:
+    raise ImportError(f"vyrecache.counters names {len(STORAGE_COUNTER_NAMES)} storage counters, the storage "
+                      f"layer keeps {SC_N}. Fix: declare each SC_* counter in vyrecache/counters.py, in order.")
 
 IN_USE_MESSAGE = ("the cache is in use by an operation (this call came from inside one of its "
                   "callbacks). Fix: call it after the operation returns.")
