@@ -27,6 +27,8 @@ from vyrecache.host.backend import compact_arrays
 from vyrecache.vulkan.backend import _cpu_compactable, calibrate_compaction
 from vyrecache.vulkan.compute import CompactionKernel
 
+from harness import best_of
+
 MIB = 1 << 20
 
 
@@ -43,16 +45,6 @@ def layout_sixteen_byte_slide(block_size: int, entry_size: int):
     count = (block_size - 16) // entry_size
     offsets = 16 + np.arange(count, dtype=np.uint64) * entry_size
     return offsets, np.full(count, entry_size, np.uint64), np.zeros(count, bool)
-
-
-def best_time(action, repeat: int) -> float:
-    action()  # warm-up: page faults, shader compilation, descriptor sets
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        action()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main() -> None:
@@ -118,8 +110,9 @@ def main() -> None:
             with device.record() as recorder:
                 recorder.copy_region(source, 0, target, 0, moved)
 
-        copy_rate = moved / best_time(copy_once, args.repeat)
-        rates = [moved / best_time(lambda run=run, plan=plan: run(plan), args.repeat) for run in modes.values()]
+        copy_rate = moved / best_of(copy_once, args.repeat, warmup=True)
+        rates = [moved / best_of(lambda run=run, plan=plan: run(plan), args.repeat, warmup=True)
+                 for run in modes.values()]
         print(f"{name:<36} {moved / MIB:>9.1f} {len(plan.chunks):>6} {plan.waves:>5} "
               f"{plan_seconds * 1e3:>7.1f} {copy_rate / 1e9:>9.2f}"
               + "".join(f" {rate / 1e9:>11.2f} {rate / copy_rate:>5.2f}" for rate in rates)
@@ -162,7 +155,7 @@ def end_to_end(device: Device, block_size: int, source, target, repeat: int) -> 
             with device.record() as recorder:
                 recorder.copy_region(source, 0, target, 0, moved)
 
-        copy_rate = report.bytes_moved / best_time(copy_once, repeat)
+        copy_rate = report.bytes_moved / best_of(copy_once, repeat, warmup=True)
         rate = report.bytes_moved / best
         print(f"  {mode + ' (' + backend.compaction + ')':<20} {report.bytes_moved / MIB:7.1f} MiB in "
               f"{best * 1e3:7.2f} ms: {rate / 1e9:6.2f} GB/s, {rate / copy_rate:5.2f}x one "

@@ -30,7 +30,8 @@ from vyrecache.replay import opt_hits, replay
 from vyrecache.traces import read_trace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import TIER0, TIER1, cpu_model, interleaved_best, zipf_trace  # noqa: E402
+from bench_core import TIER0, TIER1, cpu_model, zipf_trace  # noqa: E402
+from harness import interleaved_best  # noqa: E402
 
 POLICIES = [vc.LruPolicy, vc.FifoPolicy, vc.ClockPolicy, vc.SievePolicy, vc.S3FifoPolicy,
             vc.ArcPolicy, vc.WTinyLfuPolicy]

@@ -31,6 +31,14 @@ class CacheTier:
     memory: str = "auto"
 
 
+def _promote_threshold(value: int) -> int:
+    """`value` as a promote_threshold, or ValueError saying what one must be."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 32:
+        raise ValueError(f"promote_threshold must be an int in [0, 2**32), got {value!r}. Fix: pass a "
+                         f"small non-negative int, e.g. LruPolicy.DEFAULT_THRESHOLD.")
+    return value
+
+
 class TierPolicy:
     """Base class of custom policies, written in Python.
 
@@ -77,12 +85,7 @@ class LruPolicy(TierPolicy):
     name = "lru"
 
     def __init__(self, promote_threshold: int = DEFAULT_THRESHOLD) -> None:
-        if (isinstance(promote_threshold, bool) or not isinstance(promote_threshold, int)
-                or not 0 <= promote_threshold < 1 << 32):
-            raise ValueError(f"promote_threshold must be an int in [0, 2**32), got "
-                             f"{promote_threshold!r}. Fix: pass a small non-negative int, "
-                             f"e.g. LruPolicy.DEFAULT_THRESHOLD.")
-        self.promote_threshold = promote_threshold
+        self.promote_threshold = _promote_threshold(promote_threshold)
 
     def should_promote(self, key: int, stats: AccessStats) -> bool:
         return stats.frequency >= self.promote_threshold
@@ -126,12 +129,7 @@ class _EnginePolicy(TierPolicy):
     name = ""
 
     def __init__(self, promote_threshold: int = LruPolicy.DEFAULT_THRESHOLD) -> None:
-        if (isinstance(promote_threshold, bool) or not isinstance(promote_threshold, int)
-                or not 0 <= promote_threshold < 1 << 32):
-            raise ValueError(f"promote_threshold must be an int in [0, 2**32), got "
-                             f"{promote_threshold!r}. Fix: pass a small non-negative int, "
-                             f"e.g. LruPolicy.DEFAULT_THRESHOLD.")
-        self.promote_threshold = promote_threshold
+        self.promote_threshold = _promote_threshold(promote_threshold)
 
     def _params(self) -> dict[str, Any]:
         return {}

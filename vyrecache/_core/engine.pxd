@@ -257,4 +257,5 @@ cdef class Engine:
 
     # --- helpers of the Python-level API ---
     cdef int _check_tier(self, int tier) except -1
+    cdef object _sized_many(self, keys, sizes, bint inserting)
     cdef object _move_many(self, keys, bint up)

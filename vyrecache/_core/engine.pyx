@@ -1479,37 +1479,20 @@ cdef class Engine:
 
     # ---- batch calls ----
 
-    @cython.boundscheck(False)
-    @cython.wraparound(False)
     def access_many(self, keys, sizes):
         """access() for each key in order; int8 array of tiers (-1 for misses).  `sizes` is an
         array or one int for all.  Stops at the first error and raises it (earlier keys done)."""
-        key_array = _as_u64_keys(keys)
-        cdef Py_ssize_t n = key_array.shape[0]
-        size_array = _as_u64_array(sizes, "sizes", n)
-        cdef const uint64_t[::1] kv = key_array
-        cdef const uint64_t[:] sv = size_array
-        out = np.empty(n, dtype=np.int8)
-        cdef int8_t[::1] result = out
-        cdef Py_ssize_t failed
-        cdef int status = 0
-        _enter(self)
-        if self.native_policy:
-            with nogil:
-                failed = _access_loop(self, kv, sv, result, &status)
-        else:
-            failed = _access_loop(self, kv, sv, result, &status)
-        if failed >= 0:
-            _leave(self, status, kv[failed], sv[failed], failed)
-        _leave(self, 0, 0, 0, -1)
-        return out
+        return self._sized_many(keys, sizes, False)
 
-    @cython.boundscheck(False)
-    @cython.wraparound(False)
     def insert_many(self, keys, sizes):
         """insert() for each key in order; int8 array of the tiers they landed in.  A size too
         large for every tier is found before anything changes (EntryTooLargeError, cache as it
         was); an AllPinnedError stops at that key, with the earlier keys done."""
+        return self._sized_many(keys, sizes, True)
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef object _sized_many(self, keys, sizes, bint inserting):
         key_array = _as_u64_keys(keys)
         cdef Py_ssize_t n = key_array.shape[0]
         size_array = _as_u64_array(sizes, "sizes", n)
@@ -1520,14 +1503,17 @@ cdef class Engine:
         cdef Py_ssize_t failed
         cdef int status = 0
         _enter(self)
-        failed = _first_too_large(self, sv)
-        if failed >= 0:
-            _leave(self, ST_TOO_LARGE, kv[failed], sv[failed], failed)
+        if inserting:
+            failed = _first_too_large(self, sv)
+            if failed >= 0:
+                _leave(self, ST_TOO_LARGE, kv[failed], sv[failed], failed)
         if self.native_policy:
             with nogil:
-                failed = _insert_loop(self, kv, sv, result, &status)
+                failed = (_insert_loop(self, kv, sv, result, &status) if inserting
+                          else _access_loop(self, kv, sv, result, &status))
         else:
-            failed = _insert_loop(self, kv, sv, result, &status)
+            failed = (_insert_loop(self, kv, sv, result, &status) if inserting
+                      else _access_loop(self, kv, sv, result, &status))
         if failed >= 0:
             _leave(self, status, kv[failed], sv[failed], failed)
         _leave(self, 0, 0, 0, -1)
