@@ -15,28 +15,38 @@ __all__ = ["BYTE_COUNTERS", "COUNTERS", "ENGINE_COUNTERS", "RATIO_COUNTERS", "ST
 ENGINE, STORAGE, STATE = "engine", "storage", "state"
 COUNT, BYTES, RATIO = "count", "bytes", "ratio"
 
-#: (name, who reports it, unit, meaning), in the order a report shows them.
-TABLE: tuple[tuple[str, str, str, str], ...] = (
-    ("hits", ENGINE, COUNT, "accesses that found the entry in this tier"),
-    ("misses", ENGINE, COUNT, "accesses that did not find the entry and whose new entry was placed in this tier"),
-    ("inserts", ENGINE, COUNT, "entries placed in this tier by insert/put (replacements included)"),
-    ("evictions", ENGINE, COUNT, "entries that left the cache from this tier to make room (on_evict was called)"),
-    ("promotions", ENGINE, COUNT, "entries that arrived in this tier by promotion from the next slower one"),
-    ("demotions", ENGINE, COUNT, "entries that arrived in this tier by demote from the next faster one"),
-    ("spills", ENGINE, COUNT,
-     "entries that arrived in this tier by spilling: pushed out of the next faster one to make room"),
-    ("bytes_in", ENGINE, BYTES, "bytes of entries that arrived in this tier, for any reason"),
-    ("bytes_out", ENGINE, BYTES, "bytes of entries that left this tier, for any reason"),
-    ("rejections", ENGINE, COUNT,
-     "new keys the tier's admission filter declined (W-TinyLFU): nothing stored, insert returned False"),
-    ("cleanings", STORAGE, COUNT, "segments (or windows of segments, for a large entry) cleaned to make room"),
-    ("cleaning_bytes", STORAGE, BYTES, "bytes copied by cleaning (the write amplification's numerator)"),
-    ("compactions", STORAGE, COUNT, "cache.compact() passes run on this tier"),
-    ("compaction_bytes", STORAGE, BYTES, "bytes moved inside this tier by cache.compact()"),
-    ("fragmentation_evictions", STORAGE, COUNT, "entries displaced because pinned segments left no other room"),
-    ("memory", STATE, BYTES, "bytes of memory the tier took: capacity / (1 - headroom) in whole segments"),
-    ("fragmentation", STATE, RATIO, "share of the free bytes lying as dead space in closed segments, now"),
-)
+#: name, who reports it, unit (count, bytes or ratio), meaning; in the order a report shows them.
+_DECLARED = """
+hits                     engine   count  accesses that found the entry in this tier
+misses                   engine   count  accesses that did not find the entry and whose new entry was placed in this tier
+inserts                  engine   count  entries placed in this tier by insert/put (replacements included)
+evictions                engine   count  entries that left the cache from this tier to make room (on_evict was called)
+promotions               engine   count  entries that arrived in this tier by promotion from the next slower one
+demotions                engine   count  entries that arrived in this tier by demote from the next faster one
+spills                   engine   count  entries that arrived in this tier by spilling: pushed out of the next faster one to make room
+bytes_in                 engine   bytes  bytes of entries that arrived in this tier, for any reason
+bytes_out                engine   bytes  bytes of entries that left this tier, for any reason
+rejections               engine   count  new keys the tier's admission filter declined (W-TinyLFU): nothing stored, insert returned False
+cleanings                storage  count  segments (or windows of segments, for a large entry) cleaned to make room
+cleaning_bytes           storage  bytes  bytes copied by cleaning (the write amplification's numerator)
+compactions              storage  count  cache.compact() passes run on this tier
+compaction_bytes         storage  bytes  bytes moved inside this tier by cache.compact()
+fragmentation_evictions  storage  count  entries displaced because pinned segments left no other room
+memory                   state    bytes  bytes of memory the tier took: capacity / (1 - headroom) in whole segments
+fragmentation            state    ratio  share of the free bytes lying as dead space in closed segments, now
+"""
+
+
+def _rows(text: str) -> tuple[tuple[str, str, str, str], ...]:
+    rows = []
+    for line in text.strip().splitlines():
+        name, who, unit, meaning = line.split(maxsplit=3)
+        assert who in (ENGINE, STORAGE, STATE) and unit in (COUNT, BYTES, RATIO), line
+        rows.append((name, who, unit, meaning))
+    return tuple(rows)
+
+
+TABLE = _rows(_DECLARED)
 
 #: Every counter with its meaning, in report order.
 COUNTERS: dict[str, str] = {name: meaning for name, _, _, meaning in TABLE}
