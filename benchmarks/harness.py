@@ -19,13 +19,17 @@ from typing import Any
 __all__ = ["add_json_argument", "best_of", "interleaved_best", "write_json"]
 
 
-def best_of(run: Callable[[], object], rounds: int, warmup: bool = False) -> float:
+def best_of(run: Callable[[], object], rounds: int, warmup: bool = False,
+            before: Callable[[], object] | None = None) -> float:
     """The least wall time of `rounds` calls of `run`, in seconds; `warmup` first makes one
-    untimed call (page faults, shader compilation, descriptor sets)."""
+    untimed call (page faults, shader compilation, descriptor sets), `before` runs untimed
+    before each timed call (a reset)."""
     if warmup:
         run()
     best = float("inf")
     for _ in range(rounds):
+        if before is not None:
+            before()
         started = time.perf_counter()
         run()
         best = min(best, time.perf_counter() - started)

@@ -13,6 +13,30 @@ from __future__ import annotations
 from reference_model import ModelCache
 
 
+def clock_victim(ring, passes, pinned, spare):
+    """CLOCK's walk over `ring` (newest first): from the oldest entry round and round, for at most
+    `passes` times its length plus `passes` steps.  Pinned keys are passed over; a key `spare`
+    gives another chance moves to the newest end; the first other key is the victim (None when
+    the walk ends first)."""
+    position = len(ring) - 1
+    for _ in range(passes * len(ring) + passes if ring else 0):
+        if position < 0:
+            position = len(ring) - 1
+        key = ring[position]
+        if pinned(key):
+            position -= 1
+        elif spare(key):
+            ring.pop(position)
+            ring.insert(0, key)
+            # The walk goes on with the entry that was newer than this one (now at the same
+            # index), or round to the oldest when this one was the newest.
+            if position == 0:
+                position = len(ring) - 1
+        else:
+            return key
+    return None
+
+
 class TierModel:
     """One tier's policy: ``segments`` are lists of keys, newest first, in list order."""
 
@@ -96,25 +120,14 @@ class ClockModel(TierModel):
         self.marked.add(key)
 
     def victim(self):
-        ring = self.segments[0]
-        position = len(ring) - 1
-        for _ in range(2 * len(ring) + 2 if ring else 0):
-            if position < 0:
-                position = len(ring) - 1
-            key = ring[position]
-            if self.pinned(key):
-                position -= 1
-            elif key in self.marked:
-                self.marked.discard(key)
-                ring.pop(position)
-                ring.insert(0, key)
-                # The walk goes on with the entry that was newer than this one (now at the
-                # same index), or round to the oldest when this one was the newest.
-                if position == 0:
-                    position = len(ring) - 1
-            else:
-                return key
-        return None
+        return clock_victim(self.segments[0], 2, self.pinned, self.spare)
+
+    def spare(self, key):
+        """A marked key loses its mark and gets a second chance."""
+        if key not in self.marked:
+            return False
+        self.marked.discard(key)
+        return True
 
 
 class SieveModel(TierModel):
@@ -215,23 +228,14 @@ class S3FifoModel(TierModel):
         return None
 
     def main_victim(self):
-        main = self.segments[1]
-        position = len(main) - 1
-        for _ in range(4 * len(main) + 4 if main else 0):
-            if position < 0:
-                position = len(main) - 1
-            key = main[position]
-            if self.pinned(key):
-                position -= 1
-                continue
-            if self.freq[key] == 0:
-                return key
-            self.freq[key] -= 1
-            main.pop(position)
-            main.insert(0, key)
-            if position == 0:
-                position = len(main) - 1
-        return None
+        return clock_victim(self.segments[1], 4, self.pinned, self.spare_main)
+
+    def spare_main(self, key):
+        """A key of the main FIFO with frequency left spends one and gets another round."""
+        if self.freq[key] == 0:
+            return False
+        self.freq[key] -= 1
+        return True
 
     def victim(self):
         self.has_evicted = True
