@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 import vyrecache as vc
@@ -30,3 +32,21 @@ def payload_array(key: int, size: int, version: int = 0) -> np.ndarray:
 def payload(key: int, size: int, version: int = 0) -> bytes:
     """payload_array() as bytes."""
     return payload_array(key, size, version).tobytes()
+
+
+@contextmanager
+def closing_caches(factory):
+    """`factory` wrapped so that every cache it makes is closed when the block ends (a fixture's
+    teardown)."""
+    made = []
+
+    def build(*args, **options):
+        cache = factory(*args, **options)
+        made.append(cache)
+        return cache
+
+    try:
+        yield build
+    finally:
+        for cache in made:
+            cache.close()

@@ -11,12 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import vyrecache as vc
-from helpers import payload
+from helpers import closing_caches, payload
 
 
 @pytest.fixture(params=["host", "vulkan", "vulkan-device-copies"])
 def make_cache(request):
-    made = []
     if request.param.startswith("vulkan"):
         device = request.getfixturevalue("vulkan_device")
         from vyrecache.vulkan.backend import VulkanBackend
@@ -27,15 +26,12 @@ def make_cache(request):
         def backend():
             return "host"
 
-    def build(**options):
-        cache = vc.BufferCache([vc.CacheTier("host", 8192, "host"), vc.CacheTier("vram", 2048, "device")],
-                               backend=backend(), **options)
-        made.append(cache)
-        return cache
+    def new_cache(**options):
+        return vc.BufferCache([vc.CacheTier("host", 8192, "host"), vc.CacheTier("vram", 2048, "device")],
+                              backend=backend(), **options)
 
-    yield build
-    for cache in made:
-        cache.close()
+    with closing_caches(new_cache) as build:
+        yield build
 
 
 def state(cache):

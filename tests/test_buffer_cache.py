@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import vyrecache as vc
-from helpers import payload
+from helpers import closing_caches, payload
 from vyrecache.buffer_cache import open_backend
 
 
@@ -33,7 +33,6 @@ def make_cache(request):
     through the staging buffer even on a UMA device where memcpy would do, so
     the discrete-GPU paths run on lavapipe too.
     """
-    made = []
     if request.param.startswith("vulkan"):
         device = request.getfixturevalue("vulkan_device")
         device.force_staging = request.param == "vulkan-device-copies"
@@ -46,15 +45,9 @@ def make_cache(request):
         def backend():
             return "host"
 
-    def build(tiers, **options):
-        cache = vc.BufferCache(tiers, backend=backend(), **options)
-        made.append(cache)
-        return cache
-
-    build.backend = request.param
-    yield build
-    for cache in made:
-        cache.close()
+    with closing_caches(lambda tiers, **options: vc.BufferCache(tiers, backend=backend(), **options)) as build:
+        build.backend = request.param
+        yield build
 
 
 def small_tiers(host=4096, device=1024):
