@@ -42,6 +42,14 @@ from vyrecache.counters import STORAGE_COUNTERS
 from vyrecache.errors import (AllPinnedError, CacheClosedError, CacheError, EntryTooLargeError,
                               KeyNotFoundError, PinnedError, KEY_NOT_FOUND_MESSAGE)
 
+cdef void* _grown(void* p, size_t nbytes) except NULL:
+    """realloc(), raising MemoryError when it fails (`p` is then left as it was)."""
+    cdef void* q = realloc(p, nbytes)
+    if q == NULL:
+        raise MemoryError()
+    return q
+
+
 cdef inline cnp.ndarray key_array_of(uint64_t key):
     return np.array([key], dtype=np.uint64)
 
@@ -336,32 +344,18 @@ cdef class Storage:
 
     cdef int ensure_slots(self, Py_ssize_t needed) except -1:
         cdef Py_ssize_t cap = self.cap_slots if self.cap_slots else 1024
-        cdef void* p
         if needed <= self.cap_slots:
             return 0
         while cap < needed:
             cap *= 2
-        p = realloc(self.s_seg, cap * sizeof(int32_t))
-        if p == NULL: raise MemoryError()
-        self.s_seg = <int32_t*>p
-        p = realloc(self.s_offset, cap * sizeof(uint64_t))
-        if p == NULL: raise MemoryError()
-        self.s_offset = <uint64_t*>p
-        p = realloc(self.s_prev, cap * sizeof(uint32_t))
-        if p == NULL: raise MemoryError()
-        self.s_prev = <uint32_t*>p
-        p = realloc(self.s_next, cap * sizeof(uint32_t))
-        if p == NULL: raise MemoryError()
-        self.s_next = <uint32_t*>p
-        p = realloc(self.s_wave, cap * sizeof(uint64_t))
-        if p == NULL: raise MemoryError()
-        self.s_wave = <uint64_t*>p
-        p = realloc(self.s_state, cap * sizeof(uint8_t))
-        if p == NULL: raise MemoryError()
-        self.s_state = <uint8_t*>p
-        p = realloc(self.s_pinned, cap * sizeof(uint8_t))
-        if p == NULL: raise MemoryError()
-        self.s_pinned = <uint8_t*>p
+        # Each array is replaced as soon as it has grown: a failure leaves every array valid.
+        self.s_seg = <int32_t*>_grown(self.s_seg, cap * sizeof(int32_t))
+        self.s_offset = <uint64_t*>_grown(self.s_offset, cap * sizeof(uint64_t))
+        self.s_prev = <uint32_t*>_grown(self.s_prev, cap * sizeof(uint32_t))
+        self.s_next = <uint32_t*>_grown(self.s_next, cap * sizeof(uint32_t))
+        self.s_wave = <uint64_t*>_grown(self.s_wave, cap * sizeof(uint64_t))
+        self.s_state = <uint8_t*>_grown(self.s_state, cap * sizeof(uint8_t))
+        self.s_pinned = <uint8_t*>_grown(self.s_pinned, cap * sizeof(uint8_t))
         memset(&self.s_state[self.cap_slots], 0, (cap - self.cap_slots) * sizeof(uint8_t))
         memset(&self.s_pinned[self.cap_slots], 0, (cap - self.cap_slots) * sizeof(uint8_t))
         memset(&self.s_wave[self.cap_slots], 0, (cap - self.cap_slots) * sizeof(uint64_t))
@@ -754,12 +748,7 @@ cdef class Storage:
                 self.segs[j].state = SEG_CLAIMED
         for j in range(best, best + k):
             if self.segs[j].state == SEG_RUN:
-                slot = self.segs[j].first
-                if self.s_state[slot] == S_LIFTED:
-                    self.park(slot)
-                elif self.displace_now(slot):
-                    self.counters[tier * SC_N + SC_FRAGMENTATION_EVICTIONS] += 1
-                else:
+                if not self.clear_out(self.segs[j].first, tier):
                     return self.unclaim(best, k)
             if self.segs[j].state == SEG_FREE:
                 # Freed by a displacement just now (a run reaching into the window).
@@ -773,11 +762,7 @@ cdef class Storage:
                 if self.alloc_small(tier, ec, &target, &offset):
                     self.move_range(slot, target, offset, ec)
                     self.counters[tier * SC_N + SC_CLEANING_BYTES] += ec
-                elif self.s_state[slot] == S_LIFTED:
-                    self.park(slot)
-                elif self.displace_now(slot):
-                    self.counters[tier * SC_N + SC_FRAGMENTATION_EVICTIONS] += 1
-                else:
+                elif not self.clear_out(slot, tier):
                     return self.unclaim(best, k)
                 slot = following
         if best_cost:
@@ -791,6 +776,17 @@ cdef class Storage:
                 self.new_wave()
         g_out[0] = best
         return True
+
+    cdef bint clear_out(self, Py_ssize_t slot, int tier) except -1:
+        """Make an entry of a window being emptied for a run leave it without a new place there:
+        a lifted entry is parked, another displaced.  False when it cannot be displaced."""
+        if self.s_state[slot] == S_LIFTED:
+            self.park(slot)
+            return True
+        if self.displace_now(slot):
+            self.counters[tier * SC_N + SC_FRAGMENTATION_EVICTIONS] += 1
+            return True
+        return False
 
     cdef bint unclaim(self, int32_t first, int32_t k) except -1:
         cdef int32_t j
