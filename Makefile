@@ -1,18 +1,21 @@
 # Two commands a newcomer needs: `make demo` and `make test`.  Both create
 # .venv on first use and rebuild the Cython core when its sources change.
+# `make lint` runs ruff, mypy and cython-lint; `make annotate` writes Cython's
+# annotated HTML of the core to build/annotate/.
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+CYTHON_SOURCES := $(wildcard vyrecache/_core/*.pyx vyrecache/_core/*.pxd vyrecache/_core/*.pxi)
 CORE_SOURCES := $(wildcard vyrecache/_core/*.pyx vyrecache/_core/*.pxd vyrecache/_core/*.pxi shaders/*.comp) setup.py pyproject.toml
 
-.PHONY: demo test test-debug bench build system-deps clean shaders
+.PHONY: demo test test-debug bench build system-deps clean shaders lint annotate
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "Cython>=3.0.8" "setuptools>=64" wheel "numpy>=1.26"
-	$(PY) -m pip install -q --no-build-isolation -e ".[test,bench,plot]"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test,bench,plot,lint]"
 	touch $(STAMP)
 
 # Rebuild the extensions in place whenever a .pyx/.pxd or shader changes.
@@ -39,6 +42,21 @@ test-debug: system-deps $(STAMP)
 	VYRECACHE_DEBUG=1 $(PY) setup.py -q build_ext --inplace --force
 	VYRECACHE_REQUIRE_VULKAN=1 $(PY) -m pytest -q -x -m "not slow"
 	rm -f $(VENV)/.built
+
+# cython-lint runs pycodestyle by name, hence the venv first on PATH.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/cython-lint $(CYTHON_SOURCES)
+
+# One HTML page per core module: yellow lines call into the Python C API.
+annotate: $(STAMP)
+	mkdir -p build/annotate
+	for f in vyrecache/_core/*.pyx; do \
+		$(PY) -m cython -3 -a -I . --directive binding=False \
+			-o build/annotate/$$(basename $${f%.pyx}).c $$f || exit 1; done
+	rm -f build/annotate/*.c
+	@echo "annotated sources: build/annotate/*.html"
 
 bench: system-deps build
 	$(PY) -m vyrecache bench

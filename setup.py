@@ -87,8 +87,9 @@ class ParallelBuildExt(build_ext):
     def build_extensions(self):
         # GCC caps how much inlining may grow a translation unit (inline-unit-growth, 40% by
         # default).  Cython's generated code is large, so the cap is reached before the engine's
-        # hash lookup is inlined into its batch loops and access(): out of line it costs about
-        # 10% of access_many() (measured 23.3-23.6 -> 20.5-21.4 ns per key).
+        # hash lookup is inlined into its batch loops and access(), where a call with its register
+        # saves is a measurable part of a key's cost (BENCHMARKS.md, "Inlining past GCC's
+        # unit-growth cap").
         if os.environ.get("VYRECACHE_DEBUG") != "1" and compiler_is_gcc(self.compiler.compiler_so[0]):
             for extension in self.extensions:
                 extension.extra_compile_args = extension.extra_compile_args + [
@@ -112,10 +113,9 @@ setup(
     ext_modules=cythonize(
         extensions(),
         language_level=3,
-        compile_time_env={"VYRECACHE_DEBUG": os.environ.get("VYRECACHE_DEBUG") == "1"},
         # binding=False: methods stay plain method descriptors, which CPython calls through its
-        # specialised fast path; Cython's function objects cost about 15 ns more per call.  The
-        # "clinic" signatures keep inspect.signature() and help() working on them.
+        # specialised fast path, faster than Cython's function objects (BENCHMARKS.md, "The call
+        # path").  The "clinic" signatures keep inspect.signature() and help() working on them.
         compiler_directives={"embedsignature": True, "embedsignature.format": "clinic",
                              "binding": False},
     ),

@@ -21,17 +21,10 @@ import numpy as np
 import vyrecache as vc
 from vyrecache.cli.workload import KvWorkload
 
-
-def best_of(rounds: int, run) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return best
+from harness import add_json_argument, best_of, write_json
 
 
-def bulk(backend: str, rounds: int) -> None:
+def bulk(backend: str, rounds: int) -> dict[str, float]:
     count, size = 1000, 16 << 10
     rows = np.random.default_rng(0).integers(0, 256, (count, size), dtype=np.uint8)
     keys = np.arange(count, dtype=np.uint64)
@@ -39,10 +32,10 @@ def bulk(backend: str, rounds: int) -> None:
     arena = np.ones(count * size, dtype=np.uint8).reshape(count, size)
     with vc.BufferCache([vc.CacheTier("host", 64 << 20, "host")], backend=backend) as cache:
         cache.put_many(keys, rows)
-        put = best_of(rounds, lambda: cache.put_many(keys, rows))
-        read = best_of(rounds, lambda: cache.read_many(keys, out))
-    copy_in = best_of(rounds, lambda: np.copyto(arena, rows))
-    copy_out = best_of(rounds, lambda: np.copyto(out, arena))
+        put = best_of(lambda: cache.put_many(keys, rows), rounds)
+        read = best_of(lambda: cache.read_many(keys, out), rounds)
+    copy_in = best_of(lambda: np.copyto(arena, rows), rounds)
+    copy_out = best_of(lambda: np.copyto(out, arena), rounds)
     print(f"1,000 x 16 KiB: put_many {put * 1e3:.2f} ms ({copy_in / put:.2f}x np.copyto in, "
           f"{copy_in * 1e3:.2f} ms); read_many {read * 1e3:.2f} ms ({copy_out / read:.2f}x np.copyto out, "
           f"{copy_out * 1e3:.2f} ms)")
@@ -50,21 +43,24 @@ def bulk(backend: str, rounds: int) -> None:
     small = np.zeros((count, 64), dtype=np.uint8)
     with vc.BufferCache([vc.CacheTier("host", 1 << 20, "host")], backend=backend) as cache:
         cache.put_many(keys, small)
-        many = best_of(rounds, lambda: cache.put_many(keys, small))
+        many = best_of(lambda: cache.put_many(keys, small), rounds)
         smalls = [small[i] for i in range(count)]
         key_list = keys.tolist()
 
         def singles() -> None:
             for key, row in zip(key_list, smalls):
                 cache.put(key, row)
-        single = best_of(rounds, singles)
+        single = best_of(singles, rounds)
         out_small = np.empty_like(small)
-        read_small = best_of(rounds, lambda: cache.read_many(keys, out_small))
+        read_small = best_of(lambda: cache.read_many(keys, out_small), rounds)
     print(f"64-byte entries: put_many {many / count * 1e9:.0f} ns/key, read_many "
           f"{read_small / count * 1e9:.0f} ns/key, put() {single / count * 1e9:.0f} ns/call")
+    return {"put_many_16k_s": put, "read_many_16k_s": read, "copyto_in_s": copy_in, "copyto_out_s": copy_out,
+            "put_many_64_ns_per_key": many / count * 1e9, "read_many_64_ns_per_key": read_small / count * 1e9,
+            "put_64_ns_per_call": single / count * 1e9}
 
 
-def leases(backend: str, rounds: int) -> None:
+def leases(backend: str, rounds: int) -> dict[str, float]:
     n = 20000
     with vc.BufferCache([vc.CacheTier("host", 1 << 20, "host")], backend=backend) as cache:
         cache.put(1, np.zeros(4096, dtype=np.uint8))
@@ -80,12 +76,13 @@ def leases(backend: str, rounds: int) -> None:
             for _ in range(n):
                 pin(1)
                 unpin(1)
-        lease_time = best_of(rounds, leased)
-        pin_time = best_of(rounds, pinned)
+        lease_time = best_of(leased, rounds)
+        pin_time = best_of(pinned, rounds)
     print(f"lease enter + exit: {lease_time / n * 1e9:.0f} ns (pin + unpin: {pin_time / n * 1e9:.0f} ns)")
+    return {"lease_ns": lease_time / n * 1e9, "pin_unpin_ns": pin_time / n * 1e9}
 
 
-def workload(backend: str, rounds: int) -> None:
+def workload(backend: str, rounds: int) -> dict[str, float]:
     block = 16 << 10
     work = KvWorkload(4096, block, seed=0)
     requests = []
@@ -140,7 +137,7 @@ def workload(backend: str, rounds: int) -> None:
         for piece in pieces:
             np.copyto(arena[offset:offset + piece.size], piece)
             offset += piece.size
-    bound = best_of(rounds, copies)
+    bound = best_of(copies, rounds)
     print(f"demo workload ({accesses / len(requests):.1f} keys per request), memcpy of the "
           f"{moved / 2**20:,.0f} MiB put: {bound * 1e3:.1f} ms")
     for name, seconds in (("fill_many, one call per request", fill_best),
@@ -148,16 +145,21 @@ def workload(backend: str, rounds: int) -> None:
                           ("access + put per key", call_best)):
         print(f"  {name:<38} {accesses / seconds:>10,.0f} accesses/s  {seconds * 1e3:7.1f} ms  "
               f"memcpy bound {bound / seconds:4.0%}  {call_best / seconds:.2f}x per key")
+    return {"fill_many_accesses_per_s": accesses / fill_best, "batched_accesses_per_s": accesses / batch_best,
+            "per_call_accesses_per_s": accesses / call_best, "memcpy_bound_s": bound, "fill_many_s": fill_best,
+            "batched_s": batch_best}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backend", default="host", choices=("host", "vulkan"))
     parser.add_argument("--rounds", type=int, default=5)
+    add_json_argument(parser)
     args = parser.parse_args()
-    bulk(args.backend, args.rounds)
-    leases(args.backend, args.rounds)
-    workload(args.backend, max(1, args.rounds // 2))
+    results = {"backend": args.backend, "bulk": bulk(args.backend, args.rounds),
+               "leases": leases(args.backend, args.rounds),
+               "workload": workload(args.backend, max(1, args.rounds // 2))}
+    write_json(args.json, "bench_batches", results)
 
 
 if __name__ == "__main__":

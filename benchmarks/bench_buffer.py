@@ -12,7 +12,6 @@ Run: ``python benchmarks/bench_buffer.py [--backend auto|vulkan|host] [--json]``
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -20,14 +19,7 @@ import numpy as np
 
 import vyrecache as vc
 
-
-def best_of(function, repeat=5):
-    best = float("inf")
-    for _ in range(repeat):
-        started = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - started)
-    return best
+from harness import add_json_argument, best_of, write_json
 
 
 def bench_put_read(backend: str, entry_size: int, total_bytes: int) -> dict:
@@ -60,8 +52,8 @@ def bench_put_read(backend: str, entry_size: int, total_bytes: int) -> dict:
 
         put_all()
         copy_in()
-        t_put, t_read = best_of(put_all), best_of(read_all)
-        t_in, t_out = best_of(copy_in), best_of(copy_out)
+        t_put, t_read = best_of(put_all, 5), best_of(read_all, 5)
+        t_in, t_out = best_of(copy_in, 5), best_of(copy_out, 5)
     gib = count * entry_size / 2**30
     return {"entry": entry_size, "count": count, "put_GiBps": gib / t_put, "read_GiBps": gib / t_read,
             "copyto_in_GiBps": gib / t_in, "copyto_out_GiBps": gib / t_out,
@@ -116,7 +108,7 @@ def bench_promote_many(backend: str, entry_size: int, count: int) -> dict:
             # Written first: untouched memory reads as the kernel's zero page, far too fast.
             src = np.random.default_rng(2).integers(0, 256, total, dtype=np.uint8)
             dst = np.ones(total, dtype=np.uint8)
-            peer = best_of(lambda: np.copyto(dst, src))
+            peer = best_of(lambda: np.copyto(dst, src), 5)
         cache.check()
     return {"entry": entry_size, "count": count, "promote_GiBps": total / t_promote / 2**30,
             "single_copy_GiBps": total / peer / 2**30, "ratio": peer / t_promote}
@@ -154,7 +146,7 @@ def copy_bandwidth(device, size: int, src_memory_type_index: int, dst_memory_typ
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="auto", choices=["auto", "vulkan", "host"])
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_argument(parser)
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     args = parser.parse_args(argv)
     big = 16 << 20 if not args.quick else 1 << 20
@@ -167,8 +159,8 @@ def main(argv=None) -> int:
     }
     with vc.BufferCache([vc.CacheTier("t", 1 << 20)], backend=args.backend) as probe:
         results["device"] = str(getattr(probe.device, "name", probe.device))
-    if args.json:
-        print(json.dumps(results, indent=2))
+    write_json(args.json, "bench_buffer", results)
+    if str(args.json) == "-":
         return 0
     print(f"device: {results['device']}")
     print(f"{'put/read':<10}{'entry':>10}{'put GiB/s':>11}{'copyto in':>11}{'ratio':>7}"

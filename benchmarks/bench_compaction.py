@@ -71,9 +71,9 @@ def main() -> None:
             peer_row = np.array([(blocks[2].id, blocks[3].id, 0, 0, moved)], dtype=COPY_DTYPE)
             best = {name: float("inf") for name in ["peer", *executors]}
             for _ in range(args.repeat):
-                best["peer"] = min(best["peer"], timed(lambda: executors["commands"].run(peer_row), 1))
+                best["peer"] = min(best["peer"], timed(lambda rows=peer_row: executors["commands"].run(rows), 1))
                 for mode, executor in executors.items():
-                    best[mode] = min(best[mode], timed(lambda: executor.run(table), 1))
+                    best[mode] = min(best[mode], timed(lambda run=executor.run, rows=table: run(rows), 1))
             cells = [f"{moved / best['peer'] / 1e9:8.2f} GB/s".rjust(18)]
             cells += [f"{moved / best[mode] / 1e9:6.2f} GB/s {best['peer'] / best[mode]:4.2f}x".rjust(18)
                       for mode in executors]

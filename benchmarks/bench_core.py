@@ -24,6 +24,8 @@ import numpy as np
 
 import vyrecache as vc
 
+from harness import interleaved_best
+
 TIER0, TIER1 = 10_000, 2_000
 CAPACITY = TIER0 + TIER1
 
@@ -35,19 +37,6 @@ def zipf_trace(universe: int, accesses: int, skew: float, seed: int) -> np.ndarr
     weights = np.cumsum(1.0 / np.arange(1, universe + 1) ** skew)
     ranks = np.searchsorted(weights, rng.random(accesses) * weights[-1])
     return keys[np.minimum(ranks, universe - 1)]
-
-
-def interleaved_best(runs: list, repeat: int) -> list[float]:
-    """Best time of each run over `repeat` rounds.  Every round runs each of them once, in
-    turn, so a slow spell of a shared machine (its speed moves 30-50% within minutes) lands on
-    all of them instead of on whichever ran then."""
-    best_seconds = [float("inf")] * len(runs)
-    for _ in range(repeat):
-        for index, run in enumerate(runs):
-            start = time.perf_counter()
-            run()
-            best_seconds[index] = min(best_seconds[index], time.perf_counter() - start)
-    return best_seconds
 
 
 # ---- one function per contestant: run(keys, count_hits) -> hits, or None ----

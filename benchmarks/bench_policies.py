@@ -20,7 +20,6 @@ import importlib.machinery
 import importlib.util
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,8 @@ from vyrecache.replay import opt_hits, replay
 from vyrecache.traces import read_trace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import TIER0, TIER1, cpu_model, interleaved_best, zipf_trace  # noqa: E402
+from bench_core import TIER0, TIER1, cpu_model, zipf_trace  # noqa: E402
+from harness import interleaved_best  # noqa: E402
 
 POLICIES = [vc.LruPolicy, vc.FifoPolicy, vc.ClockPolicy, vc.SievePolicy, vc.S3FifoPolicy,
             vc.ArcPolicy, vc.WTinyLfuPolicy]
@@ -134,10 +134,10 @@ def replay_speed(traces_dir: Path, repeat: int):
             name = policy.name
             theirs = getattr(lcs, LIBCACHESIM[name])
 
-            def ours():
+            def ours(name=name):
                 replay(read_trace(path), name, size)
 
-            def libcachesim():
+            def libcachesim(theirs=theirs):
                 reader = lcs.TraceReader(str(path), lcs.TraceType.ORACLE_GENERAL_TRACE)
                 theirs(cache_size=size, hashpower=16).process_trace(reader)
             ours_s, theirs_s = interleaved_best([ours, libcachesim], repeat)

@@ -30,6 +30,8 @@ import time
 
 import numpy as np
 
+from harness import best_of
+
 FLOOR = 0.8
 
 
@@ -57,17 +59,6 @@ def start_server(directory: str) -> tuple[subprocess.Popen[bytes], int]:
             server.kill()
             raise SystemExit(f"redis-server did not start on port {port}")
         time.sleep(0.02)
-
-
-def best_of(function, repeat: int, before=None) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        if before is not None:
-            before()
-        started = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def run(entries: int, size: int, batch: int, repeat: int) -> dict:
@@ -105,8 +96,8 @@ def run(entries: int, size: int, batch: int, repeat: int) -> dict:
         # Alternate the two sides so that a noisy neighbour hits both alike.
         tier_write_s = peer_write_s = float("inf")
         for _ in range(repeat):
-            tier_write_s = min(tier_write_s, best_of(tier_write, 1, flush_db))
-            peer_write_s = min(peer_write_s, best_of(peer_write, 1, flush_db))
+            tier_write_s = min(tier_write_s, best_of(tier_write, 1, before=flush_db))
+            peer_write_s = min(peer_write_s, best_of(peer_write, 1, before=flush_db))
         tier_write()
         peer_write()
         # Fetches alternate batch by batch, and each side's time is the sum over batches of each
@@ -116,22 +107,13 @@ def run(entries: int, size: int, batch: int, repeat: int) -> dict:
         clock = time.perf_counter
         for run_index in range(repeat):
             for index, (batch_keys, batch_names) in enumerate(batches):
-                if (run_index + index) % 2:
+                sides = [(tier.fetch_many, batch_keys, tier_best), (raw.mget, batch_names, peer_best)]
+                if not (run_index + index) % 2:
+                    sides.reverse()
+                for fetch, names_or_keys, best in sides:
                     started = clock()
-                    tier.fetch_many(batch_keys)
-                    middle = clock()
-                    raw.mget(batch_names)
-                    ended = clock()
-                    tier_s, peer_s = middle - started, ended - middle
-                else:
-                    started = clock()
-                    raw.mget(batch_names)
-                    middle = clock()
-                    tier.fetch_many(batch_keys)
-                    ended = clock()
-                    peer_s, tier_s = middle - started, ended - middle
-                tier_best[index] = min(tier_best[index], tier_s)
-                peer_best[index] = min(peer_best[index], peer_s)
+                    fetch(names_or_keys)
+                    best[index] = min(best[index], clock() - started)
         tier_fetch_s, peer_fetch_s = sum(tier_best), sum(peer_best)
         assert tier.fetch_many(keys[:10]) == values[:10], "the tier returned other bytes"
         counts = tier.counters()

@@ -10,8 +10,31 @@ the engine rather than a second opinion; its tests check invariants and behaviou
 
 from __future__ import annotations
 
-from reference_model import EV_EVICT, EV_INSERT, EV_LIFT, EV_PLACE, EV_REMOVE, ModelCache
-from vyrecache.errors import AllPinnedError, EntryTooLargeError
+from reference_model import ModelCache
+
+
+def clock_victim(ring, passes, pinned, spare):
+    """CLOCK's walk over `ring` (newest first): from the oldest entry round and round, for at most
+    `passes` times its length plus `passes` steps.  Pinned keys are passed over; a key `spare`
+    gives another chance moves to the newest end; the first other key is the victim (None when
+    the walk ends first)."""
+    position = len(ring) - 1
+    for _ in range(passes * len(ring) + passes if ring else 0):
+        if position < 0:
+            position = len(ring) - 1
+        key = ring[position]
+        if pinned(key):
+            position -= 1
+        elif spare(key):
+            ring.pop(position)
+            ring.insert(0, key)
+            # The walk goes on with the entry that was newer than this one (now at the same
+            # index), or round to the oldest when this one was the newest.
+            if position == 0:
+                position = len(ring) - 1
+        else:
+            return key
+    return None
 
 
 class TierModel:
@@ -97,25 +120,14 @@ class ClockModel(TierModel):
         self.marked.add(key)
 
     def victim(self):
-        ring = self.segments[0]
-        position = len(ring) - 1
-        for _ in range(2 * len(ring) + 2 if ring else 0):
-            if position < 0:
-                position = len(ring) - 1
-            key = ring[position]
-            if self.pinned(key):
-                position -= 1
-            elif key in self.marked:
-                self.marked.discard(key)
-                ring.pop(position)
-                ring.insert(0, key)
-                # The walk goes on with the entry that was newer than this one (now at the
-                # same index), or round to the oldest when this one was the newest.
-                if position == 0:
-                    position = len(ring) - 1
-            else:
-                return key
-        return None
+        return clock_victim(self.segments[0], 2, self.pinned, self.spare)
+
+    def spare(self, key):
+        """A marked key loses its mark and gets a second chance."""
+        if key not in self.marked:
+            return False
+        self.marked.discard(key)
+        return True
 
 
 class SieveModel(TierModel):
@@ -216,23 +228,14 @@ class S3FifoModel(TierModel):
         return None
 
     def main_victim(self):
-        main = self.segments[1]
-        position = len(main) - 1
-        for _ in range(4 * len(main) + 4 if main else 0):
-            if position < 0:
-                position = len(main) - 1
-            key = main[position]
-            if self.pinned(key):
-                position -= 1
-                continue
-            if self.freq[key] == 0:
-                return key
-            self.freq[key] -= 1
-            main.pop(position)
-            main.insert(0, key)
-            if position == 0:
-                position = len(main) - 1
-        return None
+        return clock_victim(self.segments[1], 4, self.pinned, self.spare_main)
+
+    def spare_main(self, key):
+        """A key of the main FIFO with frequency left spends one and gets another round."""
+        if self.freq[key] == 0:
+            return False
+        self.freq[key] -= 1
+        return True
 
     def victim(self):
         self.has_evicted = True
@@ -330,76 +333,20 @@ class PolicyModelCache(ModelCache):
 
     def unlink(self, entry):
         self.policies[entry.tier].remove(entry.key)
-        del self.lists[entry.tier][entry.key]
-        self.counters[entry.tier]["bytes_out"] += entry.size
+        super().unlink(entry)
 
     def link(self, entry, tier):
-        entry.tier = tier
-        self.lists[tier][entry.key] = None
+        super().link(entry, tier)
         self.policies[tier].place(entry.key)
 
-    def make_room(self, tier, charge):
-        while self.used(tier) + charge > self.capacities[tier]:
-            victim = self.policies[tier].victim()
-            assert victim is not None, "the caller checked that room can be made"
-            self.displace(self.entries[victim])
+    def victim_of(self, tier):
+        return self.policies[tier].victim()
 
-    def record(self, entry):
-        self.tick += 1
-        entry.last_access = self.tick
-        entry.frequency = min(entry.frequency + 1, 2**32 - 1)
+    def arrive(self, tier, key, charge, new):
+        self.policies[tier].arrival(key, charge, new)
+
+    def touched(self, entry):
         self.policies[entry.tier].touch(entry.key)
-
-    def move(self, entry, dst, counter):
-        src = entry.tier
-        self.events.append((EV_LIFT, entry.key, src, dst))
-        self.unlink(entry)
-        self.policies[dst].arrival(entry.key, self.charge(entry.size), False)
-        self.make_room(dst, self.charge(entry.size))
-        self.link(entry, dst)
-        self.events.append((EV_PLACE, entry.key, src, dst))
-        self.counters[dst][counter] += 1
-        self.counters[dst]["bytes_in"] += entry.size
-
-    def insert(self, key, size):
-        from reference_model import Entry
-        self.events = []
-        charge = self.charge(size)
-        old = self.entries.get(key)
-        fitting = [t for t, cap in enumerate(self.capacities) if charge <= cap]
-        if not fitting:
-            raise EntryTooLargeError(key)
-        hosts = [t for t in fitting if self.can_host(t, charge, ignore=old)]
-        if not hosts:
-            raise AllPinnedError(key)
-        tier = hosts[0]
-        if old is not None:
-            self.leave(old, EV_REMOVE)
-        self.policies[tier].arrival(key, charge, old is None)
-        self.make_room(tier, charge)
-        entry = Entry(key, size, tier)
-        self.entries[key] = entry
-        self.link(entry, tier)
-        self.events.append((EV_INSERT, key, -1, tier))
-        self.counters[tier]["inserts"] += 1
-        self.counters[tier]["bytes_in"] += size
-        return tier
-
-    def evict_coldest(self):
-        self.events = []
-        for tier in range(len(self.capacities)):
-            key = self.policies[tier].victim()
-            if key is not None:
-                self.leave(self.entries[key], EV_EVICT)
-                return key
-        return None
-
-    def evict_from_tier(self, tier):
-        self.events = []
-        key = self.policies[tier].victim()
-        if key is not None:
-            self.displace(self.entries[key])
-        return key
 
     def tier_keys(self, tier):
         return self.policies[tier].order()

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from vyrecache.counters import ENGINE_COUNTERS
 from vyrecache.errors import AllPinnedError, EntryTooLargeError, KeyNotFoundError
 
 EV_INSERT, EV_REMOVE, EV_EVICT, EV_LIFT, EV_PLACE = 1, 2, 3, 4, 5
-COUNTERS = ("hits", "misses", "inserts", "evictions", "promotions", "demotions", "spills",
-            "bytes_in", "bytes_out", "rejections")
+COUNTERS = ENGINE_COUNTERS
 U32_MAX = 2**32 - 1
 
 
@@ -80,9 +80,22 @@ class ModelCache:
             self.counters[entry.tier]["evictions"] += 1
         del self.entries[entry.key]
 
+    # ---- what a policy decides (LRU here; policy_models.PolicyModelCache overrides them) ----
+    def victim_of(self, tier):
+        """The key the tier gives up next, None when every entry is pinned."""
+        return self.coldest_unpinned(tier)
+
+    def arrive(self, tier, key, charge, new):
+        """An entry is about to be placed in `tier` (before room is made for it)."""
+
+    def touched(self, entry):
+        self.lists[entry.tier].move_to_end(entry.key)
+
     def make_room(self, tier, charge):
         while self.used(tier) + charge > self.capacities[tier]:
-            self.displace(self.entries[self.coldest_unpinned(tier)])
+            victim = self.victim_of(tier)
+            assert victim is not None, "the caller checked that room can be made"
+            self.displace(self.entries[victim])
 
     def displace(self, entry):
         tier = entry.tier
@@ -95,6 +108,7 @@ class ModelCache:
         src = entry.tier
         self.events.append((EV_LIFT, entry.key, src, dst))
         self.unlink(entry)
+        self.arrive(dst, entry.key, self.charge(entry.size), False)
         self.make_room(dst, self.charge(entry.size))
         self.link(entry, dst)
         self.events.append((EV_PLACE, entry.key, src, dst))
@@ -105,7 +119,7 @@ class ModelCache:
         self.tick += 1
         entry.last_access = self.tick
         entry.frequency = min(entry.frequency + 1, U32_MAX)
-        self.lists[entry.tier].move_to_end(entry.key)
+        self.touched(entry)
 
     def promote_entry(self, entry, strict):
         tier = entry.tier
@@ -149,6 +163,7 @@ class ModelCache:
         tier = hosts[0]
         if old is not None:
             self.leave(old, EV_REMOVE)
+        self.arrive(tier, key, charge, old is None)
         self.make_room(tier, charge)
         entry = Entry(key, size, tier)
         self.entries[key] = entry
@@ -202,7 +217,7 @@ class ModelCache:
     def evict_coldest(self):
         self.events = []
         for tier in range(len(self.capacities)):
-            key = self.coldest_unpinned(tier)
+            key = self.victim_of(tier)
             if key is not None:
                 self.leave(self.entries[key], EV_EVICT)
                 return key
@@ -210,7 +225,7 @@ class ModelCache:
 
     def evict_from_tier(self, tier):
         self.events = []
-        key = self.coldest_unpinned(tier)
+        key = self.victim_of(tier)
         if key is not None:
             self.displace(self.entries[key])
         return key

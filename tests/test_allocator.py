@@ -3,12 +3,9 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from helpers import round_up
 from vyrecache.errors import CacheError
 from vyrecache._core.allocator import Allocator
-
-
-def round_up(value, alignment):
-    return (value + alignment - 1) // alignment * alignment
 
 
 def test_first_fit_reuses_the_lowest_hole():

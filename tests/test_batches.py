@@ -12,16 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import vyrecache as vc
-
-
-def payload(key: int, size: int, version: int = 0) -> bytes:
-    rng = np.random.default_rng(key * 7919 + size * 31 + version)
-    return rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+from helpers import closing_caches, payload
 
 
 @pytest.fixture(params=["host", "vulkan", "vulkan-device-copies"])
 def make_cache(request):
-    made = []
     if request.param.startswith("vulkan"):
         device = request.getfixturevalue("vulkan_device")
         from vyrecache.vulkan.backend import VulkanBackend
@@ -32,15 +27,12 @@ def make_cache(request):
         def backend():
             return "host"
 
-    def build(**options):
-        cache = vc.BufferCache([vc.CacheTier("host", 8192, "host"), vc.CacheTier("vram", 2048, "device")],
-                               backend=backend(), **options)
-        made.append(cache)
-        return cache
+    def new_cache(**options):
+        return vc.BufferCache([vc.CacheTier("host", 8192, "host"), vc.CacheTier("vram", 2048, "device")],
+                              backend=backend(), **options)
 
-    yield build
-    for cache in made:
-        cache.close()
+    with closing_caches(new_cache) as build:
+        yield build
 
 
 def state(cache):

@@ -16,12 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import vyrecache as vc
+from helpers import closing_caches, payload
 from vyrecache.buffer_cache import open_backend
-
-
-def payload(key: int, size: int, version: int = 0) -> bytes:
-    rng = np.random.default_rng(key * 7919 + size * 31 + version)
-    return rng.integers(0, 256, size, dtype=np.uint8).tobytes()
 
 
 VULKAN_COMPACTION = {"vulkan": "commands", "vulkan-device-copies": "commands",
@@ -37,7 +33,6 @@ def make_cache(request):
     the discrete-GPU paths run on lavapipe too; "vulkan-shader-copies" does the
     same with every copy table run by the compute shader.
     """
-    made = []
     if request.param.startswith("vulkan"):
         device = request.getfixturevalue("vulkan_device")
         device_copies = request.param in ("vulkan-device-copies", "vulkan-shader-copies")
@@ -51,15 +46,9 @@ def make_cache(request):
         def backend():
             return "host"
 
-    def build(tiers, **options):
-        cache = vc.BufferCache(tiers, backend=backend(), **options)
-        made.append(cache)
-        return cache
-
-    build.backend = request.param
-    yield build
-    for cache in made:
-        cache.close()
+    with closing_caches(lambda tiers, **options: vc.BufferCache(tiers, backend=backend(), **options)) as build:
+        build.backend = request.param
+        yield build
 
 
 def small_tiers(host=4096, device=1024):
@@ -464,7 +453,7 @@ def test_threads_sharing_a_cache_never_corrupt_bytes(make_cache):
     def worker(seed):
         rng = np.random.default_rng(seed)
         try:
-            for step in range(300):
+            for _ in range(300):
                 key = int(rng.integers(0, 40))
                 action = rng.integers(0, 4)
                 if action == 0:

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import vyrecache as vc
+from helpers import payload
 
 POLICIES = {
     "fifo": vc.FifoPolicy, "clock": vc.ClockPolicy, "sieve": vc.SievePolicy,
@@ -16,10 +17,6 @@ POLICIES = {
 
 OPS = st.lists(st.tuples(st.sampled_from(["put", "access", "access", "remove"]), st.integers(0, 30),
                          st.sampled_from([16, 200, 700, 1500])), max_size=80)
-
-
-def payload(key: int, size: int, version: int) -> bytes:
-    return np.random.default_rng(key * 7919 + size * 31 + version).integers(0, 256, size, dtype=np.uint8).tobytes()
 
 
 @pytest.mark.parametrize("name", sorted(POLICIES))

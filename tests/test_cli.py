@@ -2,9 +2,11 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -343,6 +345,15 @@ def test_counter_names_are_documented_and_stable():
     assert {"compactions", "compaction_bytes", "fragmentation", "fragmentation_evictions",
             "cleanings", "cleaning_bytes", "memory"} <= set(COUNTERS)
     assert all(description for description in COUNTERS.values())
+
+
+def test_the_readme_documents_every_counter_in_report_order():
+    """The README's counter table names the counters of vyrecache.counters, in the same order."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme[readme.index("| `hits` |"):]
+    table = table[:table.index("\n\n")]
+    documented = [name for row in table.splitlines() for name in re.findall(r"`(\w+)`", row.split("|")[1])]
+    assert documented == list(COUNTERS)
 
 
 def test_hit_ratios_without_accesses_are_zero():

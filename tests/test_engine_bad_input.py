@@ -78,7 +78,7 @@ def test_numpy_integers_are_keys():
     assert cache.get(2**64 - 1) == vc.CacheEntry(2**64 - 1, 4, 0)
 
 
-def test_too_large_keeps_the_seed_message_and_the_old_entry():
+def test_too_large_keeps_the_original_message_and_the_old_entry():
     cache = make()
     before = state(cache)
     with pytest.raises(vc.EntryTooLargeError) as raised:
@@ -88,7 +88,7 @@ def test_too_large_keeps_the_seed_message_and_the_old_entry():
     assert state(cache) == before
 
 
-def test_missing_key_keeps_the_seed_message():
+def test_missing_key_keeps_the_original_message():
     cache = make()
     for call in (cache.promote, cache.demote, cache.remove, cache.pin, cache.unpin):
         with pytest.raises(vc.KeyNotFoundError) as raised:

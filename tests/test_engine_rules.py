@@ -1,4 +1,4 @@
-"""The engine's rules beyond the seed: events, granularity, pins, policies, batches, memory."""
+"""The engine's rules beyond the original Rust TieredCache's: events, granularity, pins, policies, batches, memory."""
 
 import threading
 import tracemalloc
@@ -7,21 +7,13 @@ import numpy as np
 import pytest
 
 import vyrecache as vc
+from helpers import heat, make
 from vyrecache._core.engine import EV_EVICT, EV_INSERT, EV_LIFT, EV_PLACE, EV_REMOVE
-
-
-def make(*capacities, **options):
-    return vc.TieredCache([vc.CacheTier(f"t{i}", c) for i, c in enumerate(capacities)], **options)
 
 
 def events(cache):
     return [(int(e["kind"]), int(e["key"]), int(e["src_tier"]), int(e["dst_tier"]))
             for e in cache.events()]
-
-
-def heat(cache, key, times=3):
-    for _ in range(times):
-        cache.record_access(key)
 
 
 def test_promote_into_a_full_tier_logs_lift_lift_place_place():

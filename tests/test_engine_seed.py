@@ -1,16 +1,8 @@
-"""The original Rust TieredCache's own unit tests, rewritten against vyrecache's API."""
+"""The original Rust TieredCache's own unit tests, rewritten against vyrecache's API: the
+seed this project grew from, whose behaviour the engine keeps."""
 
 import vyrecache as vc
-
-
-def make(*capacities, **options):
-    return vc.TieredCache([vc.CacheTier(f"L{i + 1}", c) for i, c in enumerate(capacities)],
-                          **options)
-
-
-def heat(cache, key):
-    for _ in range(vc.LruPolicy.DEFAULT_THRESHOLD):
-        cache.record_access(key)
+from helpers import heat, make
 
 
 def test_get_returns_entry_after_insert():
@@ -104,7 +96,7 @@ def test_promote_without_eviction_keeps_both_keys():
 
 
 def test_a_promote_into_a_full_tier_evicts_that_tiers_coldest_key():
-    # spill=False is the seed's exact behaviour: the victim leaves the cache.
+    # spill=False is the original cache's exact behaviour: the victim leaves the cache.
     cache = make(400, 100, spill=False)
     cache.insert(1, 100)
     cache.insert(2, 100)

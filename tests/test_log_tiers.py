@@ -13,10 +13,7 @@ import numpy as np
 import pytest
 
 import vyrecache as vc
-
-
-def payload(key: int, size: int, version: int = 0) -> np.ndarray:
-    return np.random.default_rng(key * 7919 + size * 31 + version).integers(0, 256, size, dtype=np.uint8)
+from helpers import payload_array as payload
 
 
 def ranges_do_not_overlap(cache) -> None:

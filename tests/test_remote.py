@@ -309,7 +309,7 @@ def test_concurrent_fetches_and_writes_from_many_threads(tier):
 
     def work(base: int) -> None:
         try:
-            for round_ in range(20):
+            for _ in range(20):
                 keys = list(range(base, base + 50))
                 tier.write_many(keys, [b"%d" % key for key in keys])
                 tier.flush(10)

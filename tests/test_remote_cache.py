@@ -14,6 +14,7 @@ import pytest
 
 import vyrecache as vc
 
+from helpers import closing_caches
 from redis_servers import require_redis  # noqa: F401  (the fixtures below start their own servers)
 
 pytestmark = pytest.mark.redis
@@ -25,20 +26,16 @@ def payload(key: int, size: int = 4096) -> bytes:
 
 @pytest.fixture(params=["host", "vulkan"])
 def make_cache(request, redis_server):
-    made = []
     if request.param == "vulkan":
         request.getfixturevalue("require_vulkan")
 
-    def build(namespace="c", **options):
+    def new_cache(namespace="c", **options):
         remote = vc.RedisTier(redis_server.url, namespace=namespace, timeout=0.5)
-        cache = vc.BufferCache([vc.CacheTier("host", 64 << 10, "host"), vc.CacheTier("vram", 16 << 10, "device")],
-                               backend=request.param, remote=remote, **options)
-        made.append(cache)
-        return cache
+        return vc.BufferCache([vc.CacheTier("host", 64 << 10, "host"), vc.CacheTier("vram", 16 << 10, "device")],
+                              backend=request.param, remote=remote, **options)
 
-    yield build
-    for cache in made:
-        cache.close()
+    with closing_caches(new_cache) as build:
+        yield build
 
 
 def test_victims_go_to_redis_and_come_back_with_their_bytes(make_cache):

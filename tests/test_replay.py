@@ -24,7 +24,7 @@ def brute_force_opt(keys, capacity):
             hits += 1
             continue
 
-        def next_use(k):
+        def next_use(k, index=index):
             return next((i for i in range(index + 1, len(keys)) if keys[i] == k), len(keys))
         if len(cache) < capacity:
             cache.add(key)

@@ -123,7 +123,7 @@ class StorageBackend(ABC):
     def read_into(self, block: StorageBlock, offset: int, out: memoryview) -> None:
         """Copy bytes of a block into a writable host buffer."""
 
-    def prepare_write(self, nbytes: int) -> None:
+    def prepare_write(self, nbytes: int) -> None:  # noqa: B027 - an optional hook, not abstract
         """Make sure a later ``write`` of ``nbytes`` cannot fail for lack of staging memory."""
 
     def export_fd(self, block: StorageBlock) -> int:

@@ -9,7 +9,7 @@ classes, the printable report.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Generic, Iterable, TypeVar, overload
 
 from ._core.engine import COUNTER_NAMES, EVENT_DTYPE, AccessStats, CacheEntry, Engine
 
@@ -29,6 +29,14 @@ class CacheTier:
     name: str
     capacity: int
     memory: str = "auto"
+
+
+def _promote_threshold(value: int) -> int:
+    """`value` as a promote_threshold, or ValueError saying what one must be."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 32:
+        raise ValueError(f"promote_threshold must be an int in [0, 2**32), got {value!r}. Fix: pass a "
+                         f"small non-negative int, e.g. LruPolicy.DEFAULT_THRESHOLD.")
+    return value
 
 
 class TierPolicy:
@@ -77,12 +85,7 @@ class LruPolicy(TierPolicy):
     name = "lru"
 
     def __init__(self, promote_threshold: int = DEFAULT_THRESHOLD) -> None:
-        if (isinstance(promote_threshold, bool) or not isinstance(promote_threshold, int)
-                or not 0 <= promote_threshold < 1 << 32):
-            raise ValueError(f"promote_threshold must be an int in [0, 2**32), got "
-                             f"{promote_threshold!r}. Fix: pass a small non-negative int, "
-                             f"e.g. LruPolicy.DEFAULT_THRESHOLD.")
-        self.promote_threshold = promote_threshold
+        self.promote_threshold = _promote_threshold(promote_threshold)
 
     def should_promote(self, key: int, stats: AccessStats) -> bool:
         return stats.frequency >= self.promote_threshold
@@ -126,12 +129,7 @@ class _EnginePolicy(TierPolicy):
     name = ""
 
     def __init__(self, promote_threshold: int = LruPolicy.DEFAULT_THRESHOLD) -> None:
-        if (isinstance(promote_threshold, bool) or not isinstance(promote_threshold, int)
-                or not 0 <= promote_threshold < 1 << 32):
-            raise ValueError(f"promote_threshold must be an int in [0, 2**32), got "
-                             f"{promote_threshold!r}. Fix: pass a small non-negative int, "
-                             f"e.g. LruPolicy.DEFAULT_THRESHOLD.")
-        self.promote_threshold = promote_threshold
+        self.promote_threshold = _promote_threshold(promote_threshold)
 
     def _params(self) -> dict[str, Any]:
         return {}
@@ -258,6 +256,32 @@ POLICIES: dict[str, type[TierPolicy]] = {
 }
 
 
+_T = TypeVar("_T")
+
+
+class _TierField(Generic[_T]):
+    """A read-only attribute of a TierView: one field of the engine's tier_info(), read afresh."""
+
+    __slots__ = ("_position",)
+
+    def __init__(self, position: int) -> None:
+        self._position = position
+
+    @overload
+    def __get__(self, view: None, owner: type) -> _TierField[_T]: ...
+    @overload
+    def __get__(self, view: TierView, owner: type | None = None) -> _T: ...
+
+    def __get__(self, view: TierView | None, owner: type | None = None) -> _T | _TierField[_T]:
+        if view is None:
+            return self
+        value: Any = view._cache.tier_info(view._index)[self._position]
+        return value
+
+    def __set__(self, view: TierView, value: object) -> None:
+        raise AttributeError("a TierView is read-only")
+
+
 class TierView:
     """A live view of one tier: name, capacity, used (charged bytes), count, pinned."""
 
@@ -271,25 +295,11 @@ class TierView:
     def index(self) -> int:
         return self._index
 
-    @property
-    def name(self) -> str:
-        return self._cache.tier_info(self._index)[0]
-
-    @property
-    def capacity(self) -> int:
-        return self._cache.tier_info(self._index)[1]
-
-    @property
-    def used(self) -> int:
-        return self._cache.tier_info(self._index)[2]
-
-    @property
-    def count(self) -> int:
-        return self._cache.tier_info(self._index)[3]
-
-    @property
-    def pinned(self) -> int:
-        return self._cache.tier_info(self._index)[4]
+    name: _TierField[str] = _TierField(0)
+    capacity: _TierField[int] = _TierField(1)
+    used: _TierField[int] = _TierField(2)
+    count: _TierField[int] = _TierField(3)
+    pinned: _TierField[int] = _TierField(4)
 
     def keys(self) -> list[int]:
         """This tier's keys, most recent first."""

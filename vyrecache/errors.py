@@ -20,7 +20,7 @@ __all__ = [
     "VulkanUnavailableError",
 ]
 
-# The seed's messages, kept word for word.
+# The messages of the original Rust TieredCache, kept word for word.
 KEY_NOT_FOUND_MESSAGE = "Key not found in cache. Fix: verify the key was inserted before operating on it."
 ENTRY_TOO_LARGE_MESSAGE = ("Entry size exceeds the capacity of the largest tier. "
                            "Fix: reduce the buffer size or increase the tier capacity.")

@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import CacheClosedError
+from .counters import RATIO_COUNTERS
 from .report import COUNTERS, counters_by_tier
 
 try:
@@ -45,7 +46,7 @@ __all__ = ["PrometheusCollector"]
 
 _PREFIX = "vyrecache"
 #: Per-tier values that are a state now rather than a running total, with their metric suffix.
-_GAUGES = {"fragmentation": "fragmentation_ratio"}
+_GAUGES = {name: f"{name}_ratio" for name in RATIO_COUNTERS}
 _REMOTE_HELP = {
     "hits": "keys fetched from the remote tier that it served",
     "misses": "keys fetched from the remote tier that it did not serve (absent, corrupt, or server skipped)",
@@ -64,7 +65,7 @@ def _metric_name(counter: str) -> str:
     return name[:-len("_total")] if name.endswith("_total") else name
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -98,7 +99,7 @@ class PrometheusCollector:
             return
         families: dict[str, Metric] = {}
 
-        def family(kind: type[Metric], name: str, documentation: str, labels: list[str]) -> Any:
+        def family(kind: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str, documentation: str, labels: list[str]) -> Any:
             if name not in families:
                 families[name] = kind(name, documentation, labels=labels)
             return families[name]
@@ -123,8 +124,8 @@ class PrometheusCollector:
         if isinstance(remote, Mapping) and remote:
             by_tier = (remote if all(isinstance(value, Mapping) and "hits" in value for value in remote.values())
                        else {"remote": remote})
-            for tier_name, values in by_tier.items():
-                self._add_remote(family, str(tier_name), values)
+            for tier_name, remote_values in by_tier.items():
+                self._add_remote(family, str(tier_name), remote_values)
         yield from families.values()
 
     @staticmethod

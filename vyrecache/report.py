@@ -24,38 +24,20 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from .counters import BYTE_COUNTERS as _BYTE_COUNTERS
+from .counters import COUNTERS as _COUNTERS
+from .counters import RATIO_COUNTERS as _RATIO_COUNTERS
+
 __all__ = ["COUNTERS", "TierUsage", "counters_by_tier", "format_bytes", "format_report", "hit_ratios"]
 
 #: What ``cache.counters()`` returns: per tier (a list in tier order, slowest first, with the tier
 #: names given separately, or a mapping by tier name), per counter name, the value.
 Counters = Mapping[str, Mapping[str, int | float]] | Sequence[Mapping[str, int | float]]
 
-#: Every documented counter, in the order the report shows them, with its meaning.
-#: All are cumulative since the cache was made or its counters were last reset,
-#: except ``fragmentation``, which is the tier's state now.
-COUNTERS: dict[str, str] = {
-    "hits": "accesses that found the entry in this tier",
-    "misses": "accesses that did not find the entry and whose new entry was placed in this tier",
-    "inserts": "entries placed in this tier by insert/put (replacements included)",
-    "evictions": "entries that left the cache from this tier to make room (on_evict was called)",
-    "promotions": "entries that arrived in this tier by promotion from the next slower one",
-    "demotions": "entries that arrived in this tier by demote from the next faster one",
-    "spills": "entries that arrived in this tier by spilling: pushed out of the next faster one to make room",
-    "bytes_in": "bytes of entries that arrived in this tier, for any reason",
-    "bytes_out": "bytes of entries that left this tier, for any reason",
-    "rejections": "new keys the tier's admission filter declined (W-TinyLFU): nothing stored, insert returned False",
-    "cleanings": "segments (or windows of segments, for a large entry) cleaned to make room",
-    "cleaning_bytes": "bytes copied by cleaning (the write amplification's numerator)",
-    "compactions": "cache.compact() passes run on this tier",
-    "compaction_bytes": "bytes moved inside this tier by cache.compact()",
-    "fragmentation_evictions": "entries displaced because pinned segments left no other room",
-    "memory": "bytes of memory the tier took: capacity / (1 - headroom) in whole segments",
-    "fragmentation": "share of the free bytes lying as dead space in closed segments, now",
-}
-
-# Counters that are byte amounts (shown as KiB/MiB/GiB) and ratios (shown as %).
-_BYTE_COUNTERS = frozenset({"bytes_in", "bytes_out", "compaction_bytes", "cleaning_bytes", "memory"})
-_RATIO_COUNTERS = frozenset({"fragmentation"})
+#: Every documented counter, in the order the report shows them, with its meaning (declared in
+#: :mod:`vyrecache.counters`).  All are cumulative since the cache was made or its counters were
+#: last reset, except ``fragmentation``, which is the tier's state now.
+COUNTERS: dict[str, str] = _COUNTERS
 
 
 class TierUsage(Protocol):

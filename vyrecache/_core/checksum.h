@@ -19,23 +19,14 @@
 
 static inline uint64_t vc_rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
 
-static inline uint64_t vc_read64(const unsigned char *p) {
-    uint64_t v;
-    memcpy(&v, p, 8);
+/* Little-endian loads: the hash is defined on little-endian words. */
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    v = __builtin_bswap64(v);
+#define VC_FROM_LE(bits, v) __builtin_bswap##bits(v)
+#else
+#define VC_FROM_LE(bits, v) (v)
 #endif
-    return v;
-}
-
-static inline uint32_t vc_read32(const unsigned char *p) {
-    uint32_t v;
-    memcpy(&v, p, 4);
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    v = __builtin_bswap32(v);
-#endif
-    return v;
-}
+static inline uint64_t vc_read64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return VC_FROM_LE(64, v); }
+static inline uint32_t vc_read32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return VC_FROM_LE(32, v); }
 
 static inline uint64_t vc_xxh_round(uint64_t acc, uint64_t lane) {
     acc += lane * VC_XXH_P2;

@@ -109,9 +109,9 @@ cdef enum:
 
 
 ctypedef struct PolicyState:
-    # One tier's policy state.  A tier's entries stay on its one list (so the storage layer's
-    # walk with first_slot/next_slot sees them all), cut into up to three segments that follow
-    # each other from head to tail: segment 0 nearest the head.
+    # One tier's policy state.  A tier's entries stay on its one list (so a walk of the tier,
+    # such as check()'s, sees them all), cut into up to three segments that follow each other
+    # from head to tail: segment 0 nearest the head.
     uint32_t seg_head[3]    # the first (most recent) slot of each segment, VC_NIL when empty
     uint32_t hand           # SIEVE's hand (VC_NIL: the next search starts at the tail)
     uint64_t seg_used[3]    # charged bytes per segment
@@ -231,12 +231,9 @@ cdef class Engine:
     #     both called with the GIL held) ---
     cdef void acquire(self) noexcept
     cdef void _wait_for_lock(self) noexcept
-    cdef void acquire_nogil(self) noexcept nogil
     cdef void release(self) noexcept nogil
     cdef uint64_t charged(self, uint64_t size) noexcept nogil
     cdef Py_ssize_t slot_of(self, uint64_t key) noexcept nogil
-    cdef Py_ssize_t first_slot(self, int tier) noexcept nogil
-    cdef Py_ssize_t next_slot(self, Py_ssize_t slot) noexcept nogil
     cdef int evict_for_room(self, int tier, uint64_t* key_out) noexcept nogil
 
     # --- one mutating operation driven by the storage layer: op_begin() takes the lock and
@@ -260,4 +257,5 @@ cdef class Engine:
 
     # --- helpers of the Python-level API ---
     cdef int _check_tier(self, int tier) except -1
+    cdef object _sized_many(self, keys, sizes, bint inserting)
     cdef object _move_many(self, keys, bint up)

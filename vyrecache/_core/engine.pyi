@@ -17,8 +17,6 @@ EV_EVICT: EventKind
 EV_LIFT: EventKind
 EV_PLACE: EventKind
 EVENT_DTYPE: np.dtype[Any]
-SLOT_BYTES: int
-EVENT_BYTES: int
 COUNTER_NAMES: tuple[str, ...]
 
 class CacheEntry:

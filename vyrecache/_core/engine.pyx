@@ -14,14 +14,15 @@ ST_DECLINED (engine.pxd).
 cimport cython
 from cpython.object cimport PyObject
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
-from libc.stdint cimport (INT8_MAX, UINT32_MAX, UINT64_MAX, int8_t, int32_t, int64_t, uint8_t,
-                          uint16_t, uint32_t, uint64_t)
+from libc.stdint cimport (INT8_MAX, UINT32_MAX, UINT64_MAX, int8_t, int32_t, uint8_t, uint16_t,
+                          uint32_t, uint64_t)
 from libc.string cimport memcpy, memset
 
 import operator
 
 import numpy as np
 
+from vyrecache.counters import ENGINE_COUNTERS
 from vyrecache.errors import (ENTRY_TOO_LARGE_MESSAGE, KEY_NOT_FOUND_MESSAGE, AllPinnedError,
                               CacheError, CapacityAccountingError, EntryTooLargeError,
                               KeyNotFoundError)
@@ -33,7 +34,7 @@ cdef extern from *:
     #else
     #define VC_DEBUG 0
     #endif
-    /* VC_REQUIRE_GIL: the engine's lock relies on the GIL (Engine.acquire). */
+    /* The engine's lock relies on the GIL to order its state (see Engine.acquire). */
     #ifdef Py_GIL_DISABLED
     #error "vyrecache's engine lock needs the GIL; free-threaded CPython is not supported yet"
     #endif
@@ -93,8 +94,11 @@ cdef object report_victims(object callback, list entries, object error):
     return error
 
 
-COUNTER_NAMES = ("hits", "misses", "inserts", "evictions", "promotions", "demotions", "spills",
-                 "bytes_in", "bytes_out", "rejections")
+# The names of TierState.counters, index by index (vyrecache/counters.py declares them).
+COUNTER_NAMES = ENGINE_COUNTERS
+if len(COUNTER_NAMES) != VC_N_COUNTERS:
+    raise ImportError(f"vyrecache.counters names {len(COUNTER_NAMES)} engine counters, the engine keeps "
+                      f"{VC_N_COUNTERS}. Fix: declare each C_* counter in vyrecache/counters.py, in order.")
 
 
 cdef object _event_dtype():
@@ -113,8 +117,6 @@ cdef object _event_dtype():
 EVENT_DTYPE = _event_dtype()
 # The event kinds as plain module constants too (EventKind.EV_INSERT == EV_INSERT).
 globals().update({kind.name: kind for kind in EventKind})
-SLOT_BYTES = sizeof(Slot)
-EVENT_BYTES = sizeof(Event)
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,8 +310,6 @@ cdef int _insert(Engine e, uint64_t key, uint64_t size, uint32_t old) noexcept n
     cdef uint64_t charge = _charge(e, size)
     cdef int tier = _first_tier_for(e, charge, old)
     cdef int reserved
-    cdef uint32_t slot
-    cdef Slot* s
     if vc_unlikely(tier < 0):
         return tier
     reserved = _reserve_one(e)
@@ -405,30 +405,16 @@ cdef inline int _access(Engine e, uint64_t key, uint64_t size) noexcept nogil:
     return _access_miss(e, key, size, h, gap)
 
 
-cdef inline bint _replace_coldest(Engine e, uint64_t key, uint64_t size, uint64_t h,
-                                  uint64_t gap) noexcept nogil:
-    """The common miss of a full cache, in place: a new key evicts tier 0's coldest entry and
-    takes over its slot.  False, having changed nothing, unless that is exactly what _insert
-    would do: the native policy, no log (freed slots then wait in limbo), tier 0 holding the
-    new entry with no pins in it, one eviction making room, and room in the map (a map about
-    to be rebuilt takes the general path)."""
+cdef inline void _take_over(Engine e, uint32_t victim, uint64_t key, uint64_t size, uint64_t h,
+                            uint64_t gap) noexcept nogil:
+    """The miss of a full tier 0 in place: `victim` (of tier 0) is evicted and the new key takes
+    over its slot and the free bucket `gap` its lookup found.  The tier's bytes and lists are
+    the caller's to update."""
     cdef TierState* t = &e.tier_state[0]
-    cdef uint32_t victim = t.tail
-    cdef uint64_t charge, victim_charge, victim_hash, group
-    cdef Slot* s
-    if (not e.lru_native or e.logging or t.pinned != 0 or victim == VC_NIL
-            or e.growth_left == 0):
-        return False
-    charge = _charge(e, size)
-    if charge > t.capacity or t.used <= t.capacity - charge:
-        return False                    # too large for tier 0, or fits without an eviction
-    s = &e.slots[victim]
-    victim_charge = _charge(e, s.size)
-    if t.used - victim_charge > t.capacity - charge:
-        return False                    # one eviction is not enough
+    cdef Slot* s = &e.slots[victim]
+    cdef uint64_t victim_hash = _hash(s.key)
     t.counters[C_BYTES_OUT] += s.size
     t.counters[C_EVICTIONS] += 1
-    victim_hash = _hash(s.key)
     s.key = key
     s.size = size
     s.last_access = 0
@@ -441,6 +427,32 @@ cdef inline bint _replace_coldest(Engine e, uint64_t key, uint64_t size, uint64_
     # it on the new key's path (an earlier group with an EMPTY byte would have held the gap).
     _map_erase_from(e, victim, victim_hash)
     _map_place(e, gap, victim, h)
+    t.counters[C_INSERTS] += 1
+    t.counters[C_BYTES_IN] += size
+
+
+cdef inline bint _replace_coldest(Engine e, uint64_t key, uint64_t size, uint64_t h,
+                                  uint64_t gap) noexcept nogil:
+    """The common miss of a full cache, in place: a new key evicts tier 0's coldest entry and
+    takes over its slot.  False, having changed nothing, unless that is exactly what _insert
+    would do: the native policy, no log (freed slots then wait in limbo), tier 0 holding the
+    new entry with no pins in it, one eviction making room, and room in the map (a map about
+    to be rebuilt takes the general path)."""
+    cdef TierState* t = &e.tier_state[0]
+    cdef uint32_t victim = t.tail
+    cdef uint64_t charge, victim_charge, group
+    cdef Slot* s
+    if (not e.lru_native or e.logging or t.pinned != 0 or victim == VC_NIL
+            or e.growth_left == 0):
+        return False
+    charge = _charge(e, size)
+    if charge > t.capacity or t.used <= t.capacity - charge:
+        return False                    # too large for tier 0, or fits without an eviction
+    s = &e.slots[victim]
+    victim_charge = _charge(e, s.size)
+    if t.used - victim_charge > t.capacity - charge:
+        return False                    # one eviction is not enough
+    _take_over(e, victim, key, size, h, gap)
     t.used += charge - victim_charge
     if t.head != victim:                # from the cold end to the most recent one
         t.tail = s.prev
@@ -457,8 +469,6 @@ cdef inline bint _replace_coldest(Engine e, uint64_t key, uint64_t size, uint64_
         vc_prefetch_write(&e.buckets[group << GROUP_BITS])
         if s.prev != VC_NIL:
             vc_prefetch_write(&e.slots[s.prev])
-    t.counters[C_INSERTS] += 1
-    t.counters[C_BYTES_IN] += size
     t.counters[C_MISSES] += 1
     return True
 
@@ -498,7 +508,7 @@ cdef int _policy_replace(Engine e, uint64_t key, uint64_t size, uint64_t h,
     having done what _insert would (a victim too small to make room is evicted and the general
     path makes the rest)."""
     cdef TierState* t = &e.tier_state[0]
-    cdef uint64_t charge = _charge(e, size), victim_hash
+    cdef uint64_t charge = _charge(e, size)
     cdef uint32_t victim
     cdef Slot* s
     if (e.policy_kind == PK_WTINYLFU or e.logging or t.pinned != 0 or t.count == 0
@@ -515,20 +525,8 @@ cdef int _policy_replace(Engine e, uint64_t key, uint64_t size, uint64_t h,
         _insert_arrived(e, key, size, 0, charge)
         return 0
     _seg_unlink(e, victim)
-    t.counters[C_BYTES_OUT] += s.size
-    t.counters[C_EVICTIONS] += 1
-    victim_hash = _hash(s.key)
-    s.key = key
-    s.size = size
-    s.last_access = 0
-    s.frequency = 0
-    s.flags = 0
-    # In this order, as in _replace_coldest: both buckets name this slot until the delete.
-    _map_erase_from(e, victim, victim_hash)
-    _map_place(e, gap, victim, h)
+    _take_over(e, victim, key, size, h, gap)
     _policy_place(e, victim, 0)
-    t.counters[C_INSERTS] += 1
-    t.counters[C_BYTES_IN] += size
     return 0
 
 
@@ -551,6 +549,86 @@ cdef inline int _policy_access(Engine e, uint64_t key, uint64_t size, uint64_t h
     e.tier_state[tier].counters[C_MISSES] += 1
     _policy_sample(e, tier, False)
     return ST_MISS
+
+
+# --------------------------------------------------------------------------------------------
+# The batch loops, written once: a batch call runs one without the GIL for the built-in
+# policies, and with it for a Python policy (whose callbacks then need no GIL round trip).
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef Py_ssize_t _access_loop(Engine e, const uint64_t[::1] kv, const uint64_t[:] sv, int8_t[::1] result,
+                             int* status) noexcept nogil:
+    """access_many()'s loop: each key's tier (-1 for a miss) into `result`; the index of the key
+    that failed, its status in `status`, or -1."""
+    cdef Py_ssize_t i, n = kv.shape[0]
+    cdef uint64_t home, gap
+    cdef uint32_t slot
+    cdef Prefetcher ring
+    _prefetch_start(e, &ring)
+    if e.native_policy and not e.lru_native:
+        for i in range(n):
+            home = _prefetch_keys(e, &ring, kv, i, True)
+            status[0] = _policy_access(e, kv[i], sv[i], home)
+            if status[0] < ST_MISS:
+                return i
+            result[i] = <int8_t>status[0]
+        return -1
+    for i in range(n):
+        home = _prefetch_keys(e, &ring, kv, i, True)
+        slot = _lookup(e, kv[i], home, &gap)
+        # _access() with the prefetcher's hash.  One test of the slot here: when a helper
+        # returned the hit's tier, GCC tested the slot twice.
+        if vc_likely(slot != VC_NIL):
+            result[i] = <int8_t>_hit(e, slot)
+            continue
+        status[0] = _access_miss(e, kv[i], sv[i], home, gap)
+        if status[0] < ST_MISS:
+            return i
+        result[i] = <int8_t>status[0]
+    return -1
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef Py_ssize_t _insert_loop(Engine e, const uint64_t[::1] kv, const uint64_t[:] sv, int8_t[::1] result,
+                             int* status) noexcept nogil:
+    """insert_many()'s loop: each key's tier (-1 when the admission filter declined it) into
+    `result`; the index of the key that failed, its status in `status`, or -1."""
+    cdef Py_ssize_t i, n = kv.shape[0]
+    cdef uint64_t home
+    cdef Prefetcher ring
+    _prefetch_start(e, &ring)
+    for i in range(n):
+        home = _prefetch_keys(e, &ring, kv, i, False)
+        if e.policy_kind == PK_WTINYLFU:
+            _sketch_increment(e, kv[i])
+        status[0] = _insert(e, kv[i], sv[i], _find_from(e, kv[i], home))
+        if status[0] == ST_DECLINED:
+            result[i] = -1
+            continue
+        if status[0] < 0:
+            return i
+        result[i] = <int8_t>status[0]
+    return -1
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _move_loop(Engine e, const uint64_t[::1] kv, int8_t[::1] result, bint up) noexcept nogil:
+    """promote_many()'s and demote_many()'s loop: each key's tier afterwards (-1 when absent)."""
+    cdef Py_ssize_t i
+    cdef uint32_t slot
+    for i in range(kv.shape[0]):
+        slot = _find(e, kv[i])
+        if slot == VC_NIL:
+            result[i] = -1
+            continue
+        if up:
+            _promote(e, slot, False)
+        else:
+            _demote(e, slot)
+        result[i] = e.slots[slot].tier
 
 
 # --------------------------------------------------------------------------------------------
@@ -693,7 +771,7 @@ def _broken(what):
 cdef int _verify(Engine e) except -1:
     """Walk every structure; raise CacheError naming the first broken invariant."""
     cdef int tier
-    cdef uint32_t slot, prev, steps
+    cdef uint32_t slot, prev
     cdef uint64_t used, pinned, count, total = 0, in_map = 0, free_count = 0, deleted = 0
     cdef uint64_t i, h, group
     cdef uint8_t byte
@@ -911,12 +989,12 @@ cdef class Engine:
     # The lock.  Every caller takes and releases it holding the GIL, so its state (owner, depth,
     # waiters) needs no atomic instruction: the GIL orders those reads and writes, and an
     # uncontended acquire/release is a few plain loads and stores instead of a recursive pthread
-    # mutex's two locked instructions and library calls (about a third of a hit's cost).  The
+    # mutex's two locked instructions and library calls (a large part of a hit's cost).  The
     # holder may then drop the GIL (the batch calls loop under `with nogil`); any other thread
     # sees the lock taken and parks on `lock_free` without the GIL until the holder releases.
     # Recursive, so that a policy callback may read the cache and the storage layer may hold the
     # lock across an operation and the processing of its events.  A free-threaded CPython has no
-    # GIL to lean on, so the build refuses it (see VC_REQUIRE_GIL).
+    # GIL to lean on, so the build refuses it (the Py_GIL_DISABLED #error at the top).
 
     cdef void acquire(self) noexcept:
         """Take the engine's lock; the caller holds the GIL (kept, except while waiting)."""
@@ -933,11 +1011,6 @@ cdef class Engine:
             while sem_trywait(&self.lock_free) == 0:
                 pass
 
-    cdef void acquire_nogil(self) noexcept nogil:
-        """acquire() from code that does not hold the GIL (takes it for the moment)."""
-        with gil:
-            self.acquire()
-
     cdef void release(self) noexcept nogil:
         """Release the lock once; the caller holds the GIL."""
         _unlock(self)
@@ -948,15 +1021,6 @@ cdef class Engine:
     cdef Py_ssize_t slot_of(self, uint64_t key) noexcept nogil:
         cdef uint32_t slot = _find(self, key)
         return -1 if slot == VC_NIL else <Py_ssize_t>slot
-
-    cdef Py_ssize_t first_slot(self, int tier) noexcept nogil:
-        """The most recent slot of `tier`, -1 when it is empty; walk on with next_slot()."""
-        cdef uint32_t slot = self.tier_state[tier].head
-        return -1 if slot == VC_NIL else <Py_ssize_t>slot
-
-    cdef Py_ssize_t next_slot(self, Py_ssize_t slot) noexcept nogil:
-        cdef uint32_t following = self.slots[slot].next
-        return -1 if following == VC_NIL else <Py_ssize_t>following
 
     cdef int evict_for_room(self, int tier, uint64_t* key_out) noexcept nogil:
         """Displace the coldest unpinned entry of `tier` (spilled down when allowed), appending
@@ -1102,8 +1166,8 @@ cdef class Engine:
     def access(self, key, size, /):
         """Use `key`: on a hit record the access, promote if the policy says so, return the tier
         it was found in; on a miss insert it with `size` bytes and return -1."""
-        # Positional-only, like dict.get: the call then skips keyword parsing, about 20 of the
-        # 200 instructions a call costs.
+        # Positional-only, like dict.get: the call then skips keyword parsing (BENCHMARKS.md,
+        # "The call path").
         cdef uint64_t k, s
         cdef int result
         if not vc_exact_u64(key, &k):
@@ -1415,67 +1479,20 @@ cdef class Engine:
 
     # ---- batch calls ----
 
-    @cython.boundscheck(False)
-    @cython.wraparound(False)
     def access_many(self, keys, sizes):
         """access() for each key in order; int8 array of tiers (-1 for misses).  `sizes` is an
         array or one int for all.  Stops at the first error and raises it (earlier keys done)."""
-        key_array = _as_u64_keys(keys)
-        cdef Py_ssize_t n = key_array.shape[0]
-        size_array = _as_u64_array(sizes, "sizes", n)
-        cdef const uint64_t[::1] kv = key_array
-        cdef const uint64_t[:] sv = size_array
-        out = np.empty(n, dtype=np.int8)
-        cdef int8_t[::1] result = out
-        cdef Py_ssize_t i, failed = -1
-        cdef int status = 0
-        cdef uint64_t home, gap
-        cdef uint32_t slot
-        cdef Prefetcher ring
-        _enter(self)
-        _prefetch_start(self, &ring)
-        if self.lru_native:
-            with nogil:
-                for i in range(n):
-                    home = _prefetch_keys(self, &ring, kv, i, True)
-                    slot = _lookup(self, kv[i], home, &gap)
-                    # _access() with the prefetcher's hash.  One test of the slot here: when a
-                    # helper returned the hit's tier, GCC tested the slot twice (5 instructions).
-                    if vc_likely(slot != VC_NIL):
-                        result[i] = <int8_t>_hit(self, slot)
-                        continue
-                    status = _access_miss(self, kv[i], sv[i], home, gap)
-                    if status < ST_MISS:
-                        failed = i
-                        break
-                    result[i] = <int8_t>status
-        elif self.native_policy:
-            with nogil:
-                for i in range(n):
-                    home = _prefetch_keys(self, &ring, kv, i, True)
-                    status = _policy_access(self, kv[i], sv[i], home)
-                    if status < ST_MISS:
-                        failed = i
-                        break
-                    result[i] = <int8_t>status
-        else:
-            for i in range(n):
-                status = _access(self, kv[i], sv[i])
-                if status < ST_MISS:
-                    failed = i
-                    break
-                result[i] = <int8_t>status
-        if failed >= 0:
-            _leave(self, status, kv[failed], sv[failed], failed)
-        _leave(self, 0, 0, 0, -1)
-        return out
+        return self._sized_many(keys, sizes, False)
 
-    @cython.boundscheck(False)
-    @cython.wraparound(False)
     def insert_many(self, keys, sizes):
         """insert() for each key in order; int8 array of the tiers they landed in.  A size too
         large for every tier is found before anything changes (EntryTooLargeError, cache as it
         was); an AllPinnedError stops at that key, with the earlier keys done."""
+        return self._sized_many(keys, sizes, True)
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef object _sized_many(self, keys, sizes, bint inserting):
         key_array = _as_u64_keys(keys)
         cdef Py_ssize_t n = key_array.shape[0]
         size_array = _as_u64_array(sizes, "sizes", n)
@@ -1483,36 +1500,20 @@ cdef class Engine:
         cdef const uint64_t[:] sv = size_array
         out = np.empty(n, dtype=np.int8)
         cdef int8_t[::1] result = out
-        cdef Py_ssize_t i, failed = -1
+        cdef Py_ssize_t failed
         cdef int status = 0
-        cdef uint64_t home
-        cdef Prefetcher ring
         _enter(self)
-        failed = _first_too_large(self, sv)
-        if failed >= 0:
-            _leave(self, ST_TOO_LARGE, kv[failed], sv[failed], failed)
-        _prefetch_start(self, &ring)
+        if inserting:
+            failed = _first_too_large(self, sv)
+            if failed >= 0:
+                _leave(self, ST_TOO_LARGE, kv[failed], sv[failed], failed)
         if self.native_policy:
             with nogil:
-                for i in range(n):
-                    home = _prefetch_keys(self, &ring, kv, i, False)
-                    if self.policy_kind == PK_WTINYLFU:
-                        _sketch_increment(self, kv[i])
-                    status = _insert(self, kv[i], sv[i], _find_from(self, kv[i], home))
-                    if status == ST_DECLINED:
-                        result[i] = -1
-                        continue
-                    if status < 0:
-                        failed = i
-                        break
-                    result[i] = <int8_t>status
+                failed = (_insert_loop(self, kv, sv, result, &status) if inserting
+                          else _access_loop(self, kv, sv, result, &status))
         else:
-            for i in range(n):
-                status = _insert(self, kv[i], sv[i], _find(self, kv[i]))
-                if status < 0:
-                    failed = i
-                    break
-                result[i] = <int8_t>status
+            failed = (_insert_loop(self, kv, sv, result, &status) if inserting
+                      else _access_loop(self, kv, sv, result, &status))
         if failed >= 0:
             _leave(self, status, kv[failed], sv[failed], failed)
         _leave(self, 0, 0, 0, -1)
@@ -1576,33 +1577,13 @@ cdef class Engine:
     cdef object _move_many(self, keys, bint up):
         key_array = _as_u64_keys(keys)
         cdef const uint64_t[::1] kv = key_array
-        cdef Py_ssize_t i, n = kv.shape[0]
-        out = np.empty(n, dtype=np.int8)
+        out = np.empty(kv.shape[0], dtype=np.int8)
         cdef int8_t[::1] result = out
-        cdef uint32_t slot
         _enter(self)
         if self.native_policy:
             with nogil:
-                for i in range(n):
-                    slot = _find(self, kv[i])
-                    if slot == VC_NIL:
-                        result[i] = -1
-                        continue
-                    if up:
-                        _promote(self, slot, False)
-                    else:
-                        _demote(self, slot)
-                    result[i] = self.slots[slot].tier
+                _move_loop(self, kv, result, up)
         else:
-            for i in range(n):
-                slot = _find(self, kv[i])
-                if slot == VC_NIL:
-                    result[i] = -1
-                    continue
-                if up:
-                    _promote(self, slot, False)
-                else:
-                    _demote(self, slot)
-                result[i] = self.slots[slot].tier
+            _move_loop(self, kv, result, up)
         _leave(self, 0, 0, 0, -1)
         return out

@@ -23,7 +23,8 @@
 #
 # Memory: 5 bytes a bucket at a load between 9/32 and 9/16, 8.9 to 17.8 bytes per entry (at
 # most 19 after a growth forced by tombstones).  (A limit of 5/8 saved up to 2 bytes per entry
-# but made evicting inserts up to 25% slower at sizes near it.)  The number of entries is
+# but slowed evicting inserts at sizes near it; BENCHMARKS.md, "The hash map".)  The number of
+# entries is
 # capped by MAX_SLOTS (engine_lists.pxi), not by the map.
 
 cdef extern from *:
@@ -71,8 +72,8 @@ cdef inline uint64_t _home_group(Engine e, uint64_t h) noexcept nogil:
 cdef inline uint64_t _h2(Engine e, uint64_t h) noexcept nogil:
     # The 7 bits just below the group's: the top bits of a multiplicative hash are its well
     # mixed ones.  (Fixed low bits, such as 25-31, are all zero for every key that is a multiple
-    # of 2**32, like `id << 32`: every full byte of a group then matches, and such keys measured
-    # 44.5 against 19.8 ns per key for random ones.)
+    # of 2**32, like `id << 32`: every full byte of a group then matches, and each lookup of
+    # such keys compares several of them; BENCHMARKS.md, "The hash map".)
     return (h >> e.h2_shift) & 0x7F
 
 
@@ -202,17 +203,17 @@ cdef inline void _map_erase_from(Engine e, uint32_t slot, uint64_t h) noexcept n
 # in a small ring until the stages and then the lookup itself use it.
 #
 # Only for tables beyond PREFETCH_MIN_BYTES: while the slots and buckets fit in the L2 cache the
-# stages cost about 40 instructions per key and save no stall.  (The stages are called for the
+# stages cost instructions and save no stall.  (The stages are called for the
 # value they return, the key's hash: a void helper that only prefetches is "const" to GCC, and
 # calls to it are dropped as dead code.)
 #
-# The step: a stage must start a read long enough before the next stage needs its line.  Eight
-# keys at 25-30 ns each leave 200-240 ns, above a DRAM load on the machines measured (130-170 ns);
-# a step of 4 left too little and measured about 12% slower per key at 1,000,000 entries.
+# The step: a stage must start a read long enough before the next stage needs its line: eight
+# keys of work must take longer than a DRAM load, and four did not (BENCHMARKS.md, "The batch
+# loop, the per-tier state and the prefetch distance").
 cdef enum:
     PREFETCH_STEP = 8                       # a power of two, so the ring is one
     PREFETCH_RING = 4 * PREFETCH_STEP       # holds the hashes of the 3 * PREFETCH_STEP keys ahead
-    PREFETCH_MIN_BYTES = 1 << 20    # half the L2 cache of the machines we measure on
+    PREFETCH_MIN_BYTES = 1 << 20    # about half of a server core's L2 cache
 
 
 ctypedef struct Prefetcher:

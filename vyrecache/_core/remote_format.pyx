@@ -98,7 +98,7 @@ def decode_many(list keys not None, list values not None):
     index of *keys*) becomes its payload or None.  Returns (hits, payload bytes, corrupt indices).
 
     A fetched batch is fresh memory: copying each payload into a new bytes object page-faults in as
-    many bytes again, which measured about as slow as reading them from the socket.  So a value
+    many bytes again, which costs about as much as reading them from the socket.  So a value
     that only the list refers to (a reply just parsed, which nothing else has seen) has its
     payload slid down over the header, in cache, and is shrunk by 32 bytes in place, as the C API
     allows for a bytes object with a single reference (_PyBytes_Resize); any other is copied.

@@ -26,10 +26,12 @@ cdef enum SegmentState:
     SEG_RUN = 3         # one of the segments of an entry larger than a segment
     SEG_CLAIMED = 4     # being emptied for a run (never appended to, never cleaned)
 
-DEF N_BUCKETS = 64
-# A tier gets at least this many segments (smaller segments for small tiers), so the reserve and
-# the open head are a small part of its memory and the emptiest segment is near the average.
-DEF MIN_SEGMENTS = 16
+cdef enum:
+    # Segments are bucketed by their live fraction; one bit each in TierLog.bucket_bits.
+    N_BUCKETS = 64
+    # A tier gets at least this many segments (smaller segments for small tiers), so the reserve
+    # and the open head are a small part of its memory and the emptiest segment is near the average.
+    MIN_SEGMENTS = 16
 
 ctypedef struct Segment:
     uint64_t offset         # byte offset in its block

@@ -18,7 +18,6 @@ engine's lock, with no Python code in between:
 Every public method is one operation: it either completes, or raises having changed nothing.
 """
 
-cimport cython
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memset, strchr
@@ -35,15 +34,23 @@ from vyrecache._core.engine cimport (Engine, Event, EV_INSERT, EV_REMOVE, EV_EVI
 
 import math
 import os
-import time
 
 import numpy as np
 
 from vyrecache._core.engine import CacheEntry
 from vyrecache.copytable import COPY_DTYPE
+from vyrecache.counters import STORAGE_COUNTERS
 from vyrecache.exported import ExportedMemory
 from vyrecache.errors import (AllPinnedError, CacheClosedError, CacheError, EntryTooLargeError,
                               KeyNotFoundError, PinnedError, KEY_NOT_FOUND_MESSAGE)
+
+cdef void* _grown(void* p, size_t nbytes) except NULL:
+    """realloc(), raising MemoryError when it fails (`p` is then left as it was)."""
+    cdef void* q = realloc(p, nbytes)
+    if q == NULL:
+        raise MemoryError()
+    return q
+
 
 cdef inline cnp.ndarray key_array_of(uint64_t key):
     return np.array([key], dtype=np.uint64)
@@ -95,7 +102,8 @@ STREAM_THRESHOLD_BYTES = 4 << 20
 # Puts and moves of at least this many bytes use streaming stores: an entry written into a tier
 # is rarely read back at once, and a plain memcpy first reads every destination line it writes.
 DEFAULT_STREAM_MIN = 4096
-DEF NOGIL_COPY_BYTES = 1 << 20
+cdef enum:
+    NOGIL_COPY_BYTES = 1 << 20
 
 # Where an entry's bytes are.
 cdef enum SlotState:
@@ -111,9 +119,8 @@ ctypedef struct CopyRow:
     uint64_t dst_offset
     uint64_t size
 
-# Storage counters per tier, in the order counters_of() reports them.
-STORAGE_COUNTER_NAMES = ("cleanings", "cleaning_bytes", "compactions", "compaction_bytes",
-                         "fragmentation_evictions")
+# Storage counters per tier, index by index (vyrecache/counters.py declares them).
+STORAGE_COUNTER_NAMES = STORAGE_COUNTERS
 cdef enum:
     SC_CLEANINGS = 0
     SC_CLEANING_BYTES = 1
@@ -121,6 +128,9 @@ cdef enum:
     SC_COMPACTION_BYTES = 3
     SC_FRAGMENTATION_EVICTIONS = 4
     SC_N = 5
+if len(STORAGE_COUNTER_NAMES) != SC_N:
+    raise ImportError(f"vyrecache.counters names {len(STORAGE_COUNTER_NAMES)} storage counters, the storage "
+                      f"layer keeps {SC_N}. Fix: declare each SC_* counter in vyrecache/counters.py, in order.")
 
 # Asynchronous transfers in flight at once per cache (vulkan/transfer.py's pool of command
 # buffers); one more first waits for the oldest.
@@ -327,7 +337,6 @@ cdef class Storage:
     cdef int take_transfer_queue(self, backend) except -1:
         """Record and submit copy tables from C: a queue of this cache's own, its handles, and a
         table from block id to VkBuffer."""
-        cdef int i
         queue = backend.transfer_queue()
         if queue is None:
             return 0            # the backend runs the copy tables itself (run_copies)
@@ -385,35 +394,19 @@ cdef class Storage:
 
     cdef int ensure_slots(self, Py_ssize_t needed) except -1:
         cdef Py_ssize_t cap = self.cap_slots if self.cap_slots else 1024
-        cdef void* p
         if needed <= self.cap_slots:
             return 0
         while cap < needed:
             cap *= 2
-        p = realloc(self.s_seg, cap * sizeof(int32_t))
-        if p == NULL: raise MemoryError()
-        self.s_seg = <int32_t*>p
-        p = realloc(self.s_offset, cap * sizeof(uint64_t))
-        if p == NULL: raise MemoryError()
-        self.s_offset = <uint64_t*>p
-        p = realloc(self.s_prev, cap * sizeof(uint32_t))
-        if p == NULL: raise MemoryError()
-        self.s_prev = <uint32_t*>p
-        p = realloc(self.s_next, cap * sizeof(uint32_t))
-        if p == NULL: raise MemoryError()
-        self.s_next = <uint32_t*>p
-        p = realloc(self.s_wave, cap * sizeof(uint64_t))
-        if p == NULL: raise MemoryError()
-        self.s_wave = <uint64_t*>p
-        p = realloc(self.s_state, cap * sizeof(uint8_t))
-        if p == NULL: raise MemoryError()
-        self.s_state = <uint8_t*>p
-        p = realloc(self.s_pinned, cap * sizeof(uint8_t))
-        if p == NULL: raise MemoryError()
-        self.s_pinned = <uint8_t*>p
-        p = realloc(self.s_ticket, cap * sizeof(uint64_t))
-        if p == NULL: raise MemoryError()
-        self.s_ticket = <uint64_t*>p
+        # Each array is replaced as soon as it has grown: a failure leaves every array valid.
+        self.s_seg = <int32_t*>_grown(self.s_seg, cap * sizeof(int32_t))
+        self.s_offset = <uint64_t*>_grown(self.s_offset, cap * sizeof(uint64_t))
+        self.s_prev = <uint32_t*>_grown(self.s_prev, cap * sizeof(uint32_t))
+        self.s_next = <uint32_t*>_grown(self.s_next, cap * sizeof(uint32_t))
+        self.s_wave = <uint64_t*>_grown(self.s_wave, cap * sizeof(uint64_t))
+        self.s_state = <uint8_t*>_grown(self.s_state, cap * sizeof(uint8_t))
+        self.s_pinned = <uint8_t*>_grown(self.s_pinned, cap * sizeof(uint8_t))
+        self.s_ticket = <uint64_t*>_grown(self.s_ticket, cap * sizeof(uint64_t))
         memset(&self.s_ticket[self.cap_slots], 0, (cap - self.cap_slots) * sizeof(uint64_t))
         memset(&self.s_state[self.cap_slots], 0, (cap - self.cap_slots) * sizeof(uint8_t))
         memset(&self.s_pinned[self.cap_slots], 0, (cap - self.cap_slots) * sizeof(uint8_t))
@@ -816,12 +809,7 @@ cdef class Storage:
                 self.segs[j].state = SEG_CLAIMED
         for j in range(best, best + k):
             if self.segs[j].state == SEG_RUN:
-                slot = self.segs[j].first
-                if self.s_state[slot] == S_LIFTED:
-                    self.park(slot)
-                elif self.displace_now(slot):
-                    self.counters[tier * SC_N + SC_FRAGMENTATION_EVICTIONS] += 1
-                else:
+                if not self.clear_out(self.segs[j].first, tier):
                     return self.unclaim(best, k)
             if self.segs[j].state == SEG_FREE:
                 # Freed by a displacement just now (a run reaching into the window).
@@ -835,11 +823,7 @@ cdef class Storage:
                 if self.alloc_small(tier, ec, &target, &offset):
                     self.move_range(slot, target, offset, ec)
                     self.counters[tier * SC_N + SC_CLEANING_BYTES] += ec
-                elif self.s_state[slot] == S_LIFTED:
-                    self.park(slot)
-                elif self.displace_now(slot):
-                    self.counters[tier * SC_N + SC_FRAGMENTATION_EVICTIONS] += 1
-                else:
+                elif not self.clear_out(slot, tier):
                     return self.unclaim(best, k)
                 slot = following
         if best_cost:
@@ -854,6 +838,17 @@ cdef class Storage:
         g_out[0] = best
         return True
 
+    cdef bint clear_out(self, Py_ssize_t slot, int tier) except -1:
+        """Make an entry of a window being emptied for a run leave it without a new place there:
+        a lifted entry is parked, another displaced.  False when it cannot be displaced."""
+        if self.s_state[slot] == S_LIFTED:
+            self.park(slot)
+            return True
+        if self.displace_now(slot):
+            self.counters[tier * SC_N + SC_FRAGMENTATION_EVICTIONS] += 1
+            return True
+        return False
+
     cdef bint unclaim(self, int32_t first, int32_t k) except -1:
         cdef int32_t j
         for j in range(first, first + k):
@@ -866,7 +861,7 @@ cdef class Storage:
         """Whether an entry of `c` charged bytes can be given room in `tier` by moving and
         displacing unpinned entries: some segment holds no pinned entry (a run: some window)."""
         cdef TierLog* log = &self.logs[tier]
-        cdef int32_t k, g, j, run
+        cdef int32_t k, g, run
         if c == 0:
             return True
         if c > log.max_entry:
@@ -1197,7 +1192,7 @@ cdef class Storage:
     cdef object start_transfer(self, object key_array, object tiers):
         """Submit the operation's rows without waiting, pin its keys, and return its Transfer."""
         cdef Py_ssize_t n = self.n_rows
-        cdef Py_ssize_t index, i
+        cdef Py_ssize_t index
         cdef Transfer transfer
         waves = [start for start in self.wave_starts if 0 < start < self.n_rows]
         cdef cnp.ndarray starts = np.asarray(waves, dtype=np.int64)
@@ -1205,8 +1200,6 @@ cdef class Storage:
         cdef vc_vk_copy* rows
         cdef int32_t result
         cdef uint64_t value = self.op_ticket
-        cdef const uint64_t[::1] kv = key_array
-        cdef const int8_t[::1] tv = tiers
         self.finish_run()
         index = self.free_transfer_slots[len(self.free_transfer_slots) - 1]
         command_buffer, fence = self.transfer.slot(index)
@@ -2162,7 +2155,6 @@ cdef class Storage:
                 log = &self.logs[tier]
                 live_sum = 0
                 pinned_segments = 0
-                free_count = 0
                 g = log.free_top
                 free_set = set()
                 while g >= 0:
@@ -2195,7 +2187,8 @@ cdef class Storage:
                         pinned_segments += 1
                     if seg.state == SEG_RUN:
                         continue
-                    if seg.state == SEG_CLOSED and not seg.pinned and seg.bucket != _bucket_of(seg.live, log.segment_size):
+                    if (seg.state == SEG_CLOSED and not seg.pinned
+                            and seg.bucket != _bucket_of(seg.live, log.segment_size)):
                         raise CacheError(f"tier {tier}: closed segment {g} is not in its bucket")
                     total = 0
                     pins = 0
@@ -2423,7 +2416,7 @@ cdef class Lease:
         if not self.active:
             raise BufferError(f"the lease of key {self.key} has ended; its bytes may move or be "
                               f"freed. Fix: export inside the `with cache.lease(key)` block.")
-        tier, block, offset, size = self.storage._location_of(self.key)
+        _, block, offset, size = self.storage._location_of(self.key)
         if block is None:
             raise BufferError(f"key {self.key} holds 0 bytes: there is no memory to export. "
                               f"Fix: export entries with at least one byte.")

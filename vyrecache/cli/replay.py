@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         except (ValueError, FileNotFoundError) as exc:
             raise CommandError(str(exc)) from None
         use_sizes = trace.sizes is not None and trace.format == "csv"
-        if use_sizes:
+        if trace.sizes is not None and use_sizes:
             last_size: dict[int, int] = dict(zip(trace.keys.tolist(), trace.sizes.tolist()))
             whole = sum(last_size.values())
         else:
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         loaded.append((trace, use_sizes, sizes, whole))
 
     total = sum(len(trace) * len(sizes) * len(names) for trace, _, sizes, _ in loaded)
-    reports = []
+    reports: list[dict[str, Any]] = []
     with tqdm(total=total, unit="req", unit_scale=True, desc="replay", leave=False,
               disable=total < 2_000_000) as bar:
         for trace, use_sizes, sizes, whole in loaded:

@@ -90,8 +90,8 @@ class KvWorkload:
 
     def batch(self, requests: int) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
         """Draw *requests* requests and return their accesses in order: ``(keys, sizes)``."""
-        prefixes = np.searchsorted(self._cdf, self.rng.random(requests), side="right")
-        prefixes = np.minimum(prefixes, self.prefixes - 1).astype(np.uint64)
+        drawn = np.searchsorted(self._cdf, self.rng.random(requests), side="right")
+        prefixes = np.minimum(drawn, self.prefixes - 1).astype(np.uint64)
         depths = self.rng.integers(1, self.prefix_blocks + 1, size=requests)
         lengths = depths + self.decode_blocks
         total = int(lengths.sum())

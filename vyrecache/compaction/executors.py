@@ -45,7 +45,7 @@ class CopyExecutor(ABC):
     def run(self, table: np.ndarray, wave_starts=None) -> None:
         """Copy every row of *table*; a barrier separates the waves (rows before each start)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: most executors own nothing
         """Free what the executor made on the device (idempotent)."""
 
     def __repr__(self) -> str:

@@ -175,6 +175,7 @@ class ShaderKernel:
 
         first_row = self._rows_used
         self._rows_used += count
+        assert self._table is not None and self._table.array is not None  # host-visible, until destroy()
         raw = self._table.array[first_row * _TABLE_ENTRY_BYTES:(first_row + count) * _TABLE_ENTRY_BYTES]
         rows = raw.view(np.uint32).reshape(count, 4)
         rows[:, 0] = (pieces["src_offset"] - src_window.astype(np.uint64) * step) // ELEMENT_BYTES

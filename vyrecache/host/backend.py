@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import mmap
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,13 +115,16 @@ class HostBackend(StorageBackend):
         for row in table:
             src = self._blocks[int(row["src_block"])].array
             dst = self._blocks[int(row["dst_block"])].array
+            assert src is not None and dst is not None  # every live host block is mapped
             s, d, n = int(row["src_offset"]), int(row["dst_offset"]), int(row["size"])
             dst[d:d + n] = src[s:s + n]
 
     def write(self, block: StorageBlock, offset: int, data: memoryview) -> None:
+        assert block.array is not None
         block.array[offset:offset + data.nbytes] = np.frombuffer(data, dtype=np.uint8)
 
     def read_into(self, block: StorageBlock, offset: int, out: memoryview) -> None:
+        assert block.array is not None
         np.frombuffer(out, dtype=np.uint8)[:] = block.array[offset:offset + out.nbytes]
 
     def close(self) -> None:

@@ -126,6 +126,8 @@ class Device:
         DeviceError: the validation layer is missing, or device creation failed.
     """
 
+    _instance: Instance | None
+
     def __init__(self, index: int | None = None, validation: bool | None = None,
                  force_staging: bool = False) -> None:
         self._init_state(force_staging)
@@ -133,8 +135,8 @@ class Device:
             validation = os.environ.get("VYRECACHE_VALIDATION") == "1"
         self.validation = validation
         try:
-            self._instance = Instance(validation, self.validation_messages)
-            physical_devices = self._instance.physical_devices()
+            instance = self._instance = Instance(validation, self.validation_messages)
+            physical_devices = instance.physical_devices()
             if not physical_devices:
                 raise unavailable_error("the Vulkan loader found no physical device")
             if index is None:
@@ -143,7 +145,7 @@ class Device:
                 raise ValueError(f"device index {index} is out of range: {len(physical_devices)} device(s) "
                                  "found. Fix: pick an index listed by `python -m vyrecache info`.")
             self._physical_device = physical_devices[index]
-            self.info: DeviceInfo = describe_physical_device(self._instance, self._physical_device, index)
+            self.info: DeviceInfo = describe_physical_device(instance, self._physical_device, index)
             self.queue_family_index = self._compute_queue_family()
             self._create_device()
             self._finish_setup()
@@ -184,9 +186,9 @@ class Device:
                 raise TypeError(f"enabled_extensions must be an iterable of extension names, got "
                                 f"{enabled_extensions!r}. Fix: pass the names given to vkCreateDevice, "
                                 f"e.g. ['VK_KHR_external_memory_fd'].")
-            self._instance = Instance.borrow(instance)
+            borrowed = self._instance = Instance.borrow(instance)
             physical = as_handle(vk, "VkPhysicalDevice", physical_device)
-            listed = self._instance.physical_devices()
+            listed = borrowed.physical_devices()
             addresses = [_address(vk.ffi, handle) for handle in listed]
             if _address(vk.ffi, physical) not in addresses:
                 raise ValueError(f"physical device {_address(vk.ffi, physical):#x} is not one of the "
@@ -194,7 +196,7 @@ class Device:
                                  "VkPhysicalDevice the VkDevice was created from.")
             index = addresses.index(_address(vk.ffi, physical))
             self._physical_device = listed[index]
-            self.info = describe_physical_device(self._instance, self._physical_device, index)
+            self.info = describe_physical_device(borrowed, self._physical_device, index)
             self._check_queue(queue_family_index, queue_index)
             self.queue_family_index = queue_family_index
             self.queue_index = queue_index
@@ -290,6 +292,7 @@ class Device:
         """Whether buffers like the cache's can be backed by exportable opaque-fd memory."""
         vk = self._vk
         ffi = vk.ffi
+        assert self._instance is not None
         query = self._instance.proc("vkGetPhysicalDeviceExternalBufferProperties",
                                     "PFN_vkGetPhysicalDeviceExternalBufferProperties",
                                     fallback="vkGetPhysicalDeviceExternalBufferPropertiesKHR")
@@ -345,6 +348,7 @@ class Device:
         ffi = vk.ffi
         if TIMELINE_EXTENSION not in self.info.extensions:
             return None
+        assert self._instance is not None
         get_features = self._instance.proc("vkGetPhysicalDeviceFeatures2", "PFN_vkGetPhysicalDeviceFeatures2",
                                            fallback="vkGetPhysicalDeviceFeatures2KHR")
         if get_features is None:
@@ -867,7 +871,7 @@ class Device:
         try:
             if not sys.is_finalizing():
                 warnings.warn(f"unclosed {self!r}; call close() or use it as a context manager",
-                              ResourceWarning, source=self)
+                              ResourceWarning, stacklevel=1, source=self)
             self.close()
         except Exception:
             pass  # nothing sensible can be done with an error during garbage collection

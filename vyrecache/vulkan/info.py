@@ -157,7 +157,8 @@ def describe_physical_device(instance: Instance, physical_device, index: int) ->
         memory_heaps=heaps, memory_types=types, max_memory_allocation_size=max_allocation,
         max_storage_buffer_range=int(limits.maxStorageBufferRange),
         min_storage_buffer_offset_alignment=int(limits.minStorageBufferOffsetAlignment),
-        max_compute_work_group_count=tuple(int(limits.maxComputeWorkGroupCount[i]) for i in range(3)),
+        max_compute_work_group_count=(int(limits.maxComputeWorkGroupCount[0]), int(limits.maxComputeWorkGroupCount[1]),
+                                      int(limits.maxComputeWorkGroupCount[2])),
         heap_budgets=heap_budgets, heap_usage=heap_usage, extensions=extensions,
         device_uuid=device_uuid,
     )

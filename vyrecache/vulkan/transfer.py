@@ -14,6 +14,8 @@ device without timeline semaphores each slot has a fence instead.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import DeviceError
 from .check import check
 from .objects import created, destroyed
@@ -39,7 +41,7 @@ class TransferQueue:
         ffi, lib = vk.ffi, vk.lib
         self.device = device
         self._pool = self._fence = self._semaphore = None
-        self._buffer_slot = None
+        self._buffer_slot: Any = None
         self._slots: list[tuple] = []       # (VkCommandBuffer[1], VkFence or None) per slot
         self.timeline = bool(getattr(device, "timeline_semaphores", False))
         handle = device._handle

@@ -1,0 +1,66 @@
+"""What every benchmark script shares: one timer, interleaved rounds, and ``--json PATH`` output.
+
+Best-of timing: the least time over rounds is the one least disturbed by a shared machine.
+Peers run interleaved (each round runs every peer once, in turn), so a slow spell of the
+machine, whose speed moves 30-50% within minutes, lands on all of them instead of on one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_json_argument", "best_of", "interleaved_best", "write_json"]
+
+
+def best_of(run: Callable[[], object], rounds: int, warmup: bool = False,
+            before: Callable[[], object] | None = None) -> float:
+    """The least wall time of `rounds` calls of `run`, in seconds; `warmup` first makes one
+    untimed call (page faults, shader compilation, descriptor sets), `before` runs untimed
+    before each timed call (a reset)."""
+    if warmup:
+        run()
+    best = float("inf")
+    for _ in range(rounds):
+        if before is not None:
+            before()
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def interleaved_best(runs: Sequence[Callable[[], object]], rounds: int) -> list[float]:
+    """The least time of each run over `rounds` rounds, every round running each once, in turn."""
+    best = [float("inf")] * len(runs)
+    for _ in range(rounds):
+        for index, run in enumerate(runs):
+            started = time.perf_counter()
+            run()
+            best[index] = min(best[index], time.perf_counter() - started)
+    return best
+
+
+def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", metavar="PATH", type=Path,
+                        help="also write the results as JSON to PATH ('-' for standard output)")
+
+
+def write_json(path: Path | None, benchmark: str, results: Any) -> None:
+    """Write `results` with what identifies the run (script, machine, Python) to `path`; nothing
+    when `path` is None, standard output when it is '-'."""
+    if path is None:
+        return
+    document = {"benchmark": benchmark, "machine": platform.machine(), "processor": platform.processor(),
+                "python": platform.python_version(), "argv": sys.argv[1:], "results": results}
+    text = json.dumps(document, indent=2) + "\n"
+    if str(path) == "-":
+        sys.stdout.write(text)
+    else:
+        path.write_text(text)
