@@ -196,18 +196,23 @@ def test_sigkill_mid_run_costs_bounded_time_then_the_tier_resumes_after_restart(
             server.kill()
             slowest = 0.0
             deadline = time.monotonic() + 1.5
-            operations = 0
+            operations = served = 0
             while time.monotonic() < deadline:
                 started = time.perf_counter()
-                assert tier.fetch_many(range(50)) == [None] * 50
+                found = tier.fetch_many(range(50))
+                # misses, but for the writes of the last iteration that the writer thread has not
+                # settled yet: a queued write is served its own bytes
+                assert set(found) <= {None, b"during"}
+                served += sum(value is not None for value in found)
                 tier.write_many(range(50), [b"during"] * 50)
                 slowest = max(slowest, time.perf_counter() - started)
                 operations += 1
             assert slowest < CALL_BOUND
             assert operations > 10  # with the circuit open, calls are immediate
             assert tier.flush(CALL_BOUND * 3)
+            assert tier.fetch_many(range(50)) == [None] * 50    # dropped writes are not served
             counts = tier.counters()
-            assert counts["errors"] >= 1 and counts["dropped"] >= 50 and counts["hits"] == 1
+            assert counts["errors"] >= 1 and counts["dropped"] >= 50 and counts["hits"] == 1 + served
             assert counts["fetch_circuit_open"] == 1
             restarted = redis_servers.start(port=server.port)
 
@@ -385,7 +390,7 @@ def test_a_cluster_master_killed_mid_run_costs_bounded_time_and_the_tier_resumes
             while time.monotonic() < deadline:
                 started = time.perf_counter()
                 found = tier.fetch_many(range(100))
-                tier.write_many(range(100), [b"w"] * 100)
+                tier.write_many(range(100, 200), [b"w"] * 100)  # other keys: a queued write is served
                 slowest = max(slowest, time.perf_counter() - started)
                 assert found.count(None) >= 1  # the victim's share, at least, is missed
             assert slowest < 2 * CALL_BOUND

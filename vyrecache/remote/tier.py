@@ -27,7 +27,8 @@ import numpy as np
 from ..errors import CacheClosedError
 from .breaker import CircuitBreaker
 from .client import Connection, check_url, parse_startup_nodes
-from .format import HEADER_SIZE, decode_many, encode, key_prefix
+from .format import HEADER_SIZE, key_prefix
+from .prefetch import Prefetcher
 from .writer import Job, WriteQueue
 
 __all__ = ["RedisTier"]
@@ -156,6 +157,7 @@ class RedisTier:
         self._write_breaker = CircuitBreaker(f"{where} for writes")
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(_COUNTER_NAMES, 0)
+        self._epoch = 0
         self._latency: dict[str, deque[float]] = {"fetch": deque(maxlen=_LATENCY_SAMPLES),
                                                   "write": deque(maxlen=_LATENCY_SAMPLES)}
         # The thread reaches the tier through a weak reference, so that a tier nobody closed is
@@ -172,7 +174,15 @@ class RedisTier:
             if alive is not None:
                 alive._send_failed(job, error)
 
+        def prefetch_round_trip(keys: list[int]) -> list[bytes | None] | None:
+            alive = tier()
+            return None if alive is None or alive._closed else alive._round_trip(keys)
+
         self._queue = WriteQueue(send, send_failed, max_pending_bytes, name=f"vyrecache-redis-writer-{namespace}")
+        #: key -> payload of each write queued and not yet settled, the newest per key
+        self._pending_writes: dict[int, bytes] = {}
+        self._prefetcher = Prefetcher(prefetch_round_trip, max_pending_bytes,
+                                      name=f"vyrecache-redis-prefetch-{namespace}")
         self._closed = False
         try:
             self._connection.ping()
@@ -187,11 +197,14 @@ class RedisTier:
         if self._closed:
             return
         self._closed = True
+        self._prefetcher.stop(self.timeout + 1.0)
         self._queue.flush(_CLOSE_FLUSH_SECONDS)
         left = self._queue.stop(self.timeout + 1.0)
         if left:
             with self._lock:
-                self._counts["dropped"] += sum(len(job.names) for job in left if job.values is not None)
+                self._counts["dropped"] += sum(len(job.keys) for job in left if job.values is not None)
+            for job in left:
+                self._settle(job)
         self._connection.close()
 
     def __del__(self) -> None:
@@ -202,6 +215,7 @@ class RedisTier:
             warnings.warn(f"a RedisTier ({_display(self.url)}, namespace {self.namespace!r}) was never closed; "
                           "its queued writes are dropped. Fix: call close(), or use it in a with block.",
                           ResourceWarning, stacklevel=2)
+            self._prefetcher.stop(0.0)
             self._queue.stop(0.0)
             self._connection.close()
         except Exception:
@@ -225,28 +239,74 @@ class RedisTier:
     # -- fetches -----------------------------------------------------------------------------------
 
     def fetch_many(self, keys: Any) -> list[bytes | None]:
-        """Return the stored bytes of each key, or None for a miss, in one round trip.
+        """Return the stored bytes of each key, or None for a miss, in one round trip at most.
 
         A miss is a key the server does not hold, a value that fails the header check (counted as
         ``corrupt``, and deleted), or any key of a batch whose round trip failed or was skipped
-        because the circuit is open.
+        because the circuit is open.  A key whose write is still queued is served that write's
+        bytes (the server may still hold an older value), and a key prefetched (prefetch_many) is
+        served what the prefetch brought, waiting for it if it is still under way; neither needs
+        the network.
         """
         checked = _check_keys(keys)
         self._live()
         if not checked:
             return []
+        found: list[bytes | None] = [None] * len(checked)
+        asked: list[int] = []
+        pending = self._pending_writes
+        held = {} if self._prefetcher.idle else self._prefetcher.take(checked, 2.0 * self.timeout)
+        served = served_bytes = 0
+        for index, key in enumerate(checked):
+            value = pending.get(key) if pending else None
+            if value is not None:
+                found[index] = value
+                served += 1
+                served_bytes += len(value)
+            elif key in held:
+                found[index] = held[key]
+            else:
+                asked.append(index)
+        if served:
+            with self._lock:
+                self._counts["hits"] += served
+                self._counts["bytes_read"] += served_bytes
+        if len(asked) == len(checked):
+            return self._round_trip(checked)
+        if asked:
+            for index, value in zip(asked, self._round_trip([checked[index] for index in asked])):
+                found[index] = value
+        return found
+
+    def prefetch_many(self, keys: Any) -> None:
+        """Start fetching *keys* on a background thread and return at once; a later fetch_many of
+        them is served what it brought (waiting for it if it is still under way) without a round
+        trip of its own.  For a caller that knows its next batch's keys: the round trip overlaps
+        its work on the current one.
+
+        What a prefetch brings is kept for a second at most, and a write of a key drops it.  The
+        round trip's keys are counted as hits and misses when it returns.
+        """
+        checked = _check_keys(keys)
+        self._live()
+        pending = self._pending_writes
+        wanted = [key for key in checked if key not in pending] if pending else checked
+        if wanted and not self._fetch_breaker.blocked():
+            self._prefetcher.submit(wanted)
+
+    def _round_trip(self, checked: list[int]) -> list[bytes | None]:
+        """One MGET (or cluster pipeline) of *checked*, decoded and counted; all misses on failure."""
         missed: list[bytes | None] = [None] * len(checked)
         if not self._fetch_breaker.allow():
             with self._lock:
                 self._counts["misses"] += len(checked)
             return missed
-        prefix = self._prefix
-        names = [prefix + b"%d" % key for key in checked]
         started = time.perf_counter()
         try:
-            stored = self._connection.mget(names)
+            found, hits, bytes_read, corrupt = self._connection.fetch(self._prefix, checked)
         except self._errors as error:
             self._fetch_breaker.failure(error)
+            self._lost_track()
             with self._lock:
                 self._counts["errors"] += 1
                 self._counts["misses"] += len(checked)
@@ -256,20 +316,37 @@ class RedisTier:
             raise
         elapsed = time.perf_counter() - started
         self._fetch_breaker.success()
-        found = stored if type(stored) is list else list(stored)
-        hits, bytes_read, corrupt = decode_many(checked, found)
-        corrupt_names = [names[index] for index in corrupt]
         with self._lock:
             self._counts["hits"] += hits
             self._counts["misses"] += len(checked) - hits
-            self._counts["corrupt"] += len(corrupt_names)
+            self._counts["corrupt"] += len(corrupt)
             self._counts["bytes_read"] += bytes_read
             self._latency["fetch"].append(elapsed)
-        if corrupt_names:
+        if corrupt:
             # Deleted by the writer thread so that a fetch stays one round trip.  A good value
             # written by another process between the GET and the DEL is lost too: one more miss.
-            self._queue.submit(Job(corrupt_names, None))
+            self._queue.submit(Job([checked[index] for index in corrupt], None))
         return found
+
+    def _lost_track(self) -> None:
+        """A round trip failed: the server may have restarted empty.  A new epoch, and nothing
+        prefetched before it is served."""
+        with self._lock:
+            self._epoch += 1
+        self._prefetcher.clear()
+
+    @property
+    def epoch(self) -> int | None:
+        """A number that changes whenever the server may have lost what it stored (a round trip
+        failed: it may have restarted empty), or None when the tier has a ttl.
+
+        A cache that placed an entry from this tier's fetch at epoch E, and evicts it unchanged
+        while the epoch is still E, need not write it back: it is stored already.  With a ttl
+        every write-back is needed, as it renews the entry's expiry.  A server that evicts or
+        loses entries without a failed round trip (``maxmemory``, a restart between two round
+        trips) is not seen: then such an entry is a miss later, like any server-side eviction.
+        """
+        return None if self._ttl_ms is not None else self._epoch
 
     def fetch(self, key: int) -> bytes | None:
         """Return the stored bytes of *key*, or None (see fetch_many)."""
@@ -295,29 +372,55 @@ class RedisTier:
                              "Fix: pass one value per key.")
         views = [_payload_view(key, value) for key, value in zip(checked, values)]
         self._live()
-        if not checked:
-            return
+        if checked:
+            self._queue_payloads(checked, views, copy=True)
+
+    def write_owned(self, keys: list[int], payloads: list[bytes]) -> None:
+        """write_many for a cache handing over copies it made for this tier: *keys* a list of ints
+        in [0, 2**64) and *payloads* a list of bytes that nobody changes, queued as they are.
+
+        Unlike write_many, nothing is checked or copied; the queue, its limit and the counters are
+        the same.
+        """
+        self._live()
+        if keys:
+            self._queue_payloads(keys, payloads, copy=False)
+
+    def _queue_payloads(self, keys: list[int], payloads: list[Any], copy: bool) -> None:
+        """Queue what fits of *payloads* (copied to bytes first if *copy*); count the rest as dropped."""
         if self._write_breaker.blocked():
             with self._lock:
-                self._counts["dropped"] += len(checked)
+                self._counts["dropped"] += len(keys)
             return
-        prefix = self._prefix
-        queue = self._queue
-        names: list[bytes] = []
-        encoded: list[bytes] = []
-        sizes: list[int] = []
-        for key, view in zip(checked, views):
-            if not queue.admit(HEADER_SIZE + view.nbytes):
-                continue
-            names.append(prefix + b"%d" % key)
-            encoded.append(encode(key, view))
-            sizes.append(view.nbytes)
-        dropped = len(checked) - len(names)
-        if dropped:
+        sizes = [HEADER_SIZE + len(payload) for payload in payloads]
+        admitted = self._queue.admit_each(sizes)
+        if admitted is not None:        # some did not fit: keep those that did, in order
+            keys = [key for key, fits in zip(keys, admitted) if fits]
+            payloads = [payload for payload, fits in zip(payloads, admitted) if fits]
+            queued = sum(size for size, fits in zip(sizes, admitted) if fits)
             with self._lock:
-                self._counts["dropped"] += dropped
-        if names:
-            queue.submit(Job(names, encoded, sum(sizes), sum(map(len, encoded)), sizes))
+                self._counts["dropped"] += len(admitted) - len(keys)
+        else:
+            queued = sum(sizes)
+        if not self._prefetcher.idle:
+            self._prefetcher.forget(keys)   # what a prefetch brings for these keys is older now
+        if keys:
+            if copy:
+                payloads = [payload.tobytes() for payload in payloads]    # the one copy of the caller's bytes
+            with self._lock:
+                self._pending_writes.update(zip(keys, payloads))
+            self._queue.submit(Job(keys, payloads, queued - HEADER_SIZE * len(keys), queued))
+
+    def _settle(self, job: Job) -> None:
+        """*job*'s writes are sent or dropped: fetches go to the server for those keys again,
+        unless a newer write of the same key is queued."""
+        if job.values is None:
+            return
+        pending = self._pending_writes
+        with self._lock:
+            for key, payload in zip(job.keys, job.values):
+                if pending.get(key) is payload:
+                    del pending[key]
 
     def write(self, key: int, value: Any) -> None:
         """Queue one entry (see write_many)."""
@@ -336,40 +439,50 @@ class RedisTier:
 
     def _send(self, job: Job) -> None:
         """Writer thread: one round trip for *job*."""
+        try:
+            self._send_now(job)
+        finally:
+            self._settle(job)
+
+    def _send_now(self, job: Job) -> None:
         breaker = self._write_breaker
         if not breaker.allow():
             if job.values is not None:
                 with self._lock:
-                    self._counts["dropped"] += len(job.names)
+                    self._counts["dropped"] += len(job.keys)
             return
         started = time.perf_counter()
         try:
             if job.values is None:
-                self._connection.delete(job.names)
+                prefix = self._prefix
+                self._connection.delete([prefix + b"%d" % key for key in job.keys])
             else:
-                self._connection.set_many(job.names, job.values, self._ttl_ms)
+                self._connection.set_many(self._prefix, job.keys, job.values, self._ttl_ms)
         except self._errors as error:
-            breaker.failure(error)
+            breaker.failure(error, stacklevel=4)
+            self._lost_track()
             with self._lock:
                 self._counts["errors"] += 1
                 if job.values is not None:
-                    self._counts["dropped"] += len(job.names)
+                    self._counts["dropped"] += len(job.keys)
             return
         elapsed = time.perf_counter() - started
         breaker.success()
         if job.values is not None:
             with self._lock:
-                self._counts["writes"] += len(job.names)
+                self._counts["writes"] += len(job.keys)
                 self._counts["bytes_written"] += job.payload_bytes
                 self._latency["write"].append(elapsed)
 
     def _send_failed(self, job: Job, error: BaseException) -> None:
         """Writer thread: *job* failed with an error that is not the server's (a bug, memory)."""
         self._write_breaker.abandon()
+        self._lost_track()
         with self._lock:
             self._counts["errors"] += 1
             if job.values is not None:
-                self._counts["dropped"] += len(job.names)
+                self._counts["dropped"] += len(job.keys)
+        self._settle(job)
 
     # -- counters ----------------------------------------------------------------------------------
 
