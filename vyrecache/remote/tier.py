@@ -179,8 +179,7 @@ class RedisTier:
             return None if alive is None or alive._closed else alive._round_trip(keys)
 
         self._queue = WriteQueue(send, send_failed, max_pending_bytes, name=f"vyrecache-redis-writer-{namespace}")
-        #: key -> payload of each write queued and not yet settled, the newest per key
-        self._pending_writes: dict[int, bytes] = {}
+        self._pending_writes = self._queue.pending     # served by fetch_many before the server
         self._prefetcher = Prefetcher(prefetch_round_trip, max_pending_bytes,
                                       name=f"vyrecache-redis-prefetch-{namespace}")
         self._closed = False
@@ -203,8 +202,6 @@ class RedisTier:
         if left:
             with self._lock:
                 self._counts["dropped"] += sum(len(job.keys) for job in left if job.values is not None)
-            for job in left:
-                self._settle(job)
         self._connection.close()
 
     def __del__(self) -> None:
@@ -392,35 +389,14 @@ class RedisTier:
             with self._lock:
                 self._counts["dropped"] += len(keys)
             return
-        sizes = [HEADER_SIZE + len(payload) for payload in payloads]
-        admitted = self._queue.admit_each(sizes)
-        if admitted is not None:        # some did not fit: keep those that did, in order
-            keys = [key for key, fits in zip(keys, admitted) if fits]
-            payloads = [payload for payload, fits in zip(payloads, admitted) if fits]
-            queued = sum(size for size, fits in zip(sizes, admitted) if fits)
-            with self._lock:
-                self._counts["dropped"] += len(admitted) - len(keys)
-        else:
-            queued = sum(sizes)
+        if copy:
+            payloads = [payload.tobytes() for payload in payloads]    # the one copy of the caller's bytes
         if not self._prefetcher.idle:
             self._prefetcher.forget(keys)   # what a prefetch brings for these keys is older now
-        if keys:
-            if copy:
-                payloads = [payload.tobytes() for payload in payloads]    # the one copy of the caller's bytes
+        dropped = len(keys) - self._queue.offer(keys, payloads, HEADER_SIZE)
+        if dropped:
             with self._lock:
-                self._pending_writes.update(zip(keys, payloads))
-            self._queue.submit(Job(keys, payloads, queued - HEADER_SIZE * len(keys), queued))
-
-    def _settle(self, job: Job) -> None:
-        """*job*'s writes are sent or dropped: fetches go to the server for those keys again,
-        unless a newer write of the same key is queued."""
-        if job.values is None:
-            return
-        pending = self._pending_writes
-        with self._lock:
-            for key, payload in zip(job.keys, job.values):
-                if pending.get(key) is payload:
-                    del pending[key]
+                self._counts["dropped"] += dropped
 
     def write(self, key: int, value: Any) -> None:
         """Queue one entry (see write_many)."""
@@ -439,12 +415,6 @@ class RedisTier:
 
     def _send(self, job: Job) -> None:
         """Writer thread: one round trip for *job*."""
-        try:
-            self._send_now(job)
-        finally:
-            self._settle(job)
-
-    def _send_now(self, job: Job) -> None:
         breaker = self._write_breaker
         if not breaker.allow():
             if job.values is not None:
@@ -459,7 +429,7 @@ class RedisTier:
             else:
                 self._connection.set_many(self._prefix, job.keys, job.values, self._ttl_ms)
         except self._errors as error:
-            breaker.failure(error, stacklevel=4)
+            breaker.failure(error)
             self._lost_track()
             with self._lock:
                 self._counts["errors"] += 1
@@ -482,7 +452,6 @@ class RedisTier:
             self._counts["errors"] += 1
             if job.values is not None:
                 self._counts["dropped"] += len(job.keys)
-        self._settle(job)
 
     # -- counters ----------------------------------------------------------------------------------
 

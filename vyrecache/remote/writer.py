@@ -55,6 +55,8 @@ class WriteQueue:
         self._jobs: deque[Job] = deque()
         self._cond = threading.Condition(threading.Lock())
         self.pending_bytes = 0
+        #: key -> value of each write queued and not yet done (sent or dropped), the newest per key
+        self.pending: dict[int, bytes] = {}
         self._unfinished = 0
         self._stopping = False
         self._flushing = 0              # callers waiting in flush(): send without lingering
@@ -67,33 +69,44 @@ class WriteQueue:
         """True while the writer thread runs."""
         return self._thread.is_alive()
 
-    def admit_each(self, sizes: list[int]) -> list[bool] | None:
-        """Reserve each of *sizes* bytes of the queue, in order, where it fits: None when all fit,
-        else which did.  The caller then submits what was admitted in one job."""
+    def offer(self, keys: list[int], values: list[bytes], overhead: int) -> int:
+        """Queue, as one job, those entries whose ``len(value) + overhead`` bytes still fit under
+        max_pending_bytes (in order), and record them in ``pending``; the number queued.  One
+        lock for the whole batch: the thread that serves a cache calls this once per operation."""
         with self._cond:
-            if not self._stopping and self.pending_bytes + sum(sizes) <= self.max_pending_bytes:
-                self.pending_bytes += sum(sizes)
-                return None
-            admitted = []
-            for nbytes in sizes:
-                fits = not self._stopping and self.pending_bytes + nbytes <= self.max_pending_bytes
-                if fits:
-                    self.pending_bytes += nbytes
-                admitted.append(fits)
-            return admitted
+            if self._stopping:
+                return 0
+            sizes = [len(value) + overhead for value in values]
+            queued = sum(sizes)
+            if self.pending_bytes + queued > self.max_pending_bytes:
+                kept_keys, kept_values, queued = [], [], 0
+                for key, value, size in zip(keys, values, sizes):
+                    if self.pending_bytes + queued + size <= self.max_pending_bytes:
+                        kept_keys.append(key)
+                        kept_values.append(value)
+                        queued += size
+                keys, values = kept_keys, kept_values
+            if keys:
+                self.pending_bytes += queued
+                self.pending.update(zip(keys, values))
+                self._append(Job(keys, values, queued - overhead * len(keys), queued))
+            return len(keys)
 
     def submit(self, job: Job) -> None:
-        """Queue *job*, whose ``queued_bytes`` were admitted before (deletions need no admission)."""
+        """Queue *job*, a deletion (which needs no room in the queue)."""
         with self._cond:
-            if not self._jobs:
-                self._oldest = time.monotonic()
-                wake = True             # the thread starts its linger timer from this job
-            else:
-                wake = self.pending_bytes >= BATCH_BYTES
-            self._jobs.append(job)
-            self._unfinished += 1
-            if wake:
-                self._cond.notify_all()
+            self._append(job)
+
+    def _append(self, job: Job) -> None:
+        if not self._jobs:
+            self._oldest = time.monotonic()
+            wake = True             # the thread starts its linger timer from this job
+        else:
+            wake = self.pending_bytes >= BATCH_BYTES
+        self._jobs.append(job)
+        self._unfinished += 1
+        if wake:
+            self._cond.notify_all()
 
     def flush(self, timeout: float | None) -> bool:
         """Wait until every job submitted so far is done; False if *timeout* seconds passed first."""
@@ -124,6 +137,7 @@ class WriteQueue:
         with self._cond:
             left = list(self._jobs)
             self._jobs.clear()
+            self._forget(left)
             self._unfinished -= len(left)
             self.pending_bytes -= sum(job.queued_bytes for job in left)
             self._cond.notify_all()
@@ -156,8 +170,18 @@ class WriteQueue:
                 nbytes += following.queued_bytes
             return taken     # what is left (past a round trip's size) has waited already: sent next
 
+    def _forget(self, jobs: list[Job]) -> None:
+        """*jobs* are done: their keys are no longer pending, unless written again since (lock held)."""
+        pending = self.pending
+        for job in jobs:
+            if job.values is not None:
+                for key, value in zip(job.keys, job.values):
+                    if pending.get(key) is value:
+                        del pending[key]
+
     def _done(self, jobs: list[Job]) -> None:
         with self._cond:
+            self._forget(jobs)
             self.pending_bytes -= sum(job.queued_bytes for job in jobs)
             self._unfinished -= len(jobs)
             self._cond.notify_all()
