@@ -8,11 +8,12 @@ failing round trip costs one timeout, never a retry loop's worth.
 Round trips, per batch:
 
 * a single server: one ``MGET`` for a fetch, one ``MSET`` (or a pipeline of ``SET ... PX`` when a
-  TTL is set) for a write, one ``DEL`` for deletions.  Writes are framed by
-  ``_core/remote_format.frame_writes`` (the values as they are, between small pieces of framing)
-  and sent on a connection of redis-py's pool with ``sendmsg``: one system call, and one release
-  of the GIL, per thousand buffers, where redis-py's own ``sendall`` of each argument would take
-  the GIL back after every value, each time waiting for the thread that serves the cache;
+  TTL is set) for a write, one ``DEL`` for deletions.  On a plain socket, fetches and writes are
+  sent and their replies read by ``_core/remote_format`` (``mget``, ``send_writes``, with writes
+  framed by ``frame_writes``: the values as they are, between small pieces of framing), on a
+  connection of redis-py's pool that each thread keeps.  A thread that waits for the socket
+  gives the GIL away and then waits for the busiest other thread to hand it back; redis-py does
+  that after every read and every value sent, these once per round trip (TLS keeps redis-py's);
 * a cluster: one pipeline of ``GET``/``SET``/``DEL`` commands, which redis-py's cluster client
   splits into one pipeline per master, sent to all of them before any reply is read.  Entries carry
   no hash tag (see ``format.py``), so a batch's keys lie on every master and cannot share one MGET.
@@ -27,7 +28,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from .._core.remote_format import decode_many, encode, frame_writes, mget
+from .._core.remote_format import decode_many, encode, frame_writes, mget, mget_receive, mget_send, send_writes
 
 __all__ = ["Connection", "check_url", "import_redis", "parse_startup_nodes"]
 
@@ -107,39 +108,6 @@ def parse_startup_nodes(nodes: object) -> list[tuple[str, int]]:
                              "Fix: write it like '127.0.0.1:7000'.")
         pairs.append((host, port))
     return pairs
-
-
-#: Most buffers one sendmsg takes (Linux's IOV_MAX).
-_SENDMSG_BUFFERS = 1024
-
-
-def _send_buffers(connection: Any, buffers: list[bytes]) -> None:
-    """Send *buffers* in order on a connected redis-py *connection*, raising redis-py's errors.
-
-    A plain socket gets ``sendmsg`` (what a partial send leaves is sent by the next call); any
-    other (TLS, or a redis-py without ``_sock``) gets redis-py's own ``send_packed_command``.
-    """
-    sock = getattr(connection, "_sock", None)
-    if type(sock) is not socket.socket:
-        connection.send_packed_command(buffers, check_health=False)
-        return
-    redis = import_redis()
-    views = [memoryview(buffer) for buffer in buffers]
-    first = 0
-    try:
-        while first < len(views):
-            sent = sock.sendmsg(views[first:first + _SENDMSG_BUFFERS])
-            while first < len(views) and sent >= len(views[first]):
-                sent -= len(views[first])
-                first += 1
-            if sent:
-                views[first] = views[first][sent:]
-    except socket.timeout:
-        connection.disconnect()
-        raise redis.TimeoutError("Timeout writing to socket") from None
-    except OSError as error:
-        connection.disconnect()
-        raise redis.ConnectionError(f"Error while writing to socket: {error}") from None
 
 
 class Connection:
@@ -261,11 +229,44 @@ class Connection:
         buffers, replies = frame_writes(prefix, keys, payloads, ttl_ms)
         connection = self._held_connection(self._write_client)
         try:
-            _send_buffers(connection, buffers)
+            sock = getattr(connection, "_sock", None)
+            if type(sock) is socket.socket:
+                send_writes(sock.fileno(), buffers, replies, self._timeout)
+                return
+            connection.send_packed_command(buffers, check_health=False)    # TLS: redis-py's socket
             for _ in range(replies):
                 connection.read_response()
         except BaseException:
             connection.disconnect()     # replies may be left unread: never reuse the connection
+            raise
+
+    def send_fetch(self, prefix: bytes, keys: list[int]) -> bool:
+        """Send the MGET of a fetch on the calling thread's connection without reading its reply
+        (receive_fetch reads it); False, sending nothing, where that is not possible (a cluster,
+        TLS)."""
+        if self.cluster:
+            return False
+        connection = self._held_connection(self._client)
+        sock = getattr(connection, "_sock", None)
+        if type(sock) is not socket.socket:
+            return False
+        try:
+            mget_send(sock.fileno(), prefix, keys, self._timeout)
+        except BaseException:
+            connection.disconnect()
+            raise
+        return True
+
+    def receive_fetch(self, keys: list[int]) -> tuple[list[bytes | None], int, int, list[int]]:
+        """The reply of the oldest MGET send_fetch sent on this thread's connection (like fetch)."""
+        connection = self._held_connection(self._client)
+        sock = getattr(connection, "_sock", None)
+        try:
+            if type(sock) is not socket.socket:
+                raise ConnectionError("the connection a prefetch was sent on is gone")
+            return mget_receive(sock.fileno(), keys, self._timeout)
+        except BaseException:
+            connection.disconnect()
             raise
 
     def _held_connection(self, client: Any) -> Any:

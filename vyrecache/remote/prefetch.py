@@ -1,16 +1,17 @@
-"""Fetches started ahead of time on a background thread, whose results wait for the fetch that wants them.
+"""Prefetches: fetches sent ahead of time whose replies are read when a fetch wants them.
 
-A cache that knows the keys of its next batch (a server scheduling its next requests) can have them
-fetched while it serves the current one: ``submit(keys)`` queues one round trip and returns at once;
-a later ``take(keys, wait)`` hands over what it brought, waiting (at most ``wait`` seconds) for a
-round trip still under way, so that the network's latency overlaps the caller's work instead of
-adding to it.
+A cache that knows the keys of its next batch (a server scheduling its next requests) sends their
+MGET at once (``RedisTier.prefetch_many``) and goes on with its current batch while the server
+answers; the next fetch of the same thread reads the replies waiting on its connection, which by
+then have usually arrived, so that the network's latency overlaps the caller's work instead of
+adding to it.  No thread is involved: a background thread would have to take the GIL back from
+the busy caller to deliver each reply, which costs more than the round trip it hides.
 
-Results are held for ``MAX_AGE_SECONDS`` at most, and ``max_bytes`` of them at most (the oldest go
-first): a result nobody takes is stale after that.  ``forget(keys)`` drops what is held or under
-way for keys written since (their new value is the one to serve), and ``clear()`` drops everything
-(the server may have lost what it sent).  The thread survives every error of a round trip: the keys
-of a failed one are simply not held, and the caller fetches them itself.
+This module keeps the bookkeeping: which keys were sent by which thread and not read yet
+(``sent``), and the results read but not taken yet (``held``, shared by every thread).  Results are
+held for ``MAX_AGE_SECONDS`` and ``max_bytes`` at most, the oldest going first; ``forget(keys)``
+drops what is held or under way for keys written since (their new value is the one to serve), and
+``clear()`` drops everything (the server may have lost what it sent).
 """
 
 from __future__ import annotations
@@ -18,77 +19,88 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any
 
-__all__ = ["Prefetcher"]
+__all__ = ["Batch", "Prefetches"]
 
-#: How long a result is kept for a take() that wants it.
+#: How long a result is kept for a fetch that wants it.
 MAX_AGE_SECONDS = 1.0
+#: Requests one thread may have sent and not read; one more reads the oldest first.
+MAX_OUTSTANDING = 4
 
 
-class _Batch:
-    __slots__ = ("keys", "void")
+class Batch:
+    """One MGET sent for a prefetch, not read yet."""
+    __slots__ = ("keys", "void", "sent_at")
 
     def __init__(self, keys: list[int]) -> None:
         self.keys = keys
         self.void: set[int] = set()     # keys written while the round trip was under way
+        self.sent_at = time.perf_counter()
 
 
-class Prefetcher:
-    """One background thread running ``round_trip(keys) -> list[bytes | None] | None``; thread-safe."""
+class Prefetches:
+    """Prefetch requests under way and results not yet taken; thread-safe."""
 
-    def __init__(self, round_trip: Callable[[list[int]], list[Any] | None], max_bytes: int, name: str) -> None:
-        self._round_trip = round_trip
+    def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._cond = threading.Condition(threading.Lock())
-        self._batches: deque[_Batch] = deque()
-        self._in_flight: dict[int, _Batch] = {}     # key -> its batch, queued or being fetched
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._sent: dict[int, Batch] = {}       # key -> its batch under way, any thread's
         self._held: dict[int, tuple[bytes | None, float]] = {}  # key -> (value or None for a miss, when)
         self._held_bytes = 0
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-        self._name = name
 
     @property
     def idle(self) -> bool:
         """True when nothing is held or under way (take() would return nothing)."""
-        return not self._held and not self._in_flight
+        return not self._held and not self._sent
 
-    def submit(self, keys: list[int]) -> None:
-        """Queue a round trip for those of *keys* neither held nor under way."""
-        with self._cond:
-            if self._stopping:
-                return
-            wanted = [key for key in dict.fromkeys(keys) if key not in self._in_flight and key not in self._held]
-            if not wanted:
-                return
-            batch = _Batch(wanted)
-            for key in wanted:
-                self._in_flight[key] = batch
-            self._batches.append(batch)
-            if self._thread is None:    # started by the first prefetch: most caches never make one
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
+    def outstanding(self) -> deque[Batch]:
+        """The calling thread's batches sent and not read, oldest first (its connection's order)."""
+        batches = getattr(self._local, "batches", None)
+        if batches is None:
+            batches = self._local.batches = deque()
+        return batches
 
-    def take(self, keys: list[int], wait: float) -> dict[int, bytes | None]:
-        """The results held for *keys* (value, or None for a key the server did not have), taken
-        out; waits up to *wait* seconds for those still under way.  Keys absent from the answer
-        were never prefetched (or their round trip failed): the caller fetches them."""
-        taken: dict[int, bytes | None] = {}
-        with self._cond:
-            if self._in_flight:
-                deadline = time.monotonic() + wait
-                while any(key in self._in_flight for key in keys):
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
-            if not self._held:
-                return taken
-            now = time.monotonic()
+    def wanted(self, keys: list[int]) -> list[int]:
+        """Those of *keys*, once each, neither held nor under way."""
+        held, sent = self._held, self._sent
+        return [key for key in dict.fromkeys(keys) if key not in held and key not in sent]
+
+    def sent(self, keys: list[int]) -> Batch:
+        """Record a batch the calling thread has just sent."""
+        batch = Batch(keys)
+        with self._lock:
+            for key in keys:
+                self._sent[key] = batch
+        self.outstanding().append(batch)
+        return batch
+
+    def received(self, batch: Batch, values: list[bytes | None] | None) -> None:
+        """*batch*'s reply was read (*values*), or lost (None)."""
+        now = time.monotonic()
+        with self._lock:
+            for index, key in enumerate(batch.keys):
+                if self._sent.get(key) is batch:
+                    del self._sent[key]
+                if values is None or key in batch.void:
+                    continue
+                value = values[index]
+                previous = self._held.pop(key, None)
+                if previous is not None and previous[0] is not None:
+                    self._held_bytes -= len(previous[0])
+                self._held[key] = (value, now)
+                if value is not None:
+                    self._held_bytes += len(value)
             self._expire(now)
+
+    def take(self, keys: list[int]) -> dict[int, bytes | None]:
+        """The results held for *keys* (value, or None for a key the server did not have), taken
+        out.  Keys absent from the answer were not prefetched, or not read yet: fetch them."""
+        taken: dict[int, bytes | None] = {}
+        if not self._held:
+            return taken
+        with self._lock:
+            self._expire(time.monotonic())
             for key in keys:
                 held = self._held.pop(key, None)
                 if held is not None:
@@ -98,38 +110,26 @@ class Prefetcher:
         return taken
 
     def forget(self, keys: list[int]) -> None:
-        """Drop what is held for *keys* and void their round trips under way (they were written)."""
-        with self._cond:
+        """Drop what is held for *keys* and void their batches under way (they were written)."""
+        held, sent = self._held, self._sent
+        if not any(key in held or key in sent for key in keys):
+            return                      # the usual case, without taking the lock
+        with self._lock:
             for key in keys:
-                held = self._held.pop(key, None)
-                if held is not None and held[0] is not None:
-                    self._held_bytes -= len(held[0])
-                batch = self._in_flight.get(key)
+                value = self._held.pop(key, None)
+                if value is not None and value[0] is not None:
+                    self._held_bytes -= len(value[0])
+                batch = self._sent.get(key)
                 if batch is not None:
                     batch.void.add(key)
 
     def clear(self) -> None:
-        """Drop every result held and void every round trip under way."""
-        with self._cond:
+        """Drop every result held and void every batch under way."""
+        with self._lock:
             self._held.clear()
             self._held_bytes = 0
-            for key, batch in self._in_flight.items():
+            for key, batch in self._sent.items():
                 batch.void.add(key)
-
-    def stop(self, timeout: float) -> None:
-        """End the thread (after the round trip it is in, waiting up to *timeout*) and drop everything."""
-        with self._cond:
-            self._stopping = True
-            self._batches.clear()
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None and timeout > 0 and thread is not threading.current_thread():
-            thread.join(timeout)
-        with self._cond:
-            self._in_flight.clear()
-            self._held.clear()
-            self._held_bytes = 0
-            self._cond.notify_all()
 
     def _expire(self, now: float) -> None:
         """Drop results older than MAX_AGE_SECONDS, or past max_bytes, oldest first (lock held)."""
@@ -142,33 +142,3 @@ class Prefetcher:
             del held[key]
             if value is not None:
                 self._held_bytes -= len(value)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._batches and not self._stopping:
-                    self._cond.wait()
-                if self._stopping:
-                    return
-                batch = self._batches.popleft()
-            values: list[Any] | None = None
-            try:
-                values = self._round_trip(batch.keys)
-            except BaseException:
-                values = None   # the thread must outlive any failure: the caller fetches these keys itself
-            with self._cond:
-                now = time.monotonic()
-                for index, key in enumerate(batch.keys):
-                    if self._in_flight.get(key) is batch:
-                        del self._in_flight[key]
-                    if values is None or key in batch.void or self._stopping:
-                        continue
-                    value = values[index]
-                    previous = self._held.pop(key, None)
-                    if previous is not None and previous[0] is not None:
-                        self._held_bytes -= len(previous[0])
-                    self._held[key] = (value, now)
-                    if value is not None:
-                        self._held_bytes += len(value)
-                self._expire(now)
-                self._cond.notify_all()

@@ -28,7 +28,7 @@ from ..errors import CacheClosedError
 from .breaker import CircuitBreaker
 from .client import Connection, check_url, parse_startup_nodes
 from .format import HEADER_SIZE, key_prefix
-from .prefetch import Prefetcher
+from .prefetch import MAX_OUTSTANDING, Prefetches
 from .writer import Job, WriteQueue
 
 __all__ = ["RedisTier"]
@@ -174,14 +174,9 @@ class RedisTier:
             if alive is not None:
                 alive._send_failed(job, error)
 
-        def prefetch_round_trip(keys: list[int]) -> list[bytes | None] | None:
-            alive = tier()
-            return None if alive is None or alive._closed else alive._round_trip(keys)
-
         self._queue = WriteQueue(send, send_failed, max_pending_bytes, name=f"vyrecache-redis-writer-{namespace}")
         self._pending_writes = self._queue.pending     # served by fetch_many before the server
-        self._prefetcher = Prefetcher(prefetch_round_trip, max_pending_bytes,
-                                      name=f"vyrecache-redis-prefetch-{namespace}")
+        self._prefetches = Prefetches(max_pending_bytes)
         self._closed = False
         try:
             self._connection.ping()
@@ -196,7 +191,7 @@ class RedisTier:
         if self._closed:
             return
         self._closed = True
-        self._prefetcher.stop(self.timeout + 1.0)
+        self._prefetches.clear()
         self._queue.flush(_CLOSE_FLUSH_SECONDS)
         left = self._queue.stop(self.timeout + 1.0)
         if left:
@@ -212,7 +207,6 @@ class RedisTier:
             warnings.warn(f"a RedisTier ({_display(self.url)}, namespace {self.namespace!r}) was never closed; "
                           "its queued writes are dropped. Fix: call close(), or use it in a with block.",
                           ResourceWarning, stacklevel=2)
-            self._prefetcher.stop(0.0)
             self._queue.stop(0.0)
             self._connection.close()
         except Exception:
@@ -252,7 +246,9 @@ class RedisTier:
         found: list[bytes | None] = [None] * len(checked)
         asked: list[int] = []
         pending = self._pending_writes
-        held = {} if self._prefetcher.idle else self._prefetcher.take(checked, 2.0 * self.timeout)
+        if self._prefetches.outstanding():
+            self._read_prefetches()
+        held = {} if self._prefetches.idle else self._prefetches.take(checked)
         served = served_bytes = 0
         for index, key in enumerate(checked):
             value = pending.get(key) if pending else None
@@ -276,20 +272,61 @@ class RedisTier:
         return found
 
     def prefetch_many(self, keys: Any) -> None:
-        """Start fetching *keys* on a background thread and return at once; a later fetch_many of
-        them is served what it brought (waiting for it if it is still under way) without a round
-        trip of its own.  For a caller that knows its next batch's keys: the round trip overlaps
-        its work on the current one.
+        """Send the MGET of *keys* now and return without waiting for the reply; the next
+        fetch_many of the same thread reads it (by then it has usually arrived) and serves those
+        keys from it without a round trip of its own.  For a caller that knows its next batch's
+        keys: their round trip overlaps its work on the current one.
 
-        What a prefetch brings is kept for a second at most, and a write of a key drops it.  The
-        round trip's keys are counted as hits and misses when it returns.
+        What a prefetch brings is kept for a second at most, and a write of a key drops it.  Keys
+        queued for writing, held or under way already are not asked again; nothing is sent while
+        the circuit is open, nor on a cluster or over TLS (there a prefetch does nothing).
         """
         checked = _check_keys(keys)
         self._live()
         pending = self._pending_writes
-        wanted = [key for key in checked if key not in pending] if pending else checked
-        if wanted and not self._fetch_breaker.blocked():
-            self._prefetcher.submit(wanted)
+        prefetches = self._prefetches
+        wanted = prefetches.wanted([key for key in checked if key not in pending] if pending else checked)
+        if not wanted or self._fetch_breaker.is_open:
+            return                          # an open circuit's trial is a fetch's to make
+        if len(prefetches.outstanding()) >= MAX_OUTSTANDING:
+            self._read_prefetches(1)
+        try:
+            if self._connection.send_fetch(self._prefix, wanted):
+                prefetches.sent(wanted)
+        except self._errors as error:
+            self._prefetch_failed(error, len(wanted))
+
+    def _read_prefetches(self, count: int | None = None) -> None:
+        """Read the replies of the calling thread's prefetches (the oldest *count*, or all)."""
+        outstanding = self._prefetches.outstanding()
+        while outstanding and (count is None or count > 0):
+            batch = outstanding.popleft()
+            if count is not None:
+                count -= 1
+            try:
+                found, hits, bytes_read, corrupt = self._connection.receive_fetch(batch.keys)
+            except self._errors as error:
+                self._prefetches.received(batch, None)
+                lost = sum(len(other.keys) for other in outstanding)
+                for other in outstanding:       # the connection is gone, and their replies with it
+                    self._prefetches.received(other, None)
+                outstanding.clear()
+                self._prefetch_failed(error, len(batch.keys) + lost)
+                return
+            except BaseException:
+                self._prefetches.received(batch, None)
+                raise
+            self._fetch_breaker.success()
+            self._prefetches.received(batch, found)
+            self._count_fetch(len(batch.keys), hits, bytes_read, corrupt, batch.keys,
+                              time.perf_counter() - batch.sent_at)
+
+    def _prefetch_failed(self, error: BaseException, keys: int) -> None:
+        self._fetch_breaker.failure(error, stacklevel=4)
+        self._lost_track()
+        with self._lock:
+            self._counts["errors"] += 1
+            self._counts["misses"] += keys
 
     def _round_trip(self, checked: list[int]) -> list[bytes | None]:
         """One MGET (or cluster pipeline) of *checked*, decoded and counted; all misses on failure."""
@@ -313,24 +350,28 @@ class RedisTier:
             raise
         elapsed = time.perf_counter() - started
         self._fetch_breaker.success()
+        self._count_fetch(len(checked), hits, bytes_read, corrupt, checked, elapsed)
+        return found
+
+    def _count_fetch(self, asked: int, hits: int, bytes_read: int, corrupt: list[int], keys: list[int],
+                     elapsed: float) -> None:
         with self._lock:
             self._counts["hits"] += hits
-            self._counts["misses"] += len(checked) - hits
+            self._counts["misses"] += asked - hits
             self._counts["corrupt"] += len(corrupt)
             self._counts["bytes_read"] += bytes_read
             self._latency["fetch"].append(elapsed)
         if corrupt:
             # Deleted by the writer thread so that a fetch stays one round trip.  A good value
             # written by another process between the GET and the DEL is lost too: one more miss.
-            self._queue.submit(Job([checked[index] for index in corrupt], None))
-        return found
+            self._queue.submit(Job([keys[index] for index in corrupt], None))
 
     def _lost_track(self) -> None:
         """A round trip failed: the server may have restarted empty.  A new epoch, and nothing
         prefetched before it is served."""
         with self._lock:
             self._epoch += 1
-        self._prefetcher.clear()
+        self._prefetches.clear()
 
     @property
     def epoch(self) -> int | None:
@@ -391,8 +432,8 @@ class RedisTier:
             return
         if copy:
             payloads = [payload.tobytes() for payload in payloads]    # the one copy of the caller's bytes
-        if not self._prefetcher.idle:
-            self._prefetcher.forget(keys)   # what a prefetch brings for these keys is older now
+        if not self._prefetches.idle:
+            self._prefetches.forget(keys)   # what a prefetch brings for these keys is older now
         dropped = len(keys) - self._queue.offer(keys, payloads, HEADER_SIZE)
         if dropped:
             with self._lock:

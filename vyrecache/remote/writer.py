@@ -60,6 +60,7 @@ class WriteQueue:
         self._unfinished = 0
         self._stopping = False
         self._flushing = 0              # callers waiting in flush(): send without lingering
+        self._idle = False              # the thread sleeps until woken (nothing was queued)
         self._oldest = 0.0              # when the oldest queued job was submitted (monotonic)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -100,9 +101,9 @@ class WriteQueue:
     def _append(self, job: Job) -> None:
         if not self._jobs:
             self._oldest = time.monotonic()
-            wake = True             # the thread starts its linger timer from this job
-        else:
-            wake = self.pending_bytes >= BATCH_BYTES
+        # Wake the thread only if it sleeps until woken (it lingers from this job then), or for
+        # a full batch; lingering, it finds the job by itself.
+        wake = self._idle or self.pending_bytes >= BATCH_BYTES
         self._jobs.append(job)
         self._unfinished += 1
         if wake:
@@ -146,8 +147,16 @@ class WriteQueue:
     def _take(self) -> list[Job] | None:
         """The next round trip's jobs (several small writes merged), or None when stopping."""
         with self._cond:
-            while not self._jobs and not self._stopping:
-                self._cond.wait()
+            if not self._jobs and not self._stopping:
+                # Linger once for the next job without being woken for it (each wake-up takes the
+                # GIL from the thread serving the cache); only an idle queue sleeps until woken.
+                self._cond.wait(LINGER_SECONDS)
+                while not self._jobs and not self._stopping:
+                    self._idle = True
+                    try:
+                        self._cond.wait()
+                    finally:
+                        self._idle = False
             while not self._stopping and not self._flushing and self.pending_bytes < BATCH_BYTES:
                 lingered = time.monotonic() - self._oldest
                 if lingered >= LINGER_SECONDS:
