@@ -7,13 +7,17 @@ first, so that no round starts with the last one's entries), and with a host tie
 whole working set (the hit ratio's ceiling).  Prints each round and the median ratio; the floor is
 a remote demo within 2x of the demo without it.
 
-Run: ``python benchmarks/bench_remote_demo.py [--rounds N] [--duration SECONDS] [--json]``.
+``--other PATH`` adds, to every round, the remote demo of another built source tree (an earlier
+commit, for a before/after in the same run).
+
+Run: ``python benchmarks/bench_remote_demo.py [--rounds N] [--duration SECONDS] [--other PATH] [--json]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -27,12 +31,16 @@ HOST_SIZE = "15MiB"         # a quarter of the default workload's 61 MiB working
 CEILING_SIZE = "128MiB"     # the whole working set: nothing is evicted
 
 
-def demo(duration: float, host_size: str, remote: str | None) -> dict:
+def demo(duration: float, host_size: str, remote: str | None, tree: str | None = None) -> dict:
     command = [sys.executable, "-m", "vyrecache", "demo", "--backend", "host", "--host-size", host_size,
                "--duration", str(duration), "--quiet", "--json"]
     if remote is not None:
         command += ["--remote", remote]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    environment = dict(os.environ)
+    if tree is not None:
+        environment["PYTHONPATH"] = tree
+    result = subprocess.run(command, capture_output=True, text=True, check=True, env=environment,
+                            cwd=tree)
     report = json.loads(result.stdout)
     row = {"requests_per_second": report["requests_per_second"], "hit_ratio": report["hit_ratio"]["total"]}
     if report["remote"] is not None:
@@ -46,6 +54,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=6.0)
+    parser.add_argument("--other", default=None, metavar="PATH",
+                        help="also run the remote demo of this built source tree in every round")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if shutil.which("redis-server") is None:
@@ -66,8 +76,14 @@ def main() -> int:
             raw.flushall()
             remote = demo(args.duration, HOST_SIZE, url)
             ceiling = demo(args.duration, CEILING_SIZE, None)
-            rounds.append({"local": local, "remote": remote, "ceiling": ceiling,
-                           "slowdown": local["requests_per_second"] / remote["requests_per_second"]})
+            row = {"local": local, "remote": remote, "ceiling": ceiling,
+                   "slowdown": local["requests_per_second"] / remote["requests_per_second"]}
+            if args.other is not None:
+                raw.flushall()
+                other = demo(args.duration, HOST_SIZE, url, os.path.abspath(args.other))
+                row["other"] = other
+                row["other_slowdown"] = local["requests_per_second"] / other["requests_per_second"]
+            rounds.append(row)
         raw.close()
     finally:
         server.terminate()
@@ -84,7 +100,13 @@ def main() -> int:
             print(f"{index:>5} {row['local']['requests_per_second']:>16,.0f} {row['local']['hit_ratio']:>6.3f} "
                   f"{row['remote']['requests_per_second']:>14,.0f} {row['remote']['hit_ratio']:>6.3f} "
                   f"{row['remote']['remote_hits']:>11,} {row['slowdown']:>7.2f}x {row['ceiling']['hit_ratio']:>12.3f}")
+            if "other" in row:
+                print(f"{'':>5} {args.other}: + Redis {row['other']['requests_per_second']:,.0f} req/s, "
+                      f"hits {row['other']['hit_ratio']:.3f}, slowdown {row['other_slowdown']:.2f}x")
         print(f"median slowdown {slowdown:.2f}x (floor: within {FLOOR:g}x)")
+        if args.other is not None:
+            print(f"median slowdown of {args.other}: "
+                  f"{statistics.median(row['other_slowdown'] for row in rounds):.2f}x")
     return 0 if slowdown <= FLOOR else 1
 
 
