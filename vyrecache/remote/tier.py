@@ -460,6 +460,7 @@ class RedisTier:
         if not breaker.allow():
             if job.values is not None:
                 with self._lock:
+                    self._epoch += 1        # a fetch may have served one of these from the queue
                     self._counts["dropped"] += len(job.keys)
             return
         started = time.perf_counter()
