@@ -196,18 +196,23 @@ def test_sigkill_mid_run_costs_bounded_time_then_the_tier_resumes_after_restart(
             server.kill()
             slowest = 0.0
             deadline = time.monotonic() + 1.5
-            operations = 0
+            operations = served = 0
             while time.monotonic() < deadline:
                 started = time.perf_counter()
-                assert tier.fetch_many(range(50)) == [None] * 50
+                found = tier.fetch_many(range(50))
+                # misses, but for the writes of the last iteration that the writer thread has not
+                # settled yet: a queued write is served its own bytes
+                assert set(found) <= {None, b"during"}
+                served += sum(value is not None for value in found)
                 tier.write_many(range(50), [b"during"] * 50)
                 slowest = max(slowest, time.perf_counter() - started)
                 operations += 1
             assert slowest < CALL_BOUND
             assert operations > 10  # with the circuit open, calls are immediate
             assert tier.flush(CALL_BOUND * 3)
+            assert tier.fetch_many(range(50)) == [None] * 50    # dropped writes are not served
             counts = tier.counters()
-            assert counts["errors"] >= 1 and counts["dropped"] >= 50 and counts["hits"] == 1
+            assert counts["errors"] >= 1 and counts["dropped"] >= 50 and counts["hits"] == 1 + served
             assert counts["fetch_circuit_open"] == 1
             restarted = redis_servers.start(port=server.port)
 
@@ -385,7 +390,7 @@ def test_a_cluster_master_killed_mid_run_costs_bounded_time_and_the_tier_resumes
             while time.monotonic() < deadline:
                 started = time.perf_counter()
                 found = tier.fetch_many(range(100))
-                tier.write_many(range(100), [b"w"] * 100)
+                tier.write_many(range(100, 200), [b"w"] * 100)  # other keys: a queued write is served
                 slowest = max(slowest, time.perf_counter() - started)
                 assert found.count(None) >= 1  # the victim's share, at least, is missed
             assert slowest < 2 * CALL_BOUND
@@ -570,3 +575,157 @@ def test_a_tier_nobody_closed_is_collected_with_a_resource_warning_and_its_threa
         del tier
         gc.collect()
     assert wait_until(lambda: not queue.alive, 5)
+
+
+# -- the write path, queued writes, prefetches and the C round trips ---------------------------------
+
+def test_a_queued_write_is_served_before_it_is_sent_and_the_server_is_not_asked(redis_server):
+    raw = redis_server.client()
+    with vc.RedisTier(redis_server.url, timeout=TIMEOUT, namespace="q") as tier:
+        tier.write(1, b"old")
+        assert tier.flush(10)
+        redis_server.pause()            # the writer cannot send: the new value stays queued
+        try:
+            tier.write(1, b"new")
+            assert tier.fetch_many([1]) == [b"new"]     # never the server's older b"old"
+            assert tier.counters()["hits"] == 1
+        finally:
+            redis_server.resume()
+        assert tier.flush(10)
+        raw.config_resetstat()
+        assert tier.fetch(1) in (b"new", b"old")        # sent, or dropped by a timed-out round trip
+        assert raw.info("commandstats")["cmdstat_mget"]["calls"] == 1
+
+
+def test_a_write_is_sent_without_a_flush_within_the_linger(redis_server):
+    raw = redis_server.client()
+    with vc.RedisTier(redis_server.url, timeout=TIMEOUT, namespace="linger") as tier:
+        tier.write(3, b"soon")
+        assert wait_until(lambda: raw.get(b"linger:v1:3") is not None, 2.0)
+
+
+def test_prefetched_keys_cost_no_round_trip_of_their_own(redis_server):
+    raw = redis_server.client()
+    with vc.RedisTier(redis_server.url, timeout=TIMEOUT, namespace="pf") as tier:
+        tier.write_many(range(10), [payload(key, 4096) for key in range(10)])
+        assert tier.flush(10)
+        raw.config_resetstat()
+        tier.prefetch_many(range(20))
+        assert tier.fetch_many(range(20)) == [payload(key, 4096) for key in range(10)] + [None] * 10
+        assert raw.info("commandstats")["cmdstat_mget"]["calls"] == 1      # the prefetch's
+        assert tier.fetch_many(range(10)) == [payload(key, 4096) for key in range(10)]
+        assert raw.info("commandstats")["cmdstat_mget"]["calls"] == 2      # taken: asked again
+        counts = tier.counters()
+        assert counts["hits"] == 20 and counts["misses"] == 10
+
+
+def test_a_write_after_a_prefetch_wins_over_what_the_prefetch_brought(redis_server):
+    with vc.RedisTier(redis_server.url, timeout=TIMEOUT, namespace="pfw") as tier:
+        tier.write(5, b"before")
+        assert tier.flush(10)
+        tier.prefetch_many([5])
+        tier.write(5, b"after")
+        assert tier.fetch(5) == b"after"
+        assert tier.flush(10)
+        assert tier.fetch(5) == b"after"
+
+
+def test_prefetch_checks_its_keys_and_a_closed_tier_refuses(redis_server):
+    tier = vc.RedisTier(redis_server.url, timeout=TIMEOUT)
+    with pytest.raises(ValueError, match="Fix"):
+        tier.prefetch_many([-1])
+    with pytest.raises(TypeError, match="Fix"):
+        tier.prefetch_many("abc")
+    tier.close()
+    with pytest.raises(vc.CacheClosedError, match="Fix"):
+        tier.prefetch_many([1])
+
+
+def test_a_prefetch_from_a_dead_server_is_misses_within_the_timeout(redis_servers):
+    server = redis_servers.start()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vc.RemoteTierWarning)
+        with vc.RedisTier(server.url, timeout=TIMEOUT) as tier:
+            tier.write(1, b"x")
+            assert tier.flush(10)
+            server.kill()
+            started = time.monotonic()
+            tier.prefetch_many([1, 2])
+            assert tier.fetch_many([1, 2]) == [None, None]
+            assert time.monotonic() - started < CALL_BOUND * 2
+            assert tier.counters()["errors"] >= 1
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_the_c_round_trips_speak_both_protocols_with_empty_and_large_values(redis_server, protocol):
+    values = [b"", b"x", payload(1, 16 << 10), payload(2, 3 << 20), b"\r\n$-1\r\n_\r\n"]
+    url = f"{redis_server.url}?protocol={protocol}"
+    with vc.RedisTier(url, timeout=2.0, namespace=f"p{protocol}") as tier:
+        tier.write_many(range(len(values)), values)
+        assert tier.flush(10)
+        assert tier.fetch_many([99] + list(range(len(values))) + [100]) == [None] + values + [None]
+    with vc.RedisTier(url, timeout=2.0, namespace=f"p{protocol}ttl", ttl=60) as tier:
+        tier.write_many(range(len(values)), values)
+        assert tier.flush(10)
+        assert tier.fetch_many(range(len(values))) == values
+        assert 0 < redis_server.client().pttl(f"p{protocol}ttl:v1:3".encode()) <= 60_000
+
+
+def test_frame_writes_is_the_resp_of_one_mset_or_a_pipeline_of_set_px():
+    from vyrecache._core.remote_format import frame_writes
+    buffers, replies = frame_writes(b"n:v1:", [7, 10], [b"ab", b""])
+    assert replies == 1 and b"".join(buffers) == (
+        b"*5\r\n$4\r\nMSET\r\n$6\r\nn:v1:7\r\n$34\r\n" + encode(7, b"ab")
+        + b"\r\n$7\r\nn:v1:10\r\n$32\r\n" + encode(10, b"") + b"\r\n")
+    assert buffers[1] is not None and any(buffer is not None and buffer == b"ab" for buffer in buffers)
+    buffers, replies = frame_writes(b"n:v1:", [7], [b"ab"], 1500)
+    assert replies == 1 and b"".join(buffers) == (
+        b"*5\r\n$3\r\nSET\r\n$6\r\nn:v1:7\r\n$34\r\n" + encode(7, b"ab") + b"\r\n$2\r\nPX\r\n$4\r\n1500\r\n")
+    with pytest.raises(TypeError, match="Fix"):
+        frame_writes(b"n:", [1], [bytearray(b"x")])
+    with pytest.raises(ValueError, match="Fix"):
+        frame_writes(b"n:", [1, 2], [b"x"])
+
+
+def test_a_server_answering_garbage_is_a_failed_round_trip_not_an_error():
+    """A fake server that answers every command with an error reply: the C reader reports it, the
+    tier counts it and opens its circuit, and the connection is not reused."""
+    import socket as socket_module
+    listener = socket_module.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                continue
+            with connection:
+                connection.settimeout(0.1)
+                while not stop.is_set():
+                    try:
+                        data = connection.recv(65536)
+                    except OSError:
+                        continue
+                    if not data:
+                        break
+                    # redis-py's handshake and the tier's PING succeed; every MGET gets an error
+                    connection.sendall(b"+PONG\r\n" if b"MGET" not in data.upper() else b"-ERR no\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", vc.RemoteTierWarning)
+            with vc.RedisTier(f"redis://127.0.0.1:{port}/0?protocol=2", timeout=TIMEOUT) as tier:
+                assert tier.fetch_many([1, 2]) == [None, None]
+                counts = tier.counters()
+                assert counts["errors"] == 1 and counts["misses"] == 2 and counts["fetch_circuit_open"] == 1
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()

@@ -106,3 +106,96 @@ def test_a_remote_tier_must_look_like_one():
     with pytest.raises(ValueError, match="Fix"):
         vc.BufferCache([vc.CacheTier("host", 4096, "host")], backend="host", remote=None,
                        remote_write="sometimes")
+
+
+def _placed_by_remote_hits(cache, raw, namespace, count):
+    """Keys that left `cache` for Redis and came back by a remote hit, then deleted from Redis, so
+    that what is in Redis later is what the cache wrote back."""
+    for key in range(60):
+        cache.put(key, payload(key))
+    assert cache.flush(5.0)
+    gone = [key for key in range(60) if key not in cache][:count]
+    for key in gone:
+        assert cache.access(key) == 0
+        raw.delete(b"%s:v1:%d" % (namespace.encode(), key))
+    return gone
+
+
+def _push_out(cache, keys):
+    for key in range(1000, 1060):
+        cache.put(key, payload(key))
+    assert cache.flush(5.0)
+    assert not any(key in cache for key in keys)
+
+
+def test_a_victim_a_remote_hit_placed_is_not_written_back_unless_it_changed(make_cache, redis_server):
+    cache = make_cache(namespace="clean")
+    raw = redis_server.client()
+    clean, changed, leased = _placed_by_remote_hits(cache, raw, "clean", 3)
+    cache.put(changed, payload(changed + 1))
+    with cache.lease(leased, writable=True):
+        pass                                    # may have written the bytes in place
+    _push_out(cache, [clean, changed, leased])
+    assert raw.get(b"clean:v1:%d" % clean) is None                  # stored already: not sent again
+    assert cache.read(changed).tobytes() == payload(changed + 1)   # written back, and read back
+    assert cache.read(leased).tobytes() == payload(leased)
+    cache.check()
+
+
+def test_with_a_ttl_or_after_a_failed_round_trip_every_victim_is_written_back(redis_servers):
+    server = redis_servers.start()
+    raw = server.client()
+    for options, fail in (({"ttl": 60}, False), ({}, True)):
+        namespace = f"renew{fail}"
+        remote = vc.RedisTier(server.url, namespace=namespace, timeout=0.5, **options)
+        with vc.BufferCache([vc.CacheTier("host", 64 << 10, "host")], backend="host", remote=remote) as cache:
+            key, = _placed_by_remote_hits(cache, raw, namespace, 1)
+            if fail:
+                server.pause()
+                with pytest.warns(vc.RemoteTierWarning):
+                    remote.fetch_many([10**6])          # times out: the server may have lost its entries
+                server.resume()
+                time.sleep(0.3)                         # past the breaker's first back-off
+            _push_out(cache, [key])
+            assert raw.get(b"%s:v1:%d" % (namespace.encode(), key)) is not None, options
+
+
+def test_an_evicted_entry_read_back_at_once_is_its_newest_bytes(make_cache, redis_server):
+    cache = make_cache(namespace="newest")
+    cache.put(1, payload(1))
+    for key in range(100, 160):
+        cache.put(key, payload(key))
+    assert cache.flush(5.0) and 1 not in cache
+    cache.put(1, payload(2))                    # a new value for the key Redis holds an old one of
+    redis_server.pause()                        # its write-back cannot be sent
+    try:
+        for key in range(200, 260):
+            cache.put(key, payload(key))
+        assert 1 not in cache
+        assert cache.read(1).tobytes() == payload(2)     # the queued write-back, not Redis's copy
+    finally:
+        redis_server.resume()
+
+
+def test_prefetch_brings_absent_keys_in_one_round_trip_before_they_are_accessed(make_cache, redis_server):
+    cache = make_cache(namespace="prefetch")
+    for key in range(60):
+        cache.put(key, payload(key))
+    assert cache.flush(5.0)
+    gone = [key for key in range(60) if key not in cache][:5]
+    raw = redis_server.client()
+    raw.config_resetstat()
+    cache.prefetch(np.array(gone + [10**6] + [key for key in range(60) if key in cache][:3], dtype=np.uint64))
+    tiers = cache.access_many(np.array(gone + [10**6], dtype=np.uint64))
+    assert tiers.tolist() == [0] * 5 + [-1]
+    assert raw.info("commandstats")["cmdstat_mget"]["calls"] == 1
+    assert all(cache.read(key).tobytes() == payload(key) for key in gone)
+    with pytest.raises(ValueError, match="Fix"):
+        cache.prefetch([-1])
+    cache.check()
+
+
+def test_prefetch_without_a_remote_tier_does_nothing():
+    with vc.BufferCache([vc.CacheTier("host", 64 << 10, "host")], backend="host") as cache:
+        cache.prefetch([1, 2, 3])
+        assert len(cache) == 0

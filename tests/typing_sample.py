@@ -99,6 +99,7 @@ def buffer_cache_tour() -> None:
         cache.put(7, data)
         cache.put(8, b"bytes work too")
         cache.put(9, bytearray(64))
+        cache.prefetch(np.array([7, 10], dtype=np.uint64))     # no remote tier: nothing happens
         back = cache.read(7)
         assert back.dtype == np.uint8 and bytes(back) == data.tobytes()
         out = np.empty(4096, dtype=np.uint8)
@@ -185,6 +186,8 @@ def remote_tour() -> None:
             assert_type(found, list[bytes | None])
             assert_type(tier.fetch(1), bytes | None)
             assert_type(tier.flush(1.0), bool)
+            tier.prefetch_many([4, 5])              # the circuit is open: nothing is sent
+            assert_type(tier.epoch, int | None)
             counts = tier.counters()
             assert_type(counts, dict[str, Any])
             assert counts["misses"] == 4 and counts["dropped"] == 3

@@ -372,6 +372,20 @@ class BufferCache(Storage):
         self._live()
         return True if self.remote is None else bool(self.remote.flush(timeout))
 
+    def prefetch(self, keys: Any) -> None:
+        """Start fetching from the remote tier, in the background, those of ``keys`` the cache
+        does not hold now, and return at once.  A later ``access``/``read`` (or batch) that misses
+        on one of them is served what the prefetch brought without a round trip of its own,
+        waiting for it if it is still under way; it is then put into the cache as any remote hit.
+        For a server that knows its next batch's keys: their round trip overlaps the current one.
+        Nothing happens without a remote tier (or one that cannot prefetch)."""
+        if self.remote is None:
+            return
+        prefetch = getattr(self.remote, "prefetch_many", None)
+        absent = self._absent_keys(keys)
+        if prefetch is not None and absent.size:
+            prefetch(absent)
+
     def remote_counters(self) -> dict[str, Any]:
         """The remote tier's counters (hits, misses, writes, dropped, errors, corrupt,
         bytes_written, bytes_read, latency); empty without a remote tier."""

@@ -22,6 +22,7 @@ from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, u
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memset, strchr
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE, PyBUF_FORMAT
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 cimport numpy as cnp
 
 cnp.import_array()
@@ -203,6 +204,7 @@ cdef class Storage:
     cdef readonly uint64_t remote_hits         # local misses served by the remote tier
     cdef list leaving_keys                     # victims of this operation, for the remote tier
     cdef list leaving_values
+    cdef dict remote_fetched                   # key -> remote epoch: placed by a remote hit, unchanged since
     cdef vc_vk_queue vk
     cdef uint64_t* id_buffers                  # VkBuffer handle of each backend block id
     cdef Py_ssize_t n_ids
@@ -255,6 +257,7 @@ cdef class Storage:
         self.parked = {}
         self.leaving_keys = []
         self.leaving_values = []
+        self.remote_fetched = {}
         self.on_evict = on_evict
         self.n_segs = sum(layout[1] for layout in layouts)
         self.logs = <TierLog*>realloc(NULL, max(self.n_tiers, 1) * sizeof(TierLog))
@@ -652,18 +655,32 @@ cdef class Storage:
                 any_parked = True
         return any_parked
 
+    cdef int leave_for_remote(self, const Event* ev) except -1:
+        """An entry leaves (evicted, removed or replaced): an evicted one is written back to the
+        remote tier after the operation, unless it is clean, i.e. a remote hit placed it and
+        nothing changed it since, while the tier's epoch stayed the same (it is stored there
+        still, and writing it again would only cost the network and the server)."""
+        cdef object epoch = None
+        if self.remote_fetched:
+            epoch = self.remote_fetched.pop(ev.key, None)
+        if ev.kind != EV_EVICT:
+            return 0
+        if epoch is not None and epoch == getattr(self.remote, "epoch", None):
+            return 0
+        return self.keep_for_remote(ev.slot, ev.key, ev.size)
+
     cdef int keep_for_remote(self, Py_ssize_t slot, uint64_t key, uint64_t size) except -1:
-        """Copy a victim's bytes before they are freed: the remote tier gets them after the
-        operation (a write-back on eviction)."""
+        """Copy a victim's bytes before they are freed, once, into the bytes object the remote
+        tier is handed after the operation (a write-back on eviction)."""
         if self.s_state[slot] == S_PARKED:
-            value = self.parked[slot]
+            value = self.parked[slot].tobytes()
         else:
-            value = np.empty(size, dtype=np.uint8)
+            value = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>size)
             if size:
                 self.flush()
                 self.settle(self.s_ticket[slot])
                 self.read_data(self.segs[self.s_seg[slot]].block, self.s_offset[slot],
-                               <char*>cnp.PyArray_DATA(value), size)
+                               PyBytes_AS_STRING(value), size)
         self.leaving_keys.append(key)
         self.leaving_values.append(value)
         return 0
@@ -910,8 +927,8 @@ cdef class Storage:
         cdef Py_ssize_t slot = ev.slot
         self.ensure_slots(slot + 1)
         if ev.kind == EV_REMOVE or ev.kind == EV_EVICT:
-            if ev.kind == EV_EVICT and self.remote is not None:
-                self.keep_for_remote(slot, ev.key, ev.size)
+            if self.remote is not None:
+                self.leave_for_remote(&ev)
             if self.s_state[slot] == S_PARKED:
                 del self.parked[slot]
             elif self.s_state[slot] != S_NONE:
@@ -1400,7 +1417,9 @@ cdef class Storage:
             keys, self.leaving_keys = self.leaving_keys, []
             values, self.leaving_values = self.leaving_values, []
             try:
-                self.remote.write_many(keys, values)     # queued: never waits for the network
+                # queued: never waits for the network; write_owned takes the copies as they are
+                write = getattr(self.remote, "write_owned", None) or self.remote.write_many
+                write(keys, values)
             except BaseException as remote_error:
                 if error is None:
                     error = remote_error
@@ -1622,11 +1641,12 @@ cdef class Storage:
         would; the tier each key now has (-1: a miss there too).  Each hit counts as a hit on the
         tier it landed in instead of a miss."""
         cdef Py_ssize_t i, n = keys.shape[0]
+        epoch = getattr(self.remote, "epoch", None)     # read before the fetch: see leave_for_remote
         values = self.remote.fetch_many(keys)
         tiers = np.full(n, -1, dtype=np.int8)
         found = [i for i in range(n) if values[i] is not None]
         if found:
-            self.put_many(keys[found], [values[i] for i in found])
+            self.store_many(keys[found], [values[i] for i in found], None, epoch)
             for i in found:
                 entry = self.get(int(keys[i]))
                 tiers[i] = entry.tier if entry is not None else -1
@@ -1634,6 +1654,11 @@ cdef class Storage:
                     self.remote_hits += 1
                     self.misses -= 1
         return tiers
+
+    def _absent_keys(self, keys):
+        """The keys of `keys` the cache does not hold now (a uint64 array), for a remote prefetch."""
+        key_array = parse_keys(keys)
+        return key_array[~self.present_mask(key_array)]
 
     def promote(self, key):
         """Move the entry one tier up when the policy allows it (its bytes move too)."""
@@ -1863,6 +1888,11 @@ cdef class Storage:
         Every argument is checked before anything changes.  An error that can only arise part-way
         (every candidate pinned) raises with ``stored``, the number of keys stored before it.
         """
+        return self.store_many(keys, data, sizes, None)
+
+    cdef object store_many(self, keys, data, sizes, object fetched_epoch):
+        """put_many(); with a `fetched_epoch` (remote hits being placed), each stored entry is
+        marked clean in the same operation, so that no other thread's put can come between."""
         key_array = batch_keys(keys)
         cdef const uint64_t* kv = <const uint64_t*>cnp.PyArray_DATA(<cnp.ndarray>key_array)
         cdef Py_ssize_t i, n = cnp.PyArray_DIM(<cnp.ndarray>key_array, 0)
@@ -1881,6 +1911,8 @@ cdef class Storage:
             for i in range(n):
                 if not self.put_row(kv[i], rows, i):
                     (<uint8_t*>cnp.PyArray_DATA(out))[i] = 0
+                elif fetched_epoch is not None:
+                    self.remote_fetched[kv[i]] = fetched_epoch
                 rows.stored += 1
         except BaseException as error:
             failure = error
@@ -2104,6 +2136,8 @@ cdef class Storage:
         cdef Py_ssize_t slot
         cdef char* address = NULL
         self.pin_key(k, 1)
+        if self.remote_fetched:
+            self.remote_fetched.pop(k, None)     # its bytes may be written in place: no longer clean
         slot = self.engine.slot_of(k)
         if self.s_ticket[slot] > self.done_ticket:
             try:
@@ -2136,6 +2170,8 @@ cdef class Storage:
                 self.settle((<Transfer>self.pending[len(self.pending) - 1]).ticket)
                 self.retire()
             self.closed = True
+            if self.remote_fetched:
+                self.remote_fetched.clear()
             self.release_blocks()
         finally:
             self.engine.release()

@@ -140,10 +140,19 @@ def run(args: argparse.Namespace) -> int:
         try:
             with bar:
                 now = start
+                ahead = None        # with a remote tier: the next step, drawn and prefetched early
                 while now < deadline and (args.requests is None or requests < args.requests):
                     count = _REQUESTS_PER_STEP if args.requests is None else min(
                         _REQUESTS_PER_STEP, args.requests - requests)
-                    keys, sizes = workload.batch(count)
+                    keys, sizes = ahead if ahead is not None else workload.batch(count)
+                    if remote is not None:
+                        following = _REQUESTS_PER_STEP if args.requests is None else min(
+                            _REQUESTS_PER_STEP, args.requests - requests - count)
+                        ahead = workload.batch(following) if following > 0 else None
+                        if ahead is not None:
+                            # A server knows its next requests' blocks before it serves them: their
+                            # remote round trip runs while this step is served.
+                            cache.prefetch(ahead[0])
                     if remote is None:
                         for key, size in zip(keys.tolist(), sizes.tolist()):
                             found = access(key)

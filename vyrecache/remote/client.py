@@ -8,7 +8,12 @@ failing round trip costs one timeout, never a retry loop's worth.
 Round trips, per batch:
 
 * a single server: one ``MGET`` for a fetch, one ``MSET`` (or a pipeline of ``SET ... PX`` when a
-  TTL is set) for a write, one ``DEL`` for deletions;
+  TTL is set) for a write, one ``DEL`` for deletions.  On a plain socket, fetches and writes are
+  sent and their replies read by ``_core/remote_format`` (``mget``, ``send_writes``, with writes
+  framed by ``frame_writes``: the values as they are, between small pieces of framing), on a
+  connection of redis-py's pool that each thread keeps.  A thread that waits for the socket
+  gives the GIL away and then waits for the busiest other thread to hand it back; redis-py does
+  that after every read and every value sent, these once per round trip (TLS keeps redis-py's);
 * a cluster: one pipeline of ``GET``/``SET``/``DEL`` commands, which redis-py's cluster client
   splits into one pipeline per master, sent to all of them before any reply is read.  Entries carry
   no hash tag (see ``format.py``), so a batch's keys lie on every master and cannot share one MGET.
@@ -16,10 +21,14 @@ Round trips, per batch:
 
 from __future__ import annotations
 
+import socket
 import threading
 import urllib.parse
+import weakref
 from collections.abc import Sequence
 from typing import Any
+
+from .._core.remote_format import decode_many, encode, frame_writes, mget, mget_receive, mget_send, send_writes
 
 __all__ = ["Connection", "check_url", "import_redis", "parse_startup_nodes"]
 
@@ -101,23 +110,6 @@ def parse_startup_nodes(nodes: object) -> list[tuple[str, int]]:
     return pairs
 
 
-def _packer_options() -> dict[str, Any]:
-    """For the writer's client: with hiredis, redis-py's own command packer (hiredis still parses replies).
-
-    hiredis packs a command by copying every argument into one buffer; redis-py's packer sends
-    values larger than 6,000 bytes as they are.  For 16 KiB values the copy makes writes slower
-    (see BENCHMARKS.md, "Remote tier"), while hiredis's reply parser makes fetches faster.
-    """
-    try:
-        from redis.connection import Encoder, PythonRespSerializer
-        from redis.utils import HIREDIS_AVAILABLE
-    except ImportError:  # a redis-py without a pluggable packer: its default is all it has
-        return {}
-    if not HIREDIS_AVAILABLE:
-        return {}
-    return {"command_packer": PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)}
-
-
 class Connection:
     """One standalone or cluster client.  Methods raise ``self.errors`` when a round trip fails."""
 
@@ -144,10 +136,10 @@ class Connection:
             options = dict(socket_timeout=timeout, socket_connect_timeout=timeout, retry=self._no_retry,
                            retry_on_timeout=False, health_check_interval=0)
             self._client = redis.Redis.from_url(url, **options)
-            # The writer thread has a client (and connection pool) of its own, with the packer that
-            # suits large values; fetches keep redis-py's default, hiredis's, which packs many
-            # short key names faster.
-            self._write_client = redis.Redis.from_url(url, **options, **_packer_options())
+            self._held = threading.local()   # each thread's kept connection per client, see _held_connection
+            # The writer thread has a client (and connection pool) of its own, so that a fetch
+            # never waits for a connection that is sending a round trip of writes.
+            self._write_client = redis.Redis.from_url(url, **options)
 
     def _cluster_client(self) -> Any:
         client = self._client
@@ -207,19 +199,95 @@ class Connection:
             return self._cluster_pipeline("GET", names)
         return self._client.execute_command("MGET", *names)
 
-    def set_many(self, names: list[bytes], values: list[bytes], ttl_ms: int | None) -> None:
+    def fetch(self, prefix: bytes, keys: list[int]) -> tuple[list[bytes | None], int, int, list[int]]:
+        """The payloads stored under ``prefix + str(key)``, checked: (values, hits, bytes, corrupt
+        indices), as ``decode_many`` returns them.  On a single server over a plain socket the
+        whole round trip runs in C without the GIL (``remote_format.mget``); otherwise redis-py's
+        MGET or cluster pipeline, then ``decode_many``."""
+        if not self.cluster:
+            connection = self._held_connection(self._client)
+            sock = getattr(connection, "_sock", None)
+            if type(sock) is socket.socket:
+                try:
+                    return mget(sock.fileno(), prefix, keys, self._timeout)
+                except BaseException:
+                    connection.disconnect()     # a reply may be left half read: never reuse it
+                    raise
+        names = [prefix + b"%d" % key for key in keys]
+        stored = self.mget(names)
+        found = stored if type(stored) is list else list(stored)
+        hits, nbytes, corrupt = decode_many(keys, found)
+        return found, hits, nbytes, corrupt
+
+    def set_many(self, prefix: bytes, keys: list[int], payloads: list[bytes], ttl_ms: int | None) -> None:
+        """Store each payload, with its header, under ``prefix + str(key)``."""
         if self.cluster:
+            names = [prefix + b"%d" % key for key in keys]
+            values = [encode(key, payload) for key, payload in zip(keys, payloads)]
             self._cluster_pipeline("SET", names, values, ttl_ms)
-        elif ttl_ms is None:
-            arguments: list[bytes] = [b""] * (2 * len(names))
-            arguments[0::2] = names
-            arguments[1::2] = values
-            self._write_client.execute_command("MSET", *arguments)
-        else:
-            pipe = self._write_client.pipeline(transaction=False)
-            for name, value in zip(names, values):
-                pipe.set(name, value, px=ttl_ms)
-            pipe.execute(raise_on_error=True)
+            return
+        buffers, replies = frame_writes(prefix, keys, payloads, ttl_ms)
+        connection = self._held_connection(self._write_client)
+        try:
+            sock = getattr(connection, "_sock", None)
+            if type(sock) is socket.socket:
+                send_writes(sock.fileno(), buffers, replies, self._timeout)
+                return
+            connection.send_packed_command(buffers, check_health=False)    # TLS: redis-py's socket
+            for _ in range(replies):
+                connection.read_response()
+        except BaseException:
+            connection.disconnect()     # replies may be left unread: never reuse the connection
+            raise
+
+    def send_fetch(self, prefix: bytes, keys: list[int]) -> bool:
+        """Send the MGET of a fetch on the calling thread's connection without reading its reply
+        (receive_fetch reads it); False, sending nothing, where that is not possible (a cluster,
+        TLS)."""
+        if self.cluster:
+            return False
+        connection = self._held_connection(self._client)
+        sock = getattr(connection, "_sock", None)
+        if type(sock) is not socket.socket:
+            return False
+        try:
+            mget_send(sock.fileno(), prefix, keys, self._timeout)
+        except BaseException:
+            connection.disconnect()
+            raise
+        return True
+
+    def receive_fetch(self, keys: list[int]) -> tuple[list[bytes | None], int, int, list[int]]:
+        """The reply of the oldest MGET send_fetch sent on this thread's connection (like fetch)."""
+        connection = self._held_connection(self._client)
+        sock = getattr(connection, "_sock", None)
+        try:
+            if type(sock) is not socket.socket:
+                raise ConnectionError("the connection a prefetch was sent on is gone")
+            return mget_receive(sock.fileno(), keys, self._timeout)
+        except BaseException:
+            connection.disconnect()
+            raise
+
+    def _held_connection(self, client: Any) -> Any:
+        """The calling thread's own connection of *client*'s pool, connected.
+
+        Taken from the pool once and kept: the pool's checks on every checkout (a poll of the
+        socket for stray data) would give up the GIL and wait to get it back once more per round
+        trip.  Every round trip reads its whole reply, and a failed one disconnects the
+        connection, so a kept connection is always clean; the next round trip reconnects it.
+        """
+        held = self._held.__dict__
+        name = str(id(client))
+        connection = held.get(name)
+        if connection is None:
+            pool = client.connection_pool
+            connection = held[name] = pool.get_connection()
+            # back to the pool when the thread is gone, so that threads that come and go leak nothing
+            weakref.finalize(threading.current_thread(), pool.release, connection)
+        elif getattr(connection, "_sock", None) is None:
+            connection.connect()
+        return connection
 
     def delete(self, names: list[bytes]) -> None:
         if self.cluster:

@@ -27,7 +27,8 @@ import numpy as np
 from ..errors import CacheClosedError
 from .breaker import CircuitBreaker
 from .client import Connection, check_url, parse_startup_nodes
-from .format import HEADER_SIZE, decode_many, encode, key_prefix
+from .format import HEADER_SIZE, key_prefix
+from .prefetch import MAX_OUTSTANDING, Prefetches
 from .writer import Job, WriteQueue
 
 __all__ = ["RedisTier"]
@@ -156,6 +157,7 @@ class RedisTier:
         self._write_breaker = CircuitBreaker(f"{where} for writes")
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(_COUNTER_NAMES, 0)
+        self._epoch = 0
         self._latency: dict[str, deque[float]] = {"fetch": deque(maxlen=_LATENCY_SAMPLES),
                                                   "write": deque(maxlen=_LATENCY_SAMPLES)}
         # The thread reaches the tier through a weak reference, so that a tier nobody closed is
@@ -173,6 +175,8 @@ class RedisTier:
                 alive._send_failed(job, error)
 
         self._queue = WriteQueue(send, send_failed, max_pending_bytes, name=f"vyrecache-redis-writer-{namespace}")
+        self._pending_writes = self._queue.pending     # served by fetch_many before the server
+        self._prefetches = Prefetches(max_pending_bytes)
         self._closed = False
         try:
             self._connection.ping()
@@ -187,11 +191,12 @@ class RedisTier:
         if self._closed:
             return
         self._closed = True
+        self._prefetches.clear()
         self._queue.flush(_CLOSE_FLUSH_SECONDS)
         left = self._queue.stop(self.timeout + 1.0)
         if left:
             with self._lock:
-                self._counts["dropped"] += sum(len(job.names) for job in left if job.values is not None)
+                self._counts["dropped"] += sum(len(job.keys) for job in left if job.values is not None)
         self._connection.close()
 
     def __del__(self) -> None:
@@ -225,28 +230,117 @@ class RedisTier:
     # -- fetches -----------------------------------------------------------------------------------
 
     def fetch_many(self, keys: Any) -> list[bytes | None]:
-        """Return the stored bytes of each key, or None for a miss, in one round trip.
+        """Return the stored bytes of each key, or None for a miss, in one round trip at most.
 
         A miss is a key the server does not hold, a value that fails the header check (counted as
         ``corrupt``, and deleted), or any key of a batch whose round trip failed or was skipped
-        because the circuit is open.
+        because the circuit is open.  A key whose write is still queued is served that write's
+        bytes (the server may still hold an older value), and a key prefetched (prefetch_many) is
+        served what the prefetch brought, waiting for it if it is still under way; neither needs
+        the network.
         """
         checked = _check_keys(keys)
         self._live()
         if not checked:
             return []
+        found: list[bytes | None] = [None] * len(checked)
+        asked: list[int] = []
+        pending = self._pending_writes
+        if self._prefetches.outstanding():
+            self._read_prefetches()
+        held = {} if self._prefetches.idle else self._prefetches.take(checked)
+        served = served_bytes = 0
+        for index, key in enumerate(checked):
+            value = pending.get(key) if pending else None
+            if value is not None:
+                found[index] = value
+                served += 1
+                served_bytes += len(value)
+            elif key in held:
+                found[index] = held[key]
+            else:
+                asked.append(index)
+        if served:
+            with self._lock:
+                self._counts["hits"] += served
+                self._counts["bytes_read"] += served_bytes
+        if len(asked) == len(checked):
+            return self._round_trip(checked)
+        if asked:
+            for index, value in zip(asked, self._round_trip([checked[index] for index in asked])):
+                found[index] = value
+        return found
+
+    def prefetch_many(self, keys: Any) -> None:
+        """Send the MGET of *keys* now and return without waiting for the reply; the next
+        fetch_many of the same thread reads it (by then it has usually arrived) and serves those
+        keys from it without a round trip of its own.  For a caller that knows its next batch's
+        keys: their round trip overlaps its work on the current one.
+
+        What a prefetch brings is kept for a second at most, and a write of a key drops it.  Keys
+        queued for writing, held or under way already are not asked again; nothing is sent while
+        the circuit is open, nor on a cluster or over TLS (there a prefetch does nothing).
+        """
+        checked = _check_keys(keys)
+        self._live()
+        pending = self._pending_writes
+        prefetches = self._prefetches
+        wanted = prefetches.wanted([key for key in checked if key not in pending] if pending else checked)
+        if not wanted or self._fetch_breaker.is_open:
+            return                          # an open circuit's trial is a fetch's to make
+        if len(prefetches.outstanding()) >= MAX_OUTSTANDING:
+            self._read_prefetches(1)
+        try:
+            if self._connection.send_fetch(self._prefix, wanted):
+                prefetches.sent(wanted)
+        except self._errors as error:
+            self._prefetch_failed(error, len(wanted))
+
+    def _read_prefetches(self, count: int | None = None) -> None:
+        """Read the replies of the calling thread's prefetches (the oldest *count*, or all)."""
+        outstanding = self._prefetches.outstanding()
+        while outstanding and (count is None or count > 0):
+            batch = outstanding.popleft()
+            if count is not None:
+                count -= 1
+            try:
+                found, hits, bytes_read, corrupt = self._connection.receive_fetch(batch.keys)
+            except self._errors as error:
+                self._prefetches.received(batch, None)
+                lost = sum(len(other.keys) for other in outstanding)
+                for other in outstanding:       # the connection is gone, and their replies with it
+                    self._prefetches.received(other, None)
+                outstanding.clear()
+                self._prefetch_failed(error, len(batch.keys) + lost)
+                return
+            except BaseException:
+                self._prefetches.received(batch, None)
+                raise
+            self._fetch_breaker.success()
+            self._prefetches.received(batch, found)
+            self._count_fetch(len(batch.keys), hits, bytes_read, corrupt, batch.keys,
+                              time.perf_counter() - batch.sent_at)
+
+    def _prefetch_failed(self, error: BaseException, keys: int) -> None:
+        self._fetch_breaker.failure(error, stacklevel=4)
+        self._lost_track()
+        with self._lock:
+            self._counts["errors"] += 1
+            self._counts["misses"] += keys
+
+    def _round_trip(self, checked: list[int]) -> list[bytes | None]:
+        """One MGET (or cluster pipeline) of *checked*, decoded and counted; all misses on failure."""
         missed: list[bytes | None] = [None] * len(checked)
         if not self._fetch_breaker.allow():
             with self._lock:
                 self._counts["misses"] += len(checked)
             return missed
-        prefix = self._prefix
-        names = [prefix + b"%d" % key for key in checked]
         started = time.perf_counter()
         try:
-            stored = self._connection.mget(names)
+            found, hits, bytes_read, corrupt = self._connection.fetch(self._prefix, checked)
         except self._errors as error:
             self._fetch_breaker.failure(error)
+            self._lost_track()
             with self._lock:
                 self._counts["errors"] += 1
                 self._counts["misses"] += len(checked)
@@ -256,20 +350,41 @@ class RedisTier:
             raise
         elapsed = time.perf_counter() - started
         self._fetch_breaker.success()
-        found = stored if type(stored) is list else list(stored)
-        hits, bytes_read, corrupt = decode_many(checked, found)
-        corrupt_names = [names[index] for index in corrupt]
+        self._count_fetch(len(checked), hits, bytes_read, corrupt, checked, elapsed)
+        return found
+
+    def _count_fetch(self, asked: int, hits: int, bytes_read: int, corrupt: list[int], keys: list[int],
+                     elapsed: float) -> None:
         with self._lock:
             self._counts["hits"] += hits
-            self._counts["misses"] += len(checked) - hits
-            self._counts["corrupt"] += len(corrupt_names)
+            self._counts["misses"] += asked - hits
+            self._counts["corrupt"] += len(corrupt)
             self._counts["bytes_read"] += bytes_read
             self._latency["fetch"].append(elapsed)
-        if corrupt_names:
+        if corrupt:
             # Deleted by the writer thread so that a fetch stays one round trip.  A good value
             # written by another process between the GET and the DEL is lost too: one more miss.
-            self._queue.submit(Job(corrupt_names, None))
-        return found
+            self._queue.submit(Job([keys[index] for index in corrupt], None))
+
+    def _lost_track(self) -> None:
+        """A round trip failed: the server may have restarted empty.  A new epoch, and nothing
+        prefetched before it is served."""
+        with self._lock:
+            self._epoch += 1
+        self._prefetches.clear()
+
+    @property
+    def epoch(self) -> int | None:
+        """A number that changes whenever the server may have lost what it stored (a round trip
+        failed: it may have restarted empty), or None when the tier has a ttl.
+
+        A cache that placed an entry from this tier's fetch at epoch E, and evicts it unchanged
+        while the epoch is still E, need not write it back: it is stored already.  With a ttl
+        every write-back is needed, as it renews the entry's expiry.  A server that evicts or
+        loses entries without a failed round trip (``maxmemory``, a restart between two round
+        trips) is not seen: then such an entry is a miss later, like any server-side eviction.
+        """
+        return None if self._ttl_ms is not None else self._epoch
 
     def fetch(self, key: int) -> bytes | None:
         """Return the stored bytes of *key*, or None (see fetch_many)."""
@@ -295,29 +410,34 @@ class RedisTier:
                              "Fix: pass one value per key.")
         views = [_payload_view(key, value) for key, value in zip(checked, values)]
         self._live()
-        if not checked:
-            return
+        if checked:
+            self._queue_payloads(checked, views, copy=True)
+
+    def write_owned(self, keys: list[int], payloads: list[bytes]) -> None:
+        """write_many for a cache handing over copies it made for this tier: *keys* a list of ints
+        in [0, 2**64) and *payloads* a list of bytes that nobody changes, queued as they are.
+
+        Unlike write_many, nothing is checked or copied; the queue, its limit and the counters are
+        the same.
+        """
+        self._live()
+        if keys:
+            self._queue_payloads(keys, payloads, copy=False)
+
+    def _queue_payloads(self, keys: list[int], payloads: list[Any], copy: bool) -> None:
+        """Queue what fits of *payloads* (copied to bytes first if *copy*); count the rest as dropped."""
         if self._write_breaker.blocked():
             with self._lock:
-                self._counts["dropped"] += len(checked)
+                self._counts["dropped"] += len(keys)
             return
-        prefix = self._prefix
-        queue = self._queue
-        names: list[bytes] = []
-        encoded: list[bytes] = []
-        sizes: list[int] = []
-        for key, view in zip(checked, views):
-            if not queue.admit(HEADER_SIZE + view.nbytes):
-                continue
-            names.append(prefix + b"%d" % key)
-            encoded.append(encode(key, view))
-            sizes.append(view.nbytes)
-        dropped = len(checked) - len(names)
+        if copy:
+            payloads = [payload.tobytes() for payload in payloads]    # the one copy of the caller's bytes
+        if not self._prefetches.idle:
+            self._prefetches.forget(keys)   # what a prefetch brings for these keys is older now
+        dropped = len(keys) - self._queue.offer(keys, payloads, HEADER_SIZE)
         if dropped:
             with self._lock:
                 self._counts["dropped"] += dropped
-        if names:
-            queue.submit(Job(names, encoded, sum(sizes), sum(map(len, encoded)), sizes))
 
     def write(self, key: int, value: Any) -> None:
         """Queue one entry (see write_many)."""
@@ -340,36 +460,40 @@ class RedisTier:
         if not breaker.allow():
             if job.values is not None:
                 with self._lock:
-                    self._counts["dropped"] += len(job.names)
+                    self._epoch += 1        # a fetch may have served one of these from the queue
+                    self._counts["dropped"] += len(job.keys)
             return
         started = time.perf_counter()
         try:
             if job.values is None:
-                self._connection.delete(job.names)
+                prefix = self._prefix
+                self._connection.delete([prefix + b"%d" % key for key in job.keys])
             else:
-                self._connection.set_many(job.names, job.values, self._ttl_ms)
+                self._connection.set_many(self._prefix, job.keys, job.values, self._ttl_ms)
         except self._errors as error:
             breaker.failure(error)
+            self._lost_track()
             with self._lock:
                 self._counts["errors"] += 1
                 if job.values is not None:
-                    self._counts["dropped"] += len(job.names)
+                    self._counts["dropped"] += len(job.keys)
             return
         elapsed = time.perf_counter() - started
         breaker.success()
         if job.values is not None:
             with self._lock:
-                self._counts["writes"] += len(job.names)
+                self._counts["writes"] += len(job.keys)
                 self._counts["bytes_written"] += job.payload_bytes
                 self._latency["write"].append(elapsed)
 
     def _send_failed(self, job: Job, error: BaseException) -> None:
         """Writer thread: *job* failed with an error that is not the server's (a bug, memory)."""
         self._write_breaker.abandon()
+        self._lost_track()
         with self._lock:
             self._counts["errors"] += 1
             if job.values is not None:
-                self._counts["dropped"] += len(job.names)
+                self._counts["dropped"] += len(job.keys)
 
     # -- counters ----------------------------------------------------------------------------------
 

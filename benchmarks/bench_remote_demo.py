@@ -1,0 +1,114 @@
+"""The demo with a remote tier against the same demo without one, and the no-eviction ceiling.
+
+Starts a redis-server of its own on a free loopback port (``maxmemory 1gb``, ``allkeys-lru``, no
+persistence), then runs ``vyrecache demo --backend host`` with a host tier a quarter of the
+working set, in interleaved rounds: without a remote tier, with ``--remote`` (the server emptied
+first, so that no round starts with the last one's entries), and with a host tier holding the
+whole working set (the hit ratio's ceiling).  Prints each round and the median ratio; the floor is
+a remote demo within 2x of the demo without it.
+
+``--other PATH`` adds, to every round, the remote demo of another built source tree (an earlier
+commit, for a before/after in the same run).
+
+Run: ``python benchmarks/bench_remote_demo.py [--rounds N] [--duration SECONDS] [--other PATH] [--json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+from bench_remote import start_server
+
+FLOOR = 2.0
+HOST_SIZE = "15MiB"         # a quarter of the default workload's 61 MiB working set
+CEILING_SIZE = "128MiB"     # the whole working set: nothing is evicted
+
+
+def demo(duration: float, host_size: str, remote: str | None, tree: str | None = None) -> dict:
+    command = [sys.executable, "-m", "vyrecache", "demo", "--backend", "host", "--host-size", host_size,
+               "--duration", str(duration), "--quiet", "--json"]
+    if remote is not None:
+        command += ["--remote", remote]
+    environment = dict(os.environ)
+    if tree is not None:
+        environment["PYTHONPATH"] = tree
+    result = subprocess.run(command, capture_output=True, text=True, check=True, env=environment,
+                            cwd=tree)
+    report = json.loads(result.stdout)
+    row = {"requests_per_second": report["requests_per_second"], "hit_ratio": report["hit_ratio"]["total"]}
+    if report["remote"] is not None:
+        counts = report["remote"]
+        row.update(remote_hits=counts["hits"], remote_writes=counts["writes"], dropped=counts["dropped"],
+                   errors=counts["errors"], fetch_p50=counts["latency"]["fetch_p50"])
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=6.0)
+    parser.add_argument("--other", default=None, metavar="PATH",
+                        help="also run the remote demo of this built source tree in every round")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("redis-server") is None:
+        print("redis-server not found. Fix: apt-get install redis-server", file=sys.stderr)
+        return 1
+    import redis
+
+    directory = tempfile.mkdtemp(prefix="bench-remote-demo-")
+    server, port = start_server(directory)
+    try:
+        raw = redis.Redis(host="127.0.0.1", port=port)
+        raw.config_set("maxmemory", "1gb")
+        raw.config_set("maxmemory-policy", "allkeys-lru")
+        url = f"redis://127.0.0.1:{port}/0"
+        rounds = []
+        for _ in range(args.rounds):
+            local = demo(args.duration, HOST_SIZE, None)
+            raw.flushall()
+            remote = demo(args.duration, HOST_SIZE, url)
+            ceiling = demo(args.duration, CEILING_SIZE, None)
+            row = {"local": local, "remote": remote, "ceiling": ceiling,
+                   "slowdown": local["requests_per_second"] / remote["requests_per_second"]}
+            if args.other is not None:
+                raw.flushall()
+                other = demo(args.duration, HOST_SIZE, url, os.path.abspath(args.other))
+                row["other"] = other
+                row["other_slowdown"] = local["requests_per_second"] / other["requests_per_second"]
+            rounds.append(row)
+        raw.close()
+    finally:
+        server.terminate()
+        server.wait(10)
+        shutil.rmtree(directory, ignore_errors=True)
+    slowdown = statistics.median(row["slowdown"] for row in rounds)
+    if args.json:
+        print(json.dumps({"rounds": rounds, "median_slowdown": slowdown}))
+    else:
+        print(f"demo --backend host, host tier {HOST_SIZE}, {args.duration:g} s per run, {args.rounds} interleaved rounds")
+        print(f"{'round':>5} {'no remote req/s':>16} {'hits':>6} {'+ Redis req/s':>14} {'hits':>6} "
+              f"{'remote hits':>11} {'slowdown':>8} {'ceiling hits':>12}")
+        for index, row in enumerate(rounds, 1):
+            print(f"{index:>5} {row['local']['requests_per_second']:>16,.0f} {row['local']['hit_ratio']:>6.3f} "
+                  f"{row['remote']['requests_per_second']:>14,.0f} {row['remote']['hit_ratio']:>6.3f} "
+                  f"{row['remote']['remote_hits']:>11,} {row['slowdown']:>7.2f}x {row['ceiling']['hit_ratio']:>12.3f}")
+            if "other" in row:
+                print(f"{'':>5} {args.other}: + Redis {row['other']['requests_per_second']:,.0f} req/s, "
+                      f"hits {row['other']['hit_ratio']:.3f}, slowdown {row['other_slowdown']:.2f}x")
+        print(f"median slowdown {slowdown:.2f}x (floor: within {FLOOR:g}x)")
+        if args.other is not None:
+            print(f"median slowdown of {args.other}: "
+                  f"{statistics.median(row['other_slowdown'] for row in rounds):.2f}x")
+    return 0 if slowdown <= FLOOR else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
