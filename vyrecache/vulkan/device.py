@@ -28,6 +28,7 @@ from .check import check
 from .commands import CommandRecorder
 from .info import DeviceInfo, describe_physical_device
 from .instance import Instance, as_handle
+from .lifetime import allocate_command_buffer, create_command_pool, create_fence, destroy_each, free_command_buffers
 from .loader import load, unavailable_error
 from .memory import HOST_VISIBLE, choose_memory_type
 from .objects import created, destroyed
@@ -368,31 +369,12 @@ class Device:
 
     def _create_commands(self) -> None:
         vk = self._vk
-        ffi, lib = vk.ffi, vk.lib
-        pool_info = ffi.new("VkCommandPoolCreateInfo*")
-        pool_info.sType = vk.VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO
-        pool_info.flags = vk.VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT
-        pool_info.queueFamilyIndex = self.queue_family_index
-        out = ffi.new("VkCommandPool*")
-        check("vkCreateCommandPool", lib.vkCreateCommandPool(self._handle, pool_info, ffi.NULL, out))
-        self._command_pool = out[0]
-        created("command_pools")
-        allocate_info = ffi.new("VkCommandBufferAllocateInfo*")
-        allocate_info.sType = vk.VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO
-        allocate_info.commandPool = self._command_pool
-        allocate_info.level = vk.VK_COMMAND_BUFFER_LEVEL_PRIMARY
-        allocate_info.commandBufferCount = 1
-        self._command_buffer_slot = ffi.new("VkCommandBuffer[1]")
-        check("vkAllocateCommandBuffers",
-              lib.vkAllocateCommandBuffers(self._handle, allocate_info, self._command_buffer_slot))
+        ffi = vk.ffi
+        self._command_pool = create_command_pool(self)
+        self._command_buffer_slot = allocate_command_buffer(self, self._command_pool)
         self._command_buffer = self._command_buffer_slot[0]
-        created("command_buffers")
-        fence_info = ffi.new("VkFenceCreateInfo*")
-        fence_info.sType = vk.VK_STRUCTURE_TYPE_FENCE_CREATE_INFO
-        self._fence_slot = ffi.new("VkFence[1]")
-        check("vkCreateFence", lib.vkCreateFence(self._handle, fence_info, ffi.NULL, self._fence_slot))
+        self._fence_slot = create_fence(self)
         self._fence = self._fence_slot[0]
-        created("fences")
         # Built once: every submit reuses them.
         self._begin_info = ffi.new("VkCommandBufferBeginInfo*")
         self._begin_info.sType = vk.VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO
@@ -843,14 +825,8 @@ class Device:
             pool, self._command_pool = self._command_pool, None
             fence, self._fence = self._fence, None
             if command_buffer is not None:
-                lib.vkFreeCommandBuffers(handle, pool, 1, self._command_buffer_slot)
-                destroyed("command_buffers")
-            if pool is not None:
-                lib.vkDestroyCommandPool(handle, pool, ffi.NULL)
-                destroyed("command_pools")
-            if fence is not None:
-                lib.vkDestroyFence(handle, fence, ffi.NULL)
-                destroyed("fences")
+                free_command_buffers(self, pool, [self._command_buffer_slot])
+            destroy_each(self, [("command_pools", pool), ("fences", fence)])
             self._handle = None
             if self._owns_handles:
                 lib.vkDestroyDevice(handle, ffi.NULL)

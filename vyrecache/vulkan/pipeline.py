@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .check import check
-from .objects import created, destroyed
+from .lifetime import DeviceResource, destroy_each
+from .objects import created
 
 __all__ = ["ComputePipeline", "DescriptorPool"]
 
 
-class ComputePipeline:
+class ComputePipeline(DeviceResource):
     """A compute pipeline whose set 0 has *storage_buffers* storage-buffer bindings.
 
     Attributes ``pipeline``, ``layout`` and ``set_layout`` are the raw Vulkan handles (cffi), for
@@ -104,37 +105,21 @@ class ComputePipeline:
         except BaseException:
             self._release()
             raise
-        device._resources.add(self)
-
-    def destroy(self) -> None:
-        """Destroy the pipeline and its layouts and module; calling it again does nothing."""
-        self._release()
-        self.device._resources.discard(self)
+        self._register()
 
     def _release(self) -> None:
         device = self.device
         if device._handle is None:
             return
-        ffi, lib, handle = device._vk.ffi, device._vk.lib, device._handle
         pipeline, self.pipeline = self.pipeline, None
         layout, self.layout = self.layout, None
         set_layout, self.set_layout = self.set_layout, None
         module, self.shader_module = self.shader_module, None
-        if pipeline is not None:
-            lib.vkDestroyPipeline(handle, pipeline, ffi.NULL)
-            destroyed("pipelines")
-        if layout is not None:
-            lib.vkDestroyPipelineLayout(handle, layout, ffi.NULL)
-            destroyed("pipeline_layouts")
-        if set_layout is not None:
-            lib.vkDestroyDescriptorSetLayout(handle, set_layout, ffi.NULL)
-            destroyed("descriptor_set_layouts")
-        if module is not None:
-            lib.vkDestroyShaderModule(handle, module, ffi.NULL)
-            destroyed("shader_modules")
+        destroy_each(device, [("pipelines", pipeline), ("pipeline_layouts", layout),
+                              ("descriptor_set_layouts", set_layout), ("shader_modules", module)])
 
 
-class DescriptorPool:
+class DescriptorPool(DeviceResource):
     """A descriptor pool for up to *max_sets* sets of up to *storage_buffers_per_set* storage buffers.
 
     Sets are freed all at once by :meth:`reset` (or with the pool), never one by one.
@@ -161,7 +146,7 @@ class DescriptorPool:
         check("vkCreateDescriptorPool", lib.vkCreateDescriptorPool(device._handle, info, ffi.NULL, out))
         self.handle = out[0]
         created("descriptor_pools")
-        device._resources.add(self)
+        self._register()
 
     def allocate(self, layout, count: int = 1) -> list:
         """Allocate *count* descriptor sets of *layout* (a ``ComputePipeline`` or a raw set layout).
@@ -222,14 +207,8 @@ class DescriptorPool:
         lib = self.device._vk.lib
         check("vkResetDescriptorPool", lib.vkResetDescriptorPool(self.device._handle, self.handle, 0))
 
-    def destroy(self) -> None:
-        """Destroy the pool and its sets; calling it again does nothing."""
-        self._release()
-        self.device._resources.discard(self)
-
     def _release(self) -> None:
         device = self.device
         handle, self.handle = self.handle, None
-        if handle is not None and device._handle is not None:
-            device._vk.lib.vkDestroyDescriptorPool(device._handle, handle, device._vk.ffi.NULL)
-            destroyed("descriptor_pools")
+        if device._handle is not None:
+            destroy_each(device, [("descriptor_pools", handle)])

@@ -18,7 +18,9 @@ from typing import Any
 
 from ..errors import DeviceError
 from .check import check
-from .objects import created, destroyed
+from .lifetime import (DeviceResource, allocate_command_buffer, create_command_pool, create_fence, destroy_each,
+                       free_command_buffers)
+from .objects import created
 
 __all__ = ["TransferQueue", "ENTRY_POINTS"]
 
@@ -32,7 +34,7 @@ TIMELINE_ENTRY_POINTS = ("vkGetSemaphoreCounterValueKHR", "vkWaitSemaphoresKHR")
 MAX_SLOTS = 32
 
 
-class TransferQueue:
+class TransferQueue(DeviceResource):
     """One command pool with one command buffer and one fence on a Device's queue, and the pool
     of command buffers (and timeline semaphore, or fences) of asynchronous transfers."""
 
@@ -46,29 +48,9 @@ class TransferQueue:
         self.timeline = bool(getattr(device, "timeline_semaphores", False))
         handle = device._handle
         try:
-            pool_info = ffi.new("VkCommandPoolCreateInfo*")
-            pool_info.sType = vk.VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO
-            pool_info.flags = vk.VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT
-            pool_info.queueFamilyIndex = device.queue_family_index
-            out = ffi.new("VkCommandPool*")
-            check("vkCreateCommandPool", lib.vkCreateCommandPool(handle, pool_info, ffi.NULL, out))
-            self._pool = out[0]
-            created("command_pools")
-            allocate_info = ffi.new("VkCommandBufferAllocateInfo*")
-            allocate_info.sType = vk.VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO
-            allocate_info.commandPool = self._pool
-            allocate_info.level = vk.VK_COMMAND_BUFFER_LEVEL_PRIMARY
-            allocate_info.commandBufferCount = 1
-            slot = ffi.new("VkCommandBuffer[1]")
-            check("vkAllocateCommandBuffers", lib.vkAllocateCommandBuffers(handle, allocate_info, slot))
-            self._buffer_slot = slot
-            created("command_buffers")
-            fence_info = ffi.new("VkFenceCreateInfo*")
-            fence_info.sType = vk.VK_STRUCTURE_TYPE_FENCE_CREATE_INFO
-            fence = ffi.new("VkFence*")
-            check("vkCreateFence", lib.vkCreateFence(handle, fence_info, ffi.NULL, fence))
-            self._fence = fence[0]
-            created("fences")
+            self._pool = create_command_pool(device)
+            self._buffer_slot = allocate_command_buffer(device, self._pool)
+            self._fence = create_fence(device)[0]
             if self.timeline:
                 type_info = ffi.new("VkSemaphoreTypeCreateInfo*")
                 type_info.sType = vk.VK_STRUCTURE_TYPE_SEMAPHORE_TYPE_CREATE_INFO
@@ -92,7 +74,7 @@ class TransferQueue:
         except BaseException:
             self._release()
             raise
-        device._resources.add(self)
+        self._register()
 
     def handles(self) -> tuple[int, int, int, int]:
         """(VkDevice, VkQueue, VkCommandBuffer, VkFence) as integers."""
@@ -109,65 +91,31 @@ class TransferQueue:
 
     def slot(self, index: int) -> tuple[int, int]:
         """(VkCommandBuffer, VkFence or 0) of asynchronous slot *index*, made on first use."""
-        vk = self.device._vk
-        ffi, lib, handle = vk.ffi, vk.lib, self.device._handle
+        device = self.device
+        ffi = device._vk.ffi
         while len(self._slots) <= index:
-            allocate_info = ffi.new("VkCommandBufferAllocateInfo*")
-            allocate_info.sType = vk.VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO
-            allocate_info.commandPool = self._pool
-            allocate_info.level = vk.VK_COMMAND_BUFFER_LEVEL_PRIMARY
-            allocate_info.commandBufferCount = 1
-            buffer = ffi.new("VkCommandBuffer[1]")
-            check("vkAllocateCommandBuffers", lib.vkAllocateCommandBuffers(handle, allocate_info, buffer))
-            created("command_buffers")
+            buffer = allocate_command_buffer(device, self._pool)
             fence = None
             if not self.timeline:
-                fence_info = ffi.new("VkFenceCreateInfo*")
-                fence_info.sType = vk.VK_STRUCTURE_TYPE_FENCE_CREATE_INFO
-                out = ffi.new("VkFence*")
                 try:
-                    check("vkCreateFence", lib.vkCreateFence(handle, fence_info, ffi.NULL, out))
+                    fence = create_fence(device)[0]
                 except BaseException:
-                    lib.vkFreeCommandBuffers(handle, self._pool, 1, buffer)
-                    destroyed("command_buffers")
+                    free_command_buffers(device, self._pool, [buffer])
                     raise
-                fence = out[0]
-                created("fences")
             self._slots.append((buffer, fence))
         buffer, fence = self._slots[index]
         return (int(ffi.cast("uintptr_t", buffer[0])),
                 0 if fence is None else int(ffi.cast("uintptr_t", fence)))
 
-    def destroy(self) -> None:
-        """Destroy the pool, command buffer and fence; calling it again does nothing."""
-        self._release()
-        self.device._resources.discard(self)
-
     def _release(self) -> None:
         device = self.device
         if device._handle is None:
             return
-        ffi, lib, handle = device._vk.ffi, device._vk.lib, device._handle
         slot, self._buffer_slot = self._buffer_slot, None
         pool, self._pool = self._pool, None
         fence, self._fence = self._fence, None
         slots, self._slots = self._slots, []
         semaphore, self._semaphore = self._semaphore, None
-        for buffer, slot_fence in slots:
-            lib.vkFreeCommandBuffers(handle, pool, 1, buffer)
-            destroyed("command_buffers")
-            if slot_fence is not None:
-                lib.vkDestroyFence(handle, slot_fence, ffi.NULL)
-                destroyed("fences")
-        if semaphore is not None:
-            lib.vkDestroySemaphore(handle, semaphore, ffi.NULL)
-            destroyed("semaphores")
-        if slot is not None:
-            lib.vkFreeCommandBuffers(handle, pool, 1, slot)
-            destroyed("command_buffers")
-        if pool is not None:
-            lib.vkDestroyCommandPool(handle, pool, ffi.NULL)
-            destroyed("command_pools")
-        if fence is not None:
-            lib.vkDestroyFence(handle, fence, ffi.NULL)
-            destroyed("fences")
+        free_command_buffers(device, pool, [buffer for buffer, _ in slots] + ([slot] if slot is not None else []))
+        destroy_each(device, [("fences", slot_fence) for _, slot_fence in slots]
+                     + [("semaphores", semaphore), ("command_pools", pool), ("fences", fence)])
