@@ -1893,15 +1893,13 @@ cdef class Storage:
     cdef object store_many(self, keys, data, sizes, object fetched_epoch):
         """put_many(); with a `fetched_epoch` (remote hits being placed), each stored entry is
         marked clean in the same operation, so that no other thread's put can come between."""
-        key_array = batch_keys(keys)
-        cdef const uint64_t* kv = <const uint64_t*>cnp.PyArray_DATA(<cnp.ndarray>key_array)
-        cdef Py_ssize_t i, n = cnp.PyArray_DIM(<cnp.ndarray>key_array, 0)
-        cdef Rows rows = collect_rows(self, data, sizes, kv, n, "put_many")
+        cdef Rows rows = collect_rows(self, keys, data, sizes, "put_many")
+        cdef const uint64_t* kv = rows.keys
+        cdef Py_ssize_t i, n = rows.n
         cdef cnp.ndarray out = new_array(n, cnp.NPY_BOOL)
         if n:
             memset(cnp.PyArray_DATA(out), 1, n)
         self.enter()
-        failure = None
         try:
             # Up front, so that bad input changes nothing: pinned keys, entries too large.
             # The batch changes no pin and no capacity, so these checks hold to its end.
@@ -1915,12 +1913,8 @@ cdef class Storage:
                     self.remote_fetched[kv[i]] = fetched_epoch
                 rows.stored += 1
         except BaseException as error:
-            failure = error
-        finally:
-            self.data = NULL
-            self.leave()
-        if failure is not None:
-            raise rows.part_way(failure, n)
+            self.end_batch(rows, error)
+        self.end_batch(rows, None)
         return out
 
     def fill_many(self, keys, data, sizes=None):
@@ -1932,15 +1926,13 @@ cdef class Storage:
         anything changes; an error only possible part-way raises with ``stored`` (keys put).
         With a remote tier, missing keys are not looked up there: their bytes are given.
         """
-        key_array = batch_keys(keys)
-        cdef const uint64_t* kv = <const uint64_t*>cnp.PyArray_DATA(<cnp.ndarray>key_array)
-        cdef Py_ssize_t i, slot, n = cnp.PyArray_DIM(<cnp.ndarray>key_array, 0)
-        cdef Rows rows = collect_rows(self, data, sizes, kv, n, "fill_many")
+        cdef Rows rows = collect_rows(self, keys, data, sizes, "fill_many")
+        cdef const uint64_t* kv = rows.keys
+        cdef Py_ssize_t i, slot, n = rows.n
         cdef cnp.ndarray out = new_array(n, cnp.NPY_INT8)
         cdef int8_t* result = <int8_t*>cnp.PyArray_DATA(out)
         cdef int tier
         self.enter()
-        failure = None
         try:
             # A key that may be put must be puttable: the missing ones, and the present ones that
             # an access could still evict (a pinned entry stays, and is never replaced).
@@ -1961,13 +1953,18 @@ cdef class Storage:
                     self.put_row(kv[i], rows, i)
                     rows.stored += 1
         except BaseException as error:
-            failure = error
-        finally:
-            self.data = NULL
-            self.leave()
-        if failure is not None:
-            raise rows.part_way(failure, n)
+            self.end_batch(rows, error)
+        self.end_batch(rows, None)
         return out
+
+    cdef int end_batch(self, Rows rows, object failure) except -1:
+        """Finish a batch of puts (the copies, the lock, the victims); then raise `failure`, if
+        any, with the number of keys stored before it."""
+        self.data = NULL
+        self.leave()
+        if failure is not None:
+            raise rows.part_way(failure, rows.n)
+        return 0
 
     cdef bint put_row(self, uint64_t key, Rows rows, Py_ssize_t i) except -1:
         """Insert row i of a checked batch under `key`; False when the policy declined it."""
@@ -2528,6 +2525,9 @@ cdef class Rows:
     """The bytes of a batch's entries: each one's address and length, with the buffers they
     come from held until the batch is done (released when the object goes)."""
 
+    cdef object key_array           # the batch's keys, a contiguous uint64 array
+    cdef const uint64_t* keys
+    cdef Py_ssize_t n
     cdef uint64_t* address
     cdef uint64_t* length
     cdef Py_buffer* buffers
@@ -2550,13 +2550,16 @@ cdef class Rows:
         return failure
 
 
-cdef Rows collect_rows(Storage storage, object data, object sizes, const uint64_t* kv,
-                       Py_ssize_t n, str call):
-    """Rows of `data` (a 2-D C-contiguous uint8 array, or one buffer per key), cut to `sizes`;
-    every check of the input, before the batch changes anything."""
+cdef Rows collect_rows(Storage storage, object keys, object data, object sizes, str call):
+    """The batch's keys and the rows of `data` (a 2-D C-contiguous uint8 array, or one buffer
+    per key), cut to `sizes`; every check of the input, before the batch changes anything."""
     cdef Rows rows = Rows.__new__(Rows)
-    cdef Py_ssize_t i, row
+    cdef Py_ssize_t i, row, n
     cdef uint64_t base
+    rows.key_array = batch_keys(keys)
+    rows.keys = <const uint64_t*>cnp.PyArray_DATA(<cnp.ndarray>rows.key_array)
+    rows.n = n = cnp.PyArray_DIM(<cnp.ndarray>rows.key_array, 0)
+    cdef const uint64_t* kv = rows.keys
     rows.address = <uint64_t*>malloc(max(n, 1) * 2 * sizeof(uint64_t))
     if rows.address == NULL:
         raise MemoryError()
