@@ -1451,6 +1451,15 @@ cdef class Storage:
             raise KeyNotFoundError(KEY_NOT_FOUND_MESSAGE + " (key %d)" % key)
         return slot
 
+    cdef uint64_t largest_storable(self):
+        """The largest entry any tier takes: it must fit one memory block of its tier.  (A loop
+        of its own: a generator in check_put would cost every put a closure object.)"""
+        cdef uint64_t largest = 0
+        cdef int t
+        for t in range(self.n_tiers):
+            largest = max(largest, min(self.logs[t].max_entry, self.engine.tier_state[t].capacity))
+        return largest
+
     cdef int check_put(self, uint64_t key, uint64_t size, Py_ssize_t index) except -1:
         """Refuse a put that could not complete, before anything changes."""
         cdef Py_ssize_t old = self.engine.slot_of(key)
@@ -1464,8 +1473,7 @@ cdef class Storage:
         if tier < 0:
             return self.engine.raise_status(tier, key, size, index)
         if c > self.logs[tier].max_entry:
-            largest = max(min(self.logs[t].max_entry, self.engine.tier_state[t].capacity)
-                          for t in range(self.n_tiers))
+            largest = self.largest_storable()
             where = _batch_position(index)
             raise EntryTooLargeError(
                 f"Key {key}{where} has {size} bytes, more than one entry can take here: an entry "
