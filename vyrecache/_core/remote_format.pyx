@@ -324,24 +324,31 @@ cdef enum:
     _NO_MEMORY = 6
 
 
-cdef int _wait(int fd, short events, int timeout_ms) noexcept:
-    """Wait for the socket, the one place a round trip gives the GIL away: the sends and reads
-    around it never block (MSG_DONTWAIT), and a thread that gives the GIL away for a moment
-    waits for the busiest other thread to hand it back, which costs more than a short copy."""
+cdef int _poll(int fd, short events, int timeout_ms) noexcept nogil:
+    """Wait until the socket is ready for `events`: _OK, _TIMEOUT or _OS_ERROR."""
     cdef pollfd entry
     cdef int ready
     entry.fd = fd
     entry.events = events
     entry.revents = 0
     while True:
-        with nogil:
-            ready = poll(&entry, 1, timeout_ms)
+        ready = poll(&entry, 1, timeout_ms)
         if ready > 0:
             return _OK
         if ready == 0:
             return _TIMEOUT
         if vc_errno() != EINTR:
             return _OS_ERROR
+
+
+cdef int _wait(int fd, short events, int timeout_ms) noexcept:
+    """_poll(), the one place a round trip gives the GIL away: the sends and reads around it
+    never block (MSG_DONTWAIT), and a thread that gives the GIL away for a moment waits for the
+    busiest other thread to hand it back, which costs more than a short copy."""
+    cdef int status
+    with nogil:
+        status = _poll(fd, events, timeout_ms)
+    return status
 
 
 cdef int _send_all(int fd, const char *data, Py_ssize_t size, int timeout_ms) noexcept:
@@ -600,8 +607,7 @@ cdef extern from "<sys/socket.h>" nogil:
 cdef int _sendmsg_all(int fd, iovec *vectors, Py_ssize_t count, int timeout_ms) noexcept nogil:
     cdef msghdr message
     cdef ssize_t sent
-    cdef pollfd entry
-    cdef int ready
+    cdef int status
     memset(&message, 0, sizeof(message))
     while count > 0:
         message.msg_iov = vectors
@@ -610,14 +616,9 @@ cdef int _sendmsg_all(int fd, iovec *vectors, Py_ssize_t count, int timeout_ms) 
         if sent < 0:
             if not vc_retry_later():
                 return _OS_ERROR
-            entry.fd = fd
-            entry.events = POLLOUT
-            entry.revents = 0
-            ready = poll(&entry, 1, timeout_ms)
-            if ready == 0:
-                return _TIMEOUT
-            if ready < 0 and vc_errno() != EINTR:
-                return _OS_ERROR
+            status = _poll(fd, POLLOUT, timeout_ms)
+            if status != _OK:
+                return status
             continue
         while count > 0 and <size_t>sent >= vectors[0].iov_len:
             sent -= vectors[0].iov_len
@@ -634,8 +635,7 @@ cdef int _ok_replies(int fd, Py_ssize_t count, int timeout_ms) noexcept nogil:
     cdef char data[4096]
     cdef Py_ssize_t filled = 0, position, line
     cdef ssize_t got
-    cdef pollfd entry
-    cdef int ready
+    cdef int status
     while count > 0:
         position = 0
         while count > 0:
@@ -658,14 +658,9 @@ cdef int _ok_replies(int fd, Py_ssize_t count, int timeout_ms) noexcept nogil:
         elif got == 0:
             return _CLOSED
         elif vc_retry_later():
-            entry.fd = fd
-            entry.events = POLLIN
-            entry.revents = 0
-            ready = poll(&entry, 1, timeout_ms)
-            if ready == 0:
-                return _TIMEOUT
-            if ready < 0 and vc_errno() != EINTR:
-                return _OS_ERROR
+            status = _poll(fd, POLLIN, timeout_ms)
+            if status != _OK:
+                return status
         else:
             return _OS_ERROR
     return _OK

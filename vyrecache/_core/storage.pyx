@@ -1867,19 +1867,11 @@ cdef class Storage:
         tier, the misses are looked up there in one round trip."""
         key_array = batch_keys(keys)
         cdef const uint64_t* kv = <const uint64_t*>cnp.PyArray_DATA(<cnp.ndarray>key_array)
-        cdef Py_ssize_t i, n = cnp.PyArray_DIM(<cnp.ndarray>key_array, 0)
+        cdef Py_ssize_t n = cnp.PyArray_DIM(<cnp.ndarray>key_array, 0)
         cdef cnp.ndarray out = new_array(n, cnp.NPY_INT8)
-        cdef int8_t* result = <int8_t*>cnp.PyArray_DATA(out)
-        cdef int tier
         self.enter()
         try:
-            for i in range(n):
-                tier = self.engine.op_touch(kv[i])
-                if tier < 0:
-                    self.misses += 1
-                else:
-                    self.replay_checked()
-                result[i] = <int8_t>tier
+            self.touch_all(kv, n, <int8_t*>cnp.PyArray_DATA(out))
         finally:
             self.leave()
         if self.remote is not None:
@@ -1887,6 +1879,19 @@ cdef class Storage:
             if missing.size:
                 out[missing] = self.from_remote(key_array[missing])
         return out
+
+    cdef int touch_all(self, const uint64_t* kv, Py_ssize_t n, int8_t* result) except -1:
+        """access() of each key inside an operation: the tier it was found in, or -1."""
+        cdef Py_ssize_t i
+        cdef int tier
+        for i in range(n):
+            tier = self.engine.op_touch(kv[i])
+            if tier < 0:
+                self.misses += 1
+            else:
+                self.replay_checked()
+            result[i] = <int8_t>tier
+        return 0
 
     def put_many(self, keys, data, sizes=None):
         """put() for each key in order, with the copies as one batch; True for each stored key.
@@ -1939,7 +1944,6 @@ cdef class Storage:
         cdef Py_ssize_t i, slot, n = rows.n
         cdef cnp.ndarray out = new_array(n, cnp.NPY_INT8)
         cdef int8_t* result = <int8_t*>cnp.PyArray_DATA(out)
-        cdef int tier
         self.enter()
         try:
             # A key that may be put must be puttable: the missing ones, and the present ones that
@@ -1949,13 +1953,7 @@ cdef class Storage:
                 if slot < 0 or not self.engine.slots[slot].pins:
                     self.check_put(kv[i], rows.length[i], i)
             self.ensure_slots(self.engine.slot_high_water + n + 1)
-            for i in range(n):
-                tier = self.engine.op_touch(kv[i])
-                if tier < 0:
-                    self.misses += 1
-                else:
-                    self.replay_checked()
-                result[i] = <int8_t>tier
+            self.touch_all(kv, n, result)
             for i in range(n):
                 if result[i] < 0:
                     self.put_row(kv[i], rows, i)
