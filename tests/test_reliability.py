@@ -584,6 +584,28 @@ def test_every_victim_is_reported_when_on_evict_raises(make_cache):
     cache.check()
 
 
+@pytest.mark.parametrize("call", ["put_many", "fill_many"])
+def test_a_batch_reports_every_victim_when_on_evict_raises(make_cache, call):
+    """The batch completes, every victim is reported, then the first error is raised."""
+    reported = []
+
+    def on_evict(entry):
+        reported.append(entry.key)
+        if len(reported) == 1:
+            raise RuntimeError("first victim")
+
+    cache = make_cache([vc.CacheTier("host", 4096, memory="host")], on_evict=on_evict)
+    for key in range(4):
+        cache.put(key, payload(key, 1024))
+    with pytest.raises(RuntimeError, match="first victim"):
+        getattr(cache, call)(np.array([3, 10], dtype=np.uint64), [payload(3, 1024), payload(10, 3072)])
+    assert sorted(reported) == [0, 1, 2]
+    assert sorted(cache) == [3, 10]
+    assert cache.read(3).tobytes() == payload(3, 1024)
+    assert cache.read(10).tobytes() == payload(10, 3072)
+    cache.check()
+
+
 def test_on_evict_must_be_callable(make_cache):
     with pytest.raises(TypeError) as caught:
         make_cache([vc.CacheTier("host", 4096, memory="host")], on_evict=5)
