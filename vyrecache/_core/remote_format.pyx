@@ -322,6 +322,7 @@ cdef enum:
     _PROTOCOL = 4
     _ERROR_REPLY = 5
     _NO_MEMORY = 6
+    _AGAIN = 7          # nothing to read yet: wait for the socket, then read again
 
 
 cdef int _poll(int fd, short events, int timeout_ms) noexcept nogil:
@@ -368,6 +369,18 @@ cdef int _send_all(int fd, const char *data, Py_ssize_t size, int timeout_ms) no
     return _OK
 
 
+cdef int _receive(int fd, char *data, Py_ssize_t capacity, Py_ssize_t *filled) noexcept nogil:
+    """Append what the socket holds to `data` (`filled` of `capacity` bytes taken): _OK (filled
+    grew), _AGAIN (nothing there yet; the caller waits its own way), _CLOSED or _OS_ERROR."""
+    cdef ssize_t got = recv(fd, data + filled[0], <size_t>(capacity - filled[0]), MSG_DONTWAIT)
+    if got > 0:
+        filled[0] += got
+        return _OK
+    if got == 0:
+        return _CLOSED
+    return _AGAIN if vc_retry_later() else _OS_ERROR
+
+
 cdef Py_ssize_t _line_end(const char *data, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
     """Index of the "\r\n" at or after start, or -1 if the line is not complete yet."""
     cdef Py_ssize_t i
@@ -403,7 +416,6 @@ cdef int _mget_reply(int fd, Py_ssize_t count, int timeout_ms, char **buffer_out
     cdef char *data = <char *>malloc(capacity)
     cdef char *grown
     cdef char kind
-    cdef ssize_t got
     cdef int status
     buffer_out[0] = data
     if data == NULL:
@@ -454,17 +466,11 @@ cdef int _mget_reply(int fd, Py_ssize_t count, int timeout_ms, char **buffer_out
             data = grown
             capacity *= 2
             buffer_out[0] = data
-        got = recv(fd, data + filled, <size_t>(capacity - filled), MSG_DONTWAIT)
-        if got > 0:
-            filled += got
-        elif got == 0:
-            return _CLOSED
-        elif vc_retry_later():
+        status = _receive(fd, data, capacity, &filled)
+        if status == _AGAIN:
             status = _wait(fd, POLLIN, timeout_ms)
-            if status != _OK:
-                return status
-        else:
-            return _OS_ERROR
+        if status != _OK:
+            return status
 
 
 class ReplyError(ValueError):
@@ -634,7 +640,6 @@ cdef int _ok_replies(int fd, Py_ssize_t count, int timeout_ms) noexcept nogil:
     """Read *count* replies that must each be ``+OK``."""
     cdef char data[4096]
     cdef Py_ssize_t filled = 0, position, line
-    cdef ssize_t got
     cdef int status
     while count > 0:
         position = 0
@@ -652,17 +657,11 @@ cdef int _ok_replies(int fd, Py_ssize_t count, int timeout_ms) noexcept nogil:
         filled -= position
         if filled == sizeof(data):
             return _PROTOCOL
-        got = recv(fd, data + filled, sizeof(data) - <size_t>filled, MSG_DONTWAIT)
-        if got > 0:
-            filled += got
-        elif got == 0:
-            return _CLOSED
-        elif vc_retry_later():
+        status = _receive(fd, data, sizeof(data), &filled)
+        if status == _AGAIN:
             status = _poll(fd, POLLIN, timeout_ms)
-            if status != _OK:
-                return status
-        else:
-            return _OS_ERROR
+        if status != _OK:
+            return status
     return _OK
 
 

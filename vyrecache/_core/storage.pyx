@@ -578,6 +578,16 @@ cdef class Storage:
         if s.state == SEG_CLOSED:
             self.relist(g)
 
+    cdef void follow_pin(self, Py_ssize_t slot, int delta) noexcept nogil:
+        """After the engine pinned (delta 1) or unpinned (-1) `slot`: the first pin and the last
+        unpin change what the entry's segments count (s_pinned), the nested ones do not."""
+        if delta > 0 and not self.s_pinned[slot]:
+            self.s_pinned[slot] = 1
+            self.pin_entry(slot, 1)
+        elif delta < 0 and self.engine.slots[slot].pins == 0 and self.s_pinned[slot]:
+            self.pin_entry(slot, -1)
+            self.s_pinned[slot] = 0
+
     cdef void pin_entry(self, Py_ssize_t slot, int delta) noexcept nogil:
         """Count a pin (delta 1) or an unpin (-1) of a placed entry in every segment it takes."""
         cdef int32_t g = self.s_seg[slot], k, n = 1
@@ -1258,12 +1268,7 @@ cdef class Storage:
             if slot < 0 or (delta < 0 and self.engine.slots[slot].pins == 0):
                 continue        # unpinned by hand meanwhile: nothing of the transfer's left
             self.engine.op_pin(<uint32_t>slot, delta)
-            if delta > 0 and not self.s_pinned[slot]:
-                self.s_pinned[slot] = 1
-                self.pin_entry(slot, 1)
-            elif delta < 0 and self.engine.slots[slot].pins == 0 and self.s_pinned[slot]:
-                self.pin_entry(slot, -1)
-                self.s_pinned[slot] = 0
+            self.follow_pin(slot, delta)
         return 0
 
     cdef int refresh(self) except -1:
@@ -1814,12 +1819,7 @@ cdef class Storage:
             if self.engine.op_pin(<uint32_t>slot, delta) != 0:
                 # Out of range: the engine's own call explains it, and changes nothing.
                 self.engine.pin(k) if delta > 0 else self.engine.unpin(k)
-            if delta > 0 and not self.s_pinned[slot]:
-                self.s_pinned[slot] = 1
-                self.pin_entry(slot, 1)
-            elif delta < 0 and self.engine.slots[slot].pins == 0 and self.s_pinned[slot]:
-                self.pin_entry(slot, -1)
-                self.s_pinned[slot] = 0
+            self.follow_pin(slot, delta)
         finally:
             self.leave_read()
         return 0
