@@ -149,12 +149,18 @@ def test_bad_input_raises_and_changes_nothing(make_cache):
     cache.check()
 
 
+def put_with_holes(cache, count: int, size: int, every: int) -> None:
+    """Put keys 0..count-1 of `size` bytes each, then remove every `every`-th from key 0: segments
+    with live entries and free bytes between them."""
+    for key in range(count):
+        cache.put(key, payload(key, size))
+    for key in range(0, count, every):
+        cache.remove(key)
+
+
 def test_cleaning_makes_room_without_evicting(make_cache):
     cache = make_cache(small_tiers(host=4096, device=16))
-    for key in range(16):
-        cache.put(key, payload(key, 256))
-    for key in range(0, 16, 2):
-        cache.remove(key)
+    put_with_holes(cache, 16, 256, every=2)
     evictions_before = cache.counters()[0]["evictions"]
     cache.put(100, payload(100, 1024))
     counters = cache.counters()[0]
@@ -169,10 +175,7 @@ def test_cleaning_makes_room_without_evicting(make_cache):
 
 def test_explicit_compaction_gathers_free_bytes_into_free_segments(make_cache):
     cache = make_cache(small_tiers(host=8192, device=16))
-    for key in range(32):
-        cache.put(key, payload(key, 200))
-    for key in range(0, 32, 3):
-        cache.remove(key)
+    put_with_holes(cache, 32, 200, every=3)
     fragmentation_before = cache.counters()[0]["fragmentation"]
     report = cache.compact(0)
     assert report.moves > 0 and report.bytes_moved > 0

@@ -565,7 +565,10 @@ def test_a_host_tier_takes_its_memory_at_creation(request):
 
 # -- 8. on_evict ------------------------------------------------------------------------------
 
-def test_every_victim_is_reported_when_on_evict_raises(make_cache):
+@pytest.mark.parametrize("call", ["put", "put_many", "fill_many"])
+def test_every_victim_is_reported_when_on_evict_raises(make_cache, call):
+    """The operation completes (a batch, every key of it), every victim is reported, then the
+    first error is raised."""
     reported = []
 
     def on_evict(entry):
@@ -577,28 +580,10 @@ def test_every_victim_is_reported_when_on_evict_raises(make_cache):
     for key in range(4):
         cache.put(key, payload(key, 1024))
     with pytest.raises(RuntimeError, match="first victim"):
-        cache.put(10, payload(10, 3072))       # three victims leave
-    assert sorted(reported) == [0, 1, 2]
-    assert sorted(cache) == [3, 10]
-    assert cache.read(10).tobytes() == payload(10, 3072)
-    cache.check()
-
-
-@pytest.mark.parametrize("call", ["put_many", "fill_many"])
-def test_a_batch_reports_every_victim_when_on_evict_raises(make_cache, call):
-    """The batch completes, every victim is reported, then the first error is raised."""
-    reported = []
-
-    def on_evict(entry):
-        reported.append(entry.key)
-        if len(reported) == 1:
-            raise RuntimeError("first victim")
-
-    cache = make_cache([vc.CacheTier("host", 4096, memory="host")], on_evict=on_evict)
-    for key in range(4):
-        cache.put(key, payload(key, 1024))
-    with pytest.raises(RuntimeError, match="first victim"):
-        getattr(cache, call)(np.array([3, 10], dtype=np.uint64), [payload(3, 1024), payload(10, 3072)])
+        if call == "put":
+            cache.put(10, payload(10, 3072))       # three victims leave
+        else:
+            getattr(cache, call)(np.array([3, 10], dtype=np.uint64), [payload(3, 1024), payload(10, 3072)])
     assert sorted(reported) == [0, 1, 2]
     assert sorted(cache) == [3, 10]
     assert cache.read(3).tobytes() == payload(3, 1024)

@@ -182,6 +182,17 @@ cdef inline Py_ssize_t _bulk_length_size(uint64_t size) noexcept nogil:
     return 3 + _digits(size)
 
 
+cdef inline char *_put_value_end(char *out, bint with_ttl, uint64_t ttl) noexcept nogil:
+    """The end of a value: its CRLF, then for a SET the ``PX ttl`` arguments (ttl_size bytes)."""
+    out = _put_text(out, b"\r\n", 2)
+    if with_ttl:
+        out = _put_text(out, b"$2\r\nPX\r\n", 8)
+        out = _put_bulk_length(out, _digits(ttl))
+        out = _put_decimal(out, ttl)
+        out = _put_text(out, b"\r\n", 2)
+    return out
+
+
 def frame_writes(bytes prefix not None, list keys not None, list payloads not None, ttl_ms=None):
     """The bytes that store each payload under ``prefix + str(key)`` with its header, in one round
     trip: ``(buffers, replies)``, the buffers to send in order and the number of replies to read.
@@ -239,12 +250,7 @@ def frame_writes(bytes prefix not None, list keys not None, list payloads not No
             head = PyBytes_FromStringAndSize(NULL, head_size)
             out = start = PyBytes_AS_STRING(head)
             if i:
-                out = _put_text(out, b"\r\n", 2)
-                if with_ttl:
-                    out = _put_text(out, b"$2\r\nPX\r\n", 8)
-                    out = _put_bulk_length(out, _digits(ttl))
-                    out = _put_decimal(out, ttl)
-                    out = _put_text(out, b"\r\n", 2)
+                out = _put_value_end(out, with_ttl, ttl)
             if with_ttl:
                 out = _put_text(out, b"*5\r\n$3\r\nSET\r\n", 13)
             elif i == 0:
@@ -268,12 +274,7 @@ def frame_writes(bytes prefix not None, list keys not None, list payloads not No
         tail_size = 2 + (ttl_size if with_ttl else 0)
         tail = PyBytes_FromStringAndSize(NULL, tail_size)
         out = PyBytes_AS_STRING(tail)
-        out = _put_text(out, b"\r\n", 2)
-        if with_ttl:
-            out = _put_text(out, b"$2\r\nPX\r\n", 8)
-            out = _put_bulk_length(out, _digits(ttl))
-            out = _put_decimal(out, ttl)
-            out = _put_text(out, b"\r\n", 2)
+        out = _put_value_end(out, with_ttl, ttl)
         buffers.append(tail)
         return buffers, (n if with_ttl else 1)
     finally:
