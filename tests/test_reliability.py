@@ -52,13 +52,14 @@ def make_cache(request, backend_name):
     made = []
     if backend_name.startswith("vulkan"):
         device = request.getfixturevalue("vulkan_device")
+        from device_only import DeviceOnlyBackend
         from vyrecache.vulkan.backend import VulkanBackend
+        # "vulkan-device-copies": every copy through copy tables submitted from C, the
+        # discrete-GPU path, on a device whose memory is all mapped.
+        make_backend = DeviceOnlyBackend if backend_name == "vulkan-device-copies" else VulkanBackend
 
         def new_backend():
-            # "vulkan-device-copies": every copy through copy tables submitted from C, the
-            # discrete-GPU path, on a device whose memory is all mapped.
-            return VulkanBackend(device=device, compaction="commands",
-                                 device_copies=backend_name == "vulkan-device-copies")
+            return make_backend(device=device, compaction="commands")
     else:
         def new_backend():
             return "host"

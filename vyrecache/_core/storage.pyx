@@ -183,7 +183,7 @@ cdef class Storage:
     cdef char* staging_addr
     cdef uint64_t staging_size
     cdef uint64_t staging_used
-    cdef bint unmapped                         # some block is not mapped (or device_copies)
+    cdef bint unmapped                         # some block is not mapped
     cdef char* run_src
     cdef char* run_dst
     cdef size_t run_len
@@ -269,7 +269,6 @@ cdef class Storage:
         memset(self.seg_ticket, 0, max(self.n_segs, 1) * sizeof(uint64_t))
         memset(self.counters, 0, max(self.n_tiers, 1) * SC_N * sizeof(uint64_t))
         memset(self.segs, 0, max(self.n_segs, 1) * sizeof(Segment))
-        device_copies = bool(getattr(backend, "device_copies", False))
         g = 0
         try:
             for tier in range(self.n_tiers):
@@ -312,7 +311,7 @@ cdef class Storage:
             if self.b_addr == NULL or self.b_id == NULL:
                 raise MemoryError("Could not allocate the block table. Fix: free memory.")
             for index, block in enumerate(self.blocks):
-                if block.host_visible and not device_copies:
+                if block.host_visible:
                     self.b_addr[index] = <char*><size_t>block.address
                     # Before the first touch, so the pages come huge: big copies through a block
                     # otherwise miss the TLB every 4 KiB.
@@ -323,19 +322,23 @@ cdef class Storage:
                     self.unmapped = True
                 self.b_id[index] = block.id
             if self.unmapped:
-                # Taken now at its full size (transfers larger than it go in portions): an
-                # operation then never allocates, so it cannot fail half-way for memory.
-                wanted = 1 << 20
-                for tier in range(self.n_tiers):
-                    wanted = max(wanted, min(64 << 20, self.logs[tier].memory))
-                self.staging = backend.allocate_block(backend.resolve_memory("host", wanted), wanted)
-                self.staging_addr = <char*><size_t>self.staging.address
-                self.staging_size = self.staging.size
+                self.take_staging(backend)
                 if hasattr(backend, "transfer_queue"):
                     self.take_transfer_queue(backend)
         except BaseException:
             self.release_blocks()
             raise
+
+    cdef int take_staging(self, backend) except -1:
+        """The staging buffer, taken at its full size (transfers larger than it go in portions):
+        an operation then never allocates, so it cannot fail half-way for memory."""
+        wanted = 1 << 20
+        for tier in range(self.n_tiers):
+            wanted = max(wanted, min(64 << 20, self.logs[tier].memory))
+        self.staging = backend.allocate_staging(wanted)
+        self.staging_addr = <char*><size_t>self.staging.address
+        self.staging_size = self.staging.size
+        return 0
 
     cdef int take_transfer_queue(self, backend) except -1:
         """Record and submit copy tables from C: a queue of this cache's own, its handles, and a
@@ -1193,12 +1196,7 @@ cdef class Storage:
         if self.vk.device != NULL:
             return 0
         if self.staging is None:
-            wanted = 1 << 20
-            for tier in range(self.n_tiers):
-                wanted = max(wanted, min(64 << 20, self.logs[tier].memory))
-            self.staging = self.backend.allocate_block(self.backend.resolve_memory("host", wanted), wanted)
-            self.staging_addr = <char*><size_t>self.staging.address
-            self.staging_size = self.staging.size
+            self.take_staging(self.backend)
         self.take_transfer_queue(self.backend)
         return 0
 

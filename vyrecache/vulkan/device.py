@@ -118,8 +118,7 @@ class Device:
     *index* picks the physical device (as listed by ``devices()``; default: the first).
     *validation* enables ``VK_LAYER_KHRONOS_validation``; every warning or error it reports is
     appended to :attr:`validation_messages`.  It defaults to on when the environment has
-    ``VYRECACHE_VALIDATION=1``.  *force_staging* makes :meth:`upload` and :meth:`download` go
-    through the staging buffer even for host-visible blocks (to test that path on UMA devices).
+    ``VYRECACHE_VALIDATION=1``.
 
     Raises:
         VulkanUnavailableError: no loader, no driver, or no physical device.
@@ -129,9 +128,8 @@ class Device:
 
     _instance: Instance | None
 
-    def __init__(self, index: int | None = None, validation: bool | None = None,
-                 force_staging: bool = False) -> None:
-        self._init_state(force_staging)
+    def __init__(self, index: int | None = None, validation: bool | None = None) -> None:
+        self._init_state()
         if validation is None:
             validation = os.environ.get("VYRECACHE_VALIDATION") == "1"
         self.validation = validation
@@ -177,7 +175,7 @@ class Device:
                 or cannot copy.
         """
         self = cls.__new__(cls)
-        self._init_state(False)
+        self._init_state()
         self.validation = False
         self._owns_handles = False
         try:
@@ -213,7 +211,7 @@ class Device:
         _open_devices.add(self)
         return self
 
-    def _init_state(self, force_staging: bool) -> None:
+    def _init_state(self) -> None:
         self._vk = load()
         self._handle = None
         self._closed = False
@@ -227,7 +225,6 @@ class Device:
         self._resources: set = set()
         self._staging: Block | None = None
         self._recorder: CommandRecorder | None = None
-        self.force_staging = force_staging
         self.validation_messages: list[str] = []
         self.queue_index = 0
         self.enabled_extensions: frozenset[str] = frozenset()
@@ -687,7 +684,7 @@ class Device:
         source = self._bytes_of(data)
         size = source.size
         self._check_range(block, offset, size)
-        if block.host_visible and not self.force_staging:
+        if block.host_visible:
             block.array[offset:offset + size] = source
             return
         done = 0
@@ -718,7 +715,7 @@ class Device:
             if target.size != size:
                 raise ValueError(f"out has {target.size} bytes but {size} are read. Fix: pass a buffer of "
                                  "exactly the size read.")
-        if block.host_visible and not self.force_staging:
+        if block.host_visible:
             target[:] = block.array[offset:offset + size]
             return target
         done = 0
