@@ -45,7 +45,7 @@ def test_every_kind_resolves_to_a_storage_capable_type(vulkan_device):
 
 def test_host_visible_block_is_mapped_and_round_trips_bytes(vulkan_device):
     block = vulkan_device.allocate_block(vulkan_device.memory_type_for("host", MiB), MiB)
-    assert block.host_visible and block.mapped_address != 0 and block.array.nbytes == MiB
+    assert block.host_visible and block.address != 0 and block.array.nbytes == MiB
     assert block.buffer_handle != 0 and block.size == MiB
     data = random_bytes(MiB)
     vulkan_device.upload(block, 0, data)
@@ -54,7 +54,7 @@ def test_host_visible_block_is_mapped_and_round_trips_bytes(vulkan_device):
     vulkan_device.download(block, 5, 100, out)
     assert bytes(out) == data[5:105].tobytes()
     vulkan_device.free_block(block)
-    assert block.freed and block.array is None and block.mapped_address == 0
+    assert block.freed and block.array is None and block.address == 0
     vulkan_device.free_block(block)  # idempotent
 
 

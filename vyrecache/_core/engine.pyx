@@ -643,7 +643,7 @@ cdef Py_ssize_t _first_too_large(Engine e, const uint64_t[:] sizes) noexcept:
         if e.tier_state[t].capacity > largest:
             largest = e.tier_state[t].capacity
     for i in range(sizes.shape[0]):
-        if e.charged(sizes[i]) > largest:
+        if _charge(e, sizes[i]) > largest:
             return i
     return -1
 
@@ -1026,9 +1026,6 @@ cdef class Engine:
     cdef void release(self) noexcept nogil:
         """Release the lock once; the caller holds the GIL."""
         _unlock(self)
-
-    cdef uint64_t charged(self, uint64_t size) noexcept nogil:
-        return _charge(self, size)
 
     cdef Py_ssize_t slot_of(self, uint64_t key) noexcept nogil:
         cdef uint32_t slot = _find(self, key)

@@ -149,7 +149,7 @@ class VulkanBackend(StorageBackend):
 
     def allocate_block(self, memory: TierMemory, size: int) -> StorageBlock:
         native = self._device.allocate_block(memory.memory_type_index, size)
-        block = StorageBlock(native.id, native.mapped_address if native.host_visible else 0,
+        block = StorageBlock(native.id, native.address if native.host_visible else 0,
                              native.buffer_handle, size, native.memory_type_index, native.host_visible,
                              native.array if native.host_visible else None, native)
         self._blocks[block.id] = block

@@ -79,17 +79,17 @@ class Block:
             allocates).
         memory_type_index: the Vulkan memory type the memory came from.
         host_visible: whether the memory is mapped; then ``array`` is a writable numpy uint8
-            view of the whole block and ``mapped_address`` its address (0 when not mapped).
+            view of the whole block and ``address`` the address of the mapping (0 when not mapped).
         buffer_handle: the ``VkBuffer`` handle as an int.
 
     Views of ``array`` must not be used after the block is freed: the mapping is gone.
     """
 
     __slots__ = ("id", "size", "allocation_size", "memory_type_index", "host_visible", "buffer_handle",
-                 "mapped_address", "array", "_device", "_memory", "_buffer", "__weakref__")
+                 "address", "array", "_device", "_memory", "_buffer", "__weakref__")
 
     def __init__(self, device: "Device", block_id: int, size: int, memory_type_index: int,
-                 host_visible: bool, memory, buffer, mapped_address: int, array) -> None:
+                 host_visible: bool, memory, buffer, address: int, array) -> None:
         self._device = device
         self.id = block_id
         self.size = size
@@ -99,7 +99,7 @@ class Block:
         self._memory = memory
         self._buffer = buffer
         self.buffer_handle = _address(device._vk.ffi, buffer)
-        self.mapped_address = mapped_address
+        self.address = address
         self.array = array
 
     @property
@@ -562,7 +562,7 @@ class Device:
         self._free_ids.append(block.id)
         if block.host_visible:
             lib.vkUnmapMemory(self._handle, memory)
-        block.mapped_address = 0
+        block.address = 0
         lib.vkDestroyBuffer(self._handle, buffer, ffi.NULL)
         destroyed("buffers")
         lib.vkFreeMemory(self._handle, memory, ffi.NULL)
