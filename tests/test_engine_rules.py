@@ -202,18 +202,6 @@ def test_mutating_from_a_policy_raises_and_a_policy_error_surfaces_after_the_ope
     cache.check()
 
 
-def test_lru_policy_subclass_without_overrides_stays_native():
-    class Named(vc.LruPolicy):
-        pass
-
-    class Custom(vc.LruPolicy):
-        def should_promote(self, key, stats):
-            return False
-
-    assert Named._native and not Custom._native and vc.LruPolicy._native
-    assert not vc.TierPolicy._native
-
-
 def test_batches_accept_read_only_and_strided_arrays():
     cache = make(1000, 100)
     keys = np.arange(20, dtype=np.uint64)[::2]
