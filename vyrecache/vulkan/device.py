@@ -151,7 +151,6 @@ class Device:
         except BaseException:
             self.close()
             raise
-        _open_devices.add(self)
 
     @classmethod
     def from_handles(cls, instance, physical_device, device, queue_family_index: int, queue_index: int = 0,
@@ -208,7 +207,6 @@ class Device:
         except BaseException:
             self.close()
             raise
-        _open_devices.add(self)
         return self
 
     def _init_state(self) -> None:
@@ -237,6 +235,7 @@ class Device:
             self._get_memory_fd = self._device_proc("vkGetMemoryFdKHR", "PFN_vkGetMemoryFdKHR")
         self._create_commands()
         self._buffer_type_bits = self._probe_buffer_type_bits()
+        _open_devices.add(self)         # set up: closed at exit unless its owner closes it first
 
     # -- construction ---------------------------------------------------------------------------
 
