@@ -323,6 +323,14 @@ cdef int _insert(Engine e, uint64_t key, uint64_t size, uint32_t old) noexcept n
     return _insert_arrived(e, key, size, tier, charge)
 
 
+cdef inline int _insert_counted(Engine e, uint64_t key, uint64_t size, uint32_t old) noexcept nogil:
+    """_insert() as every insert call makes it: W-TinyLFU's sketch counts the key first, so an
+    entry's admission weighs its puts as well as its accesses."""
+    if e.policy_kind == PK_WTINYLFU:
+        _sketch_increment(e, key)
+    return _insert(e, key, size, old)
+
+
 cdef inline int _insert_arrived(Engine e, uint64_t key, uint64_t size, int tier,
                                 uint64_t charge) noexcept nogil:
     """The rest of _insert once the tier is chosen, room reserved and the arrival announced."""
@@ -637,9 +645,7 @@ cdef Py_ssize_t _insert_loop(Engine e, const uint64_t[::1] kv, const uint64_t[:]
     _prefetch_start(e, &ring)
     for i in range(n):
         home = _prefetch_keys(e, &ring, kv, i, False)
-        if e.policy_kind == PK_WTINYLFU:
-            _sketch_increment(e, kv[i])
-        status[0] = _insert(e, kv[i], sv[i], _find_from(e, kv[i], home))
+        status[0] = _insert_counted(e, kv[i], sv[i], _find_from(e, kv[i], home))
         if status[0] == ST_DECLINED:
             result[i] = -1
             continue
@@ -1096,7 +1102,7 @@ cdef class Engine:
         return _raise_status(self, status, key, size, index)
 
     cdef int op_insert(self, uint64_t key, uint64_t size) noexcept nogil:
-        return _insert(self, key, size, _find(self, key))
+        return _insert_counted(self, key, size, _find(self, key))
 
     cdef int op_touch(self, uint64_t key) noexcept nogil:
         cdef uint32_t slot = _find(self, key)
@@ -1238,9 +1244,7 @@ cdef class Engine:
         cdef uint64_t s = _as_u64(size, "size")
         cdef int result
         _enter(self)
-        if self.policy_kind == PK_WTINYLFU:
-            _sketch_increment(self, k)
-        result = _insert(self, k, s, _find(self, k))
+        result = _insert_counted(self, k, s, _find(self, k))
         if result == ST_DECLINED:
             _leave(self, 0, k, s, -1)
             return False
