@@ -31,7 +31,7 @@ from vyrecache.traces import read_trace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_core import TIER0, TIER1, cpu_model, zipf_trace  # noqa: E402
-from harness import interleaved_best  # noqa: E402
+from harness import CLOCKS, add_clock_argument, interleaved_best  # noqa: E402
 
 POLICIES = [vc.LruPolicy, vc.FifoPolicy, vc.ClockPolicy, vc.SievePolicy, vc.S3FifoPolicy,
             vc.ArcPolicy, vc.WTinyLfuPolicy]
@@ -62,12 +62,12 @@ def cost_runs(trace, trace_list, policy, engine=None):
     return per_call, batch
 
 
-def policy_costs(trace, repeat):
+def policy_costs(trace, repeat, clock):
     trace_list = trace.tolist()
     runs = []
     for policy in POLICIES:
         runs += cost_runs(trace, trace_list, policy())
-    seconds = interleaved_best(runs, repeat)
+    seconds = interleaved_best(runs, repeat, clock)
     n = trace.size
     lru_call, lru_batch = seconds[0] / n * 1e9, seconds[1] / n * 1e9
     print(f"{'policy':10} {'access() ns':>12} {'/ LRU':>7} {'access_many ns/key':>19} {'/ LRU':>7}"
@@ -98,12 +98,12 @@ def load_engine(directory: Path):
     return module
 
 
-def lru_against_baseline(trace, repeat, directory):
+def lru_against_baseline(trace, repeat, directory, clock):
     baseline = load_engine(directory)
     trace_list = trace.tolist()
     runs = list(cost_runs(trace, trace_list, vc.LruPolicy(), baseline))
     runs += cost_runs(trace, trace_list, vc.LruPolicy(), current_engine)
-    seconds = interleaved_best(runs, repeat)
+    seconds = interleaved_best(runs, repeat, clock)
     n = trace.size
     print(f"LRU against the engine in {directory} (interleaved, best of {repeat}):")
     for label, before, after in (("access() per call", seconds[0], seconds[2]),
@@ -113,7 +113,7 @@ def lru_against_baseline(trace, repeat, directory):
     print()
 
 
-def replay_speed(traces_dir: Path, repeat: int):
+def replay_speed(traces_dir: Path, repeat: int, clock):
     try:
         import libcachesim as lcs
     except ImportError:
@@ -140,7 +140,7 @@ def replay_speed(traces_dir: Path, repeat: int):
             def libcachesim(theirs=theirs):
                 reader = lcs.TraceReader(str(path), lcs.TraceType.ORACLE_GENERAL_TRACE)
                 theirs(cache_size=size, hashpower=16).process_trace(reader)
-            ours_s, theirs_s = interleaved_best([ours, libcachesim], repeat)
+            ours_s, theirs_s = interleaved_best([ours, libcachesim], repeat, clock)
             print(f"{name:10} {ours_s * 1e3:13.1f} {theirs_s * 1e3:15.1f} "
                   f"{theirs_s / ours_s:8.1f}x")
     print("floor: at least 5x faster\n")
@@ -177,18 +177,20 @@ def main() -> None:
                         default=Path(__file__).resolve().parents[1].parent / "shared" / "traces")
     parser.add_argument("--lru-baseline", type=Path, default=None, metavar="DIR")
     parser.add_argument("--only", choices=["cost", "baseline", "replay", "table"], default=None)
+    add_clock_argument(parser, default="cpu")
     args = parser.parse_args()
+    clock = CLOCKS[args.clock]
     accesses = 100_000 if args.quick else 1_000_000
     repeat = 1 if args.quick else args.repeat
     trace = zipf_trace(100_000, accesses, 0.99, seed=7)
     print(f"machine: {cpu_model()}; workload of bench_core: Zipf(0.99), {accesses:,} accesses, "
-          f"tiers {TIER0:,} + {TIER1:,} entries\n")
+          f"tiers {TIER0:,} + {TIER1:,} entries; timed by {args.clock} time\n")
     if args.only in (None, "cost"):
-        policy_costs(trace, repeat)
+        policy_costs(trace, repeat, clock)
     if args.lru_baseline is not None and args.only in (None, "baseline"):
-        lru_against_baseline(trace, repeat, args.lru_baseline)
+        lru_against_baseline(trace, repeat, args.lru_baseline, clock)
     if args.only in (None, "replay"):
-        replay_speed(args.traces, repeat)
+        replay_speed(args.traces, repeat, clock)
     if args.only in (None, "table"):
         hit_ratio_table(args.traces)
 

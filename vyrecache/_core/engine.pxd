@@ -141,6 +141,7 @@ ctypedef struct Ghost:
     uint64_t charge
     uint32_t prev
     uint32_t next
+    uint32_t tag            # the top half of its (key, tier) hash, also filed in its bucket
     int8_t tier
     uint8_t list
 
@@ -202,7 +203,7 @@ cdef class Engine:
     cdef uint32_t ghost_capacity
     cdef uint32_t ghost_high_water
     cdef uint32_t ghost_free
-    cdef uint32_t* ghost_buckets        # (key, tier) -> node, linear probing
+    cdef uint64_t* ghost_buckets        # (key, tier) -> tag << 32 | node, linear probing
     cdef uint64_t ghost_bucket_mask
     cdef uint64_t n_ghosts
     cdef uint64_t* sketch               # W-TinyLFU: count-min sketch, 16 4-bit counters a word

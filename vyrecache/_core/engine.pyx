@@ -323,6 +323,14 @@ cdef int _insert(Engine e, uint64_t key, uint64_t size, uint32_t old) noexcept n
     return _insert_arrived(e, key, size, tier, charge)
 
 
+cdef inline int _insert_counted(Engine e, uint64_t key, uint64_t size, uint32_t old) noexcept nogil:
+    """_insert() as every insert call makes it: W-TinyLFU's sketch counts the key first, so an
+    entry's admission weighs its puts as well as its accesses."""
+    if e.policy_kind == PK_WTINYLFU:
+        _sketch_increment(e, key)
+    return _insert(e, key, size, old)
+
+
 cdef inline int _insert_arrived(Engine e, uint64_t key, uint64_t size, int tier,
                                 uint64_t charge) noexcept nogil:
     """The rest of _insert once the tier is chosen, room reserved and the arrival announced."""
@@ -508,26 +516,60 @@ cdef int _policy_replace(Engine e, uint64_t key, uint64_t size, uint64_t h,
     having done what _insert would (a victim too small to make room is evicted and the general
     path makes the rest)."""
     cdef TierState* t = &e.tier_state[0]
-    cdef uint64_t charge = _charge(e, size)
-    cdef uint32_t victim
+    cdef uint64_t charge = _charge(e, size), victim_charge
+    cdef uint32_t victim, predicted
     cdef Slot* s
     if (e.policy_kind == PK_WTINYLFU or e.logging or t.pinned != 0 or t.count == 0
             or e.growth_left == 0 or charge > t.capacity or t.used <= t.capacity - charge):
         return ST_TOO_LARGE
-    _policy_arrival(e, 0, key, charge, True)
+    if e.policy_kind > PK_SIEVE:        # FIFO, CLOCK and SIEVE keep no ghosts
+        _policy_arrival(e, 0, key, charge, True)
     victim = _policy_victim(e, 0)
     s = &e.slots[victim]
-    if t.used - _charge(e, s.size) > t.capacity - charge:
+    victim_charge = _charge(e, s.size)
+    if t.used - victim_charge > t.capacity - charge:
         _remove(e, victim, EV_EVICT)
         if _reserve_one(e) != 0:
             e.pstate[0].arriving = 0
             return ST_NO_MEMORY
         _insert_arrived(e, key, size, 0, charge)
         return 0
-    _seg_unlink(e, victim)
-    _take_over(e, victim, key, size, h, gap)
-    _policy_place(e, victim, 0)
+    predicted = s.prev                  # the segment's next-oldest entry: the likely next victim
+    if e.policy_kind <= PK_SIEVE:
+        _replace_single_segment(e, victim, key, size, h, gap, charge - victim_charge)
+    else:
+        _seg_unlink(e, victim)
+        _take_over(e, victim, key, size, h, gap)
+        _policy_place(e, victim, 0)
+    _prefetch_victim(e, predicted)
     return 0
+
+
+cdef inline void _replace_single_segment(Engine e, uint32_t victim, uint64_t key, uint64_t size,
+                                         uint64_t h, uint64_t gap, int64_t growth) noexcept nogil:
+    """_policy_replace()'s unlink, take-over and placement for FIFO, CLOCK and SIEVE, whose one
+    segment is the whole list: the victim's slot moves to the head, as LRU's does, and the
+    totals change by the charge's growth alone."""
+    cdef TierState* t = &e.tier_state[0]
+    cdef PolicyState* ps = &e.pstate[0]
+    cdef Slot* s = &e.slots[victim]
+    if ps.hand == victim:
+        ps.hand = s.prev
+    _take_over(e, victim, key, size, h, gap)
+    s.flags = 0                         # the new entry arrives unmarked, in segment 0
+    t.used += growth
+    ps.seg_used[0] += growth
+    if t.head != victim:
+        if s.next != VC_NIL:
+            e.slots[s.next].prev = s.prev
+        else:
+            t.tail = s.prev
+        e.slots[s.prev].next = s.next
+        s.prev = VC_NIL
+        s.next = t.head
+        e.slots[t.head].prev = victim
+        t.head = victim
+    ps.seg_head[0] = victim
 
 
 cdef inline int _policy_access(Engine e, uint64_t key, uint64_t size, uint64_t h) noexcept nogil:
@@ -569,6 +611,8 @@ cdef Py_ssize_t _access_loop(Engine e, const uint64_t[::1] kv, const uint64_t[:]
     if e.native_policy and not e.lru_native:
         for i in range(n):
             home = _prefetch_keys(e, &ring, kv, i, True)
+            if i + PREFETCH_STEP < n:
+                _prefetch_policy(e, kv[i + PREFETCH_STEP])
             status[0] = _policy_access(e, kv[i], sv[i], home)
             if status[0] < ST_MISS:
                 return i
@@ -601,9 +645,7 @@ cdef Py_ssize_t _insert_loop(Engine e, const uint64_t[::1] kv, const uint64_t[:]
     _prefetch_start(e, &ring)
     for i in range(n):
         home = _prefetch_keys(e, &ring, kv, i, False)
-        if e.policy_kind == PK_WTINYLFU:
-            _sketch_increment(e, kv[i])
-        status[0] = _insert(e, kv[i], sv[i], _find_from(e, kv[i], home))
+        status[0] = _insert_counted(e, kv[i], sv[i], _find_from(e, kv[i], home))
         if status[0] == ST_DECLINED:
             result[i] = -1
             continue
@@ -1069,7 +1111,7 @@ cdef class Engine:
         return _raise_status(self, status, key, size, index)
 
     cdef int op_insert(self, uint64_t key, uint64_t size) noexcept nogil:
-        return _insert(self, key, size, _find(self, key))
+        return _insert_counted(self, key, size, _find(self, key))
 
     cdef int op_touch(self, uint64_t key) noexcept nogil:
         cdef uint32_t slot = _find(self, key)
@@ -1211,9 +1253,7 @@ cdef class Engine:
         cdef uint64_t s = _as_u64(size, "size")
         cdef int result
         _enter(self)
-        if self.policy_kind == PK_WTINYLFU:
-            _sketch_increment(self, k)
-        result = _insert(self, k, s, _find(self, k))
+        result = _insert_counted(self, k, s, _find(self, k))
         if result == ST_DECLINED:
             _leave(self, 0, k, s, -1)
             return False

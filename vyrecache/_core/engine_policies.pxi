@@ -38,12 +38,6 @@ cdef enum:
     SKETCH_DEPTH = 4
     MIN_SKETCH_WORDS = 64
 
-cdef uint64_t[4] _SKETCH_SEEDS
-_SKETCH_SEEDS[0] = 0xC3A5C85C97CB3127ULL
-_SKETCH_SEEDS[1] = 0xB492B66FBE98F273ULL
-_SKETCH_SEEDS[2] = 0x9AE16A3B2F90404FULL
-_SKETCH_SEEDS[3] = 0xCBF29CE484222325ULL
-
 POLICY_NAMES = ("lru", "fifo", "clock", "sieve", "s3fifo", "arc", "wtinylfu")
 
 
@@ -155,38 +149,58 @@ cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
     return x
 
 
-cdef inline uint64_t _ghost_hash(uint64_t key, int tier) noexcept nogil:
-    return _mix(key ^ (<uint64_t>(tier + 1) * 0x9E3779B97F4A7C15ULL))
+cdef inline uint32_t _ghost_tag(uint64_t key, int tier) noexcept nogil:
+    return <uint32_t>(_mix(key ^ (<uint64_t>(tier + 1) * 0x9E3779B97F4A7C15ULL)) >> 32)
+
+
+# A ghost bucket holds its node's tag in the top half and the node in the bottom one (VC_NIL:
+# empty), and a node's home bucket is its tag's low bits.  So a probe reads a node only when
+# the tags match, and deleting and rehashing, which need every bucket's home, read no node.
+cdef extern from *:
+    """
+    #define VC_GHOST_EMPTY 0xFFFFFFFFFFFFFFFFull
+    """
+    const uint64_t GHOST_EMPTY "VC_GHOST_EMPTY"
+
+
+cdef inline uint32_t _bucket_node(uint64_t bucket) noexcept nogil:
+    return <uint32_t>bucket
+
+
+cdef inline uint64_t _bucket_home(Engine e, uint64_t bucket) noexcept nogil:
+    return (bucket >> 32) & e.ghost_bucket_mask
 
 
 cdef uint32_t _ghost_find(Engine e, uint64_t key, int tier) noexcept nogil:
-    cdef uint64_t i
-    cdef uint32_t g
+    cdef uint64_t i, bucket
+    cdef uint32_t g, tag
     if e.n_ghosts == 0:
         return VC_NIL
-    i = _ghost_hash(key, tier) & e.ghost_bucket_mask
+    tag = _ghost_tag(key, tier)
+    i = tag & e.ghost_bucket_mask
     while True:
-        g = e.ghost_buckets[i]
+        bucket = e.ghost_buckets[i]
+        g = _bucket_node(bucket)
         if g == VC_NIL:
             return VC_NIL
-        if e.ghosts[g].key == key and e.ghosts[g].tier == tier:
+        if <uint32_t>(bucket >> 32) == tag and e.ghosts[g].key == key and e.ghosts[g].tier == tier:
             return g
         i = (i + 1) & e.ghost_bucket_mask
 
 
-cdef void _ghost_file(Engine e, uint32_t g) noexcept nogil:
-    cdef uint64_t i = _ghost_hash(e.ghosts[g].key, e.ghosts[g].tier) & e.ghost_bucket_mask
-    while e.ghost_buckets[i] != VC_NIL:
+cdef inline void _ghost_file(Engine e, uint64_t bucket) noexcept nogil:
+    cdef uint64_t i = _bucket_home(e, bucket)
+    while e.ghost_buckets[i] != GHOST_EMPTY:
         i = (i + 1) & e.ghost_bucket_mask
-    e.ghost_buckets[i] = g
+    e.ghost_buckets[i] = bucket
 
 
 cdef int _ghost_reserve(Engine e) noexcept nogil:
     """Room for one more ghost in the pool and the map; -1 when out of memory."""
     cdef uint64_t wanted, n_buckets, i
     cdef Ghost* nodes
-    cdef uint32_t* fresh
-    cdef uint32_t* old
+    cdef uint64_t* fresh
+    cdef uint64_t* old
     cdef uint64_t old_count
     if e.ghost_free == VC_NIL and e.ghost_high_water == e.ghost_capacity:
         wanted = <uint64_t>e.ghost_capacity * 2 if e.ghost_capacity else 64
@@ -201,16 +215,16 @@ cdef int _ghost_reserve(Engine e) noexcept nogil:
     if e.ghost_buckets == NULL or (e.n_ghosts + 1) * 2 > e.ghost_bucket_mask + 1:
         n_buckets = (e.ghost_bucket_mask + 1) * 2 if e.ghost_buckets != NULL else (
             1 << MIN_GHOST_BUCKET_BITS)
-        fresh = <uint32_t*>PyMem_RawMalloc(n_buckets * sizeof(uint32_t))
+        fresh = <uint64_t*>PyMem_RawMalloc(n_buckets * sizeof(uint64_t))
         if fresh == NULL:
             return -1
-        memset(fresh, 0xFF, n_buckets * sizeof(uint32_t))
+        memset(fresh, 0xFF, n_buckets * sizeof(uint64_t))
         old = e.ghost_buckets
         old_count = e.ghost_bucket_mask + 1 if old != NULL else 0
         e.ghost_buckets = fresh
         e.ghost_bucket_mask = n_buckets - 1
         for i in range(old_count):
-            if old[i] != VC_NIL:
+            if old[i] != GHOST_EMPTY:
                 _ghost_file(e, old[i])
         PyMem_RawFree(old)
     return 0
@@ -231,6 +245,7 @@ cdef void _ghost_push(Engine e, int tier, int which, uint64_t key, uint64_t char
         e.ghost_high_water += 1
     e.ghosts[g].key = key
     e.ghosts[g].charge = charge
+    e.ghosts[g].tag = _ghost_tag(key, tier)
     e.ghosts[g].tier = <int8_t>tier
     e.ghosts[g].list = <uint8_t>which
     e.ghosts[g].prev = VC_NIL
@@ -243,15 +258,14 @@ cdef void _ghost_push(Engine e, int tier, int which, uint64_t key, uint64_t char
     ps.ghost_used[which] += charge
     ps.ghost_count[which] += 1
     e.n_ghosts += 1
-    _ghost_file(e, g)
+    _ghost_file(e, (<uint64_t>e.ghosts[g].tag << 32) | g)
 
 
 cdef void _ghost_remove(Engine e, uint32_t g) noexcept nogil:
     cdef Ghost* node = &e.ghosts[g]
     cdef PolicyState* ps = &e.pstate[node.tier]
     cdef int which = node.list
-    cdef uint64_t i, j, home
-    cdef uint32_t moving
+    cdef uint64_t i, j, home, moving
     if node.prev != VC_NIL:
         e.ghosts[node.prev].next = node.next
     else:
@@ -260,25 +274,32 @@ cdef void _ghost_remove(Engine e, uint32_t g) noexcept nogil:
         e.ghosts[node.next].prev = node.prev
     else:
         ps.ghost_tail[which] = node.prev
+        # Ghosts mostly leave from the old end, long after they were filed: start the reads the
+        # next one will stall on, its bucket (its node was fetched here last time) and the node
+        # after it.
+        if node.prev != VC_NIL:
+            vc_prefetch_write(&e.ghost_buckets[e.ghosts[node.prev].tag & e.ghost_bucket_mask])
+            if e.ghosts[node.prev].prev != VC_NIL:
+                vc_prefetch_write(&e.ghosts[e.ghosts[node.prev].prev])
     ps.ghost_used[which] -= node.charge
     ps.ghost_count[which] -= 1
     # Backward-shift deletion: no tombstones, so a probe stops at the first empty bucket.
-    i = _ghost_hash(node.key, node.tier) & e.ghost_bucket_mask
-    while e.ghost_buckets[i] != g:
+    i = node.tag & e.ghost_bucket_mask
+    while _bucket_node(e.ghost_buckets[i]) != g:
         i = (i + 1) & e.ghost_bucket_mask
     j = i
     while True:
         j = (j + 1) & e.ghost_bucket_mask
         moving = e.ghost_buckets[j]
-        if moving == VC_NIL:
+        if moving == GHOST_EMPTY:
             break
-        home = _ghost_hash(e.ghosts[moving].key, e.ghosts[moving].tier) & e.ghost_bucket_mask
+        home = _bucket_home(e, moving)
         # `moving` may fill the hole at i unless its home lies cyclically in (i, j].
         if (i <= j and i < home <= j) or (i > j and (home > i or home <= j)):
             continue
         e.ghost_buckets[i] = moving
         i = j
-    e.ghost_buckets[i] = VC_NIL
+    e.ghost_buckets[i] = GHOST_EMPTY
     node.tier = -1
     node.next = e.ghost_free
     e.ghost_free = g
@@ -287,26 +308,40 @@ cdef void _ghost_remove(Engine e, uint32_t g) noexcept nogil:
 
 # ---- W-TinyLFU's frequency sketch ---------------------------------------------------------------
 #
-# A count-min sketch of 4-bit counters, 16 to a word, SKETCH_DEPTH rows hashed over one table of
-# 16 * sketch_words counters.  With w counters a row and N recorded accesses since the last
+# A count-min sketch of 4-bit counters, 16 to a word, in blocks of one cache line (8 words): a
+# key's hash picks one block, and each of its SKETCH_DEPTH rows one counter in its own pair of
+# the block's words (Caffeine's layout), so counting an access or estimating a key's count reads
+# one line instead of one per row.  With w counters a row and N recorded accesses since the last
 # halving, a row overestimates a key's count by more than e * N / w with probability at most
-# 1 / e, and the estimate (the minimum of the rows) does so with probability at most e**-4.  The
-# table holds about 16 counters per live entry and is halved every 10 counters' worth of
-# accesses per word (the sample), so N stays near 10 * sketch_words and the error stays below
-# one count in most estimates.  A Bloom filter (the doorkeeper) takes a key's first access, so
-# keys seen once never reach the counters.
+# 1 / e, and the estimate (the minimum of the rows) does so with probability at most about e**-4
+# (the rows share a block, so they are not quite independent).  The table holds about 16
+# counters per live entry and is halved every 10 counters' worth of accesses per word (the
+# sample), so N stays near 10 * sketch_words and the error stays below one count in most
+# estimates.  A Bloom filter (the doorkeeper) takes a key's first access, so keys seen once never
+# reach the counters; its two bits for a key lie in one word.
+
+cdef extern from "stdlib.h":
+    int posix_memalign(void** memptr, size_t alignment, size_t size) nogil
+    void free(void* ptr) nogil
+
+
+cdef uint64_t* _line_aligned_zeros(uint64_t words) noexcept nogil:
+    cdef void* memory = NULL
+    if posix_memalign(&memory, 64, words * sizeof(uint64_t)) != 0:
+        return NULL
+    memset(memory, 0, words * sizeof(uint64_t))
+    return <uint64_t*>memory
+
 
 cdef int _sketch_resize(Engine e, uint64_t words) noexcept nogil:
-    cdef uint64_t* table = <uint64_t*>PyMem_RawMalloc(words * sizeof(uint64_t))
-    cdef uint64_t* door = <uint64_t*>PyMem_RawMalloc(words * sizeof(uint64_t))
+    cdef uint64_t* table = _line_aligned_zeros(words)
+    cdef uint64_t* door = _line_aligned_zeros(words)
     if table == NULL or door == NULL:
-        PyMem_RawFree(table)
-        PyMem_RawFree(door)
+        free(table)
+        free(door)
         return -1
-    memset(table, 0, words * sizeof(uint64_t))
-    memset(door, 0, words * sizeof(uint64_t))
-    PyMem_RawFree(e.sketch)
-    PyMem_RawFree(e.doorkeeper)
+    free(e.sketch)
+    free(e.doorkeeper)
     e.sketch = table
     e.doorkeeper = door
     e.sketch_words = words
@@ -315,28 +350,27 @@ cdef int _sketch_resize(Engine e, uint64_t words) noexcept nogil:
     return 0
 
 
-cdef inline uint64_t _sketch_index(Engine e, uint64_t key, int row) noexcept nogil:
-    return _mix(key ^ _SKETCH_SEEDS[row]) & (e.sketch_words * 16 - 1)
+cdef inline uint64_t* _sketch_block(Engine e, uint64_t h) noexcept nogil:
+    """The block of the key whose mixed hash is `h` (its low bits; the rows use the top 32)."""
+    return &e.sketch[(h & ((e.sketch_words >> 3) - 1)) << 3]
+
+
+cdef inline uint64_t* _door_word(Engine e, uint64_t key, uint64_t* bits) noexcept nogil:
+    cdef uint64_t d = _mix(key * 0xD6E8FEB86659FD93ULL + 1)
+    bits[0] = ((<uint64_t>1) << ((d >> 52) & 63)) | ((<uint64_t>1) << ((d >> 58) & 63))
+    return &e.doorkeeper[d & (e.sketch_words - 1)]
 
 
 cdef inline bint _door_has(Engine e, uint64_t key) noexcept nogil:
-    cdef uint64_t bits = e.sketch_words * 64 - 1
-    cdef uint64_t h = _mix(key * 0xD6E8FEB86659FD93ULL + 1)
-    cdef uint64_t a = h & bits, b = (h >> 32) & bits
-    return ((e.doorkeeper[a >> 6] >> (a & 63)) & 1) and ((e.doorkeeper[b >> 6] >> (b & 63)) & 1)
-
-
-cdef inline void _door_add(Engine e, uint64_t key) noexcept nogil:
-    cdef uint64_t bits = e.sketch_words * 64 - 1
-    cdef uint64_t h = _mix(key * 0xD6E8FEB86659FD93ULL + 1)
-    cdef uint64_t a = h & bits, b = (h >> 32) & bits
-    e.doorkeeper[a >> 6] |= (<uint64_t>1) << (a & 63)
-    e.doorkeeper[b >> 6] |= (<uint64_t>1) << (b & 63)
+    cdef uint64_t bits
+    return (_door_word(e, key, &bits)[0] & bits) == bits
 
 
 cdef void _sketch_increment(Engine e, uint64_t key) noexcept nogil:
     cdef int row
-    cdef uint64_t index, shift, words
+    cdef uint64_t h, pick, shift, words, bits
+    cdef uint64_t* block
+    cdef uint64_t* door
     # The sketch follows the cache's size: about 16 counters per entry.  Growing starts the
     # counts afresh (as Caffeine's does when its maximum changes); out of memory keeps the table.
     if <uint64_t>e.n_live > e.sketch_words:
@@ -344,33 +378,63 @@ cdef void _sketch_increment(Engine e, uint64_t key) noexcept nogil:
         while words < <uint64_t>e.n_live:
             words *= 2
         _sketch_resize(e, words)
-    if not _door_has(e, key):
-        _door_add(e, key)
+    door = _door_word(e, key, &bits)
+    if (door[0] & bits) != bits:
+        door[0] |= bits
     else:
+        h = _mix(key)
+        block = _sketch_block(e, h)
         for row in range(SKETCH_DEPTH):
-            index = _sketch_index(e, key, row)
-            shift = (index & 15) << 2
-            if ((e.sketch[index >> 4] >> shift) & 15) != 15:
-                e.sketch[index >> 4] += (<uint64_t>1) << shift
+            pick = h >> (32 + 8 * row)
+            shift = ((pick >> 1) & 15) << 2
+            if ((block[2 * row + (pick & 1)] >> shift) & 15) != 15:
+                block[2 * row + (pick & 1)] += (<uint64_t>1) << shift
     e.sketch_additions += 1
     if e.sketch_additions >= e.sketch_sample:
         # Ageing: halve every counter and forget the doorkeeper, so that the sketch follows
         # a popularity that changes.
-        for index in range(e.sketch_words):
-            e.sketch[index] = (e.sketch[index] >> 1) & 0x7777777777777777ULL
+        for pick in range(e.sketch_words):
+            e.sketch[pick] = (e.sketch[pick] >> 1) & 0x7777777777777777ULL
         memset(e.doorkeeper, 0, e.sketch_words * sizeof(uint64_t))
         e.sketch_additions //= 2
 
 
 cdef uint64_t _sketch_frequency(Engine e, uint64_t key) noexcept nogil:
     cdef int row
-    cdef uint64_t index, count, least = 15
+    cdef uint64_t h = _mix(key), pick, count, least = 15
+    cdef uint64_t* block = _sketch_block(e, h)
     for row in range(SKETCH_DEPTH):
-        index = _sketch_index(e, key, row)
-        count = (e.sketch[index >> 4] >> ((index & 15) << 2)) & 15
+        pick = h >> (32 + 8 * row)
+        count = (block[2 * row + (pick & 1)] >> (((pick >> 1) & 15) << 2)) & 15
         if count < least:
             least = count
     return least + (1 if _door_has(e, key) else 0)
+
+
+# The batch loop starts, a few keys ahead, the read of what each key's access will need besides
+# the map: its ghost bucket (a miss looks its key up there) or its sketch block and doorkeeper
+# word (W-TinyLFU counts every access).  A replacement starts the reads of the map's buckets of
+# the entry likely to go next: the one before the victim, whose slot the unlink just wrote.
+# Only hints: a wrong guess fetches a useless line.
+
+cdef inline void _prefetch_policy(Engine e, uint64_t key) noexcept nogil:
+    cdef uint64_t bits
+    if e.n_ghosts != 0:
+        vc_prefetch_read(&e.ghost_buckets[_ghost_tag(key, 0) & e.ghost_bucket_mask])
+    elif e.sketch != NULL:
+        vc_prefetch_write(_sketch_block(e, _mix(key)))
+        vc_prefetch_write(_door_word(e, key, &bits))
+
+
+cdef inline void _prefetch_victim(Engine e, uint32_t slot) noexcept nogil:
+    cdef uint64_t group
+    if slot == VC_NIL:
+        return
+    group = _home_group(e, _hash(e.slots[slot].key))
+    vc_prefetch_write(&e.ctrl[group << GROUP_BITS])
+    vc_prefetch_write(&e.buckets[group << GROUP_BITS])
+    if e.slots[slot].prev != VC_NIL:
+        vc_prefetch_write(&e.slots[e.slots[slot].prev])
 
 
 # ---- configuration ------------------------------------------------------------------------------
@@ -418,36 +482,46 @@ cdef int _policy_setup(Engine e) except -1:
 
 # ---- the hooks the rules call -------------------------------------------------------------------
 
-cdef void _policy_touch(Engine e, uint32_t slot) noexcept nogil:
-    """_touch() for the policies: the access statistics, then the policy's own bookkeeping."""
+cdef inline void _policy_touch(Engine e, uint32_t slot) noexcept nogil:
+    """_touch() for the policies: the access statistics, then the policy's own bookkeeping (a
+    bit or a counter, inline; the list moves of ARC and W-TinyLFU, in _policy_touch_lists)."""
     cdef Slot* s = &e.slots[slot]
-    cdef int k, tier = s.tier
-    cdef uint32_t demoted
+    cdef int kind = e.policy_kind
     cdef uint8_t f
-    cdef PolicyState* ps
     e.tick += 1
     s.last_access = e.tick
     if s.frequency != UINT32_MAX:
         s.frequency += 1
-    if e.policy_kind == PK_CLOCK or e.policy_kind == PK_SIEVE:
+    if kind == PK_CLOCK or kind == PK_SIEVE:
         s.flags |= FLAG_MARK
-    elif e.policy_kind == PK_S3FIFO:
+    elif kind == PK_S3FIFO:
         f = (s.flags & FREQ_MASK) >> FREQ_SHIFT
         if f < 3:
             s.flags = <uint8_t>((s.flags & ~FREQ_MASK) | ((f + 1) << FREQ_SHIFT))
-    elif e.policy_kind == PK_ARC:
-        _seg_move(e, slot, 1)                   # T1 or T2 -> the most recent end of T2
-    elif e.policy_kind == PK_WTINYLFU:
-        _sketch_increment(e, s.key)
-        k = _seg(s)
-        if k == 0:
+    elif kind == PK_ARC or kind == PK_WTINYLFU:
+        _policy_touch_lists(e, slot)
+
+
+cdef void _policy_touch_lists(Engine e, uint32_t slot) noexcept nogil:
+    cdef Slot* s = &e.slots[slot]
+    cdef int k, tier = s.tier
+    cdef uint32_t demoted
+    cdef PolicyState* ps = &e.pstate[tier]
+    if e.policy_kind == PK_ARC:
+        if ps.seg_head[1] != slot:              # T1 or T2 -> the most recent end of T2
+            _seg_move(e, slot, 1)
+        return
+    _sketch_increment(e, s.key)
+    k = _seg(s)
+    if k == 0:
+        if ps.seg_head[0] != slot:
             _seg_move(e, slot, 0)
-        else:
-            _seg_move(e, slot, 2)               # probation or protected -> protected
-            ps = &e.pstate[tier]
-            while ps.seg_used[2] > ps.seg_cap[2] and ps.seg_count[2] > 1:
-                demoted = _seg_oldest(e, tier, 2)
-                _seg_move(e, demoted, 1)
+        return
+    if ps.seg_head[2] != slot:
+        _seg_move(e, slot, 2)                   # probation or protected -> protected
+    while ps.seg_used[2] > ps.seg_cap[2] and ps.seg_count[2] > 1:
+        demoted = _seg_oldest(e, tier, 2)
+        _seg_move(e, demoted, 1)
 
 
 cdef void _climb(Engine e, int tier) noexcept nogil:
@@ -867,7 +941,12 @@ cdef int _verify_policy(Engine e) except -1:
     n = 0
     if e.ghost_buckets != NULL:
         for bytes_ in range(e.ghost_bucket_mask + 1):
-            n += e.ghost_buckets[bytes_] != VC_NIL
+            if e.ghost_buckets[bytes_] != GHOST_EMPTY:
+                n += 1
+                g = _bucket_node(e.ghost_buckets[bytes_])
+                if g >= e.ghost_high_water or e.ghosts[g].tier < 0 or (
+                        e.ghosts[g].tag != <uint32_t>(e.ghost_buckets[bytes_] >> 32)):
+                    _broken(f"ghost bucket {bytes_} names node {g} under a tag that is not its own")
     if n != e.n_ghosts:
         _broken(f"the ghost map files {n} keys, the ghost lists hold {e.n_ghosts}")
     return 0
@@ -880,7 +959,7 @@ cdef uint64_t _policy_bytes(Engine e) noexcept nogil:
         total += e.n_tiers * sizeof(PolicyState)
     total += <uint64_t>e.ghost_capacity * sizeof(Ghost)
     if e.ghost_buckets != NULL:
-        total += (e.ghost_bucket_mask + 1) * sizeof(uint32_t)
+        total += (e.ghost_bucket_mask + 1) * sizeof(uint64_t)
     total += 2 * e.sketch_words * sizeof(uint64_t)
     return total
 
@@ -892,7 +971,7 @@ cdef void _policy_free(Engine e) noexcept nogil:
     e.ghosts = NULL
     PyMem_RawFree(e.ghost_buckets)
     e.ghost_buckets = NULL
-    PyMem_RawFree(e.sketch)
+    free(e.sketch)
     e.sketch = NULL
-    PyMem_RawFree(e.doorkeeper)
+    free(e.doorkeeper)
     e.doorkeeper = NULL
