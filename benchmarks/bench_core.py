@@ -42,9 +42,9 @@ def zipf_trace(universe: int, accesses: int, skew: float, seed: int) -> np.ndarr
 # ---- one function per contestant: run(keys, count_hits) -> hits, or None ----
 #
 # The timed runs pass count_hits=False: a `hits += 1` in the loop allocates an int per hit once
-# past 256, 13 ns or more per access on the reference VM: the benchmark's bookkeeping,
-# not the cache's cost.  The hit ratio comes from one more, untimed, run that counts (or from
-# the cache's own statistics where it keeps them).
+# past 256, a cost per access that is the benchmark's bookkeeping, not the cache's.  The hit
+# ratio comes from one more, untimed, run that counts (or from the cache's own statistics where
+# it keeps them).
 
 def run_lru_cache(keys: list, count_hits: bool) -> int:
     @functools.lru_cache(maxsize=CAPACITY)

@@ -38,7 +38,6 @@ def vulkan_device(_vulkan_session_device):
     seen = len(device.validation_messages)
     blocks_before = {block.id for block in device.blocks}
     yield device
-    device.force_staging = False
     for block in device.blocks:  # a failing test must not leak blocks into the next one
         if block.id not in blocks_before and block is not device._staging:
             device.free_block(block)

@@ -20,6 +20,12 @@ def heat(cache, key: int, times: int = vc.LruPolicy.DEFAULT_THRESHOLD) -> None:
         cache.record_access(key)
 
 
+def heat_and_promote(cache, key: int, times: int = vc.LruPolicy.DEFAULT_THRESHOLD) -> None:
+    """heat() `key`, then promote it one tier up."""
+    heat(cache, key, times)
+    cache.promote(key)
+
+
 def round_up(value: int, alignment: int) -> int:
     return (value + alignment - 1) // alignment * alignment
 

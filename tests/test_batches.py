@@ -19,10 +19,12 @@ from helpers import closing_caches, payload
 def make_cache(request):
     if request.param.startswith("vulkan"):
         device = request.getfixturevalue("vulkan_device")
+        from device_only import DeviceOnlyBackend
         from vyrecache.vulkan.backend import VulkanBackend
+        make_backend = DeviceOnlyBackend if request.param == "vulkan-device-copies" else VulkanBackend
 
         def backend():
-            return VulkanBackend(device=device, device_copies=request.param == "vulkan-device-copies")
+            return make_backend(device=device)
     else:
         def backend():
             return "host"

@@ -28,20 +28,20 @@ VULKAN_COMPACTION = {"vulkan": "commands", "vulkan-device-copies": "commands",
 def make_cache(request):
     """Build BufferCaches on one backend; closes them and checks for validation messages.
 
-    "vulkan-device-copies" moves entries with vkCmdCopyBuffer and reads/writes
-    through the staging buffer even on a UMA device where memcpy would do, so
-    the discrete-GPU paths run on lavapipe too; "vulkan-shader-copies" does the
-    same with every copy table run by the compute shader.
+    "vulkan-device-copies" gives every tier device-only memory (tests/device_only.py), so
+    entries move with vkCmdCopyBuffer and are read and written through the staging buffer, the
+    discrete-GPU paths, on lavapipe too; "vulkan-shader-copies" does the same with every copy
+    table run by the compute shader.
     """
     if request.param.startswith("vulkan"):
         device = request.getfixturevalue("vulkan_device")
-        device_copies = request.param in ("vulkan-device-copies", "vulkan-shader-copies")
-        device.force_staging = device_copies
+        from device_only import DeviceOnlyBackend
         from vyrecache.vulkan.backend import VulkanBackend
+        unmapped = request.param in ("vulkan-device-copies", "vulkan-shader-copies")
+        make_backend = DeviceOnlyBackend if unmapped else VulkanBackend
 
         def backend():
-            return VulkanBackend(device=device, device_copies=device_copies,
-                                 compaction=VULKAN_COMPACTION[request.param])
+            return make_backend(device=device, compaction=VULKAN_COMPACTION[request.param])
     else:
         def backend():
             return "host"
@@ -149,12 +149,18 @@ def test_bad_input_raises_and_changes_nothing(make_cache):
     cache.check()
 
 
+def put_with_holes(cache, count: int, size: int, every: int) -> None:
+    """Put keys 0..count-1 of `size` bytes each, then remove every `every`-th from key 0: segments
+    with live entries and free bytes between them."""
+    for key in range(count):
+        cache.put(key, payload(key, size))
+    for key in range(0, count, every):
+        cache.remove(key)
+
+
 def test_cleaning_makes_room_without_evicting(make_cache):
     cache = make_cache(small_tiers(host=4096, device=16))
-    for key in range(16):
-        cache.put(key, payload(key, 256))
-    for key in range(0, 16, 2):
-        cache.remove(key)
+    put_with_holes(cache, 16, 256, every=2)
     evictions_before = cache.counters()[0]["evictions"]
     cache.put(100, payload(100, 1024))
     counters = cache.counters()[0]
@@ -169,10 +175,7 @@ def test_cleaning_makes_room_without_evicting(make_cache):
 
 def test_explicit_compaction_gathers_free_bytes_into_free_segments(make_cache):
     cache = make_cache(small_tiers(host=8192, device=16))
-    for key in range(32):
-        cache.put(key, payload(key, 200))
-    for key in range(0, 32, 3):
-        cache.remove(key)
+    put_with_holes(cache, 32, 200, every=3)
     fragmentation_before = cache.counters()[0]["fragmentation"]
     report = cache.compact(0)
     assert report.moves > 0 and report.bytes_moved > 0
@@ -363,8 +366,8 @@ def test_open_backend_rejects_unknown_names():
 
 def test_out_of_device_memory_at_creation_leaves_nothing_behind(vulkan_device, monkeypatch):
     # Creation allocates each tier's blocks, then the staging buffer: fail each one in turn.
+    from device_only import DeviceOnlyBackend
     from vyrecache.vulkan import faults, live_objects
-    from vyrecache.vulkan.backend import VulkanBackend
     tiers = [vc.CacheTier("host", 3 << 20, memory="host"), vc.CacheTier("vram", 2 << 20, memory="device")]
     real_allocate = vulkan_device.allocate_block
     calls = []
@@ -379,7 +382,7 @@ def test_out_of_device_memory_at_creation_leaves_nothing_behind(vulkan_device, m
     failing_call = 0
     vulkan_device._staging and vulkan_device.free_block(vulkan_device._staging)
     vulkan_device._staging = None
-    vc.BufferCache(tiers, backend=VulkanBackend(device=vulkan_device, device_copies=True)).close()
+    vc.BufferCache(tiers, backend=DeviceOnlyBackend(device=vulkan_device)).close()
     total_calls = len(calls)
     assert total_calls >= 3
     for failing_call in range(1, total_calls + 1):
@@ -389,7 +392,7 @@ def test_out_of_device_memory_at_creation_leaves_nothing_behind(vulkan_device, m
         before = live_objects()
         try:
             with pytest.raises(vc.DeviceOutOfMemoryError, match="Fix:"):
-                vc.BufferCache(tiers, backend=VulkanBackend(device=vulkan_device, device_copies=True))
+                vc.BufferCache(tiers, backend=DeviceOnlyBackend(device=vulkan_device))
         finally:
             faults.reset()
         assert live_objects()["memory"] <= before["memory"], failing_call
@@ -399,10 +402,9 @@ def test_out_of_device_memory_at_creation_leaves_nothing_behind(vulkan_device, m
 def test_operations_never_allocate_device_memory(vulkan_device):
     # Every block and the staging buffer are taken at creation, so a pending injected failure
     # is never consumed by puts, reads, moves or compaction: nothing can fail half-way.
+    from device_only import DeviceOnlyBackend
     from vyrecache.vulkan import faults
-    from vyrecache.vulkan.backend import VulkanBackend
-    vulkan_device.force_staging = True
-    backend = VulkanBackend(device=vulkan_device, device_copies=True)
+    backend = DeviceOnlyBackend(device=vulkan_device)
     with vc.BufferCache([vc.CacheTier("host", 8 << 20, memory="host"),
                          vc.CacheTier("vram", 1 << 20, memory="device")], backend=backend) as cache:
         faults.fail_next_allocation(1)
@@ -485,6 +487,7 @@ def test_threads_sharing_a_cache_never_corrupt_bytes(make_cache):
 
 
 def test_the_copy_executor_is_chosen_only_when_a_tier_needs_device_memory(vulkan_device):
+    from device_only import DeviceOnlyBackend
     from vyrecache.compaction import CopyCommands, ShaderCopies
     from vyrecache.vulkan.backend import VulkanBackend
     backend = VulkanBackend(device=vulkan_device)          # "auto": nothing measured yet
@@ -494,7 +497,7 @@ def test_the_copy_executor_is_chosen_only_when_a_tier_needs_device_memory(vulkan
     # the copy commands it records itself; no measurement ran.
     assert isinstance(backend.executor, CopyCommands)
     cache.close()
-    shader = VulkanBackend(device=vulkan_device, compaction="shader", device_copies=True)
+    shader = DeviceOnlyBackend(device=vulkan_device, compaction="shader")
     assert isinstance(shader.executor, ShaderCopies) and shader.transfer_queue() is None
     cache = vc.BufferCache([vc.CacheTier("host", 64 << 10, "host"), vc.CacheTier("vram", 64 << 10, "device")],
                            backend=shader)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import vyrecache as vc
-from helpers import heat, make
+from helpers import heat, heat_and_promote, make
 from vyrecache._core.engine import EV_EVICT, EV_INSERT, EV_LIFT, EV_PLACE, EV_REMOVE
 
 
@@ -21,12 +21,10 @@ def test_promote_into_a_full_tier_logs_lift_lift_place_place():
     cache = make(100, 100, 100)
     key_v, key_k = 1, 2
     cache.insert(key_v, 100)
-    heat(cache, key_v)
-    cache.promote(key_v)
+    heat_and_promote(cache, key_v)
     cache.promote(key_v)
     cache.insert(key_k, 100)
-    heat(cache, key_k)
-    cache.promote(key_k)
+    heat_and_promote(cache, key_k)
     cache.record_events = True
     cache.promote(key_k)
     assert events(cache) == [(EV_LIFT, key_k, 1, 2), (EV_LIFT, key_v, 2, 1),
@@ -83,11 +81,9 @@ def test_granularity_charges_rounded_sizes_and_reports_real_ones():
 def test_spill_moves_victims_down_keeping_statistics():
     cache = make(100, 10)
     cache.insert(1, 10)
-    heat(cache, 1)
-    cache.promote(1)
+    heat_and_promote(cache, 1)
     cache.insert(2, 10)
-    heat(cache, 2, 4)
-    cache.promote(2)
+    heat_and_promote(cache, 2, 4)
     assert cache.get(1).tier == 0 and cache.stats(1).frequency == 3
     assert cache.counters()[0]["spills"] == 1
 
@@ -124,8 +120,7 @@ def test_evict_coldest_skips_fully_pinned_tiers_and_returns_none_when_nothing_ca
 def test_evict_from_tier_spills_like_any_victim():
     cache = make(20, 10)
     cache.insert(1, 10)
-    heat(cache, 1)
-    cache.promote(1)
+    heat_and_promote(cache, 1)
     cache.record_events = True
     assert cache.evict_from_tier(1) == 1
     assert events(cache) == [(EV_LIFT, 1, 1, 0), (EV_PLACE, 1, 1, 0)]
@@ -134,8 +129,7 @@ def test_evict_from_tier_spills_like_any_victim():
 def test_oversized_promote_and_demote_are_no_ops():
     cache = make(10, 100, 5)
     cache.insert(1, 50)                     # lands in tier 1
-    heat(cache, 1)
-    cache.promote(1)
+    heat_and_promote(cache, 1)
     cache.demote(1)
     assert cache.get(1).tier == 1
 
@@ -206,18 +200,6 @@ def test_mutating_from_a_policy_raises_and_a_policy_error_surfaces_after_the_ope
         cache.insert(3, 10)
     assert 3 in cache and 1 not in cache and 50 not in cache
     cache.check()
-
-
-def test_lru_policy_subclass_without_overrides_stays_native():
-    class Named(vc.LruPolicy):
-        pass
-
-    class Custom(vc.LruPolicy):
-        def should_promote(self, key, stats):
-            return False
-
-    assert Named._native and not Custom._native and vc.LruPolicy._native
-    assert not vc.TierPolicy._native
 
 
 def test_batches_accept_read_only_and_strided_arrays():

@@ -14,8 +14,10 @@ import vyrecache as vc
 def cache(request):
     if request.param.startswith("vulkan"):
         device = request.getfixturevalue("vulkan_device")
+        from device_only import DeviceOnlyBackend
         from vyrecache.vulkan.backend import VulkanBackend
-        backend = VulkanBackend(device=device, device_copies=request.param == "vulkan-device-copies")
+        make_backend = DeviceOnlyBackend if request.param == "vulkan-device-copies" else VulkanBackend
+        backend = make_backend(device=device)
     else:
         backend = "host"
     made = vc.BufferCache([vc.CacheTier("host", 64 << 10, "host"), vc.CacheTier("vram", 16 << 10, "device")],

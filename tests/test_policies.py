@@ -283,15 +283,17 @@ TestWTinyLfuMachine.settings = settings(max_examples=60, stateful_step_count=50,
                                         suppress_health_check=[HealthCheck.too_slow])
 
 
-def test_a_plain_subclass_stays_native_and_an_override_makes_a_python_policy():
-    class Quiet(vc.SievePolicy):
+@pytest.mark.parametrize("base, name", [(vc.LruPolicy, "lru"), (vc.SievePolicy, "sieve")])
+def test_a_plain_subclass_stays_native_and_an_override_makes_a_python_policy(base, name):
+    class Quiet(base):
         pass
 
-    class Eager(vc.SievePolicy):
+    class Eager(base):
         def should_promote(self, key, stats):
             return True
 
-    assert Quiet._native and not Eager._native
+    assert Quiet._native and not Eager._native and base._native
+    assert not vc.TierPolicy._native
     cache = vc.TieredCache([vc.CacheTier("t", 10)], policy=Quiet())
-    assert cache.policy_info(0)["policy"] == "sieve"
+    assert cache.policy_info(0)["policy"] == name
     assert vc.TieredCache([vc.CacheTier("t", 10)], policy=Eager()).policy_info(0)["policy"] == "lru"

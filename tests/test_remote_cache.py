@@ -38,12 +38,18 @@ def make_cache(request, redis_server):
         yield build
 
 
-def test_victims_go_to_redis_and_come_back_with_their_bytes(make_cache):
-    cache = make_cache()
-    for key in range(60):                       # 240 KiB through a 64 KiB tier: most leave
+def _written_back(cache) -> list[int]:
+    """Put 60 keys, 240 KiB through a 64 KiB tier, and wait for the write-backs: the keys that
+    left for Redis (most of them)."""
+    for key in range(60):
         cache.put(key, payload(key))
     assert cache.flush(5.0)
-    gone = [key for key in range(60) if key not in cache]
+    return [key for key in range(60) if key not in cache]
+
+
+def test_victims_go_to_redis_and_come_back_with_their_bytes(make_cache):
+    cache = make_cache()
+    gone = _written_back(cache)
     assert len(gone) > 30
     assert cache.remote_counters()["writes"] >= len(gone)
     hits_before = cache.counters()[0]["hits"]
@@ -70,10 +76,7 @@ def test_write_through_writes_every_put(make_cache):
 
 def test_another_process_reads_what_this_cache_evicted(make_cache, redis_server):
     cache = make_cache(namespace="shared")
-    for key in range(60):
-        cache.put(key, payload(key))
-    assert cache.flush(5.0)
-    gone = [key for key in range(60) if key not in cache][:5]
+    gone = _written_back(cache)[:5]
     code = textwrap.dedent(f"""
         import numpy as np, vyrecache as vc
         remote = vc.RedisTier({redis_server.url!r}, namespace="shared")
@@ -111,10 +114,7 @@ def test_a_remote_tier_must_look_like_one():
 def _placed_by_remote_hits(cache, raw, namespace, count):
     """Keys that left `cache` for Redis and came back by a remote hit, then deleted from Redis, so
     that what is in Redis later is what the cache wrote back."""
-    for key in range(60):
-        cache.put(key, payload(key))
-    assert cache.flush(5.0)
-    gone = [key for key in range(60) if key not in cache][:count]
+    gone = _written_back(cache)[:count]
     for key in gone:
         assert cache.access(key) == 0
         raw.delete(b"%s:v1:%d" % (namespace.encode(), key))
@@ -179,10 +179,7 @@ def test_an_evicted_entry_read_back_at_once_is_its_newest_bytes(make_cache, redi
 
 def test_prefetch_brings_absent_keys_in_one_round_trip_before_they_are_accessed(make_cache, redis_server):
     cache = make_cache(namespace="prefetch")
-    for key in range(60):
-        cache.put(key, payload(key))
-    assert cache.flush(5.0)
-    gone = [key for key in range(60) if key not in cache][:5]
+    gone = _written_back(cache)[:5]
     raw = redis_server.client()
     raw.config_resetstat()
     cache.prefetch(np.array(gone + [10**6] + [key for key in range(60) if key in cache][:3], dtype=np.uint64))

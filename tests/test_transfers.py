@@ -23,12 +23,15 @@ def _backend(request, mode: str):
     if mode == "host":
         return "host"
     device = request.getfixturevalue("vulkan_device")
+    from device_only import DeviceOnlyBackend
     from vyrecache.vulkan.backend import VulkanBackend
     if mode == "vulkan-fence":
         # The fallback of devices without timeline semaphores: a fence per command buffer.
         monkeypatch = request.getfixturevalue("monkeypatch")
         monkeypatch.setattr(device, "timeline_semaphores", False)
-    return VulkanBackend(device=device, device_copies=mode == "vulkan-device-copies")
+    if mode == "vulkan-device-copies":
+        return DeviceOnlyBackend(device=device)
+    return VulkanBackend(device=device)
 
 
 def _make(request, mode: str, host: int, device: int, **options) -> vc.BufferCache:
@@ -51,6 +54,17 @@ def raw_bytes(cache: vc.BufferCache, key: int) -> bytes:
     if size == 0:
         return b""
     return block.array[offset:offset + size].tobytes()
+
+
+def _read(cache: vc.BufferCache, key: int) -> bytes:
+    return cache.read(key).tobytes()
+
+
+def _assert_in_tier(cache: vc.BufferCache, keys: np.ndarray, tier: int, size: int, read=_read) -> None:
+    """Every key is in `tier` and `read(cache, key)` gives its payload."""
+    for key in keys.tolist():
+        assert cache.get(key).tier == tier
+        assert read(cache, key) == payload(key, size).tobytes()
 
 
 def _fill_low_tier(cache: vc.BufferCache, keys: np.ndarray, size: int) -> None:
@@ -81,8 +95,8 @@ def test_host_backend_completes_at_once(request):
 def test_a_shader_executor_completes_moves_within_the_call(vulkan_device):
     """The compute shader runs its tables from Python, with no queue of the cache's own: a
     wait=False move completes within the call, as on the host backend, with the right bytes."""
-    from vyrecache.vulkan.backend import VulkanBackend
-    backend = VulkanBackend(device=vulkan_device, compaction="shader", device_copies=True)
+    from device_only import DeviceOnlyBackend
+    backend = DeviceOnlyBackend(device=vulkan_device, compaction="shader")
     cache = vc.BufferCache([vc.CacheTier("host", 1 << 20, "host"), vc.CacheTier("vram", 1 << 20, "device")],
                            backend=backend)
     try:
@@ -185,9 +199,7 @@ def test_many_transfers_in_flight_at_once(request, mode):
             transfer.wait()
         cache.put(10**6, payload(1, 100))
         cache.check()
-        for key in keys.tolist():
-            assert cache.get(key).tier == 0
-            assert cache.read(key).tobytes() == payload(key, size).tobytes()
+        _assert_in_tier(cache, keys, 0, size)
         cache.check()
     finally:
         cache.close()
@@ -211,12 +223,8 @@ def test_puts_that_reuse_freed_memory_wait_for_the_copies_reading_it(request, mo
         transfer = cache.promote_many(keys, wait=False)
         cache.put_many(fresh, rows)
         transfer.wait()
-        for key in keys.tolist():
-            assert cache.get(key).tier == 1
-            assert raw_bytes(cache, key) == payload(key, size).tobytes()
-        for key in fresh.tolist():
-            assert cache.get(key).tier == 0
-            assert cache.read(key).tobytes() == payload(key, size).tobytes()
+        _assert_in_tier(cache, keys, 1, size, read=raw_bytes)
+        _assert_in_tier(cache, fresh, 0, size)
         cache.check()
     finally:
         cache.close()

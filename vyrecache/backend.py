@@ -107,6 +107,10 @@ class StorageBackend(ABC):
     def allocate_block(self, memory: TierMemory, size: int) -> StorageBlock:
         """Allocate one block; raises DeviceOutOfMemoryError when the memory is exhausted."""
 
+    def allocate_staging(self, size: int) -> StorageBlock:
+        """Allocate the host-visible block through which bytes reach the blocks the CPU cannot map."""
+        return self.allocate_block(self.resolve_memory("host", size), size)
+
     @abstractmethod
     def free_block(self, block: StorageBlock) -> None:
         """Give a block back (idempotent)."""

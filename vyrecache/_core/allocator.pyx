@@ -63,7 +63,7 @@ cdef class Allocator:
         return round_up(nbytes, self.alignment)
 
     cdef int64_t alloc_c(self, uint64_t nbytes) noexcept nogil:
-        cdef uint64_t need = round_up(nbytes, self.alignment)
+        cdef uint64_t need = self.charge(nbytes)
         cdef Py_ssize_t i
         cdef uint64_t offset
         if need == 0:
@@ -99,7 +99,7 @@ cdef class Allocator:
 
     cdef int free_c(self, uint64_t offset, uint64_t nbytes) noexcept nogil:
         """Return a range; 0 on success, -1 when it is not a valid allocated range, -2 out of memory."""
-        cdef uint64_t length = round_up(nbytes, self.alignment)
+        cdef uint64_t length = self.charge(nbytes)
         cdef Py_ssize_t lo = 0, hi = self.n_free, mid
         cdef bint joins_prev, joins_next
         if length == 0:
@@ -188,7 +188,7 @@ cdef class Allocator:
         if status != 0:
             raise CacheError("range [%d, %d) is not an allocated range of this %d-byte block. "
                              "Fix: free exactly the offset and size that alloc() returned, once."
-                             % (offset, offset + round_up(nbytes, self.alignment), self.size))
+                             % (offset, offset + self.charge(nbytes), self.size))
 
     @property
     def largest_free(self):

@@ -1,9 +1,9 @@
 /* XXH64 (the 64-bit xxHash of the published xxHash specification), the remote tier's checksum.
 
    Four independent multiply-rotate lanes over 32-byte stripes keep a core's multipliers busy, so it
-   checks a 16 KiB value in about 2 microseconds where zlib's CRC-32 takes about 8: on a fetch of
-   16 KiB entries that difference alone is a fifth of redis-py's own time per entry.  Inputs are
-   read as little-endian words on every host, so every machine computes the same value. */
+   checks a value several times faster than zlib's CRC-32, a difference a fetch of large entries
+   feels against redis-py's own time per entry (BENCHMARKS.md has the figures).  Inputs are read
+   as little-endian words on every host, so every machine computes the same value. */
 #ifndef VYRECACHE_CHECKSUM_H
 #define VYRECACHE_CHECKSUM_H
 

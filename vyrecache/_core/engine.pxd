@@ -233,7 +233,6 @@ cdef class Engine:
     cdef void acquire(self) noexcept
     cdef void _wait_for_lock(self) noexcept
     cdef void release(self) noexcept nogil
-    cdef uint64_t charged(self, uint64_t size) noexcept nogil
     cdef Py_ssize_t slot_of(self, uint64_t key) noexcept nogil
     cdef int evict_for_room(self, int tier, uint64_t* key_out) noexcept nogil
 

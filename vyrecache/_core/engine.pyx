@@ -685,7 +685,7 @@ cdef Py_ssize_t _first_too_large(Engine e, const uint64_t[:] sizes) noexcept:
         if e.tier_state[t].capacity > largest:
             largest = e.tier_state[t].capacity
     for i in range(sizes.shape[0]):
-        if e.charged(sizes[i]) > largest:
+        if _charge(e, sizes[i]) > largest:
             return i
     return -1
 
@@ -803,6 +803,18 @@ cdef int _raise_status(Engine e, int status, uint64_t key, uint64_t size,
         raise MemoryError(f"Out of memory growing the cache's tables for key {key}{where}. "
                           f"Fix: free memory or cap the number of entries.")
     raise CacheError(f"Internal status {status} for key {key}. Fix: report this as a bug.")
+
+
+cdef bint _read_slot(Engine e, uint64_t key, Slot* out) noexcept:
+    """Copy the slot of `key` into `out` under the lock (a read, not an access); False when
+    `key` is absent.  The caller builds its answer from the copy after the lock is released."""
+    cdef uint32_t slot
+    e.acquire()
+    slot = _find(e, key)
+    if slot != VC_NIL:
+        out[0] = e.slots[slot]
+    e.release()
+    return slot != VC_NIL
 
 
 def _broken(what):
@@ -1056,9 +1068,6 @@ cdef class Engine:
     cdef void release(self) noexcept nogil:
         """Release the lock once; the caller holds the GIL."""
         _unlock(self)
-
-    cdef uint64_t charged(self, uint64_t size) noexcept nogil:
-        return _charge(self, size)
 
     cdef Py_ssize_t slot_of(self, uint64_t key) noexcept nogil:
         cdef uint32_t slot = _find(self, key)
@@ -1355,40 +1364,25 @@ cdef class Engine:
 
     def get(self, key):
         """The CacheEntry of `key`, or None.  Not an access."""
-        cdef uint64_t k = _as_u64(key, "key")
-        cdef uint32_t slot
-        self.acquire()
-        slot = _find(self, k)
-        entry = None
-        if slot != VC_NIL:
-            entry = CacheEntry(self.slots[slot].key, self.slots[slot].size, self.slots[slot].tier)
-        self.release()
-        return entry
+        cdef Slot slot
+        if not _read_slot(self, _as_u64(key, "key"), &slot):
+            return None
+        return CacheEntry(slot.key, slot.size, slot.tier)
 
     def stats(self, key):
         """The AccessStats of `key`, or None."""
-        cdef uint64_t k = _as_u64(key, "key")
-        cdef uint32_t slot
-        self.acquire()
-        slot = _find(self, k)
-        result = None
-        if slot != VC_NIL:
-            result = AccessStats(self.slots[slot].frequency, self.slots[slot].last_access,
-                                 self.slots[slot].size)
-        self.release()
-        return result
+        cdef Slot slot
+        if not _read_slot(self, _as_u64(key, "key"), &slot):
+            return None
+        return AccessStats(slot.frequency, slot.last_access, slot.size)
 
     def pins(self, key):
         """How many times `key` is pinned (0 when not pinned); KeyNotFoundError if absent."""
         cdef uint64_t k = _as_u64(key, "key")
-        cdef uint32_t slot
-        self.acquire()
-        slot = _find(self, k)
-        count = self.slots[slot].pins if slot != VC_NIL else None
-        self.release()
-        if count is None:
+        cdef Slot slot
+        if not _read_slot(self, k, &slot):
             _raise_status(self, ST_NOT_FOUND, k, 0, -1)
-        return count
+        return slot.pins
 
     def __len__(self):
         return self.n_live

@@ -182,6 +182,17 @@ cdef inline Py_ssize_t _bulk_length_size(uint64_t size) noexcept nogil:
     return 3 + _digits(size)
 
 
+cdef inline char *_put_value_end(char *out, bint with_ttl, uint64_t ttl) noexcept nogil:
+    """The end of a value: its CRLF, then for a SET the ``PX ttl`` arguments (ttl_size bytes)."""
+    out = _put_text(out, b"\r\n", 2)
+    if with_ttl:
+        out = _put_text(out, b"$2\r\nPX\r\n", 8)
+        out = _put_bulk_length(out, _digits(ttl))
+        out = _put_decimal(out, ttl)
+        out = _put_text(out, b"\r\n", 2)
+    return out
+
+
 def frame_writes(bytes prefix not None, list keys not None, list payloads not None, ttl_ms=None):
     """The bytes that store each payload under ``prefix + str(key)`` with its header, in one round
     trip: ``(buffers, replies)``, the buffers to send in order and the number of replies to read.
@@ -239,12 +250,7 @@ def frame_writes(bytes prefix not None, list keys not None, list payloads not No
             head = PyBytes_FromStringAndSize(NULL, head_size)
             out = start = PyBytes_AS_STRING(head)
             if i:
-                out = _put_text(out, b"\r\n", 2)
-                if with_ttl:
-                    out = _put_text(out, b"$2\r\nPX\r\n", 8)
-                    out = _put_bulk_length(out, _digits(ttl))
-                    out = _put_decimal(out, ttl)
-                    out = _put_text(out, b"\r\n", 2)
+                out = _put_value_end(out, with_ttl, ttl)
             if with_ttl:
                 out = _put_text(out, b"*5\r\n$3\r\nSET\r\n", 13)
             elif i == 0:
@@ -268,12 +274,7 @@ def frame_writes(bytes prefix not None, list keys not None, list payloads not No
         tail_size = 2 + (ttl_size if with_ttl else 0)
         tail = PyBytes_FromStringAndSize(NULL, tail_size)
         out = PyBytes_AS_STRING(tail)
-        out = _put_text(out, b"\r\n", 2)
-        if with_ttl:
-            out = _put_text(out, b"$2\r\nPX\r\n", 8)
-            out = _put_bulk_length(out, _digits(ttl))
-            out = _put_decimal(out, ttl)
-            out = _put_text(out, b"\r\n", 2)
+        out = _put_value_end(out, with_ttl, ttl)
         buffers.append(tail)
         return buffers, (n if with_ttl else 1)
     finally:
@@ -322,6 +323,7 @@ cdef enum:
     _PROTOCOL = 4
     _ERROR_REPLY = 5
     _NO_MEMORY = 6
+    _AGAIN = 7          # nothing to read yet: wait for the socket, then read again
 
 
 cdef int _poll(int fd, short events, int timeout_ms) noexcept nogil:
@@ -368,6 +370,18 @@ cdef int _send_all(int fd, const char *data, Py_ssize_t size, int timeout_ms) no
     return _OK
 
 
+cdef int _receive(int fd, char *data, Py_ssize_t capacity, Py_ssize_t *filled) noexcept nogil:
+    """Append what the socket holds to `data` (`filled` of `capacity` bytes taken): _OK (filled
+    grew), _AGAIN (nothing there yet; the caller waits its own way), _CLOSED or _OS_ERROR."""
+    cdef ssize_t got = recv(fd, data + filled[0], <size_t>(capacity - filled[0]), MSG_DONTWAIT)
+    if got > 0:
+        filled[0] += got
+        return _OK
+    if got == 0:
+        return _CLOSED
+    return _AGAIN if vc_retry_later() else _OS_ERROR
+
+
 cdef Py_ssize_t _line_end(const char *data, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
     """Index of the "\r\n" at or after start, or -1 if the line is not complete yet."""
     cdef Py_ssize_t i
@@ -403,7 +417,6 @@ cdef int _mget_reply(int fd, Py_ssize_t count, int timeout_ms, char **buffer_out
     cdef char *data = <char *>malloc(capacity)
     cdef char *grown
     cdef char kind
-    cdef ssize_t got
     cdef int status
     buffer_out[0] = data
     if data == NULL:
@@ -454,17 +467,11 @@ cdef int _mget_reply(int fd, Py_ssize_t count, int timeout_ms, char **buffer_out
             data = grown
             capacity *= 2
             buffer_out[0] = data
-        got = recv(fd, data + filled, <size_t>(capacity - filled), MSG_DONTWAIT)
-        if got > 0:
-            filled += got
-        elif got == 0:
-            return _CLOSED
-        elif vc_retry_later():
+        status = _receive(fd, data, capacity, &filled)
+        if status == _AGAIN:
             status = _wait(fd, POLLIN, timeout_ms)
-            if status != _OK:
-                return status
-        else:
-            return _OS_ERROR
+        if status != _OK:
+            return status
 
 
 class ReplyError(ValueError):
@@ -634,7 +641,6 @@ cdef int _ok_replies(int fd, Py_ssize_t count, int timeout_ms) noexcept nogil:
     """Read *count* replies that must each be ``+OK``."""
     cdef char data[4096]
     cdef Py_ssize_t filled = 0, position, line
-    cdef ssize_t got
     cdef int status
     while count > 0:
         position = 0
@@ -652,17 +658,11 @@ cdef int _ok_replies(int fd, Py_ssize_t count, int timeout_ms) noexcept nogil:
         filled -= position
         if filled == sizeof(data):
             return _PROTOCOL
-        got = recv(fd, data + filled, sizeof(data) - <size_t>filled, MSG_DONTWAIT)
-        if got > 0:
-            filled += got
-        elif got == 0:
-            return _CLOSED
-        elif vc_retry_later():
+        status = _receive(fd, data, sizeof(data), &filled)
+        if status == _AGAIN:
             status = _poll(fd, POLLIN, timeout_ms)
-            if status != _OK:
-                return status
-        else:
-            return _OS_ERROR
+        if status != _OK:
+            return status
     return _OK
 
 

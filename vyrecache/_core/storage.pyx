@@ -108,10 +108,10 @@ cdef enum:
 
 # Where an entry's bytes are.
 cdef enum SlotState:
-    S_NONE = 0          # no bytes (free slot, or an entry that left)
-    S_PLACED = 1        # at (s_seg, s_offset) in its tier
-    S_LIFTED = 2        # still there, but the engine moved the entry: its PLACE follows
-    S_PARKED = 3        # lifted, and its bytes wait in host memory (self.parked) for the PLACE
+    SLOT_NONE = 0       # no bytes (free slot, or an entry that left)
+    SLOT_PLACED = 1     # at (s_seg, s_offset) in its tier
+    SLOT_LIFTED = 2     # still there, but the engine moved the entry: its PLACE follows
+    SLOT_PARKED = 3     # lifted, and its bytes wait in host memory (self.parked) for the PLACE
 
 ctypedef struct CopyRow:
     uint32_t src_block
@@ -183,7 +183,7 @@ cdef class Storage:
     cdef char* staging_addr
     cdef uint64_t staging_size
     cdef uint64_t staging_used
-    cdef bint unmapped                         # some block is not mapped (or device_copies)
+    cdef bint unmapped                         # some block is not mapped
     cdef char* run_src
     cdef char* run_dst
     cdef size_t run_len
@@ -209,7 +209,7 @@ cdef class Storage:
     cdef uint64_t* id_buffers                  # VkBuffer handle of each backend block id
     cdef Py_ssize_t n_ids
     cdef bint streamed                         # a streaming store is not fenced yet
-    cdef list lifted                           # slots in state S_LIFTED during an operation
+    cdef list lifted                           # slots in state SLOT_LIFTED during an operation
     cdef dict parked                           # slot -> numpy copy of a parked entry's bytes
     cdef int32_t room_seg                      # find_room()'s answer
     cdef uint64_t room_offset
@@ -269,7 +269,6 @@ cdef class Storage:
         memset(self.seg_ticket, 0, max(self.n_segs, 1) * sizeof(uint64_t))
         memset(self.counters, 0, max(self.n_tiers, 1) * SC_N * sizeof(uint64_t))
         memset(self.segs, 0, max(self.n_segs, 1) * sizeof(Segment))
-        device_copies = bool(getattr(backend, "device_copies", False))
         g = 0
         try:
             for tier in range(self.n_tiers):
@@ -312,7 +311,7 @@ cdef class Storage:
             if self.b_addr == NULL or self.b_id == NULL:
                 raise MemoryError("Could not allocate the block table. Fix: free memory.")
             for index, block in enumerate(self.blocks):
-                if block.host_visible and not device_copies:
+                if block.host_visible:
                     self.b_addr[index] = <char*><size_t>block.address
                     # Before the first touch, so the pages come huge: big copies through a block
                     # otherwise miss the TLB every 4 KiB.
@@ -323,19 +322,23 @@ cdef class Storage:
                     self.unmapped = True
                 self.b_id[index] = block.id
             if self.unmapped:
-                # Taken now at its full size (transfers larger than it go in portions): an
-                # operation then never allocates, so it cannot fail half-way for memory.
-                wanted = 1 << 20
-                for tier in range(self.n_tiers):
-                    wanted = max(wanted, min(64 << 20, self.logs[tier].memory))
-                self.staging = backend.allocate_block(backend.resolve_memory("host", wanted), wanted)
-                self.staging_addr = <char*><size_t>self.staging.address
-                self.staging_size = self.staging.size
+                self.take_staging(backend)
                 if hasattr(backend, "transfer_queue"):
                     self.take_transfer_queue(backend)
         except BaseException:
             self.release_blocks()
             raise
+
+    cdef int take_staging(self, backend) except -1:
+        """The staging buffer, taken at its full size (transfers larger than it go in portions):
+        an operation then never allocates, so it cannot fail half-way for memory."""
+        wanted = 1 << 20
+        for tier in range(self.n_tiers):
+            wanted = max(wanted, min(64 << 20, self.logs[tier].memory))
+        self.staging = backend.allocate_staging(wanted)
+        self.staging_addr = <char*><size_t>self.staging.address
+        self.staging_size = self.staging.size
+        return 0
 
     cdef int take_transfer_queue(self, backend) except -1:
         """Record and submit copy tables from C: a queue of this cache's own, its handles, and a
@@ -578,6 +581,16 @@ cdef class Storage:
         if s.state == SEG_CLOSED:
             self.relist(g)
 
+    cdef void follow_pin(self, Py_ssize_t slot, int delta) noexcept nogil:
+        """After the engine pinned (delta 1) or unpinned (-1) `slot`: the first pin and the last
+        unpin change what the entry's segments count (s_pinned), the nested ones do not."""
+        if delta > 0 and not self.s_pinned[slot]:
+            self.s_pinned[slot] = 1
+            self.pin_entry(slot, 1)
+        elif delta < 0 and self.engine.slots[slot].pins == 0 and self.s_pinned[slot]:
+            self.pin_entry(slot, -1)
+            self.s_pinned[slot] = 0
+
     cdef void pin_entry(self, Py_ssize_t slot, int delta) noexcept nogil:
         """Count a pin (delta 1) or an unpin (-1) of a placed entry in every segment it takes."""
         cdef int32_t g = self.s_seg[slot], k, n = 1
@@ -672,7 +685,7 @@ cdef class Storage:
     cdef int keep_for_remote(self, Py_ssize_t slot, uint64_t key, uint64_t size) except -1:
         """Copy a victim's bytes before they are freed, once, into the bytes object the remote
         tier is handed after the operation (a write-back on eviction)."""
-        if self.s_state[slot] == S_PARKED:
+        if self.s_state[slot] == SLOT_PARKED:
             value = self.parked[slot].tobytes()
         else:
             value = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>size)
@@ -694,7 +707,7 @@ cdef class Storage:
         self.read_data(self.segs[g].block, self.s_offset[slot], <char*>cnp.PyArray_DATA(parked), size)
         self.unlink_entry(slot, self.charge(size))
         self.parked[slot] = parked
-        self.s_state[slot] = S_PARKED
+        self.s_state[slot] = SLOT_PARKED
         self.lifted.remove(slot)
         return 0
 
@@ -761,7 +774,7 @@ cdef class Storage:
         """Displace one entry and replay what that did at once (the caller needs its room now).
         Only entries in place qualify, unless `moving`: the entry whose own move found no room."""
         cdef Py_ssize_t first = self.engine.n_events, i
-        if self.s_state[slot] != S_PLACED and not moving:
+        if self.s_state[slot] != SLOT_PLACED and not moving:
             return False
         if not self.engine.op_displace(<uint32_t>slot):
             return False
@@ -797,7 +810,7 @@ cdef class Storage:
                     break
                 if self.segs[j].state == SEG_RUN:
                     # Parking a lifted entry is a copy; displacing another one loses it.
-                    if self.s_state[self.segs[j].first] == S_LIFTED:
+                    if self.s_state[self.segs[j].first] == SLOT_LIFTED:
                         cost += log.segment_size
                     else:
                         cost += 4 * log.segment_size
@@ -858,7 +871,7 @@ cdef class Storage:
     cdef bint clear_out(self, Py_ssize_t slot, int tier) except -1:
         """Make an entry of a window being emptied for a run leave it without a new place there:
         a lifted entry is parked, another displaced.  False when it cannot be displaced."""
-        if self.s_state[slot] == S_LIFTED:
+        if self.s_state[slot] == SLOT_LIFTED:
             self.park(slot)
             return True
         if self.displace_now(slot):
@@ -929,22 +942,22 @@ cdef class Storage:
         if ev.kind == EV_REMOVE or ev.kind == EV_EVICT:
             if self.remote is not None:
                 self.leave_for_remote(&ev)
-            if self.s_state[slot] == S_PARKED:
+            if self.s_state[slot] == SLOT_PARKED:
                 del self.parked[slot]
-            elif self.s_state[slot] != S_NONE:
-                if self.s_state[slot] == S_LIFTED:
+            elif self.s_state[slot] != SLOT_NONE:
+                if self.s_state[slot] == SLOT_LIFTED:
                     self.lifted.remove(slot)
                 self.unlink_entry(slot, self.charge(ev.size))
-            self.s_state[slot] = S_NONE
+            self.s_state[slot] = SLOT_NONE
             self.s_pinned[slot] = 0
             if ev.kind == EV_EVICT and self.report_evictions:
                 self.evicted.append(CacheEntry(ev.key, ev.size, ev.src_tier))
         elif ev.kind == EV_LIFT:
-            if self.s_state[slot] == S_PLACED:
-                self.s_state[slot] = S_LIFTED
+            if self.s_state[slot] == SLOT_PLACED:
+                self.s_state[slot] = SLOT_LIFTED
                 self.lifted.append(slot)
         elif ev.kind == EV_INSERT:
-            self.s_state[slot] = S_NONE
+            self.s_state[slot] = SLOT_NONE
             self.s_seg[slot] = -1
             self.s_pinned[slot] = 0
             self.place(slot, ev.dst_tier, ev.size, True)
@@ -960,12 +973,12 @@ cdef class Storage:
         if size == 0:
             if not new:
                 self.unlink_entry(slot, 0)
-                if self.s_state[slot] == S_LIFTED:
+                if self.s_state[slot] == SLOT_LIFTED:
                     self.lifted.remove(slot)
-                elif self.s_state[slot] == S_PARKED:
+                elif self.s_state[slot] == SLOT_PARKED:
                     del self.parked[slot]
             self.s_seg[slot] = -1
-            self.s_state[slot] = S_PLACED
+            self.s_state[slot] = SLOT_PLACED
             return 0
         if not self.find_room(slot, tier, c):
             if new:
@@ -973,14 +986,14 @@ cdef class Storage:
                 raise CacheError("internal: no room in tier %d for %d bytes" % (tier, size))
             # A move whose target has no room even after displacing (pins): the entry moves on
             # down (or leaves) instead, as a victim of that tier would.
-            if self.s_state[slot] == S_LIFTED:
+            if self.s_state[slot] == SLOT_LIFTED:
                 self.park(slot)
             if not self.displace_now(slot, True):
                 raise CacheError("internal: entry in slot %d can neither move nor leave" % slot)
             return 0
         g = self.room_seg
         offset = self.room_offset
-        if new or self.s_state[slot] == S_PARKED:
+        if new or self.s_state[slot] == SLOT_PARKED:
             if new:
                 self.write_data(self.segs[g].block, offset, self.data, size, g)
             else:
@@ -988,14 +1001,14 @@ cdef class Storage:
                 self.write_data(self.segs[g].block, offset, <const char*>cnp.PyArray_DATA(parked), size, g)
             self.s_wave[slot] = self.wave if self.n_rows else 0
             self.s_ticket[slot] = self.op_ticket
-            self.s_state[slot] = S_PLACED
+            self.s_state[slot] = SLOT_PLACED
         else:
             self.lifted.remove(slot)
             src = self.s_seg[slot]      # read now: making room may have moved this very entry
             self.copy_bytes(slot, self.segs[src].block, self.s_offset[slot], self.segs[g].block,
                             offset, size, src, g)
             self.unlink_entry(slot, c)
-            self.s_state[slot] = S_PLACED
+            self.s_state[slot] = SLOT_PLACED
         if self.segs[g].state == SEG_RUN:
             for k in range(self.run_length(c, tier)):
                 self.segs[g + k].first = <uint32_t>slot
@@ -1183,12 +1196,7 @@ cdef class Storage:
         if self.vk.device != NULL:
             return 0
         if self.staging is None:
-            wanted = 1 << 20
-            for tier in range(self.n_tiers):
-                wanted = max(wanted, min(64 << 20, self.logs[tier].memory))
-            self.staging = self.backend.allocate_block(self.backend.resolve_memory("host", wanted), wanted)
-            self.staging_addr = <char*><size_t>self.staging.address
-            self.staging_size = self.staging.size
+            self.take_staging(self.backend)
         self.take_transfer_queue(self.backend)
         return 0
 
@@ -1258,12 +1266,7 @@ cdef class Storage:
             if slot < 0 or (delta < 0 and self.engine.slots[slot].pins == 0):
                 continue        # unpinned by hand meanwhile: nothing of the transfer's left
             self.engine.op_pin(<uint32_t>slot, delta)
-            if delta > 0 and not self.s_pinned[slot]:
-                self.s_pinned[slot] = 1
-                self.pin_entry(slot, 1)
-            elif delta < 0 and self.engine.slots[slot].pins == 0 and self.s_pinned[slot]:
-                self.pin_entry(slot, -1)
-                self.s_pinned[slot] = 0
+            self.follow_pin(slot, delta)
         return 0
 
     cdef int refresh(self) except -1:
@@ -1814,12 +1817,7 @@ cdef class Storage:
             if self.engine.op_pin(<uint32_t>slot, delta) != 0:
                 # Out of range: the engine's own call explains it, and changes nothing.
                 self.engine.pin(k) if delta > 0 else self.engine.unpin(k)
-            if delta > 0 and not self.s_pinned[slot]:
-                self.s_pinned[slot] = 1
-                self.pin_entry(slot, 1)
-            elif delta < 0 and self.engine.slots[slot].pins == 0 and self.s_pinned[slot]:
-                self.pin_entry(slot, -1)
-                self.s_pinned[slot] = 0
+            self.follow_pin(slot, delta)
         finally:
             self.leave_read()
         return 0
@@ -2277,9 +2275,9 @@ cdef class Storage:
                     raise CacheError(f"tier {tier}: {pinned_segments} pinned segments, counted {log.n_pinned}")
             for slot in range(self.cap_slots):
                 state = self.s_state[slot]
-                if state == S_NONE:
+                if state == SLOT_NONE:
                     continue
-                if state != S_PLACED:
+                if state != SLOT_PLACED:
                     raise CacheError("slot %d is left in state %d between operations" % (slot, state))
                 if self.engine.slots[slot].tier < 0:
                     raise CacheError("slot %d holds bytes but the engine has no entry there" % slot)

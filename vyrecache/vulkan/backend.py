@@ -44,17 +44,13 @@ class VulkanBackend(StorageBackend):
     name = "vulkan"
 
     def __init__(self, device_index: int | None = None, device: Device | None = None,
-                 validation: bool | None = None, device_copies: bool = False,
-                 compaction: str = "auto") -> None:
+                 validation: bool | None = None, compaction: str = "auto") -> None:
         if compaction not in COMPACTION_MODES:
             raise ValueError("compaction must be one of %s, got %r. Fix: pass one of those "
                              "('auto' measures the others once per driver and keeps the fastest)."
                              % (", ".join(repr(mode) for mode in COMPACTION_MODES), compaction))
         #: The requested mode of the copies on device-only memory (see vyrecache.compaction).
         self.compaction = compaction
-        #: Move entries between tiers with vkCmdCopyBuffer even when both blocks are mapped
-        #: (memcpy is faster on a UMA device; this exercises the device path there).
-        self.device_copies = device_copies
         self._owns_device = device is None
         self._device = Device(device_index, validation) if device is None else device
         info = self._device.info
@@ -79,8 +75,8 @@ class VulkanBackend(StorageBackend):
     def executor(self) -> CopyExecutor:
         """The executor of this backend's copy tables (made now when still undecided)."""
         if self._executor is None:
-            # Every tier is mapped: only device_copies sends rows to the device, and the copy
-            # commands the storage layer records itself are what "auto" would measure against.
+            # Every tier is mapped: the storage layer copies by CPU, and the copy commands it
+            # records itself are what "auto" would measure against.
             self._executor = CopyCommands(self._device)
         return self._executor
 
@@ -153,7 +149,7 @@ class VulkanBackend(StorageBackend):
 
     def allocate_block(self, memory: TierMemory, size: int) -> StorageBlock:
         native = self._device.allocate_block(memory.memory_type_index, size)
-        block = StorageBlock(native.id, native.mapped_address if native.host_visible else 0,
+        block = StorageBlock(native.id, native.address if native.host_visible else 0,
                              native.buffer_handle, size, native.memory_type_index, native.host_visible,
                              native.array if native.host_visible else None, native)
         self._blocks[block.id] = block

@@ -79,17 +79,17 @@ class Block:
             allocates).
         memory_type_index: the Vulkan memory type the memory came from.
         host_visible: whether the memory is mapped; then ``array`` is a writable numpy uint8
-            view of the whole block and ``mapped_address`` its address (0 when not mapped).
+            view of the whole block and ``address`` the address of the mapping (0 when not mapped).
         buffer_handle: the ``VkBuffer`` handle as an int.
 
     Views of ``array`` must not be used after the block is freed: the mapping is gone.
     """
 
     __slots__ = ("id", "size", "allocation_size", "memory_type_index", "host_visible", "buffer_handle",
-                 "mapped_address", "array", "_device", "_memory", "_buffer", "__weakref__")
+                 "address", "array", "_device", "_memory", "_buffer", "__weakref__")
 
     def __init__(self, device: "Device", block_id: int, size: int, memory_type_index: int,
-                 host_visible: bool, memory, buffer, mapped_address: int, array) -> None:
+                 host_visible: bool, memory, buffer, address: int, array) -> None:
         self._device = device
         self.id = block_id
         self.size = size
@@ -99,7 +99,7 @@ class Block:
         self._memory = memory
         self._buffer = buffer
         self.buffer_handle = _address(device._vk.ffi, buffer)
-        self.mapped_address = mapped_address
+        self.address = address
         self.array = array
 
     @property
@@ -118,8 +118,7 @@ class Device:
     *index* picks the physical device (as listed by ``devices()``; default: the first).
     *validation* enables ``VK_LAYER_KHRONOS_validation``; every warning or error it reports is
     appended to :attr:`validation_messages`.  It defaults to on when the environment has
-    ``VYRECACHE_VALIDATION=1``.  *force_staging* makes :meth:`upload` and :meth:`download` go
-    through the staging buffer even for host-visible blocks (to test that path on UMA devices).
+    ``VYRECACHE_VALIDATION=1``.
 
     Raises:
         VulkanUnavailableError: no loader, no driver, or no physical device.
@@ -129,9 +128,8 @@ class Device:
 
     _instance: Instance | None
 
-    def __init__(self, index: int | None = None, validation: bool | None = None,
-                 force_staging: bool = False) -> None:
-        self._init_state(force_staging)
+    def __init__(self, index: int | None = None, validation: bool | None = None) -> None:
+        self._init_state()
         if validation is None:
             validation = os.environ.get("VYRECACHE_VALIDATION") == "1"
         self.validation = validation
@@ -153,7 +151,6 @@ class Device:
         except BaseException:
             self.close()
             raise
-        _open_devices.add(self)
 
     @classmethod
     def from_handles(cls, instance, physical_device, device, queue_family_index: int, queue_index: int = 0,
@@ -177,7 +174,7 @@ class Device:
                 or cannot copy.
         """
         self = cls.__new__(cls)
-        self._init_state(False)
+        self._init_state()
         self.validation = False
         self._owns_handles = False
         try:
@@ -210,10 +207,9 @@ class Device:
         except BaseException:
             self.close()
             raise
-        _open_devices.add(self)
         return self
 
-    def _init_state(self, force_staging: bool) -> None:
+    def _init_state(self) -> None:
         self._vk = load()
         self._handle = None
         self._closed = False
@@ -227,7 +223,6 @@ class Device:
         self._resources: set = set()
         self._staging: Block | None = None
         self._recorder: CommandRecorder | None = None
-        self.force_staging = force_staging
         self.validation_messages: list[str] = []
         self.queue_index = 0
         self.enabled_extensions: frozenset[str] = frozenset()
@@ -240,6 +235,7 @@ class Device:
             self._get_memory_fd = self._device_proc("vkGetMemoryFdKHR", "PFN_vkGetMemoryFdKHR")
         self._create_commands()
         self._buffer_type_bits = self._probe_buffer_type_bits()
+        _open_devices.add(self)         # set up: closed at exit unless its owner closes it first
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -565,7 +561,7 @@ class Device:
         self._free_ids.append(block.id)
         if block.host_visible:
             lib.vkUnmapMemory(self._handle, memory)
-        block.mapped_address = 0
+        block.address = 0
         lib.vkDestroyBuffer(self._handle, buffer, ffi.NULL)
         destroyed("buffers")
         lib.vkFreeMemory(self._handle, memory, ffi.NULL)
@@ -687,7 +683,7 @@ class Device:
         source = self._bytes_of(data)
         size = source.size
         self._check_range(block, offset, size)
-        if block.host_visible and not self.force_staging:
+        if block.host_visible:
             block.array[offset:offset + size] = source
             return
         done = 0
@@ -718,7 +714,7 @@ class Device:
             if target.size != size:
                 raise ValueError(f"out has {target.size} bytes but {size} are read. Fix: pass a buffer of "
                                  "exactly the size read.")
-        if block.host_visible and not self.force_staging:
+        if block.host_visible:
             target[:] = block.array[offset:offset + size]
             return target
         done = 0
