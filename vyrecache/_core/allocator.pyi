@@ -1,20 +1,16 @@
 """Types of the compiled block sub-allocator (vyrecache/_core/allocator.pyx)."""
 
 from collections.abc import Iterable
+from typing import Final
 
 class Allocator:
     """First-fit sub-allocator over one memory block: aligned ranges, coalescing frees."""
 
-    @property
-    def size(self) -> int: ...
-    @property
-    def alignment(self) -> int: ...
-    @property
-    def free_bytes(self) -> int: ...
-    @property
-    def largest_free(self) -> int: ...
-    @property
-    def hole_count(self) -> int: ...
+    size: Final[int]
+    alignment: Final[int]
+    free_bytes: Final[int]
+    largest_free: Final[int]
+    hole_count: Final[int]
     def __init__(self, size: int, alignment: int = 16) -> None: ...
     def alloc(self, nbytes: int) -> int | None: ...
     def free(self, offset: int, nbytes: int) -> None: ...

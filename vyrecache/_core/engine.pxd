@@ -253,6 +253,7 @@ cdef class Engine:
     cdef uint32_t op_victim(self, int tier) noexcept nogil
     cdef void op_evict(self, uint32_t slot) noexcept nogil
     cdef int op_pin(self, uint32_t slot, int delta) noexcept nogil
+    cdef int _change_pins(self, key, int delta) except -1
     cdef int target_tier(self, uint64_t size, uint32_t replaced) noexcept nogil
 
     # --- helpers of the Python-level API ---

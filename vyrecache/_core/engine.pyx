@@ -384,10 +384,15 @@ cdef int _demote(Engine e, uint32_t slot) noexcept nogil:
 
 cdef inline int _hit(Engine e, uint32_t slot) noexcept nogil:
     """A use of a present entry: record it, promote if the policy says so; the tier it was in."""
-    cdef int tier
-    cdef Slot* s = &e.slots[slot]
     _touch(e, slot)
-    tier = s.tier
+    return _count_hit(e, slot)
+
+
+cdef inline int _count_hit(Engine e, uint32_t slot) noexcept nogil:
+    """The rest of a hit once the policy recorded the use: the count, and the promotion at the
+    threshold; the tier it was in."""
+    cdef Slot* s = &e.slots[slot]
+    cdef int tier = s.tier
     e.tier_state[tier].counters[C_HITS] += 1
     # One compare decides whether to call _promote, which checks everything again: promote_at
     # is the native threshold below the top tier, 0 there for a Python policy, 2**32 in the
@@ -496,15 +501,9 @@ cdef inline int _access_miss(Engine e, uint64_t key, uint64_t size, uint64_t h,
 
 cdef inline int _policy_hit(Engine e, uint32_t slot) noexcept nogil:
     """_hit() for the policies of engine_policies.pxi."""
-    cdef int tier
-    cdef Slot* s = &e.slots[slot]
     _policy_touch(e, slot)
-    tier = s.tier
-    e.tier_state[tier].counters[C_HITS] += 1
-    _policy_sample(e, tier, True)
-    if vc_unlikely(<uint64_t>s.frequency >= e.tier_state[tier].promote_at):
-        _promote(e, slot, False)
-    return tier
+    _policy_sample(e, e.slots[slot].tier, True)
+    return _count_hit(e, slot)
 
 
 cdef int _policy_replace(Engine e, uint64_t key, uint64_t size, uint64_t h,
@@ -653,6 +652,32 @@ cdef Py_ssize_t _insert_loop(Engine e, const uint64_t[::1] kv, const uint64_t[:]
             return i
         result[i] = <int8_t>status[0]
     return -1
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef Py_ssize_t _find_loop(Engine e, const uint64_t[::1] kv, int8_t* tiers,
+                           bint touching) noexcept nogil:
+    """record_access_many()'s and get_tiers()' loop: each key looked up; its tier into tiers[i]
+    (-1 when absent) unless `tiers` is NULL, and with `touching` an access of each present one
+    recorded.  The number of keys present."""
+    cdef Py_ssize_t i, present = 0
+    cdef uint32_t slot
+    cdef Prefetcher ring
+    _prefetch_start(e, &ring)
+    for i in range(kv.shape[0]):
+        slot = _find_from(e, kv[i], _prefetch_keys(e, &ring, kv, i, touching))
+        if tiers != NULL:
+            tiers[i] = -1 if slot == VC_NIL else e.slots[slot].tier
+        if slot == VC_NIL:
+            continue
+        present += 1
+        if touching:
+            if e.policy_kind != PK_LRU:
+                _policy_touch(e, slot)
+            else:
+                _touch(e, slot)
+    return present
 
 
 @cython.boundscheck(False)
@@ -1333,32 +1358,25 @@ cdef class Engine:
 
     def pin(self, key):
         """Pin `key`: never a victim, never moved (pins nest; unpin as often as pinned)."""
-        cdef uint64_t k = _as_u64(key, "key")
-        cdef uint32_t slot
-        slot = _enter_present(self, k)
-        if self.slots[slot].pins == 0xFFFF:
-            self.release()
-            raise CapacityAccountingError(
-                f"Key {k} is already pinned 65535 times, the most a pin count holds. "
-                f"Fix: unpin it as often as it was pinned; pins nest.")
-        if self.slots[slot].pins == 0:
-            self.tier_state[self.slots[slot].tier].pinned += _charge(self, self.slots[slot].size)
-        self.slots[slot].pins += 1
-        _leave(self, 0, k, 0, -1)
+        self._change_pins(key, 1)
 
     def unpin(self, key):
         """Undo one pin() of `key`."""
+        self._change_pins(key, -1)
+
+    cdef int _change_pins(self, key, int delta) except -1:
         cdef uint64_t k = _as_u64(key, "key")
-        cdef uint32_t slot
-        slot = _enter_present(self, k)
-        if self.slots[slot].pins == 0:
+        cdef uint32_t slot = _enter_present(self, k)
+        if self.op_pin(slot, delta) != 0:
             self.release()
+            if delta > 0:
+                raise CapacityAccountingError(
+                    f"Key {k} is already pinned 65535 times, the most a pin count holds. "
+                    f"Fix: unpin it as often as it was pinned; pins nest.")
             raise CacheError(f"Key {k} is not pinned, so it cannot be unpinned. "
                              f"Fix: call unpin() once per pin().")
-        self.slots[slot].pins -= 1
-        if self.slots[slot].pins == 0:
-            self.tier_state[self.slots[slot].tier].pinned -= _charge(self, self.slots[slot].size)
         _leave(self, 0, k, 0, -1)
+        return 0
 
     # ---- reads (no event-log change) ----
 
@@ -1553,46 +1571,26 @@ cdef class Engine:
         _leave(self, 0, 0, 0, -1)
         return out
 
-    @cython.boundscheck(False)
-    @cython.wraparound(False)
     def record_access_many(self, keys):
         """record_access() for each key; the number of keys that were present."""
         key_array = _as_u64_keys(keys)
         cdef const uint64_t[::1] kv = key_array
-        cdef Py_ssize_t i, n = kv.shape[0], present = 0
-        cdef uint32_t slot
-        cdef Prefetcher ring
+        cdef Py_ssize_t present
         _enter(self)
-        _prefetch_start(self, &ring)
         with nogil:
-            for i in range(n):
-                slot = _find_from(self, kv[i], _prefetch_keys(self, &ring, kv, i, True))
-                if slot != VC_NIL:
-                    if self.policy_kind != PK_LRU:
-                        _policy_touch(self, slot)
-                    else:
-                        _touch(self, slot)
-                    present += 1
+            present = _find_loop(self, kv, NULL, True)
         _leave(self, 0, 0, 0, -1)
         return present
 
-    @cython.boundscheck(False)
-    @cython.wraparound(False)
     def get_tiers(self, keys):
         """int8 array of each key's tier, -1 when absent.  Not an access."""
         key_array = _as_u64_keys(keys)
         cdef const uint64_t[::1] kv = key_array
-        cdef Py_ssize_t i, n = kv.shape[0]
-        out = np.empty(n, dtype=np.int8)
+        out = np.empty(kv.shape[0], dtype=np.int8)
         cdef int8_t[::1] result = out
-        cdef uint32_t slot
-        cdef Prefetcher ring
         self.acquire()
-        _prefetch_start(self, &ring)
         with nogil:
-            for i in range(n):
-                slot = _find_from(self, kv[i], _prefetch_keys(self, &ring, kv, i, False))
-                result[i] = -1 if slot == VC_NIL else self.slots[slot].tier
+            _find_loop(self, kv, &result[0] if kv.shape[0] else NULL, False)
         self.release()
         return out
 
