@@ -35,6 +35,7 @@ class Storage:
     on_evict: Callable[[CacheEntry], Any] | None
     remote: Any
     write_through: bool
+    replace_in_place: bool     # a put of an entry's own charge overwrites its bytes where they lie
     @property
     def remote_hits(self) -> int: ...
     def _take_memory(self, engine: Engine, backend: StorageBackend, memories: Sequence[TierMemory],

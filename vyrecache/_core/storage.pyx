@@ -197,6 +197,7 @@ cdef class Storage:
     cdef uint64_t* counters
     cdef readonly uint64_t misses              # access() misses (counted on tier 0)
     cdef public uint64_t stream_min            # copies of at least this many bytes stream (0: never)
+    cdef public bint replace_in_place          # a put of an entry's own charge overwrites it (False: always append)
     cdef readonly Py_ssize_t exports           # live views of leased entries (close() waits for 0)
     cdef object transfer                       # the TransferQueue whose handles `vk` holds, or None
     cdef public object remote                  # the tier below tier 0 (RedisTier), or None
@@ -231,6 +232,7 @@ cdef class Storage:
     def __cinit__(self, *args, **kwargs):
         self.wave = 1
         self.stream_min = DEFAULT_STREAM_MIN
+        self.replace_in_place = True
         self.n_rows = 0
         self.next_ticket = 1
         self.pending = []
@@ -1500,6 +1502,7 @@ cdef class Storage:
         cdef Py_buffer buffer
         cdef uint64_t k = parse_u64(key, "key")
         cdef int status
+        cdef bint placed
         self.get_buffer(data, &buffer)
         try:
             self.enter()
@@ -1510,17 +1513,27 @@ cdef class Storage:
                 self.busy = 0
                 self.engine.op_end()
                 raise
-            status = self.engine.op_insert(k, buffer.len)
-            if status < -1 and status != ST_DECLINED:
-                self.abort(status, k, buffer.len, -1)
             try:
-                self.data = <const char*>buffer.buf
-                self.replay_checked()       # a declined key's events: what its arrival displaced
-                if status != ST_DECLINED:
-                    self.puts_bytes += buffer.len
-            finally:
-                self.data = NULL
+                placed = self.put_in_place(k, <const char*>buffer.buf, buffer.len)
+            except BaseException:
+                self.busy = 0
+                self.engine.op_end()
+                raise
+            if placed:
+                status = 0
                 self.leave()
+            else:
+                status = self.engine.op_insert(k, buffer.len)
+                if status < -1 and status != ST_DECLINED:
+                    self.abort(status, k, buffer.len, -1)
+                try:
+                    self.data = <const char*>buffer.buf
+                    self.replay_checked()       # a declined key's events: what its arrival displaced
+                    if status != ST_DECLINED:
+                        self.puts_bytes += buffer.len
+                finally:
+                    self.data = NULL
+                    self.leave()
             if status == ST_DECLINED:
                 return False
             if self.write_through and self.remote is not None:
@@ -1920,7 +1933,9 @@ cdef class Storage:
                 self.check_put(kv[i], rows.length[i], i)
             self.ensure_slots(self.engine.slot_high_water + n + 1)
             for i in range(n):
-                if not self.put_row(kv[i], rows, i):
+                if self.put_in_place(kv[i], <const char*><size_t>rows.address[i], rows.length[i]):
+                    pass
+                elif not self.put_row(kv[i], rows, i):
                     (<uint8_t*>cnp.PyArray_DATA(out))[i] = 0
                 elif fetched_epoch is not None:
                     self.remote_fetched[kv[i]] = fetched_epoch
@@ -1971,6 +1986,43 @@ cdef class Storage:
         if failure is not None:
             raise rows.part_way(failure, rows.n)
         return 0
+
+    cdef bint put_in_place(self, uint64_t key, const char* data, uint64_t size) except -1:
+        """Store a checked put over the key's present entry, where its bytes lie, when the new
+        entry takes the same charged bytes in the same tier: one step instead of the engine's
+        remove and insert and the log's unlink and append (which would leave the old range as
+        dead space for the cleaner).  Only where the bytes are mapped and no copy of this
+        operation is queued; a pinned (leased, exported) entry is never replaced.  False, having
+        changed nothing, when it does not apply: the put then takes the general path."""
+        cdef Py_ssize_t slot = self.engine.slot_of(key)
+        cdef int32_t g, k, n
+        cdef char* base
+        if not self.replace_in_place or slot < 0 or size == 0 or self.n_rows or self.device_moves or self.s_state[slot] != S_PLACED:
+            return False
+        g = self.s_seg[slot]
+        if g < 0 or self.charge(self.engine.slots[slot].size) != self.charge(size):
+            return False
+        base = self.b_addr[self.segs[g].block]
+        if base == NULL:
+            return False
+        # Bytes a transfer in flight still writes here, or a transfer still reading the range:
+        # wait for them, as the reuse of a segment does.
+        if self.s_ticket[slot] > self.done_ticket:
+            self.settle(self.s_ticket[slot])
+        n = self.run_length(self.charge(size), self.segs[g].tier) if self.segs[g].state == SEG_RUN else 1
+        for k in range(n):
+            if self.seg_ticket[g + k] > self.done_ticket:
+                self.settle(self.seg_ticket[g + k])
+        if self.engine.op_replace(<uint32_t>slot, size) < 0:
+            return False
+        self.finish_run()       # a pending run may still write this range (a move of this entry)
+        self.host_copy(base + self.s_offset[slot], data, size)
+        self.s_wave[slot] = 0
+        self.s_ticket[slot] = 0
+        if self.remote_fetched:
+            self.remote_fetched.pop(key, None)      # changed: no longer clean
+        self.puts_bytes += size
+        return True
 
     cdef bint put_row(self, uint64_t key, Rows rows, Py_ssize_t i) except -1:
         """Insert row i of a checked batch under `key`; False when the policy declined it."""
