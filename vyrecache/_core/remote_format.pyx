@@ -400,8 +400,13 @@ cdef int _parse_int(const char *data, Py_ssize_t start, Py_ssize_t end, Py_ssize
 cdef int _mget_reply(int fd, Py_ssize_t count, int timeout_ms, char **buffer_out, Py_ssize_t *starts,
                      Py_ssize_t *lengths) noexcept:
     """Read the reply to an MGET of `count` keys: each element's start and length (-1: nil) in the
-    buffer, which grows as needed and is the caller's to free.  RESP2 and RESP3 nils both."""
+    buffer, which grows as needed and is the caller's to free.  RESP2 and RESP3 nils both.
+
+    It never reads past the reply's end: the replies of later MGETs sent on the same connection
+    (prefetches) may follow it on the socket.  Each read asks for at most what the reply still
+    holds at the least, every element left taking 3 bytes or more (``_\\r\\n``)."""
     cdef Py_ssize_t capacity = 1 << 18, filled = 0, position = 0, element = -1, line, size = 0
+    cdef Py_ssize_t least
     cdef bint in_bulk = False
     cdef char *data = <char *>malloc(capacity)
     cdef char *grown
@@ -457,7 +462,16 @@ cdef int _mget_reply(int fd, Py_ssize_t count, int timeout_ms, char **buffer_out
             data = grown
             capacity *= 2
             buffer_out[0] = data
-        got = recv(fd, data + filled, <size_t>(capacity - filled), MSG_DONTWAIT)
+        if element < 0:
+            least = 3 + _digits(<uint64_t>count) + 3 * count
+        elif in_bulk:
+            least = size + 2 + 3 * (count - element - 1)
+        else:
+            least = 3 * (count - element)
+        least -= filled - position              # what has arrived of it
+        if least < 1:
+            least = 1                           # a line is incomplete: its end is still to come
+        got = recv(fd, data + filled, <size_t>min(capacity - filled, least), MSG_DONTWAIT)
         if got > 0:
             filled += got
         elif got == 0:

@@ -140,6 +140,9 @@ class Connection:
             # The writer thread has a client (and connection pool) of its own, so that a fetch
             # never waits for a connection that is sending a round trip of writes.
             self._write_client = redis.Redis.from_url(url, **options)
+            # Prefetches have theirs too: a reply left unread for the next step on it never stands
+            # in front of the reply of a fetch that cannot wait.
+            self._prefetch_client = redis.Redis.from_url(url, **options)
 
     def _cluster_client(self) -> Any:
         client = self._client
@@ -246,7 +249,7 @@ class Connection:
         TLS)."""
         if self.cluster:
             return False
-        connection = self._held_connection(self._client)
+        connection = self._held_connection(self._prefetch_client)
         sock = getattr(connection, "_sock", None)
         if type(sock) is not socket.socket:
             return False
@@ -259,7 +262,7 @@ class Connection:
 
     def receive_fetch(self, keys: list[int]) -> tuple[list[bytes | None], int, int, list[int]]:
         """The reply of the oldest MGET send_fetch sent on this thread's connection (like fetch)."""
-        connection = self._held_connection(self._client)
+        connection = self._held_connection(self._prefetch_client)
         sock = getattr(connection, "_sock", None)
         try:
             if type(sock) is not socket.socket:
@@ -299,6 +302,8 @@ class Connection:
         client, self._client = self._client, None
         if client is not None:
             client.close()
-        writer, self._write_client = getattr(self, "_write_client", None), None
-        if writer is not None:
-            writer.close()
+        for name in ("_write_client", "_prefetch_client"):
+            other = getattr(self, name, None)
+            setattr(self, name, None)
+            if other is not None:
+                other.close()

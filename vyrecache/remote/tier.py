@@ -247,7 +247,9 @@ class RedisTier:
         asked: list[int] = []
         pending = self._pending_writes
         if self._prefetches.outstanding():
-            self._read_prefetches()
+            depth = self._prefetches.to_read(checked)
+            if depth:
+                self._read_prefetches(depth)
         held = {} if self._prefetches.idle else self._prefetches.take(checked)
         served = served_bytes = 0
         for index, key in enumerate(checked):
