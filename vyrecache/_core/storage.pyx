@@ -45,6 +45,10 @@ from vyrecache.exported import ExportedMemory
 from vyrecache.errors import (AllPinnedError, CacheClosedError, CacheError, EntryTooLargeError,
                               KeyNotFoundError, PinnedError, KEY_NOT_FOUND_MESSAGE)
 
+#: remote_fetched's mark of an entry put with write_back=False: never written to the remote tier.
+cdef object LOCAL_ONLY = object()
+
+
 cdef void* _grown(void* p, size_t nbytes) except NULL:
     """realloc(), raising MemoryError when it fails (`p` is then left as it was)."""
     cdef void* q = realloc(p, nbytes)
@@ -205,7 +209,8 @@ cdef class Storage:
     cdef readonly uint64_t remote_hits         # local misses served by the remote tier
     cdef list leaving_keys                     # victims of this operation, for the remote tier
     cdef list leaving_values
-    cdef dict remote_fetched                   # key -> remote epoch: placed by a remote hit, unchanged since
+    cdef dict remote_fetched                   # key -> remote epoch: placed by a remote hit, unchanged since;
+                                               # or LOCAL_ONLY: put with write_back=False
     cdef vc_vk_queue vk
     cdef uint64_t* id_buffers                  # VkBuffer handle of each backend block id
     cdef Py_ssize_t n_ids
@@ -665,7 +670,7 @@ cdef class Storage:
         cdef object epoch = None
         if self.remote_fetched:
             epoch = self.remote_fetched.pop(ev.key, None)
-        if ev.kind != EV_EVICT:
+        if ev.kind != EV_EVICT or epoch is LOCAL_ONLY:
             return 0
         if epoch is not None and epoch == getattr(self.remote, "epoch", None):
             return 0
@@ -1492,9 +1497,12 @@ cdef class Storage:
 
     # -- the data path -----------------------------------------------------------------------
 
-    def put(self, key, data):
+    def put(self, key, data, *, write_back=True):
         """Store ``data`` (any C-contiguous buffer) under ``key``; True when stored.
 
+        With a remote tier, ``write_back=False`` keeps the entry out of it: it is not written
+        there when evicted (nor by ``remote_write="through"``), for an entry no later access will
+        want, such as the blocks of a request's generated tokens that no other request shares.
         Placement and eviction are ``TieredCache.insert``'s.  Raises TypeError for data without
         the buffer protocol, ValueError for non-contiguous data, PinnedError for a pinned key,
         EntryTooLargeError/AllPinnedError when it cannot be placed: then the cache is unchanged.
@@ -1521,7 +1529,11 @@ cdef class Storage:
                 raise
             if placed:
                 status = 0
-                self.leave()
+                try:
+                    if not write_back and self.remote is not None:
+                        self.remote_fetched[k] = LOCAL_ONLY
+                finally:
+                    self.leave()
             else:
                 status = self.engine.op_insert(k, buffer.len)
                 if status < -1 and status != ST_DECLINED:
@@ -1531,12 +1543,14 @@ cdef class Storage:
                     self.replay_checked()       # a declined key's events: what its arrival displaced
                     if status != ST_DECLINED:
                         self.puts_bytes += buffer.len
+                        if not write_back and self.remote is not None:
+                            self.remote_fetched[k] = LOCAL_ONLY
                 finally:
                     self.data = NULL
                     self.leave()
             if status == ST_DECLINED:
                 return False
-            if self.write_through and self.remote is not None:
+            if self.write_through and self.remote is not None and write_back:
                 self.remote.write_many([k], [data])
             return True
         finally:
@@ -1906,19 +1920,21 @@ cdef class Storage:
             result[i] = <int8_t>tier
         return 0
 
-    def put_many(self, keys, data, sizes=None):
+    def put_many(self, keys, data, sizes=None, *, write_back=True):
         """put() for each key in order, with the copies as one batch; True for each stored key.
 
         ``data`` is a 2-D C-contiguous uint8 array with one row per key (entry i is
         ``data[i, :sizes[i]]``; ``sizes`` defaults to the row length), or a sequence of buffers.
         Every argument is checked before anything changes.  An error that can only arise part-way
         (every candidate pinned) raises with ``stored``, the number of keys stored before it.
+        ``write_back=False``: as for put(), for every key of the batch.
         """
-        return self.store_many(keys, data, sizes, None)
+        return self.store_many(keys, data, sizes, None if write_back or self.remote is None else LOCAL_ONLY)
 
     cdef object store_many(self, keys, data, sizes, object fetched_epoch):
         """put_many(); with a `fetched_epoch` (remote hits being placed), each stored entry is
-        marked clean in the same operation, so that no other thread's put can come between."""
+        marked clean in the same operation, so that no other thread's put can come between
+        (LOCAL_ONLY: never to be written back)."""
         cdef Rows rows = collect_rows(self, keys, data, sizes, "put_many")
         cdef const uint64_t* kv = rows.keys
         cdef Py_ssize_t i, n = rows.n
@@ -1933,9 +1949,8 @@ cdef class Storage:
                 self.check_put(kv[i], rows.length[i], i)
             self.ensure_slots(self.engine.slot_high_water + n + 1)
             for i in range(n):
-                if self.put_in_place(kv[i], <const char*><size_t>rows.address[i], rows.length[i]):
-                    pass
-                elif not self.put_row(kv[i], rows, i):
+                if (not self.put_in_place(kv[i], <const char*><size_t>rows.address[i], rows.length[i])
+                        and not self.put_row(kv[i], rows, i)):
                     (<uint8_t*>cnp.PyArray_DATA(out))[i] = 0
                 elif fetched_epoch is not None:
                     self.remote_fetched[kv[i]] = fetched_epoch
@@ -2191,7 +2206,7 @@ cdef class Storage:
         cdef Py_ssize_t slot
         cdef char* address = NULL
         self.pin_key(k, 1)
-        if self.remote_fetched:
+        if self.remote_fetched and self.remote_fetched.get(k) is not LOCAL_ONLY:
             self.remote_fetched.pop(k, None)     # its bytes may be written in place: no longer clean
         slot = self.engine.slot_of(k)
         if self.s_ticket[slot] > self.done_ticket:
