@@ -209,8 +209,8 @@ cdef class Storage:
     cdef readonly uint64_t remote_hits         # local misses served by the remote tier
     cdef list leaving_keys                     # victims of this operation, for the remote tier
     cdef list leaving_values
-    cdef dict remote_fetched                   # key -> remote epoch: placed by a remote hit, unchanged since;
-                                               # or LOCAL_ONLY: put with write_back=False
+    # key -> remote epoch: placed by a remote hit, unchanged since; LOCAL_ONLY: put with write_back=False
+    cdef dict remote_fetched
     cdef vc_vk_queue vk
     cdef uint64_t* id_buffers                  # VkBuffer handle of each backend block id
     cdef Py_ssize_t n_ids
@@ -2012,7 +2012,8 @@ cdef class Storage:
         cdef Py_ssize_t slot = self.engine.slot_of(key)
         cdef int32_t g, k, n
         cdef char* base
-        if not self.replace_in_place or slot < 0 or size == 0 or self.n_rows or self.device_moves or self.s_state[slot] != S_PLACED:
+        if (not self.replace_in_place or slot < 0 or size == 0 or self.n_rows or self.device_moves
+                or self.s_state[slot] != S_PLACED):
             return False
         g = self.s_seg[slot]
         if g < 0 or self.charge(self.engine.slots[slot].size) != self.charge(size):
