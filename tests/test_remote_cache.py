@@ -4,6 +4,7 @@ that goes away costs misses, never errors."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -228,3 +229,22 @@ def test_prefetch_without_a_remote_tier_does_nothing():
     with vc.BufferCache([vc.CacheTier("host", 64 << 10, "host")], backend="host") as cache:
         cache.prefetch([1, 2, 3])
         assert len(cache) == 0
+
+
+@pytest.mark.parametrize("decode_write_back", [False, True])
+def test_the_remote_demo_keeps_its_decode_blocks_local_unless_asked(redis_server, capsys, decode_write_back):
+    from vyrecache.cli import main
+    from vyrecache.cli.workload import DECODE_KEY_BASE
+
+    raw = redis_server.client()
+    raw.flushall()
+    args = ["demo", "--backend", "host", "--entries", "300", "--requests", "600", "--duration", "30",
+            "--host-size", "512KiB", "--device-size", "128KiB", "--block-size", "4KiB", "--json", "--quiet",
+            "--remote", redis_server.url] + (["--decode-write-back"] if decode_write_back else [])
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["verified"]["checked"] > 0 and result["verified"]["mismatched"] == 0
+    assert result["remote"]["hits"] > 0 and result["remote"]["errors"] == 0
+    stored = [int(name.rsplit(b":", 1)[1]) for name in raw.scan_iter(b"vyrecache-demo-0:v1:*")]
+    assert any(key < DECODE_KEY_BASE for key in stored)            # evicted prefix blocks
+    assert any(key >= DECODE_KEY_BASE for key in stored) == decode_write_back
