@@ -641,6 +641,22 @@ def test_a_fetch_reads_only_the_prefetches_it_needs_and_a_later_reply_stays_whol
         assert raw.info("commandstats")["cmdstat_mget"]["calls"] == 3
 
 
+def test_fetch_many_returns_bytes_and_fetch_views_views_that_outlive_their_round_trip(redis_server):
+    with vc.RedisTier(redis_server.url, timeout=TIMEOUT, namespace="views") as tier:
+        values = {key: payload(key, 500 + key) for key in range(8)}
+        tier.write_many(list(values), list(values.values()))
+        assert tier.flush(10)
+        tier.prefetch_many(range(4))
+        fetched = tier.fetch_many(range(8))               # half from the prefetch, half asked
+        assert fetched == [values[key] for key in range(8)]
+        assert all(type(value) is bytes for value in fetched)
+        tier.prefetch_many(range(4))
+        views = tier.fetch_views(list(range(8)) + [99])
+        assert views[-1] is None and all(type(view) is memoryview and view.readonly for view in views[:-1])
+        tier.fetch_many(range(8))                         # later round trips leave them as they were
+        assert [bytes(view) for view in views[:-1]] == [values[key] for key in range(8)]
+
+
 def test_a_write_after_a_prefetch_wins_over_what_the_prefetch_brought(redis_server):
     with vc.RedisTier(redis_server.url, timeout=TIMEOUT, namespace="pfw") as tier:
         tier.write(5, b"before")

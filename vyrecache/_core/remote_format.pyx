@@ -3,6 +3,7 @@
 ``vyrecache/remote/format.py``).  A fetch of 16 KiB entries spends about as long checking each value
 as redis-py spends reading it, so the whole check of a batch runs here, one C loop per batch."""
 
+from cpython.buffer cimport PyBUF_FORMAT, PyBUF_WRITABLE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
@@ -546,8 +547,48 @@ def mget_send(int fd, bytes prefix not None, list keys not None, double timeout)
         free(request)
 
 
-def mget_receive(int fd, list keys not None, double timeout):
-    """Read and check the reply of an MGET of *keys* sent earlier on *fd*; returns and raises like mget()."""
+cdef class Reply:
+    """The read-only bytes of one MGET reply, for its payloads as memoryviews without a copy each
+    (``mget_receive(..., views=True)``); freed when the last view of it goes."""
+
+    cdef char *data
+    cdef Py_ssize_t size
+    cdef Py_ssize_t shape[1]
+    cdef Py_ssize_t strides[1]
+
+    def __dealloc__(self):
+        free(self.data)
+
+    def __len__(self):
+        return self.size
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        if flags & PyBUF_WRITABLE:
+            raise BufferError("a fetched reply is read-only. Fix: copy it (bytes(view)) to change it.")
+        self.shape[0] = self.size
+        self.strides[0] = 1
+        view.buf = self.data
+        view.obj = self
+        view.len = self.size
+        view.readonly = 1
+        view.itemsize = 1
+        view.format = NULL
+        if flags & PyBUF_FORMAT:
+            view.format = b"B"
+        view.ndim = 1
+        view.shape = self.shape
+        view.strides = self.strides
+        view.suboffsets = NULL
+        view.internal = NULL
+
+    def __releasebuffer__(self, Py_buffer *view):
+        pass
+
+
+def mget_receive(int fd, list keys not None, double timeout, bint views=False):
+    """Read and check the reply of an MGET of *keys* sent earlier on *fd*; returns and raises like mget().
+    With *views*, each payload is a read-only memoryview into the reply (``Reply``) instead of a
+    bytes object of its own: the one copy of the bytes is then the caller's."""
     cdef Py_ssize_t n = len(keys), i
     cdef uint64_t *key_values = <uint64_t *>malloc(max(n, 1) * sizeof(uint64_t))
     cdef Py_ssize_t *starts = <Py_ssize_t *>malloc(max(n, 1) * sizeof(Py_ssize_t))
@@ -557,6 +598,7 @@ def mget_receive(int fd, list keys not None, double timeout):
     cdef int status = _OK
     cdef int timeout_ms = max(1, <int>(timeout * 1000.0 + 0.5))
     cdef Py_ssize_t hits = 0, nbytes = 0
+    cdef Reply owner
     try:
         if key_values == NULL or starts == NULL or lengths == NULL or valid == NULL:
             raise MemoryError("could not allocate an MGET's bookkeeping")
@@ -570,9 +612,22 @@ def mget_receive(int fd, list keys not None, double timeout):
         _raise_for(status, n, timeout)
         values = [None] * n
         corrupt = []
+        whole = None
+        if views:
+            owner = Reply.__new__(Reply)
+            owner.data = reply
+            owner.size = 0              # up to the last payload's end
+            for i in range(n):
+                if lengths[i] >= 0 and starts[i] + lengths[i] > owner.size:
+                    owner.size = starts[i] + lengths[i]
+            reply = NULL                # the Reply frees it
+            whole = memoryview(owner)
         for i in range(n):
             if valid[i]:
-                values[i] = PyBytes_FromStringAndSize(reply + starts[i] + _HEADER, lengths[i] - _HEADER)
+                if views:
+                    values[i] = whole[starts[i] + _HEADER:starts[i] + lengths[i]]
+                else:
+                    values[i] = PyBytes_FromStringAndSize(reply + starts[i] + _HEADER, lengths[i] - _HEADER)
                 hits += 1
                 nbytes += lengths[i] - _HEADER
             elif lengths[i] >= 0:
@@ -586,7 +641,7 @@ def mget_receive(int fd, list keys not None, double timeout):
         free(reply)
 
 
-def mget(int fd, bytes prefix not None, list keys not None, double timeout):
+def mget(int fd, bytes prefix not None, list keys not None, double timeout, bint views=False):
     """One MGET of ``prefix + str(key)`` for each of *keys* on the connected socket *fd* (non-
     blocking, as Python leaves a socket with a timeout), decoded like decode_many: returns
     ``(values, hits, payload bytes, corrupt indices)``.
@@ -602,7 +657,7 @@ def mget(int fd, bytes prefix not None, list keys not None, double timeout):
         ReplyError: the reply was an error or not an MGET's (the connection's state is unknown).
     """
     mget_send(fd, prefix, keys, timeout)
-    return mget_receive(fd, keys, timeout)
+    return mget_receive(fd, keys, timeout, views)
 
 
 cdef extern from "<sys/uio.h>" nogil:

@@ -1677,7 +1677,9 @@ cdef class Storage:
         tier it landed in instead of a miss."""
         cdef Py_ssize_t i, n = keys.shape[0]
         epoch = getattr(self.remote, "epoch", None)     # read before the fetch: see leave_for_remote
-        values = self.remote.fetch_many(keys)
+        # fetch_views spares a copy: its values may be views into a reply, copied in by the put.
+        fetch = getattr(self.remote, "fetch_views", None) or self.remote.fetch_many
+        values = fetch(keys)
         tiers = np.full(n, -1, dtype=np.int8)
         found = [i for i in range(n) if values[i] is not None]
         if found:

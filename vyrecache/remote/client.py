@@ -202,9 +202,10 @@ class Connection:
             return self._cluster_pipeline("GET", names)
         return self._client.execute_command("MGET", *names)
 
-    def fetch(self, prefix: bytes, keys: list[int]) -> tuple[list[bytes | None], int, int, list[int]]:
+    def fetch(self, prefix: bytes, keys: list[int], views: bool = False) -> tuple[list[Any], int, int, list[int]]:
         """The payloads stored under ``prefix + str(key)``, checked: (values, hits, bytes, corrupt
-        indices), as ``decode_many`` returns them.  On a single server over a plain socket the
+        indices), as ``decode_many`` returns them (with *views*, payloads may be read-only
+        memoryviews into the reply instead of bytes).  On a single server over a plain socket the
         whole round trip runs in C without the GIL (``remote_format.mget``); otherwise redis-py's
         MGET or cluster pipeline, then ``decode_many``."""
         if not self.cluster:
@@ -212,7 +213,7 @@ class Connection:
             sock = getattr(connection, "_sock", None)
             if type(sock) is socket.socket:
                 try:
-                    return mget(sock.fileno(), prefix, keys, self._timeout)
+                    return mget(sock.fileno(), prefix, keys, self._timeout, views)
                 except BaseException:
                     connection.disconnect()     # a reply may be left half read: never reuse it
                     raise
@@ -260,14 +261,14 @@ class Connection:
             raise
         return True
 
-    def receive_fetch(self, keys: list[int]) -> tuple[list[bytes | None], int, int, list[int]]:
+    def receive_fetch(self, keys: list[int], views: bool = False) -> tuple[list[Any], int, int, list[int]]:
         """The reply of the oldest MGET send_fetch sent on this thread's connection (like fetch)."""
         connection = self._held_connection(self._prefetch_client)
         sock = getattr(connection, "_sock", None)
         try:
             if type(sock) is not socket.socket:
                 raise ConnectionError("the connection a prefetch was sent on is gone")
-            return mget_receive(sock.fileno(), keys, self._timeout)
+            return mget_receive(sock.fileno(), keys, self._timeout, views)
         except BaseException:
             connection.disconnect()
             raise
