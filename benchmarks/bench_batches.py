@@ -21,7 +21,7 @@ import numpy as np
 import vyrecache as vc
 from vyrecache.cli.workload import KvWorkload
 
-from harness import add_json_argument, best_of, write_json
+from harness import add_json_argument, best_of, interleaved_best, write_json
 
 
 def bulk(backend: str, rounds: int) -> dict[str, float]:
@@ -40,26 +40,29 @@ def bulk(backend: str, rounds: int) -> dict[str, float]:
           f"{copy_in * 1e3:.2f} ms); read_many {read * 1e3:.2f} ms ({copy_out / read:.2f}x np.copyto out, "
           f"{copy_out * 1e3:.2f} ms)")
 
-    # Per-key costs of small entries in the steady state: each round times 20 batches in a row,
-    # so the cleaning that every 16th or so batch triggers is paid in its share, and one slow
-    # batch (a page fault, a scheduler tick) weighs a twentieth.
+    # Per-key costs of small entries in the steady state: each round times 100 batches in a row
+    # (one slow batch, a page fault or a scheduler tick, weighs a hundredth), put_many's and
+    # put()'s rounds interleaved, at least 9 of them, after a warm-up of both; the best round.
     small = np.zeros((count, 64), dtype=np.uint8)
-    repeat = 20
+    repeat = 100
     with vc.BufferCache([vc.CacheTier("host", 1 << 20, "host")], backend=backend) as cache:
         cache.put_many(keys, small)
+        smalls = [small[i] for i in range(count)]
+        key_list = keys.tolist()
 
         def batches() -> None:
             for _ in range(repeat):
                 cache.put_many(keys, small)
-        many = best_of(batches, rounds, warmup=True) / repeat
-        smalls = [small[i] for i in range(count)]
-        key_list = keys.tolist()
 
         def singles() -> None:
-            for _ in range(repeat):
+            for _ in range(repeat // 10):
                 for key, row in zip(key_list, smalls):
                     cache.put(key, row)
-        single = best_of(singles, rounds, warmup=True) / repeat
+        batches()
+        singles()
+        many, single = interleaved_best([batches, singles], max(rounds, 9))
+        many /= repeat
+        single /= repeat // 10
         out_small = np.empty_like(small)
         read_small = best_of(lambda: cache.read_many(keys, out_small), rounds)
     print(f"64-byte entries: put_many {many / count * 1e9:.0f} ns/key, read_many "

@@ -12,6 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import vyrecache as vc
+from vyrecache.counters import ENGINE_COUNTERS
+from vyrecache.host.backend import HostBackend
 from helpers import closing_caches, payload
 
 
@@ -153,3 +155,165 @@ def test_fill_many_reads_only_the_rows_of_missing_keys_and_never_replaces_a_hit(
     assert cache.fill_many(np.array([2, 9], dtype=np.uint64), rows2, [0, 17]).tolist() == [0, -1]
     assert cache.read(9).tobytes() == bytes(17)
     cache.check()
+
+
+# -- replacements of an entry's own charge (written where the entry lies) ----------------------
+
+# A step: ("put", batch) of new sizes, ("same", picks) replacing present keys with a size of the
+# same charge, ("pin"/"unpin", picks) of present keys, ("lease"/"release", picks), ("access", batch).
+PICKS = st.lists(st.tuples(st.integers(0, 40), st.integers(0, 1 << 16)), min_size=0, max_size=12)
+REPLACING_STEPS = st.lists(st.one_of(st.tuples(st.just("put"), BATCH),
+                                     st.tuples(st.just("same"), PICKS),
+                                     st.tuples(st.just("same"), PICKS),
+                                     st.tuples(st.just("access"), BATCH),
+                                     st.tuples(st.just("pin"), PICKS),
+                                     st.tuples(st.just("unpin"), PICKS),
+                                     st.tuples(st.just("lease"), PICKS),
+                                     st.tuples(st.just("release"), PICKS)), max_size=16)
+
+
+def same_charge_items(cache, picks):
+    """(key, size) for present keys of `cache`, each with a new size of its entry's charge."""
+    present = sorted(cache)
+    items = []
+    for index, noise in picks:
+        if not present:
+            break
+        key = present[index % len(present)]
+        size = cache.get(key).size
+        if size:
+            charge = -(-size // cache.alignment) * cache.alignment
+            size = charge - noise % min(cache.alignment, charge)
+        items.append((key, size))
+    return items
+
+
+def raising_on_evict(reported):
+    """on_evict that records every victim and raises for every third one."""
+    def on_evict(entry):
+        reported.append(entry)
+        if len(reported) % 3 == 0:
+            raise RuntimeError(f"victim {entry.key}")
+    return on_evict
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=REPLACING_STEPS)
+def test_replacements_agree_with_single_calls_with_pins_leases_and_a_raising_on_evict(make_cache, steps):
+    left_batch, left_single = [], []
+    batched = make_cache(on_evict=raising_on_evict(left_batch))
+    single = make_cache(on_evict=raising_on_evict(left_single))
+    leases = {}                      # key -> (the batched cache's lease, the single one's)
+    pins = {}
+    for version, (kind, items) in enumerate(steps, start=1):
+        if kind in ("same", "pin", "unpin", "lease", "release"):
+            items = same_charge_items(single, items)
+        keys = np.array([key for key, _ in items], dtype=np.uint64)
+        if kind in ("put", "same"):
+            blobs = [payload(key, size, version) for key, size in items]
+            blocked = [key for key in keys.tolist() if pins.get(key) or key in leases]
+            if blocked:
+                before = state(batched)
+                with pytest.raises(vc.PinnedError) as caught:
+                    batched.put_many(keys, blobs)
+                assert caught.value.stored == 0 and state(batched) == before
+                with pytest.raises(vc.PinnedError):
+                    single.put(blocked[0], b"")
+                continue
+            batch_error = single_error = None
+            try:
+                batched.put_many(keys, blobs)
+            except RuntimeError as error:
+                batch_error = error
+            for key, blob in zip(keys.tolist(), blobs):
+                try:
+                    single.put(key, blob)
+                except RuntimeError as error:
+                    single_error = single_error or error
+            assert (batch_error is None) == (single_error is None)
+        elif kind == "access":
+            try:
+                tiers = batched.access_many(keys).tolist()
+            except RuntimeError:
+                tiers = None
+            expected = []
+            for key in keys.tolist():
+                try:
+                    expected.append(single.access(key))
+                except RuntimeError:
+                    expected.append(None)      # the access completed; its tier is checked below
+            if tiers is not None and None not in expected:
+                assert tiers == expected
+        elif kind in ("pin", "lease"):
+            for key in keys.tolist():
+                if kind == "pin":
+                    batched.pin(key)
+                    single.pin(key)
+                    pins[key] = pins.get(key, 0) + 1
+                elif key not in leases:
+                    leases[key] = (batched.lease(key), single.lease(key))
+        elif kind == "unpin":
+            for key in keys.tolist():
+                if pins.get(key):
+                    batched.unpin(key)
+                    single.unpin(key)
+                    pins[key] -= 1
+        else:
+            for key in keys.tolist():
+                if key in leases:
+                    for lease in leases.pop(key):
+                        lease.release()
+        for key, (lease, _) in leases.items():
+            # A leased entry is never replaced: its bytes stay the ones the lease was taken on.
+            assert batched.read(key).tobytes() == single.read(key).tobytes()
+            try:
+                view = memoryview(lease)
+            except BufferError:         # device-only memory: no CPU view
+                continue
+            assert view.tobytes() == batched.read(key).tobytes()
+            view.release()
+        batched.check()
+        single.check()
+        assert state(batched) == state(single)
+        assert left_batch == left_single
+    for pair in leases.values():
+        for lease in pair:
+            lease.release()
+
+
+def engine_state(cache):
+    """Keys, tiers, bytes and the engine's counters: what does not depend on where the bytes lie."""
+    engine = set(ENGINE_COUNTERS)
+    return ({key: (cache.get(key).tier, cache.read(key).tobytes()) for key in cache},
+            [{name: value for name, value in tier.items() if name in engine} for tier in cache.counters()])
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=REPLACING_STEPS.map(lambda steps: [step for step in steps if step[0] in ("put", "same", "access")]))
+def test_a_replacement_in_place_leaves_what_a_remove_and_an_insert_leave(make_cache, steps):
+    """Against a cache that appends every replacement: the same keys, tiers, bytes, engine
+    counters and victims (no pins here, so the log never evicts for fragmentation)."""
+    left_place, left_append = [], []
+    in_place = make_cache(on_evict=left_place.append)
+    appending = make_cache(on_evict=left_append.append)
+    appending.replace_in_place = False
+    host_memory = isinstance(in_place._backend, HostBackend)     # every block mapped, no copy rows
+    for version, (kind, items) in enumerate(steps, start=1):
+        if kind == "same":
+            items = same_charge_items(appending, items)
+        keys = np.array([key for key, _ in items], dtype=np.uint64)
+        if kind == "access":
+            assert in_place.access_many(keys).tolist() == appending.access_many(keys).tolist()
+        else:
+            blobs = [payload(key, size, version) for key, size in items]
+            locations = {key: in_place._location_of(key) for key in keys.tolist() if key in in_place}
+            in_place.put_many(keys, blobs)
+            appending.put_many(keys, blobs)
+            if kind == "same" and host_memory and len(set(keys.tolist())) == len(keys):
+                for key, location in locations.items():     # overwritten where they lay
+                    if location[1] is not None:
+                        assert in_place._location_of(key)[:3] == location[:3]
+        in_place.check()
+        appending.check()
+        assert engine_state(in_place) == engine_state(appending)
+        assert left_place == left_append

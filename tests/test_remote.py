@@ -619,6 +619,44 @@ def test_prefetched_keys_cost_no_round_trip_of_their_own(redis_server):
         assert counts["hits"] == 20 and counts["misses"] == 10
 
 
+def test_a_fetch_reads_only_the_prefetches_it_needs_and_a_later_reply_stays_whole(redis_server):
+    """Two prefetches answered before either is read: the fetch of the first batch's keys reads
+    that reply alone (never into the one behind it), the second stays under way while other keys
+    are fetched, and is served whole later."""
+    raw = redis_server.client()
+    with vc.RedisTier(redis_server.url, timeout=TIMEOUT, namespace="pf2") as tier:
+        values = {key: payload(key, 1000 + 97 * key) for key in range(40)}
+        tier.write_many(list(values), list(values.values()))
+        assert tier.flush(10)
+        tier.prefetch_many(range(0, 20))
+        tier.prefetch_many(list(range(20, 40)) + [10**6])
+        assert wait_until(lambda: raw.info("commandstats")["cmdstat_mget"]["calls"] >= 2, 2.0)
+        time.sleep(0.05)                          # both replies wait on the socket
+        assert tier.fetch_many(range(0, 20)) == [values[key] for key in range(0, 20)]
+        assert len(tier._prefetches.outstanding()) == 1      # the second batch is not read yet
+        assert tier.fetch_many([10**7, 3]) == [None, values[3]]   # a round trip of its own, meanwhile
+        assert tier.fetch_many(list(range(20, 40)) + [10**6]) == [values[key] for key in range(20, 40)] + [None]
+        counts = tier.counters()
+        assert counts["errors"] == 0 and counts["corrupt"] == 0
+        assert raw.info("commandstats")["cmdstat_mget"]["calls"] == 3
+
+
+def test_fetch_many_returns_bytes_and_fetch_views_views_that_outlive_their_round_trip(redis_server):
+    with vc.RedisTier(redis_server.url, timeout=TIMEOUT, namespace="views") as tier:
+        values = {key: payload(key, 500 + key) for key in range(8)}
+        tier.write_many(list(values), list(values.values()))
+        assert tier.flush(10)
+        tier.prefetch_many(range(4))
+        fetched = tier.fetch_many(range(8))               # half from the prefetch, half asked
+        assert fetched == [values[key] for key in range(8)]
+        assert all(type(value) is bytes for value in fetched)
+        tier.prefetch_many(range(4))
+        views = tier.fetch_views(list(range(8)) + [99])
+        assert views[-1] is None and all(type(view) is memoryview and view.readonly for view in views[:-1])
+        tier.fetch_many(range(8))                         # later round trips leave them as they were
+        assert [bytes(view) for view in views[:-1]] == [values[key] for key in range(8)]
+
+
 def test_a_write_after_a_prefetch_wins_over_what_the_prefetch_brought(redis_server):
     with vc.RedisTier(redis_server.url, timeout=TIMEOUT, namespace="pfw") as tier:
         tier.write(5, b"before")

@@ -4,6 +4,7 @@ that goes away costs misses, never errors."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -142,6 +143,35 @@ def test_a_victim_a_remote_hit_placed_is_not_written_back_unless_it_changed(make
     cache.check()
 
 
+@pytest.mark.parametrize("call", ["put", "put_many"])
+def test_an_entry_put_with_write_back_false_never_reaches_the_remote_tier(make_cache, redis_server, call):
+    cache = make_cache(namespace=f"local{call}", remote_write="through")
+    raw = redis_server.client()
+    keys = list(range(60))
+    if call == "put":
+        for key in keys:
+            cache.put(key, payload(key), write_back=key % 2 == 0)
+    else:
+        cache.put_many(np.array(keys[0::2], dtype=np.uint64), [payload(key) for key in keys[0::2]])
+        cache.put_many(np.array(keys[1::2], dtype=np.uint64), [payload(key) for key in keys[1::2]],
+                       write_back=False)
+    with cache.lease(keys[-1], writable=True):
+        pass                                    # a lease does not make it remote-worthy
+    for key in range(1000, 1060):
+        cache.put(key, payload(key))            # every one of them is evicted
+    assert cache.flush(5.0)
+    assert not any(key in cache for key in keys)
+    for key in keys:
+        stored = raw.get(b"local%s:v1:%d" % (call.encode(), key))
+        assert (stored is None) == (key % 2 == 1), key
+    cache.put(1, payload(2))                    # a put without it: written back when it leaves
+    for key in range(2000, 2060):
+        cache.put(key, payload(key))
+    assert cache.flush(5.0)
+    assert cache.read(1).tobytes() == payload(2)
+    cache.check()
+
+
 def test_with_a_ttl_or_after_a_failed_round_trip_every_victim_is_written_back(redis_servers):
     server = redis_servers.start()
     raw = server.client()
@@ -196,3 +226,22 @@ def test_prefetch_without_a_remote_tier_does_nothing():
     with vc.BufferCache([vc.CacheTier("host", 64 << 10, "host")], backend="host") as cache:
         cache.prefetch([1, 2, 3])
         assert len(cache) == 0
+
+
+@pytest.mark.parametrize("decode_write_back", [False, True])
+def test_the_remote_demo_keeps_its_decode_blocks_local_unless_asked(redis_server, capsys, decode_write_back):
+    from vyrecache.cli import main
+    from vyrecache.cli.workload import DECODE_KEY_BASE
+
+    raw = redis_server.client()
+    raw.flushall()
+    args = ["demo", "--backend", "host", "--entries", "300", "--requests", "600", "--duration", "30",
+            "--host-size", "512KiB", "--device-size", "128KiB", "--block-size", "4KiB", "--json", "--quiet",
+            "--remote", redis_server.url] + (["--decode-write-back"] if decode_write_back else [])
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["verified"]["checked"] > 0 and result["verified"]["mismatched"] == 0
+    assert result["remote"]["hits"] > 0 and result["remote"]["errors"] == 0
+    stored = [int(name.rsplit(b":", 1)[1]) for name in raw.scan_iter(b"vyrecache-demo-0:v1:*")]
+    assert any(key < DECODE_KEY_BASE for key in stored)            # evicted prefix blocks
+    assert any(key >= DECODE_KEY_BASE for key in stored) == decode_write_back

@@ -255,6 +255,7 @@ cdef class Engine:
     cdef int op_pin(self, uint32_t slot, int delta) noexcept nogil
     cdef int _change_pins(self, key, int delta) except -1
     cdef int target_tier(self, uint64_t size, uint32_t replaced) noexcept nogil
+    cdef int op_replace(self, uint32_t slot, uint64_t size) noexcept nogil
 
     # --- helpers of the Python-level API ---
     cdef int _check_tier(self, int tier) except -1

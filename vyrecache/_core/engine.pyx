@@ -1185,6 +1185,29 @@ cdef class Engine:
         """The tier insert() would put an entry of `size` bytes in, or its error status."""
         return _first_tier_for(self, _charge(self, size), replaced)
 
+    cdef int op_replace(self, uint32_t slot, uint64_t size) noexcept nogil:
+        """insert() of a present, unpinned key as one step, when the new entry has the old one's
+        charge and would land in its tier (native LRU): what the remove and the insert leave
+        behind (recency, statistics, counters, tier bytes) without freeing and taking a slot,
+        and without events, since nothing moves.  -1, changing nothing, when it does not apply."""
+        cdef Slot* s = &self.slots[slot]
+        cdef int tier = s.tier
+        cdef TierState* t
+        if (not self.lru_native or s.pins or s.flags or tier < 0
+                or _charge(self, size) != _charge(self, s.size)
+                or _first_tier_for(self, _charge(self, size), slot) != tier):
+            return -1
+        t = &self.tier_state[tier]
+        t.counters[C_BYTES_OUT] += s.size
+        _unlink(self, slot)
+        s.size = size
+        s.last_access = 0
+        s.frequency = 0
+        _link_head(self, slot, tier)
+        t.counters[C_INSERTS] += 1
+        t.counters[C_BYTES_IN] += size
+        return tier
+
     # ---- configuration ----
 
     @property

@@ -3,6 +3,7 @@
 ``vyrecache/remote/format.py``).  A fetch of 16 KiB entries spends about as long checking each value
 as redis-py spends reading it, so the whole check of a batch runs here, one C loop per batch."""
 
+from cpython.buffer cimport PyBUF_FORMAT, PyBUF_WRITABLE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
@@ -234,8 +235,11 @@ def frame_writes(bytes prefix not None, list keys not None, list payloads not No
             key_values[i] = keys[i]
             data[i] = PyBytes_AS_STRING(payload)
             sizes[i] = PyBytes_GET_SIZE(payload)
-        for i in range(n):
-            sums[i] = vc_xxh64(<const unsigned char *>data[i], <size_t>sizes[i], 0)
+        # Without the GIL: the thread that serves the cache need not wait for the checksums of a
+        # round trip of writes (the payloads are bytes, which nobody changes, held by the list).
+        with nogil:
+            for i in range(n):
+                sums[i] = vc_xxh64(<const unsigned char *>data[i], <size_t>sizes[i], 0)
         buffers = []
         for i in range(n):
             size = sizes[i]
@@ -411,8 +415,13 @@ cdef int _parse_int(const char *data, Py_ssize_t start, Py_ssize_t end, Py_ssize
 cdef int _mget_reply(int fd, Py_ssize_t count, int timeout_ms, char **buffer_out, Py_ssize_t *starts,
                      Py_ssize_t *lengths) noexcept:
     """Read the reply to an MGET of `count` keys: each element's start and length (-1: nil) in the
-    buffer, which grows as needed and is the caller's to free.  RESP2 and RESP3 nils both."""
+    buffer, which grows as needed and is the caller's to free.  RESP2 and RESP3 nils both.
+
+    It never reads past the reply's end: the replies of later MGETs sent on the same connection
+    (prefetches) may follow it on the socket.  Each read asks for at most what the reply still
+    holds at the least, every element left taking 3 bytes or more (``_\\r\\n``)."""
     cdef Py_ssize_t capacity = 1 << 18, filled = 0, position = 0, element = -1, line, size = 0
+    cdef Py_ssize_t least
     cdef bint in_bulk = False
     cdef char *data = <char *>malloc(capacity)
     cdef char *grown
@@ -467,7 +476,16 @@ cdef int _mget_reply(int fd, Py_ssize_t count, int timeout_ms, char **buffer_out
             data = grown
             capacity *= 2
             buffer_out[0] = data
-        status = _receive(fd, data, capacity, &filled)
+        if element < 0:
+            least = 3 + _digits(<uint64_t>count) + 3 * count
+        elif in_bulk:
+            least = size + 2 + 3 * (count - element - 1)
+        else:
+            least = 3 * (count - element)
+        least -= filled - position              # what has arrived of it
+        if least < 1:
+            least = 1                           # a line is incomplete: its end is still to come
+        status = _receive(fd, data, min(capacity, filled + least), &filled)
         if status == _AGAIN:
             status = _wait(fd, POLLIN, timeout_ms)
         if status != _OK:
@@ -536,8 +554,48 @@ def mget_send(int fd, bytes prefix not None, list keys not None, double timeout)
         free(request)
 
 
-def mget_receive(int fd, list keys not None, double timeout):
-    """Read and check the reply of an MGET of *keys* sent earlier on *fd*; returns and raises like mget()."""
+cdef class Reply:
+    """The read-only bytes of one MGET reply, for its payloads as memoryviews without a copy each
+    (``mget_receive(..., views=True)``); freed when the last view of it goes."""
+
+    cdef char *data
+    cdef Py_ssize_t size
+    cdef Py_ssize_t shape[1]
+    cdef Py_ssize_t strides[1]
+
+    def __dealloc__(self):
+        free(self.data)
+
+    def __len__(self):
+        return self.size
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        if flags & PyBUF_WRITABLE:
+            raise BufferError("a fetched reply is read-only. Fix: copy it (bytes(view)) to change it.")
+        self.shape[0] = self.size
+        self.strides[0] = 1
+        view.buf = self.data
+        view.obj = self
+        view.len = self.size
+        view.readonly = 1
+        view.itemsize = 1
+        view.format = NULL
+        if flags & PyBUF_FORMAT:
+            view.format = b"B"
+        view.ndim = 1
+        view.shape = self.shape
+        view.strides = self.strides
+        view.suboffsets = NULL
+        view.internal = NULL
+
+    def __releasebuffer__(self, Py_buffer *view):
+        pass
+
+
+def mget_receive(int fd, list keys not None, double timeout, bint views=False):
+    """Read and check the reply of an MGET of *keys* sent earlier on *fd*; returns and raises like mget().
+    With *views*, each payload is a read-only memoryview into the reply (``Reply``) instead of a
+    bytes object of its own: the one copy of the bytes is then the caller's."""
     cdef Py_ssize_t n = len(keys), i
     cdef uint64_t *key_values = <uint64_t *>malloc(max(n, 1) * sizeof(uint64_t))
     cdef Py_ssize_t *starts = <Py_ssize_t *>malloc(max(n, 1) * sizeof(Py_ssize_t))
@@ -547,6 +605,7 @@ def mget_receive(int fd, list keys not None, double timeout):
     cdef int status = _OK
     cdef int timeout_ms = max(1, <int>(timeout * 1000.0 + 0.5))
     cdef Py_ssize_t hits = 0, nbytes = 0
+    cdef Reply owner
     try:
         if key_values == NULL or starts == NULL or lengths == NULL or valid == NULL:
             raise MemoryError("could not allocate an MGET's bookkeeping")
@@ -554,14 +613,28 @@ def mget_receive(int fd, list keys not None, double timeout):
             key_values[i] = keys[i]
         status = _mget_reply(fd, n, timeout_ms, &reply, starts, lengths)
         if status == _OK:
-            for i in range(n):
-                valid[i] = lengths[i] >= 0 and _valid(reply + starts[i], lengths[i], key_values[i])
+            with nogil:     # the checksums of the whole reply: the writer thread may run meanwhile
+                for i in range(n):
+                    valid[i] = lengths[i] >= 0 and _valid(reply + starts[i], lengths[i], key_values[i])
         _raise_for(status, n, timeout)
         values = [None] * n
         corrupt = []
+        whole = None
+        if views:
+            owner = Reply.__new__(Reply)
+            owner.data = reply
+            owner.size = 0              # up to the last payload's end
+            for i in range(n):
+                if lengths[i] >= 0 and starts[i] + lengths[i] > owner.size:
+                    owner.size = starts[i] + lengths[i]
+            reply = NULL                # the Reply frees it
+            whole = memoryview(owner)
         for i in range(n):
             if valid[i]:
-                values[i] = PyBytes_FromStringAndSize(reply + starts[i] + _HEADER, lengths[i] - _HEADER)
+                if views:
+                    values[i] = whole[starts[i] + _HEADER:starts[i] + lengths[i]]
+                else:
+                    values[i] = PyBytes_FromStringAndSize(reply + starts[i] + _HEADER, lengths[i] - _HEADER)
                 hits += 1
                 nbytes += lengths[i] - _HEADER
             elif lengths[i] >= 0:
@@ -575,7 +648,7 @@ def mget_receive(int fd, list keys not None, double timeout):
         free(reply)
 
 
-def mget(int fd, bytes prefix not None, list keys not None, double timeout):
+def mget(int fd, bytes prefix not None, list keys not None, double timeout, bint views=False):
     """One MGET of ``prefix + str(key)`` for each of *keys* on the connected socket *fd* (non-
     blocking, as Python leaves a socket with a timeout), decoded like decode_many: returns
     ``(values, hits, payload bytes, corrupt indices)``.
@@ -591,7 +664,7 @@ def mget(int fd, bytes prefix not None, list keys not None, double timeout):
         ReplyError: the reply was an error or not an MGET's (the connection's state is unknown).
     """
     mget_send(fd, prefix, keys, timeout)
-    return mget_receive(fd, keys, timeout)
+    return mget_receive(fd, keys, timeout, views)
 
 
 cdef extern from "<sys/uio.h>" nogil:

@@ -45,6 +45,10 @@ from vyrecache.exported import ExportedMemory
 from vyrecache.errors import (AllPinnedError, CacheClosedError, CacheError, EntryTooLargeError,
                               KeyNotFoundError, PinnedError, KEY_NOT_FOUND_MESSAGE)
 
+#: remote_fetched's mark of an entry put with write_back=False: never written to the remote tier.
+cdef object LOCAL_ONLY = object()
+
+
 cdef void* _grown(void* p, size_t nbytes) except NULL:
     """realloc(), raising MemoryError when it fails (`p` is then left as it was)."""
     cdef void* q = realloc(p, nbytes)
@@ -197,6 +201,7 @@ cdef class Storage:
     cdef uint64_t* counters
     cdef readonly uint64_t misses              # access() misses (counted on tier 0)
     cdef public uint64_t stream_min            # copies of at least this many bytes stream (0: never)
+    cdef public bint replace_in_place          # a put of an entry's own charge overwrites it (False: always append)
     cdef readonly Py_ssize_t exports           # live views of leased entries (close() waits for 0)
     cdef object transfer                       # the TransferQueue whose handles `vk` holds, or None
     cdef public object remote                  # the tier below tier 0 (RedisTier), or None
@@ -204,7 +209,8 @@ cdef class Storage:
     cdef readonly uint64_t remote_hits         # local misses served by the remote tier
     cdef list leaving_keys                     # victims of this operation, for the remote tier
     cdef list leaving_values
-    cdef dict remote_fetched                   # key -> remote epoch: placed by a remote hit, unchanged since
+    # key -> remote epoch: placed by a remote hit, unchanged since; LOCAL_ONLY: put with write_back=False
+    cdef dict remote_fetched
     cdef vc_vk_queue vk
     cdef uint64_t* id_buffers                  # VkBuffer handle of each backend block id
     cdef Py_ssize_t n_ids
@@ -231,6 +237,7 @@ cdef class Storage:
     def __cinit__(self, *args, **kwargs):
         self.wave = 1
         self.stream_min = DEFAULT_STREAM_MIN
+        self.replace_in_place = True
         self.n_rows = 0
         self.next_ticket = 1
         self.pending = []
@@ -676,7 +683,7 @@ cdef class Storage:
         cdef object epoch = None
         if self.remote_fetched:
             epoch = self.remote_fetched.pop(ev.key, None)
-        if ev.kind != EV_EVICT:
+        if ev.kind != EV_EVICT or epoch is LOCAL_ONLY:
             return 0
         if epoch is not None and epoch == getattr(self.remote, "epoch", None):
             return 0
@@ -1493,9 +1500,12 @@ cdef class Storage:
 
     # -- the data path -----------------------------------------------------------------------
 
-    def put(self, key, data):
+    def put(self, key, data, *, write_back=True):
         """Store ``data`` (any C-contiguous buffer) under ``key``; True when stored.
 
+        With a remote tier, ``write_back=False`` keeps the entry out of it: it is not written
+        there when evicted (nor by ``remote_write="through"``), for an entry no later access will
+        want, such as the blocks of a request's generated tokens that no other request shares.
         Placement and eviction are ``TieredCache.insert``'s.  Raises TypeError for data without
         the buffer protocol, ValueError for non-contiguous data, PinnedError for a pinned key,
         EntryTooLargeError/AllPinnedError when it cannot be placed: then the cache is unchanged.
@@ -1503,6 +1513,7 @@ cdef class Storage:
         cdef Py_buffer buffer
         cdef uint64_t k = parse_u64(key, "key")
         cdef int status
+        cdef bint placed
         self.get_buffer(data, &buffer)
         try:
             self.enter()
@@ -1513,20 +1524,36 @@ cdef class Storage:
                 self.busy = 0
                 self.engine.op_end()
                 raise
-            status = self.engine.op_insert(k, buffer.len)
-            if status < -1 and status != ST_DECLINED:
-                self.abort(status, k, buffer.len, -1)
             try:
-                self.data = <const char*>buffer.buf
-                self.replay_checked()       # a declined key's events: what its arrival displaced
-                if status != ST_DECLINED:
-                    self.puts_bytes += buffer.len
-            finally:
-                self.data = NULL
-                self.leave()
+                placed = self.put_in_place(k, <const char*>buffer.buf, buffer.len)
+            except BaseException:
+                self.busy = 0
+                self.engine.op_end()
+                raise
+            if placed:
+                status = 0
+                try:
+                    if not write_back and self.remote is not None:
+                        self.remote_fetched[k] = LOCAL_ONLY
+                finally:
+                    self.leave()
+            else:
+                status = self.engine.op_insert(k, buffer.len)
+                if status < -1 and status != ST_DECLINED:
+                    self.abort(status, k, buffer.len, -1)
+                try:
+                    self.data = <const char*>buffer.buf
+                    self.replay_checked()       # a declined key's events: what its arrival displaced
+                    if status != ST_DECLINED:
+                        self.puts_bytes += buffer.len
+                        if not write_back and self.remote is not None:
+                            self.remote_fetched[k] = LOCAL_ONLY
+                finally:
+                    self.data = NULL
+                    self.leave()
             if status == ST_DECLINED:
                 return False
-            if self.write_through and self.remote is not None:
+            if self.write_through and self.remote is not None and write_back:
                 self.remote.write_many([k], [data])
             return True
         finally:
@@ -1653,7 +1680,9 @@ cdef class Storage:
         tier it landed in instead of a miss."""
         cdef Py_ssize_t i, n = keys.shape[0]
         epoch = getattr(self.remote, "epoch", None)     # read before the fetch: see leave_for_remote
-        values = self.remote.fetch_many(keys)
+        # fetch_views spares a copy: its values may be views into a reply, copied in by the put.
+        fetch = getattr(self.remote, "fetch_views", None) or self.remote.fetch_many
+        values = fetch(keys)
         tiers = np.full(n, -1, dtype=np.int8)
         found = [i for i in range(n) if values[i] is not None]
         if found:
@@ -1891,19 +1920,21 @@ cdef class Storage:
             result[i] = <int8_t>tier
         return 0
 
-    def put_many(self, keys, data, sizes=None):
+    def put_many(self, keys, data, sizes=None, *, write_back=True):
         """put() for each key in order, with the copies as one batch; True for each stored key.
 
         ``data`` is a 2-D C-contiguous uint8 array with one row per key (entry i is
         ``data[i, :sizes[i]]``; ``sizes`` defaults to the row length), or a sequence of buffers.
         Every argument is checked before anything changes.  An error that can only arise part-way
         (every candidate pinned) raises with ``stored``, the number of keys stored before it.
+        ``write_back=False``: as for put(), for every key of the batch.
         """
-        return self.store_many(keys, data, sizes, None)
+        return self.store_many(keys, data, sizes, None if write_back or self.remote is None else LOCAL_ONLY)
 
     cdef object store_many(self, keys, data, sizes, object fetched_epoch):
         """put_many(); with a `fetched_epoch` (remote hits being placed), each stored entry is
-        marked clean in the same operation, so that no other thread's put can come between."""
+        marked clean in the same operation, so that no other thread's put can come between
+        (LOCAL_ONLY: never to be written back)."""
         cdef Rows rows = collect_rows(self, keys, data, sizes, "put_many")
         cdef const uint64_t* kv = rows.keys
         cdef Py_ssize_t i, n = rows.n
@@ -1918,7 +1949,8 @@ cdef class Storage:
                 self.check_put(kv[i], rows.length[i], i)
             self.ensure_slots(self.engine.slot_high_water + n + 1)
             for i in range(n):
-                if not self.put_row(kv[i], rows, i):
+                if (not self.put_in_place(kv[i], <const char*><size_t>rows.address[i], rows.length[i])
+                        and not self.put_row(kv[i], rows, i)):
                     (<uint8_t*>cnp.PyArray_DATA(out))[i] = 0
                 elif fetched_epoch is not None:
                     self.remote_fetched[kv[i]] = fetched_epoch
@@ -1969,6 +2001,44 @@ cdef class Storage:
         if failure is not None:
             raise rows.part_way(failure, rows.n)
         return 0
+
+    cdef bint put_in_place(self, uint64_t key, const char* data, uint64_t size) except -1:
+        """Store a checked put over the key's present entry, where its bytes lie, when the new
+        entry takes the same charged bytes in the same tier: one step instead of the engine's
+        remove and insert and the log's unlink and append (which would leave the old range as
+        dead space for the cleaner).  Only where the bytes are mapped and no copy of this
+        operation is queued; a pinned (leased, exported) entry is never replaced.  False, having
+        changed nothing, when it does not apply: the put then takes the general path."""
+        cdef Py_ssize_t slot = self.engine.slot_of(key)
+        cdef int32_t g, k, n
+        cdef char* base
+        if (not self.replace_in_place or slot < 0 or size == 0 or self.n_rows or self.device_moves
+                or self.s_state[slot] != S_PLACED):
+            return False
+        g = self.s_seg[slot]
+        if g < 0 or self.charge(self.engine.slots[slot].size) != self.charge(size):
+            return False
+        base = self.b_addr[self.segs[g].block]
+        if base == NULL:
+            return False
+        # Bytes a transfer in flight still writes here, or a transfer still reading the range:
+        # wait for them, as the reuse of a segment does.
+        if self.s_ticket[slot] > self.done_ticket:
+            self.settle(self.s_ticket[slot])
+        n = self.run_length(self.charge(size), self.segs[g].tier) if self.segs[g].state == SEG_RUN else 1
+        for k in range(n):
+            if self.seg_ticket[g + k] > self.done_ticket:
+                self.settle(self.seg_ticket[g + k])
+        if self.engine.op_replace(<uint32_t>slot, size) < 0:
+            return False
+        self.finish_run()       # a pending run may still write this range (a move of this entry)
+        self.host_copy(base + self.s_offset[slot], data, size)
+        self.s_wave[slot] = 0
+        self.s_ticket[slot] = 0
+        if self.remote_fetched:
+            self.remote_fetched.pop(key, None)      # changed: no longer clean
+        self.puts_bytes += size
+        return True
 
     cdef bint put_row(self, uint64_t key, Rows rows, Py_ssize_t i) except -1:
         """Insert row i of a checked batch under `key`; False when the policy declined it."""
@@ -2137,7 +2207,7 @@ cdef class Storage:
         cdef Py_ssize_t slot
         cdef char* address = NULL
         self.pin_key(k, 1)
-        if self.remote_fetched:
+        if self.remote_fetched and self.remote_fetched.get(k) is not LOCAL_ONLY:
             self.remote_fetched.pop(k, None)     # its bytes may be written in place: no longer clean
         slot = self.engine.slot_of(k)
         if self.s_ticket[slot] > self.done_ticket:

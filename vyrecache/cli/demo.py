@@ -66,6 +66,9 @@ def register(commands: Any) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed of the workload (default 0)")
     parser.add_argument("--remote", default=None, metavar="URL",
                         help="a Redis server below the host tier, e.g. redis://127.0.0.1:6379/0")
+    parser.add_argument("--decode-write-back", action="store_true",
+                        help="with --remote: write decode blocks back to it too (by default they are "
+                             "used once and stay local: put with write_back=False)")
     parser.add_argument("--metrics-port", type=non_negative_int, default=None, metavar="N",
                         help="serve the cache's counters for Prometheus on this port while it runs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -164,15 +167,19 @@ def run(args: argparse.Namespace) -> int:
                                 hits_by_tier[found] += 1
                     else:
                         # One access_many per step: the local misses of the step cost one round
-                        # trip to the remote tier instead of one each.
+                        # trip to the remote tier instead of one each; one put_many of what is
+                        # still missing, so that its victims go to the writer as one batch.
                         tiers_found = cache.access_many(keys)
                         for found in tiers_found[tiers_found >= 0].tolist():
                             hits_by_tier[found] += 1
-                        for key, size in dict.fromkeys(zip(keys[tiers_found < 0].tolist(),
-                                                           sizes[tiers_found < 0].tolist())):
-                            put(key, payload(key, size))
-                            puts += 1
-                            bytes_put += size
+                        missing = dict.fromkeys(zip(keys[tiers_found < 0].tolist(),
+                                                    sizes[tiers_found < 0].tolist()))
+                        if missing:
+                            # Decode blocks are used once: written back, they would only cost the
+                            # writer, the network and the server (--decode-write-back does it).
+                            _put_missing(cache, missing, payload, args.decode_write_back)
+                            puts += len(missing)
+                            bytes_put += sum(size for _, size in missing)
                     requests += count
                     accesses += len(keys)
                     now = time.perf_counter()
@@ -238,6 +245,21 @@ def run(args: argparse.Namespace) -> int:
               "than were put. Fix: report this as a bug with the command line above.", file=sys.stderr)
         return 1
     return 130 if interrupted else 0
+
+
+def _put_missing(cache: Any, missing: dict[tuple[int, int], None], payload: Any, decode_write_back: bool) -> None:
+    """Put a step's missing blocks, (key, size) in order, in one put_many, or in two when the
+    decode blocks are kept out of the remote tier (``write_back=False``)."""
+    items = list(missing)
+    if decode_write_back:
+        groups = [(items, True)]
+    else:
+        groups = [([item for item in items if item[0] < DECODE_KEY_BASE], True),
+                  ([item for item in items if item[0] >= DECODE_KEY_BASE], False)]
+    for group, write_back in groups:
+        if group:
+            cache.put_many(np.fromiter((key for key, _ in group), np.uint64, len(group)),
+                           [payload(key, size) for key, size in group], write_back=write_back)
 
 
 def _verify(cache: Any, workload: KvWorkload, sample: int, seed: int) -> tuple[int, int]:

@@ -140,6 +140,9 @@ class Connection:
             # The writer thread has a client (and connection pool) of its own, so that a fetch
             # never waits for a connection that is sending a round trip of writes.
             self._write_client = redis.Redis.from_url(url, **options)
+            # Prefetches have theirs too: a reply left unread for the next step on it never stands
+            # in front of the reply of a fetch that cannot wait.
+            self._prefetch_client = redis.Redis.from_url(url, **options)
 
     def _cluster_client(self) -> Any:
         client = self._client
@@ -199,9 +202,10 @@ class Connection:
             return self._cluster_pipeline("GET", names)
         return self._client.execute_command("MGET", *names)
 
-    def fetch(self, prefix: bytes, keys: list[int]) -> tuple[list[bytes | None], int, int, list[int]]:
+    def fetch(self, prefix: bytes, keys: list[int], views: bool = False) -> tuple[list[Any], int, int, list[int]]:
         """The payloads stored under ``prefix + str(key)``, checked: (values, hits, bytes, corrupt
-        indices), as ``decode_many`` returns them.  On a single server over a plain socket the
+        indices), as ``decode_many`` returns them (with *views*, payloads may be read-only
+        memoryviews into the reply instead of bytes).  On a single server over a plain socket the
         whole round trip runs in C without the GIL (``remote_format.mget``); otherwise redis-py's
         MGET or cluster pipeline, then ``decode_many``."""
         if not self.cluster:
@@ -209,7 +213,7 @@ class Connection:
             sock = getattr(connection, "_sock", None)
             if type(sock) is socket.socket:
                 try:
-                    return mget(sock.fileno(), prefix, keys, self._timeout)
+                    return mget(sock.fileno(), prefix, keys, self._timeout, views)
                 except BaseException:
                     connection.disconnect()     # a reply may be left half read: never reuse it
                     raise
@@ -246,7 +250,7 @@ class Connection:
         TLS)."""
         if self.cluster:
             return False
-        connection = self._held_connection(self._client)
+        connection = self._held_connection(self._prefetch_client)
         sock = getattr(connection, "_sock", None)
         if type(sock) is not socket.socket:
             return False
@@ -257,14 +261,14 @@ class Connection:
             raise
         return True
 
-    def receive_fetch(self, keys: list[int]) -> tuple[list[bytes | None], int, int, list[int]]:
+    def receive_fetch(self, keys: list[int], views: bool = False) -> tuple[list[Any], int, int, list[int]]:
         """The reply of the oldest MGET send_fetch sent on this thread's connection (like fetch)."""
-        connection = self._held_connection(self._client)
+        connection = self._held_connection(self._prefetch_client)
         sock = getattr(connection, "_sock", None)
         try:
             if type(sock) is not socket.socket:
                 raise ConnectionError("the connection a prefetch was sent on is gone")
-            return mget_receive(sock.fileno(), keys, self._timeout)
+            return mget_receive(sock.fileno(), keys, self._timeout, views)
         except BaseException:
             connection.disconnect()
             raise
@@ -299,6 +303,8 @@ class Connection:
         client, self._client = self._client, None
         if client is not None:
             client.close()
-        writer, self._write_client = getattr(self, "_write_client", None), None
-        if writer is not None:
-            writer.close()
+        for name in ("_write_client", "_prefetch_client"):
+            other = getattr(self, name, None)
+            setattr(self, name, None)
+            if other is not None:
+                other.close()

@@ -61,6 +61,25 @@ class Prefetches:
             batches = self._local.batches = deque()
         return batches
 
+    def to_read(self, keys: list[int]) -> int:
+        """How many of the calling thread's oldest batches must be read for every one of *keys*
+        that it has under way to be held: replies come in order, so up to the newest batch holding
+        one of them.  A batch sent for a later step stays unread, its round trip still hiding
+        behind the caller's work."""
+        outstanding = self.outstanding()
+        sent = self._sent
+        depth = 0
+        for key in keys:
+            batch = sent.get(key)
+            if batch is not None:
+                for position in range(len(outstanding) - 1, depth - 1, -1):
+                    if outstanding[position] is batch:
+                        depth = position + 1
+                        break
+                if depth == len(outstanding):
+                    break
+        return depth
+
     def wanted(self, keys: list[int]) -> list[int]:
         """Those of *keys*, once each, neither held nor under way."""
         held, sent = self._held, self._sent

@@ -239,15 +239,23 @@ class RedisTier:
         served what the prefetch brought, waiting for it if it is still under way; neither needs
         the network.
         """
+        return [bytes(value) if type(value) is memoryview else value for value in self.fetch_views(keys)]
+
+    def fetch_views(self, keys: Any) -> list[Any]:
+        """fetch_many() for a cache that copies each value at once: a value may be a read-only
+        memoryview into the reply it came in (bytes-like, not bytes), which spares the copy
+        fetch_many makes of it."""
         checked = _check_keys(keys)
         self._live()
         if not checked:
             return []
-        found: list[bytes | None] = [None] * len(checked)
+        found: list[Any] = [None] * len(checked)
         asked: list[int] = []
         pending = self._pending_writes
         if self._prefetches.outstanding():
-            self._read_prefetches()
+            depth = self._prefetches.to_read(checked)
+            if depth:
+                self._read_prefetches(depth)
         held = {} if self._prefetches.idle else self._prefetches.take(checked)
         served = served_bytes = 0
         for index, key in enumerate(checked):
@@ -304,7 +312,7 @@ class RedisTier:
             if count is not None:
                 count -= 1
             try:
-                found, hits, bytes_read, corrupt = self._connection.receive_fetch(batch.keys)
+                found, hits, bytes_read, corrupt = self._connection.receive_fetch(batch.keys, views=True)
             except self._errors as error:
                 self._prefetches.received(batch, None)
                 lost = sum(len(other.keys) for other in outstanding)
@@ -328,16 +336,17 @@ class RedisTier:
             self._counts["errors"] += 1
             self._counts["misses"] += keys
 
-    def _round_trip(self, checked: list[int]) -> list[bytes | None]:
-        """One MGET (or cluster pipeline) of *checked*, decoded and counted; all misses on failure."""
-        missed: list[bytes | None] = [None] * len(checked)
+    def _round_trip(self, checked: list[int]) -> list[Any]:
+        """One MGET (or cluster pipeline) of *checked*, decoded and counted (payloads may be
+        memoryviews, as fetch_views says); all misses on failure."""
+        missed: list[Any] = [None] * len(checked)
         if not self._fetch_breaker.allow():
             with self._lock:
                 self._counts["misses"] += len(checked)
             return missed
         started = time.perf_counter()
         try:
-            found, hits, bytes_read, corrupt = self._connection.fetch(self._prefix, checked)
+            found, hits, bytes_read, corrupt = self._connection.fetch(self._prefix, checked, views=True)
         except self._errors as error:
             self._fetch_breaker.failure(error)
             self._lost_track()
