@@ -3,7 +3,7 @@
 ``vyrecache/remote/format.py``).  A fetch of 16 KiB entries spends about as long checking each value
 as redis-py spends reading it, so the whole check of a batch runs here, one C loop per batch."""
 
-from cpython.buffer cimport PyBUF_FORMAT, PyBUF_WRITABLE
+from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_FillInfo
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
@@ -560,8 +560,6 @@ cdef class Reply:
 
     cdef char *data
     cdef Py_ssize_t size
-    cdef Py_ssize_t shape[1]
-    cdef Py_ssize_t strides[1]
 
     def __dealloc__(self):
         free(self.data)
@@ -572,21 +570,7 @@ cdef class Reply:
     def __getbuffer__(self, Py_buffer *view, int flags):
         if flags & PyBUF_WRITABLE:
             raise BufferError("a fetched reply is read-only. Fix: copy it (bytes(view)) to change it.")
-        self.shape[0] = self.size
-        self.strides[0] = 1
-        view.buf = self.data
-        view.obj = self
-        view.len = self.size
-        view.readonly = 1
-        view.itemsize = 1
-        view.format = NULL
-        if flags & PyBUF_FORMAT:
-            view.format = b"B"
-        view.ndim = 1
-        view.shape = self.shape
-        view.strides = self.strides
-        view.suboffsets = NULL
-        view.internal = NULL
+        PyBuffer_FillInfo(view, self, self.data, self.size, 1, flags)
 
     def __releasebuffer__(self, Py_buffer *view):
         pass

@@ -21,7 +21,8 @@ Every public method is one operation: it either completes, or raises having chan
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memset, strchr
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE, PyBUF_FORMAT
+from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBuffer_FillInfo, PyBUF_FORMAT,
+                             PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE)
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 cimport numpy as cnp
 
@@ -2013,7 +2014,7 @@ cdef class Storage:
         cdef int32_t g, k, n
         cdef char* base
         if (not self.replace_in_place or slot < 0 or size == 0 or self.n_rows or self.device_moves
-                or self.s_state[slot] != S_PLACED):
+                or self.s_state[slot] != SLOT_PLACED):
             return False
         g = self.s_seg[slot]
         if g < 0 or self.charge(self.engine.slots[slot].size) != self.charge(size):
@@ -2455,8 +2456,6 @@ cdef class Lease:
     cdef readonly bint active
     cdef char* address
     cdef Py_ssize_t size
-    cdef Py_ssize_t shape[1]
-    cdef Py_ssize_t strides[1]
 
     def __enter__(self):
         return self
@@ -2497,19 +2496,7 @@ cdef class Lease:
 
     def __getbuffer__(self, Py_buffer* view, int flags):
         self.require_view(flags & PyBUF_WRITABLE)
-        view.buf = self.address
-        view.obj = self
-        view.len = self.size
-        view.readonly = not self.writable
-        view.itemsize = 1
-        view.format = NULL
-        if flags & PyBUF_FORMAT:
-            view.format = b"B"
-        view.ndim = 1
-        view.shape = self.shape
-        view.strides = self.strides
-        view.suboffsets = NULL
-        view.internal = NULL
+        PyBuffer_FillInfo(view, self, self.address, self.size, not self.writable, flags)
         self.exports += 1
         self.storage.exports += 1
 
@@ -2712,8 +2699,6 @@ cdef Lease _new_lease(Storage storage, object key, bint writable, char* address,
     lease.writable = writable
     lease.address = address
     lease.size = size
-    lease.shape[0] = size
-    lease.strides[0] = 1
     lease.active = True
     return lease
 
