@@ -335,6 +335,10 @@ def test_async_moves_end_where_synchronous_moves_do(request, async_mode, steps):
     every step both have the same tiers and bytes, and check() passes."""
     sync = _make(request, "host", 48 << 10, 24 << 10)
     fast = _make(request, async_mode, 48 << 10, 24 << 10)
+    if async_mode == "vulkan-device-copies":
+        # Replacements are written in place only where the memory is mapped; device-only tiers
+        # append them, which leaves other dead space to clean.  The peer appends too.
+        sync.replace_in_place = False
     in_flight: list = []
     try:
         for kind, keys, salt, wait_now in steps:
