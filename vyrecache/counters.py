@@ -1,8 +1,9 @@
 """Every per-tier counter of a cache, declared once: its name, who counts it, what it means.
 
-The engine (``_core/engine.pyx``) reports the ``ENGINE`` counters, in the order of its ``C_*``
-indices; the storage layer of a BufferCache (``_core/storage.pyx``) the ``STORAGE`` ones, in the
-order of its ``SC_*`` indices; ``STATE`` values describe a tier now rather than count events.
+The engine (``_core/engine.pyx``) reports the ``ENGINE`` counters, in the order of its
+``COUNTER_*`` indices; the storage layer of a BufferCache (``_core/storage.pyx``) the ``STORAGE``
+ones, in the order of its ``STORAGE_COUNTER_*`` indices; ``STATE`` values describe a tier now
+rather than count events.
 ``vyrecache.report.COUNTERS``, the metrics, the README's table and the tests' reference model
 all read this table.  Names are public API: add new ones, never change what one means.
 """
@@ -50,9 +51,9 @@ TABLE = _rows(_DECLARED)
 
 #: Every counter with its meaning, in report order.
 COUNTERS: dict[str, str] = {name: meaning for name, _, _, meaning in TABLE}
-#: The engine's counters, in the order of its C_* indices.
+#: The engine's counters, in the order of its COUNTER_* indices.
 ENGINE_COUNTERS: tuple[str, ...] = tuple(name for name, who, _, _ in TABLE if who == ENGINE)
-#: The storage layer's counters, in the order of its SC_* indices.
+#: The storage layer's counters, in the order of its STORAGE_COUNTER_* indices.
 STORAGE_COUNTERS: tuple[str, ...] = tuple(name for name, who, _, _ in TABLE if who == STORAGE)
 #: Values that are a tier's state now, not a running total.
 STATE_VALUES: tuple[str, ...] = tuple(name for name, who, _, _ in TABLE if who == STATE)

@@ -31,20 +31,20 @@ cdef extern from *:
     const int VC_N_COUNTERS
 
 
-# Status codes of the internal C functions (_insert, _access, ...): >= 0 a tier, ST_MISS a miss,
-# ST_DECLINED the admission filter's answer, anything else an error that _raise_status explains.
+# Status codes of the internal C functions (_insert, _access, ...): >= 0 a tier, STATUS_MISS a miss,
+# STATUS_DECLINED the admission filter's answer, anything else an error that _raise_status explains.
 cdef enum:
-    ST_MISS = -1
-    ST_TOO_LARGE = -2
-    ST_ALL_PINNED = -3
-    ST_NO_MEMORY = -4
-    ST_NOT_FOUND = -5
-    ST_TOO_MANY = -6
+    STATUS_MISS = -1
+    STATUS_TOO_LARGE = -2
+    STATUS_ALL_PINNED = -3
+    STATUS_NO_MEMORY = -4
+    STATUS_NOT_FOUND = -5
+    STATUS_TOO_MANY = -6
     # Not an error: the tier's admission filter (W-TinyLFU) turned a new key away.  Nothing was
     # stored under the key; entries the arrival displaced before losing stay displaced (their
     # events are in the log).  Engine.insert returns False, access() reports a miss, the tier
     # counts a rejection.  Only _insert returns it, and only for a key that was absent.
-    ST_DECLINED = -7
+    STATUS_DECLINED = -7
 
 
 # Event kinds (docs/DESIGN.md, section 1).
@@ -58,16 +58,16 @@ cpdef enum EventKind:
 
 # Indices into TierState.counters, in the order counters() reports them.
 cdef enum:
-    C_HITS = 0
-    C_MISSES = 1
-    C_INSERTS = 2
-    C_EVICTIONS = 3
-    C_PROMOTIONS = 4
-    C_DEMOTIONS = 5
-    C_SPILLS = 6
-    C_BYTES_IN = 7
-    C_BYTES_OUT = 8
-    C_REJECTIONS = 9        # arrivals the admission filter declined (W-TinyLFU)
+    COUNTER_HITS = 0
+    COUNTER_MISSES = 1
+    COUNTER_INSERTS = 2
+    COUNTER_EVICTIONS = 3
+    COUNTER_PROMOTIONS = 4
+    COUNTER_DEMOTIONS = 5
+    COUNTER_SPILLS = 6
+    COUNTER_BYTES_IN = 7
+    COUNTER_BYTES_OUT = 8
+    COUNTER_REJECTIONS = 9        # arrivals the admission filter declined (W-TinyLFU)
 
 
 ctypedef struct Slot:
@@ -93,7 +93,7 @@ ctypedef struct TierState:
     uint32_t head           # most recent
     uint32_t tail           # coldest
     uint64_t promote_at     # a hit whose frequency reaches this may promote (2**32: never)
-    uint64_t counters[10]   # VC_N_COUNTERS, indexed by the C_* constants; 128 bytes in all,
+    uint64_t counters[10]   # VC_N_COUNTERS, indexed by the COUNTER_* constants; 128 bytes in all,
                             # so a tier's address is index << 7, not index * 120
 
 

@@ -8,7 +8,7 @@ behaviour of the original Rust `TieredCache`, with its flaws fixed; docs/DESIGN.
 the contract with the storage layer.
 
 Status codes of the internal C functions: >= 0 a tier, -1 a miss, below -1 an error or
-ST_DECLINED (engine.pxd).
+STATUS_DECLINED (engine.pxd).
 """
 
 cimport cython
@@ -60,7 +60,7 @@ cdef extern from *:
     pthread_t vc_this_thread() nogil
 
 cdef object _TWO_64 = 1 << 64
-# access() results boxed once: ST_MISS (-1) and every tier index (at most INT8_MAX tiers).  The
+# access() results boxed once: STATUS_MISS (-1) and every tier index (at most INT8_MAX tiers).  The
 # tuple keeps them alive; the C array is what access() reads, without a check for None.
 cdef tuple _ACCESS_RESULTS = tuple(range(-1, INT8_MAX + 1))
 cdef PyObject* _ACCESS_RESULT_OBJECTS[129]     # INT8_MAX + 2
@@ -98,7 +98,7 @@ cdef object report_victims(object callback, list entries, object error):
 COUNTER_NAMES = ENGINE_COUNTERS
 if len(COUNTER_NAMES) != VC_N_COUNTERS:
     raise ImportError(f"vyrecache.counters names {len(COUNTER_NAMES)} engine counters, the engine keeps "
-                      f"{VC_N_COUNTERS}. Fix: declare each C_* counter in vyrecache/counters.py, in order.")
+                      f"{VC_N_COUNTERS}. Fix: declare each COUNTER_* counter in vyrecache/counters.py, in order.")
 
 
 cdef object _event_dtype():
@@ -248,7 +248,7 @@ cdef inline void _displace(Engine e, uint32_t victim) noexcept nogil:
     cdef int tier = s.tier
     cdef uint64_t charge = _charge(e, s.size)
     if e.spill_victims and tier > 0 and _can_host(e, tier - 1, charge):
-        _move(e, victim, tier - 1, C_SPILLS)
+        _move(e, victim, tier - 1, COUNTER_SPILLS)
         return
     _remove(e, victim, EV_EVICT)
 
@@ -259,7 +259,7 @@ cdef void _move(Engine e, uint32_t slot, int dst, int counter) noexcept nogil:
     cdef int src = s.tier
     _emit(e, EV_LIFT, slot, src, dst)
     _lift_out(e, slot)
-    e.tier_state[src].counters[C_BYTES_OUT] += s.size
+    e.tier_state[src].counters[COUNTER_BYTES_OUT] += s.size
     s.flags |= FLAG_LIFTED
     if vc_unlikely(e.policy_kind != PK_LRU):
         _policy_arrival(e, dst, s.key, _charge(e, s.size), False)
@@ -269,7 +269,7 @@ cdef void _move(Engine e, uint32_t slot, int dst, int counter) noexcept nogil:
     _place(e, slot, dst)
     _emit(e, EV_PLACE, slot, src, dst)
     e.tier_state[dst].counters[counter] += 1
-    e.tier_state[dst].counters[C_BYTES_IN] += s.size
+    e.tier_state[dst].counters[COUNTER_BYTES_IN] += s.size
 
 
 cdef int _first_tier_for(Engine e, uint64_t charge, uint32_t replaced) noexcept nogil:
@@ -288,7 +288,7 @@ cdef int _first_tier_for(Engine e, uint64_t charge, uint32_t replaced) noexcept 
             pinned -= _charge(e, e.slots[replaced].size)
         if charge <= t.capacity - pinned:
             return tier
-    return ST_ALL_PINNED if fits_somewhere else ST_TOO_LARGE
+    return STATUS_ALL_PINNED if fits_somewhere else STATUS_TOO_LARGE
 
 
 cdef inline void _remove(Engine e, uint32_t slot, uint8_t kind) noexcept nogil:
@@ -299,9 +299,9 @@ cdef inline void _remove(Engine e, uint32_t slot, uint8_t kind) noexcept nogil:
         e.tier_state[tier].pinned -= _charge(e, s.size)
         s.pins = 0
     _lift_out(e, slot)
-    e.tier_state[tier].counters[C_BYTES_OUT] += s.size
+    e.tier_state[tier].counters[COUNTER_BYTES_OUT] += s.size
     if kind == EV_EVICT:
-        e.tier_state[tier].counters[C_EVICTIONS] += 1
+        e.tier_state[tier].counters[COUNTER_EVICTIONS] += 1
     _free_slot(e, slot)
 
 
@@ -314,12 +314,12 @@ cdef int _insert(Engine e, uint64_t key, uint64_t size, uint32_t old) noexcept n
         return tier
     reserved = _reserve_one(e)
     if vc_unlikely(reserved != 0):
-        return ST_TOO_MANY if reserved == -2 else ST_NO_MEMORY
+        return STATUS_TOO_MANY if reserved == -2 else STATUS_NO_MEMORY
     if old != VC_NIL:
         _remove(e, old, EV_REMOVE)
     if vc_unlikely(e.policy_kind != PK_LRU):
-        if _policy_arrival(e, tier, key, charge, old == VC_NIL) == ST_DECLINED:
-            return ST_DECLINED
+        if _policy_arrival(e, tier, key, charge, old == VC_NIL) == STATUS_DECLINED:
+            return STATUS_DECLINED
     return _insert_arrived(e, key, size, tier, charge)
 
 
@@ -349,8 +349,8 @@ cdef inline int _insert_arrived(Engine e, uint64_t key, uint64_t size, int tier,
     e.n_live += 1
     _place(e, slot, tier)
     _emit(e, EV_INSERT, slot, -1, tier)
-    e.tier_state[tier].counters[C_INSERTS] += 1
-    e.tier_state[tier].counters[C_BYTES_IN] += size
+    e.tier_state[tier].counters[COUNTER_INSERTS] += 1
+    e.tier_state[tier].counters[COUNTER_BYTES_IN] += size
     return tier
 
 
@@ -365,8 +365,8 @@ cdef int _promote(Engine e, uint32_t slot, bint strict) noexcept nogil:
     if charge > e.tier_state[tier + 1].capacity:
         return 0
     if not _can_host(e, tier + 1, charge):
-        return ST_ALL_PINNED if strict else 0
-    _move(e, slot, tier + 1, C_PROMOTIONS)
+        return STATUS_ALL_PINNED if strict else 0
+    _move(e, slot, tier + 1, COUNTER_PROMOTIONS)
     return 0
 
 
@@ -377,8 +377,8 @@ cdef int _demote(Engine e, uint32_t slot) noexcept nogil:
     if s.pins or tier == 0 or charge > e.tier_state[tier - 1].capacity:
         return 0
     if not _can_host(e, tier - 1, charge):
-        return ST_ALL_PINNED
-    _move(e, slot, tier - 1, C_DEMOTIONS)
+        return STATUS_ALL_PINNED
+    _move(e, slot, tier - 1, COUNTER_DEMOTIONS)
     return 0
 
 
@@ -393,7 +393,7 @@ cdef inline int _count_hit(Engine e, uint32_t slot) noexcept nogil:
     threshold; the tier it was in."""
     cdef Slot* s = &e.slots[slot]
     cdef int tier = s.tier
-    e.tier_state[tier].counters[C_HITS] += 1
+    e.tier_state[tier].counters[COUNTER_HITS] += 1
     # One compare decides whether to call _promote, which checks everything again: promote_at
     # is the native threshold below the top tier, 0 there for a Python policy, 2**32 in the
     # top tier.  (Testing "top tier?" first was a branch the predictor lost on 1 hit in 6.)
@@ -426,8 +426,8 @@ cdef inline void _take_over(Engine e, uint32_t victim, uint64_t key, uint64_t si
     cdef TierState* t = &e.tier_state[0]
     cdef Slot* s = &e.slots[victim]
     cdef uint64_t victim_hash = _hash(s.key)
-    t.counters[C_BYTES_OUT] += s.size
-    t.counters[C_EVICTIONS] += 1
+    t.counters[COUNTER_BYTES_OUT] += s.size
+    t.counters[COUNTER_EVICTIONS] += 1
     s.key = key
     s.size = size
     s.last_access = 0
@@ -440,8 +440,8 @@ cdef inline void _take_over(Engine e, uint32_t victim, uint64_t key, uint64_t si
     # it on the new key's path (an earlier group with an EMPTY byte would have held the gap).
     _map_erase_from(e, victim, victim_hash)
     _map_place(e, gap, victim, h)
-    t.counters[C_INSERTS] += 1
-    t.counters[C_BYTES_IN] += size
+    t.counters[COUNTER_INSERTS] += 1
+    t.counters[COUNTER_BYTES_IN] += size
 
 
 cdef inline bint _replace_coldest(Engine e, uint64_t key, uint64_t size, uint64_t h,
@@ -482,7 +482,7 @@ cdef inline bint _replace_coldest(Engine e, uint64_t key, uint64_t size, uint64_
         vc_prefetch_write(&e.buckets[group << GROUP_BITS])
         if s.prev != VC_NIL:
             vc_prefetch_write(&e.slots[s.prev])
-    t.counters[C_MISSES] += 1
+    t.counters[COUNTER_MISSES] += 1
     return True
 
 
@@ -491,12 +491,12 @@ cdef inline int _access_miss(Engine e, uint64_t key, uint64_t size, uint64_t h,
     """_access() for an absent key, whose lookup with hash `h` found the free bucket `gap`."""
     cdef int tier
     if _replace_coldest(e, key, size, h, gap):
-        return ST_MISS
+        return STATUS_MISS
     tier = _insert(e, key, size, VC_NIL)
     if tier < 0:
         return tier
-    e.tier_state[tier].counters[C_MISSES] += 1
-    return ST_MISS
+    e.tier_state[tier].counters[COUNTER_MISSES] += 1
+    return STATUS_MISS
 
 
 cdef inline int _policy_hit(Engine e, uint32_t slot) noexcept nogil:
@@ -510,7 +510,7 @@ cdef int _policy_replace(Engine e, uint64_t key, uint64_t size, uint64_t h,
                          uint64_t gap) noexcept nogil:
     """_replace_coldest() for the policies: the common miss of a full tier 0 evicts the
     policy's victim and takes over its slot and the free bucket the miss's lookup found.
-    ST_TOO_LARGE, having changed nothing, unless the conditions of the LRU version hold (no
+    STATUS_TOO_LARGE, having changed nothing, unless the conditions of the LRU version hold (no
     log, no pins in tier 0, room in the map, an eviction needed); otherwise the miss's status,
     having done what _insert would (a victim too small to make room is evicted and the general
     path makes the rest)."""
@@ -520,7 +520,7 @@ cdef int _policy_replace(Engine e, uint64_t key, uint64_t size, uint64_t h,
     cdef Slot* s
     if (e.policy_kind == PK_WTINYLFU or e.logging or t.pinned != 0 or t.count == 0
             or e.growth_left == 0 or charge > t.capacity or t.used <= t.capacity - charge):
-        return ST_TOO_LARGE
+        return STATUS_TOO_LARGE
     if e.policy_kind > PK_SIEVE:        # FIFO, CLOCK and SIEVE keep no ghosts
         _policy_arrival(e, 0, key, charge, True)
     victim = _policy_victim(e, 0)
@@ -530,7 +530,7 @@ cdef int _policy_replace(Engine e, uint64_t key, uint64_t size, uint64_t h,
         _remove(e, victim, EV_EVICT)
         if _reserve_one(e) != 0:
             e.pstate[0].arriving = 0
-            return ST_NO_MEMORY
+            return STATUS_NO_MEMORY
         _insert_arrived(e, key, size, 0, charge)
         return 0
     predicted = s.prev                  # the segment's next-oldest entry: the likely next victim
@@ -581,15 +581,15 @@ cdef inline int _policy_access(Engine e, uint64_t key, uint64_t size, uint64_t h
     if slot != VC_NIL:
         return _policy_hit(e, slot)
     tier = _policy_replace(e, key, size, h, gap)
-    if tier == ST_TOO_LARGE:
+    if tier == STATUS_TOO_LARGE:
         tier = _insert(e, key, size, VC_NIL)
-    if tier == ST_DECLINED:
-        return ST_MISS
+    if tier == STATUS_DECLINED:
+        return STATUS_MISS
     if tier < 0:
         return tier
-    e.tier_state[tier].counters[C_MISSES] += 1
+    e.tier_state[tier].counters[COUNTER_MISSES] += 1
     _policy_sample(e, tier, False)
-    return ST_MISS
+    return STATUS_MISS
 
 
 # --------------------------------------------------------------------------------------------
@@ -613,7 +613,7 @@ cdef Py_ssize_t _access_loop(Engine e, const uint64_t[::1] kv, const uint64_t[:]
             if i + PREFETCH_STEP < n:
                 _prefetch_policy(e, kv[i + PREFETCH_STEP])
             status[0] = _policy_access(e, kv[i], sv[i], home)
-            if status[0] < ST_MISS:
+            if status[0] < STATUS_MISS:
                 return i
             result[i] = <int8_t>status[0]
         return -1
@@ -626,7 +626,7 @@ cdef Py_ssize_t _access_loop(Engine e, const uint64_t[::1] kv, const uint64_t[:]
             result[i] = <int8_t>_hit(e, slot)
             continue
         status[0] = _access_miss(e, kv[i], sv[i], home, gap)
-        if status[0] < ST_MISS:
+        if status[0] < STATUS_MISS:
             return i
         result[i] = <int8_t>status[0]
     return -1
@@ -645,7 +645,7 @@ cdef Py_ssize_t _insert_loop(Engine e, const uint64_t[::1] kv, const uint64_t[:]
     for i in range(n):
         home = _prefetch_keys(e, &ring, kv, i, False)
         status[0] = _insert_counted(e, kv[i], sv[i], _find_from(e, kv[i], home))
-        if status[0] == ST_DECLINED:
+        if status[0] == STATUS_DECLINED:
             result[i] = -1
             continue
         if status[0] < 0:
@@ -754,7 +754,7 @@ cdef inline uint32_t _enter_present(Engine e, uint64_t key) except? 0xFFFFFFFF:
     _enter(e)
     slot = _find(e, key)
     if slot == VC_NIL:
-        _leave(e, ST_NOT_FOUND, key, 0, -1)
+        _leave(e, STATUS_NOT_FOUND, key, 0, -1)
     return slot
 
 
@@ -764,7 +764,7 @@ cdef inline int _leave(Engine e, int status, uint64_t key, uint64_t size,
     if vc_likely(e._on_evict is None and e.pending_error is None and not e.alloc_failed
                  and not VC_DEBUG):
         _unlock(e)
-        if vc_unlikely(status < ST_MISS):
+        if vc_unlikely(status < STATUS_MISS):
             _raise_status(e, status, key, size, index)
         return 0
     return _leave_slow(e, status, key, size, index)
@@ -789,7 +789,7 @@ cdef int _leave_slow(Engine e, int status, uint64_t key, uint64_t size,
     e.alloc_failed = False
     callback = e._on_evict
     e.release()
-    if status < ST_MISS:
+    if status < STATUS_MISS:
         _raise_status(e, status, key, size, index)
     if evicted:
         error = report_victims(callback, evicted, error)
@@ -804,9 +804,9 @@ cdef int _leave_slow(Engine e, int status, uint64_t key, uint64_t size,
 cdef int _raise_status(Engine e, int status, uint64_t key, uint64_t size,
                        Py_ssize_t index) except -1:
     where = f" (keys[{index}])" if index >= 0 else ""
-    if status == ST_NOT_FOUND:
+    if status == STATUS_NOT_FOUND:
         raise KeyNotFoundError(f"{KEY_NOT_FOUND_MESSAGE} Key: {key}{where}.")
-    if status == ST_TOO_LARGE:
+    if status == STATUS_TOO_LARGE:
         largest = 0
         for tier in range(e.n_tiers):
             if e.tier_state[tier].capacity > e.tier_state[largest].capacity:
@@ -815,16 +815,16 @@ cdef int _raise_status(Engine e, int status, uint64_t key, uint64_t size,
             f"{ENTRY_TOO_LARGE_MESSAGE} Key {key}{where} has size {size} bytes "
             f"(charged {_charge(e, size)}); the largest tier, {e.names[largest]!r}, "
             f"holds {e.tier_state[largest].capacity} bytes.")
-    if status == ST_ALL_PINNED:
+    if status == STATUS_ALL_PINNED:
         raise AllPinnedError(
             f"Cannot make room for key {key}{where} ({size} bytes): every eviction candidate in "
             f"the tiers that could hold it is pinned. Fix: unpin entries (cache.unpin(key)) or "
             f"enlarge the tiers.")
-    if status == ST_TOO_MANY:
+    if status == STATUS_TOO_MANY:
         raise CapacityAccountingError(
             f"A cache holds at most {MAX_SLOTS:,} entries; key {key}{where} would exceed "
             f"that. Fix: remove entries first, or split the keys between several caches.")
-    if status == ST_NO_MEMORY:
+    if status == STATUS_NO_MEMORY:
         raise MemoryError(f"Out of memory growing the cache's tables for key {key}{where}. "
                           f"Fix: free memory or cap the number of entries.")
     raise CacheError(f"Internal status {status} for key {key}. Fix: report this as a bug.")
@@ -1141,7 +1141,7 @@ cdef class Engine:
     cdef int op_touch(self, uint64_t key) noexcept nogil:
         cdef uint32_t slot = _find(self, key)
         if slot == VC_NIL:
-            return ST_MISS
+            return STATUS_MISS
         return _policy_hit(self, slot) if self.policy_kind != PK_LRU else _hit(self, slot)
 
     cdef int op_promote(self, uint32_t slot, bint strict) noexcept nogil:
@@ -1198,14 +1198,14 @@ cdef class Engine:
                 or _first_tier_for(self, _charge(self, size), slot) != tier):
             return -1
         t = &self.tier_state[tier]
-        t.counters[C_BYTES_OUT] += s.size
+        t.counters[COUNTER_BYTES_OUT] += s.size
         _unlink(self, slot)
         s.size = size
         s.last_access = 0
         s.frequency = 0
         _link_head(self, slot, tier)
-        t.counters[C_INSERTS] += 1
-        t.counters[C_BYTES_IN] += size
+        t.counters[COUNTER_INSERTS] += 1
+        t.counters[COUNTER_BYTES_IN] += size
         return tier
 
     # ---- configuration ----
@@ -1279,14 +1279,14 @@ cdef class Engine:
         else:
             result = _access_any(self, k, s)
         _leave(self, result, k, s, -1)
-        return <object>_ACCESS_RESULT_OBJECTS[result + 1]     # result >= ST_MISS after _leave
+        return <object>_ACCESS_RESULT_OBJECTS[result + 1]     # result >= STATUS_MISS after _leave
 
     def touch(self, key):
         """access() without the insert: the tier of a hit (recorded, maybe promoted), or -1 for
         a missing key (nothing changes, nothing is counted)."""
         cdef uint64_t k = _as_u64(key, "key")
         cdef uint32_t slot
-        cdef int result = ST_MISS
+        cdef int result = STATUS_MISS
         _enter(self)
         slot = _find(self, k)
         if slot != VC_NIL:
@@ -1302,7 +1302,7 @@ cdef class Engine:
         cdef int result
         _enter(self)
         result = _insert_counted(self, k, s, _find(self, k))
-        if result == ST_DECLINED:
+        if result == STATUS_DECLINED:
             _leave(self, 0, k, s, -1)
             return False
         _leave(self, result, k, s, -1)
@@ -1329,7 +1329,7 @@ cdef class Engine:
         cdef int result
         _enter(self)
         slot = _find(self, k)
-        result = ST_NOT_FOUND if slot == VC_NIL else _promote(self, slot, True)
+        result = STATUS_NOT_FOUND if slot == VC_NIL else _promote(self, slot, True)
         _leave(self, result, k, 0 if slot == VC_NIL else self.slots[slot].size, -1)
 
     def demote(self, key):
@@ -1340,7 +1340,7 @@ cdef class Engine:
         cdef int result
         _enter(self)
         slot = _find(self, k)
-        result = ST_NOT_FOUND if slot == VC_NIL else _demote(self, slot)
+        result = STATUS_NOT_FOUND if slot == VC_NIL else _demote(self, slot)
         _leave(self, result, k, 0 if slot == VC_NIL else self.slots[slot].size, -1)
 
     def remove(self, key):
@@ -1422,7 +1422,7 @@ cdef class Engine:
         cdef uint64_t k = _as_u64(key, "key")
         cdef Slot slot
         if not _read_slot(self, k, &slot):
-            _raise_status(self, ST_NOT_FOUND, k, 0, -1)
+            _raise_status(self, STATUS_NOT_FOUND, k, 0, -1)
         return slot.pins
 
     def __len__(self):
@@ -1581,7 +1581,7 @@ cdef class Engine:
         if inserting:
             failed = _first_too_large(self, sv)
             if failed >= 0:
-                _leave(self, ST_TOO_LARGE, kv[failed], sv[failed], failed)
+                _leave(self, STATUS_TOO_LARGE, kv[failed], sv[failed], failed)
         if self.native_policy:
             with nogil:
                 failed = (_insert_loop(self, kv, sv, result, &status) if inserting

@@ -616,7 +616,7 @@ cdef uint32_t _wtlfu_main_victim(Engine e, int tier, uint32_t besides) noexcept 
 
 cdef int _policy_arrival(Engine e, int tier, uint64_t key, uint64_t charge, bint fresh) noexcept nogil:
     """Before room is made for an arriving entry: the ghost check (S3-FIFO, ARC) and W-TinyLFU's
-    admission of an entry too large for the window.  0, or ST_DECLINED."""
+    admission of an entry too large for the window.  0, or STATUS_DECLINED."""
     cdef PolicyState* ps = &e.pstate[tier]
     cdef uint32_t g, victim
     cdef double delta
@@ -659,8 +659,8 @@ cdef int _policy_arrival(Engine e, int tier, uint64_t key, uint64_t charge, bint
                     break
                 if _sketch_frequency(e, key) <= _sketch_frequency(e, e.slots[victim].key):
                     ps.arriving = 0
-                    e.tier_state[tier].counters[C_REJECTIONS] += 1
-                    return ST_DECLINED
+                    e.tier_state[tier].counters[COUNTER_REJECTIONS] += 1
+                    return STATUS_DECLINED
                 _displace(e, victim)
     return 0
 

@@ -40,7 +40,7 @@ ctypedef struct Segment:
     uint64_t touched_wave   # the last copy-table wave with a row reading or writing it
     int32_t block           # global block index
     int32_t tier
-    uint32_t first          # its entries in append order (slots, through s_next); a run: its entry
+    uint32_t first          # its entries in append order (slots, through slot_next); a run: its entry
     uint32_t last
     int32_t link_prev       # histogram bucket list, or the free stack (link_next only)
     int32_t link_next

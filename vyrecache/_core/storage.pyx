@@ -30,7 +30,7 @@ cnp.import_array()
 
 from vyrecache._core.allocator cimport round_up
 from vyrecache._core.engine cimport (Engine, Event, EV_INSERT, EV_REMOVE, EV_EVICT, EV_LIFT,
-                                     EV_PLACE, VC_NIL, ST_NOT_FOUND, ST_DECLINED, parse_u64,
+                                     EV_PLACE, VC_NIL, STATUS_NOT_FOUND, STATUS_DECLINED, parse_u64,
                                      parse_u64_array, report_victims,
                                      parse_keys)
 
@@ -114,7 +114,7 @@ cdef enum:
 # Where an entry's bytes are.
 cdef enum SlotState:
     SLOT_NONE = 0       # no bytes (free slot, or an entry that left)
-    SLOT_PLACED = 1     # at (s_seg, s_offset) in its tier
+    SLOT_PLACED = 1     # at (slot_segment, slot_offset) in its tier
     SLOT_LIFTED = 2     # still there, but the engine moved the entry: its PLACE follows
     SLOT_PARKED = 3     # lifted, and its bytes wait in host memory (self.parked) for the PLACE
 
@@ -128,15 +128,16 @@ ctypedef struct CopyRow:
 # Storage counters per tier, index by index (vyrecache/counters.py declares them).
 STORAGE_COUNTER_NAMES = STORAGE_COUNTERS
 cdef enum:
-    SC_CLEANINGS = 0
-    SC_CLEANING_BYTES = 1
-    SC_COMPACTIONS = 2
-    SC_COMPACTION_BYTES = 3
-    SC_FRAGMENTATION_EVICTIONS = 4
-    SC_N = 5
-if len(STORAGE_COUNTER_NAMES) != SC_N:
-    raise ImportError(f"vyrecache.counters names {len(STORAGE_COUNTER_NAMES)} storage counters, the storage "
-                      f"layer keeps {SC_N}. Fix: declare each SC_* counter in vyrecache/counters.py, in order.")
+    STORAGE_COUNTER_CLEANINGS = 0
+    STORAGE_COUNTER_CLEANING_BYTES = 1
+    STORAGE_COUNTER_COMPACTIONS = 2
+    STORAGE_COUNTER_COMPACTION_BYTES = 3
+    STORAGE_COUNTER_FRAGMENTATION_EVICTIONS = 4
+    STORAGE_COUNTER_N = 5
+if len(STORAGE_COUNTER_NAMES) != STORAGE_COUNTER_N:
+    raise ImportError(f"vyrecache.counters names {len(STORAGE_COUNTER_NAMES)} storage counters, the "
+                      f"storage layer keeps {STORAGE_COUNTER_N}. Fix: declare each STORAGE_COUNTER_* "
+                      f"counter in vyrecache/counters.py, in order.")
 
 # Asynchronous transfers in flight at once per cache (vulkan/transfer.py's pool of command
 # buffers); one more first waits for the oldest.
@@ -162,20 +163,20 @@ cdef class Storage:
     cdef readonly uint64_t puts_bytes          # user bytes stored by put (write amplification's base)
     cdef list blocks                           # StorageBlock per global block index
     cdef list memories                         # TierMemory per tier
-    cdef char** b_addr                         # mapped address, NULL when not mapped
-    cdef uint32_t* b_id                        # the backend's block id (copy tables use it)
+    cdef char** block_address                         # mapped address, NULL when not mapped
+    cdef uint32_t* block_id                        # the backend's block id (copy tables use it)
     cdef Py_ssize_t n_blocks
     cdef Segment* segs
     cdef TierLog* logs
     cdef int32_t n_segs
     # Per engine slot.
-    cdef int32_t* s_seg
-    cdef uint64_t* s_offset                    # in the block
-    cdef uint32_t* s_prev                      # the segment's entry list
-    cdef uint32_t* s_next
-    cdef uint64_t* s_wave                      # the wave whose pending row wrote its bytes
-    cdef uint8_t* s_state
-    cdef uint8_t* s_pinned                     # the storage's own view of "pinned" (see pin())
+    cdef int32_t* slot_segment
+    cdef uint64_t* slot_offset                    # in the block
+    cdef uint32_t* slot_prev                      # the segment's entry list
+    cdef uint32_t* slot_next
+    cdef uint64_t* slot_wave                      # the wave whose pending row wrote its bytes
+    cdef uint8_t* slot_state
+    cdef uint8_t* slot_pinned                     # the storage's own view of "pinned" (see pin())
     cdef Py_ssize_t cap_slots
     # The batch of copies being built.
     cdef CopyRow* rows
@@ -223,7 +224,7 @@ cdef class Storage:
     # Asynchronous transfers (move_many with wait=False): each has a ticket, the value its
     # submit signals on the timeline semaphore.  Bytes a transfer in flight writes or reads are
     # stamped with its ticket, and the CPU waits for a ticket before it touches them.
-    cdef uint64_t* s_ticket                    # per slot: the transfer writing its bytes
+    cdef uint64_t* slot_ticket                    # per slot: the transfer writing its bytes
     cdef uint64_t* seg_ticket                  # per segment: the last transfer reading or writing it
     cdef uint64_t staging_ticket               # the last transfer reading the staging buffer
     cdef uint64_t op_ticket                    # the running operation's ticket (0: synchronous)
@@ -270,12 +271,12 @@ cdef class Storage:
         self.n_segs = sum(layout[1] for layout in layouts)
         self.logs = <TierLog*>realloc(NULL, max(self.n_tiers, 1) * sizeof(TierLog))
         self.segs = <Segment*>realloc(NULL, max(self.n_segs, 1) * sizeof(Segment))
-        self.counters = <uint64_t*>realloc(NULL, max(self.n_tiers, 1) * SC_N * sizeof(uint64_t))
+        self.counters = <uint64_t*>realloc(NULL, max(self.n_tiers, 1) * STORAGE_COUNTER_N * sizeof(uint64_t))
         self.seg_ticket = <uint64_t*>realloc(NULL, max(self.n_segs, 1) * sizeof(uint64_t))
         if self.logs == NULL or self.segs == NULL or self.counters == NULL or self.seg_ticket == NULL:
             raise MemoryError("Could not allocate the tiers' segment tables. Fix: free memory.")
         memset(self.seg_ticket, 0, max(self.n_segs, 1) * sizeof(uint64_t))
-        memset(self.counters, 0, max(self.n_tiers, 1) * SC_N * sizeof(uint64_t))
+        memset(self.counters, 0, max(self.n_tiers, 1) * STORAGE_COUNTER_N * sizeof(uint64_t))
         memset(self.segs, 0, max(self.n_segs, 1) * sizeof(Segment))
         g = 0
         try:
@@ -314,21 +315,21 @@ cdef class Storage:
                     log.free_top = g2
                 log.n_free = log.n_segments
             self.n_blocks = len(self.blocks)
-            self.b_addr = <char**>realloc(NULL, max(self.n_blocks, 1) * sizeof(char*))
-            self.b_id = <uint32_t*>realloc(NULL, max(self.n_blocks, 1) * sizeof(uint32_t))
-            if self.b_addr == NULL or self.b_id == NULL:
+            self.block_address = <char**>realloc(NULL, max(self.n_blocks, 1) * sizeof(char*))
+            self.block_id = <uint32_t*>realloc(NULL, max(self.n_blocks, 1) * sizeof(uint32_t))
+            if self.block_address == NULL or self.block_id == NULL:
                 raise MemoryError("Could not allocate the block table. Fix: free memory.")
             for index, block in enumerate(self.blocks):
                 if block.host_visible:
-                    self.b_addr[index] = <char*><size_t>block.address
+                    self.block_address[index] = <char*><size_t>block.address
                     # Before the first touch, so the pages come huge: big copies through a block
                     # otherwise miss the TLB every 4 KiB.
-                    vc_advise_huge_pages(self.b_addr[index], block.size)
-                    vc_touch_pages(self.b_addr[index], block.size)
+                    vc_advise_huge_pages(self.block_address[index], block.size)
+                    vc_touch_pages(self.block_address[index], block.size)
                 else:
-                    self.b_addr[index] = NULL
+                    self.block_address[index] = NULL
                     self.unmapped = True
-                self.b_id[index] = block.id
+                self.block_id[index] = block.id
             if self.unmapped:
                 self.take_staging(backend)
                 if hasattr(backend, "transfer_queue"):
@@ -387,10 +388,10 @@ cdef class Storage:
 
     def __dealloc__(self):
         free(self.id_buffers)
-        free(self.b_addr); free(self.b_id); free(self.logs); free(self.segs); free(self.counters)
-        free(self.s_seg); free(self.s_offset); free(self.s_prev); free(self.s_next)
-        free(self.s_wave); free(self.s_state); free(self.s_pinned); free(self.rows)
-        free(self.s_ticket); free(self.seg_ticket)
+        free(self.block_address); free(self.block_id); free(self.logs); free(self.segs); free(self.counters)
+        free(self.slot_segment); free(self.slot_offset); free(self.slot_prev); free(self.slot_next)
+        free(self.slot_wave); free(self.slot_state); free(self.slot_pinned); free(self.rows)
+        free(self.slot_ticket); free(self.seg_ticket)
 
     def release_blocks(self):
         """Give every block back to the backend (idempotent); the storage is unusable afterwards."""
@@ -413,20 +414,20 @@ cdef class Storage:
         while cap < needed:
             cap *= 2
         # Each array is replaced as soon as it has grown: a failure leaves every array valid.
-        self.s_seg = <int32_t*>_grown(self.s_seg, cap * sizeof(int32_t))
-        self.s_offset = <uint64_t*>_grown(self.s_offset, cap * sizeof(uint64_t))
-        self.s_prev = <uint32_t*>_grown(self.s_prev, cap * sizeof(uint32_t))
-        self.s_next = <uint32_t*>_grown(self.s_next, cap * sizeof(uint32_t))
-        self.s_wave = <uint64_t*>_grown(self.s_wave, cap * sizeof(uint64_t))
-        self.s_state = <uint8_t*>_grown(self.s_state, cap * sizeof(uint8_t))
-        self.s_pinned = <uint8_t*>_grown(self.s_pinned, cap * sizeof(uint8_t))
-        self.s_ticket = <uint64_t*>_grown(self.s_ticket, cap * sizeof(uint64_t))
-        memset(&self.s_ticket[self.cap_slots], 0, (cap - self.cap_slots) * sizeof(uint64_t))
-        memset(&self.s_state[self.cap_slots], 0, (cap - self.cap_slots) * sizeof(uint8_t))
-        memset(&self.s_pinned[self.cap_slots], 0, (cap - self.cap_slots) * sizeof(uint8_t))
-        memset(&self.s_wave[self.cap_slots], 0, (cap - self.cap_slots) * sizeof(uint64_t))
+        self.slot_segment = <int32_t*>_grown(self.slot_segment, cap * sizeof(int32_t))
+        self.slot_offset = <uint64_t*>_grown(self.slot_offset, cap * sizeof(uint64_t))
+        self.slot_prev = <uint32_t*>_grown(self.slot_prev, cap * sizeof(uint32_t))
+        self.slot_next = <uint32_t*>_grown(self.slot_next, cap * sizeof(uint32_t))
+        self.slot_wave = <uint64_t*>_grown(self.slot_wave, cap * sizeof(uint64_t))
+        self.slot_state = <uint8_t*>_grown(self.slot_state, cap * sizeof(uint8_t))
+        self.slot_pinned = <uint8_t*>_grown(self.slot_pinned, cap * sizeof(uint8_t))
+        self.slot_ticket = <uint64_t*>_grown(self.slot_ticket, cap * sizeof(uint64_t))
+        memset(&self.slot_ticket[self.cap_slots], 0, (cap - self.cap_slots) * sizeof(uint64_t))
+        memset(&self.slot_state[self.cap_slots], 0, (cap - self.cap_slots) * sizeof(uint8_t))
+        memset(&self.slot_pinned[self.cap_slots], 0, (cap - self.cap_slots) * sizeof(uint8_t))
+        memset(&self.slot_wave[self.cap_slots], 0, (cap - self.cap_slots) * sizeof(uint64_t))
         for i in range(self.cap_slots, cap):
-            self.s_seg[i] = -1
+            self.slot_segment[i] = -1
         self.cap_slots = cap
         return 0
 
@@ -544,31 +545,31 @@ cdef class Storage:
     cdef void link_entry(self, Py_ssize_t slot, int32_t g, uint64_t offset, uint64_t charged) noexcept nogil:
         """File an entry's range in segment g (appended at the end of its list)."""
         cdef Segment* s = &self.segs[g]
-        self.s_seg[slot] = g
-        self.s_offset[slot] = offset
-        self.s_next[slot] = VC_NIL
-        self.s_prev[slot] = s.last
+        self.slot_segment[slot] = g
+        self.slot_offset[slot] = offset
+        self.slot_next[slot] = VC_NIL
+        self.slot_prev[slot] = s.last
         if s.last != VC_NIL:
-            self.s_next[s.last] = <uint32_t>slot
+            self.slot_next[s.last] = <uint32_t>slot
         else:
             s.first = <uint32_t>slot
         s.last = <uint32_t>slot
         s.live += charged
         self.logs[s.tier].live += charged
-        if self.s_pinned[slot]:
+        if self.slot_pinned[slot]:
             self.pin_entry(slot, 1)
 
     cdef void unlink_entry(self, Py_ssize_t slot, uint64_t charged) noexcept nogil:
         """Forget an entry's range: its segment keeps the bytes as dead space (or frees them)."""
-        cdef int32_t g = self.s_seg[slot]
+        cdef int32_t g = self.slot_segment[slot]
         cdef Segment* s
         cdef int32_t k, n
         if g < 0:
             return
         s = &self.segs[g]
-        if self.s_pinned[slot]:
+        if self.slot_pinned[slot]:
             self.pin_entry(slot, -1)
-        self.s_seg[slot] = -1
+        self.slot_segment[slot] = -1
         if s.state == SEG_RUN:
             n = self.run_length(charged, s.tier)
             for k in range(n):
@@ -576,14 +577,14 @@ cdef class Storage:
                 self.push_free(g + k)
             self.logs[s.tier].live -= charged
             return
-        if self.s_prev[slot] != VC_NIL:
-            self.s_next[self.s_prev[slot]] = self.s_next[slot]
+        if self.slot_prev[slot] != VC_NIL:
+            self.slot_next[self.slot_prev[slot]] = self.slot_next[slot]
         else:
-            s.first = self.s_next[slot]
-        if self.s_next[slot] != VC_NIL:
-            self.s_prev[self.s_next[slot]] = self.s_prev[slot]
+            s.first = self.slot_next[slot]
+        if self.slot_next[slot] != VC_NIL:
+            self.slot_prev[self.slot_next[slot]] = self.slot_prev[slot]
         else:
-            s.last = self.s_prev[slot]
+            s.last = self.slot_prev[slot]
         s.live -= charged
         self.logs[s.tier].live -= charged
         if s.state == SEG_CLOSED:
@@ -591,17 +592,17 @@ cdef class Storage:
 
     cdef void follow_pin(self, Py_ssize_t slot, int delta) noexcept nogil:
         """After the engine pinned (delta 1) or unpinned (-1) `slot`: the first pin and the last
-        unpin change what the entry's segments count (s_pinned), the nested ones do not."""
-        if delta > 0 and not self.s_pinned[slot]:
-            self.s_pinned[slot] = 1
+        unpin change what the entry's segments count (slot_pinned), the nested ones do not."""
+        if delta > 0 and not self.slot_pinned[slot]:
+            self.slot_pinned[slot] = 1
             self.pin_entry(slot, 1)
-        elif delta < 0 and self.engine.slots[slot].pins == 0 and self.s_pinned[slot]:
+        elif delta < 0 and self.engine.slots[slot].pins == 0 and self.slot_pinned[slot]:
             self.pin_entry(slot, -1)
-            self.s_pinned[slot] = 0
+            self.slot_pinned[slot] = 0
 
     cdef void pin_entry(self, Py_ssize_t slot, int delta) noexcept nogil:
         """Count a pin (delta 1) or an unpin (-1) of a placed entry in every segment it takes."""
-        cdef int32_t g = self.s_seg[slot], k, n = 1
+        cdef int32_t g = self.slot_segment[slot], k, n = 1
         if g < 0:
             return
         if self.segs[g].state == SEG_RUN:
@@ -671,7 +672,7 @@ cdef class Storage:
         False when there was none."""
         cdef bint any_parked = False
         for slot in list(self.lifted):
-            if self.s_seg[slot] >= 0 and self.segs[self.s_seg[slot]].tier == tier:
+            if self.slot_segment[slot] >= 0 and self.segs[self.slot_segment[slot]].tier == tier:
                 self.park(slot)
                 any_parked = True
         return any_parked
@@ -693,14 +694,14 @@ cdef class Storage:
     cdef int keep_for_remote(self, Py_ssize_t slot, uint64_t key, uint64_t size) except -1:
         """Copy a victim's bytes before they are freed, once, into the bytes object the remote
         tier is handed after the operation (a write-back on eviction)."""
-        if self.s_state[slot] == SLOT_PARKED:
+        if self.slot_state[slot] == SLOT_PARKED:
             value = self.parked[slot].tobytes()
         else:
             value = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>size)
             if size:
                 self.flush()
-                self.settle(self.s_ticket[slot])
-                self.read_data(self.segs[self.s_seg[slot]].block, self.s_offset[slot],
+                self.settle(self.slot_ticket[slot])
+                self.read_data(self.segs[self.slot_segment[slot]].block, self.slot_offset[slot],
                                PyBytes_AS_STRING(value), size)
         self.leaving_keys.append(key)
         self.leaving_values.append(value)
@@ -708,14 +709,14 @@ cdef class Storage:
 
     cdef int park(self, Py_ssize_t slot) except -1:
         cdef uint64_t size = self.engine.slots[slot].size
-        cdef int32_t g = self.s_seg[slot]
+        cdef int32_t g = self.slot_segment[slot]
         parked = np.empty(size, dtype=np.uint8)
         self.flush()
-        self.settle(self.s_ticket[slot])
-        self.read_data(self.segs[g].block, self.s_offset[slot], <char*>cnp.PyArray_DATA(parked), size)
+        self.settle(self.slot_ticket[slot])
+        self.read_data(self.segs[g].block, self.slot_offset[slot], <char*>cnp.PyArray_DATA(parked), size)
         self.unlink_entry(slot, self.charge(size))
         self.parked[slot] = parked
-        self.s_state[slot] = SLOT_PARKED
+        self.slot_state[slot] = SLOT_PARKED
         self.lifted.remove(slot)
         return 0
 
@@ -726,7 +727,7 @@ cdef class Storage:
         for g in range(log.first_segment, log.first_segment + log.n_segments):
             if self.segs[g].state == SEG_RUN and not self.segs[g].pinned:
                 if self.displace_now(self.segs[g].first):
-                    self.counters[tier * SC_N + SC_FRAGMENTATION_EVICTIONS] += 1
+                    self.counters[tier * STORAGE_COUNTER_N + STORAGE_COUNTER_FRAGMENTATION_EVICTIONS] += 1
                     return True
         return False
 
@@ -741,7 +742,7 @@ cdef class Storage:
         survivor = &self.segs[r]
         slot = self.segs[v].first
         while slot != VC_NIL:
-            following = self.s_next[slot]
+            following = self.slot_next[slot]
             c = self.charge(self.engine.slots[slot].size)
             self.move_range(slot, r, survivor.offset + survivor.fill, c)
             survivor.fill += c
@@ -750,14 +751,14 @@ cdef class Storage:
         self.segs[v].state = SEG_CLOSED
         self.relist(v)          # empty now: back on the free stack
         self.open_head(tier, r)
-        self.counters[tier * SC_N + SC_CLEANINGS] += 1
-        self.counters[tier * SC_N + SC_CLEANING_BYTES] += moved
+        self.counters[tier * STORAGE_COUNTER_N + STORAGE_COUNTER_CLEANINGS] += 1
+        self.counters[tier * STORAGE_COUNTER_N + STORAGE_COUNTER_CLEANING_BYTES] += moved
         return 0
 
     cdef int move_range(self, Py_ssize_t slot, int32_t g, uint64_t offset, uint64_t c) except -1:
         """Copy an entry's bytes to `offset` in segment g and file it there (same tier)."""
-        cdef int32_t src = self.s_seg[slot]
-        self.copy_bytes(slot, self.segs[src].block, self.s_offset[slot], self.segs[g].block,
+        cdef int32_t src = self.slot_segment[slot]
+        self.copy_bytes(slot, self.segs[src].block, self.slot_offset[slot], self.segs[g].block,
                         offset, self.engine.slots[slot].size, src, g)
         self.unlink_entry(slot, c)
         self.link_entry(slot, g, offset, c)
@@ -771,10 +772,10 @@ cdef class Storage:
         cdef bint any_done = False
         slot = self.segs[v].first
         while slot != VC_NIL:
-            following = self.s_next[slot]
+            following = self.slot_next[slot]
             if self.displace_now(slot):
                 any_done = True
-                self.counters[tier * SC_N + SC_FRAGMENTATION_EVICTIONS] += 1
+                self.counters[tier * STORAGE_COUNTER_N + STORAGE_COUNTER_FRAGMENTATION_EVICTIONS] += 1
             slot = following
         return any_done
 
@@ -782,7 +783,7 @@ cdef class Storage:
         """Displace one entry and replay what that did at once (the caller needs its room now).
         Only entries in place qualify, unless `moving`: the entry whose own move found no room."""
         cdef Py_ssize_t first = self.engine.n_events, i
-        if self.s_state[slot] != SLOT_PLACED and not moving:
+        if self.slot_state[slot] != SLOT_PLACED and not moving:
             return False
         if not self.engine.op_displace(<uint32_t>slot):
             return False
@@ -818,7 +819,7 @@ cdef class Storage:
                     break
                 if self.segs[j].state == SEG_RUN:
                     # Parking a lifted entry is a copy; displacing another one loses it.
-                    if self.s_state[self.segs[j].first] == SLOT_LIFTED:
+                    if self.slot_state[self.segs[j].first] == SLOT_LIFTED:
                         cost += log.segment_size
                     else:
                         cost += 4 * log.segment_size
@@ -856,16 +857,16 @@ cdef class Storage:
                 continue
             slot = self.segs[j].first
             while slot != VC_NIL:
-                following = self.s_next[slot]
+                following = self.slot_next[slot]
                 ec = self.charge(self.engine.slots[slot].size)
                 if self.alloc_small(tier, ec, &target, &offset):
                     self.move_range(slot, target, offset, ec)
-                    self.counters[tier * SC_N + SC_CLEANING_BYTES] += ec
+                    self.counters[tier * STORAGE_COUNTER_N + STORAGE_COUNTER_CLEANING_BYTES] += ec
                 elif not self.clear_out(slot, tier):
                     return self.unclaim(best, k)
                 slot = following
         if best_cost:
-            self.counters[tier * SC_N + SC_CLEANINGS] += 1
+            self.counters[tier * STORAGE_COUNTER_N + STORAGE_COUNTER_CLEANINGS] += 1
         for j in range(best, best + k):
             self.segs[j].state = SEG_RUN
             self.segs[j].fill = self.logs[tier].segment_size
@@ -879,11 +880,11 @@ cdef class Storage:
     cdef bint clear_out(self, Py_ssize_t slot, int tier) except -1:
         """Make an entry of a window being emptied for a run leave it without a new place there:
         a lifted entry is parked, another displaced.  False when it cannot be displaced."""
-        if self.s_state[slot] == SLOT_LIFTED:
+        if self.slot_state[slot] == SLOT_LIFTED:
             self.park(slot)
             return True
         if self.displace_now(slot):
-            self.counters[tier * SC_N + SC_FRAGMENTATION_EVICTIONS] += 1
+            self.counters[tier * STORAGE_COUNTER_N + STORAGE_COUNTER_FRAGMENTATION_EVICTIONS] += 1
             return True
         return False
 
@@ -918,7 +919,7 @@ cdef class Storage:
         return False
 
     cdef bint find_room(self, Py_ssize_t slot, int tier, uint64_t c) except -1:
-        """Give slot a range of c bytes in tier (not linked yet): s_seg/s_offset of the room."""
+        """Give slot a range of c bytes in tier (not linked yet): slot_segment/slot_offset of the room."""
         cdef int32_t g
         cdef uint64_t offset
         if c <= self.logs[tier].segment_size:
@@ -950,24 +951,24 @@ cdef class Storage:
         if ev.kind == EV_REMOVE or ev.kind == EV_EVICT:
             if self.remote is not None:
                 self.leave_for_remote(&ev)
-            if self.s_state[slot] == SLOT_PARKED:
+            if self.slot_state[slot] == SLOT_PARKED:
                 del self.parked[slot]
-            elif self.s_state[slot] != SLOT_NONE:
-                if self.s_state[slot] == SLOT_LIFTED:
+            elif self.slot_state[slot] != SLOT_NONE:
+                if self.slot_state[slot] == SLOT_LIFTED:
                     self.lifted.remove(slot)
                 self.unlink_entry(slot, self.charge(ev.size))
-            self.s_state[slot] = SLOT_NONE
-            self.s_pinned[slot] = 0
+            self.slot_state[slot] = SLOT_NONE
+            self.slot_pinned[slot] = 0
             if ev.kind == EV_EVICT and self.report_evictions:
                 self.evicted.append(CacheEntry(ev.key, ev.size, ev.src_tier))
         elif ev.kind == EV_LIFT:
-            if self.s_state[slot] == SLOT_PLACED:
-                self.s_state[slot] = SLOT_LIFTED
+            if self.slot_state[slot] == SLOT_PLACED:
+                self.slot_state[slot] = SLOT_LIFTED
                 self.lifted.append(slot)
         elif ev.kind == EV_INSERT:
-            self.s_state[slot] = SLOT_NONE
-            self.s_seg[slot] = -1
-            self.s_pinned[slot] = 0
+            self.slot_state[slot] = SLOT_NONE
+            self.slot_segment[slot] = -1
+            self.slot_pinned[slot] = 0
             self.place(slot, ev.dst_tier, ev.size, True)
         elif ev.kind == EV_PLACE:
             self.place(slot, ev.dst_tier, ev.size, False)
@@ -981,12 +982,12 @@ cdef class Storage:
         if size == 0:
             if not new:
                 self.unlink_entry(slot, 0)
-                if self.s_state[slot] == SLOT_LIFTED:
+                if self.slot_state[slot] == SLOT_LIFTED:
                     self.lifted.remove(slot)
-                elif self.s_state[slot] == SLOT_PARKED:
+                elif self.slot_state[slot] == SLOT_PARKED:
                     del self.parked[slot]
-            self.s_seg[slot] = -1
-            self.s_state[slot] = SLOT_PLACED
+            self.slot_segment[slot] = -1
+            self.slot_state[slot] = SLOT_PLACED
             return 0
         if not self.find_room(slot, tier, c):
             if new:
@@ -994,38 +995,38 @@ cdef class Storage:
                 raise CacheError("internal: no room in tier %d for %d bytes" % (tier, size))
             # A move whose target has no room even after displacing (pins): the entry moves on
             # down (or leaves) instead, as a victim of that tier would.
-            if self.s_state[slot] == SLOT_LIFTED:
+            if self.slot_state[slot] == SLOT_LIFTED:
                 self.park(slot)
             if not self.displace_now(slot, True):
                 raise CacheError("internal: entry in slot %d can neither move nor leave" % slot)
             return 0
         g = self.room_seg
         offset = self.room_offset
-        if new or self.s_state[slot] == SLOT_PARKED:
+        if new or self.slot_state[slot] == SLOT_PARKED:
             if new:
                 self.write_data(self.segs[g].block, offset, self.data, size, g)
             else:
                 parked = self.parked.pop(slot)
                 self.write_data(self.segs[g].block, offset, <const char*>cnp.PyArray_DATA(parked), size, g)
-            self.s_wave[slot] = self.wave if self.n_rows else 0
-            self.s_ticket[slot] = self.op_ticket
-            self.s_state[slot] = SLOT_PLACED
+            self.slot_wave[slot] = self.wave if self.n_rows else 0
+            self.slot_ticket[slot] = self.op_ticket
+            self.slot_state[slot] = SLOT_PLACED
         else:
             self.lifted.remove(slot)
-            src = self.s_seg[slot]      # read now: making room may have moved this very entry
-            self.copy_bytes(slot, self.segs[src].block, self.s_offset[slot], self.segs[g].block,
+            src = self.slot_segment[slot]      # read now: making room may have moved this very entry
+            self.copy_bytes(slot, self.segs[src].block, self.slot_offset[slot], self.segs[g].block,
                             offset, size, src, g)
             self.unlink_entry(slot, c)
-            self.s_state[slot] = SLOT_PLACED
+            self.slot_state[slot] = SLOT_PLACED
         if self.segs[g].state == SEG_RUN:
             for k in range(self.run_length(c, tier)):
                 self.segs[g + k].first = <uint32_t>slot
-            self.s_seg[slot] = g
-            self.s_offset[slot] = offset
-            self.s_prev[slot] = VC_NIL
-            self.s_next[slot] = VC_NIL
+            self.slot_segment[slot] = g
+            self.slot_offset[slot] = offset
+            self.slot_prev[slot] = VC_NIL
+            self.slot_next[slot] = VC_NIL
             self.logs[tier].live += c
-            if self.s_pinned[slot]:
+            if self.slot_pinned[slot]:
                 self.pin_entry(slot, 1)
         else:
             self.link_entry(slot, g, offset, c)
@@ -1046,21 +1047,21 @@ cdef class Storage:
         """Copy an entry's bytes (the ranges never overlap: different segments)."""
         if size == 0:
             return 0
-        if (self.n_rows == 0 and not self.device_moves and self.b_addr[src_block] != NULL
-                and self.b_addr[dst_block] != NULL):
-            if self.s_ticket[slot] > self.done_ticket:
-                self.settle(self.s_ticket[slot])     # a transfer in flight still writes them
-            self.s_ticket[slot] = 0
-            self.cpu_copy(self.b_addr[dst_block] + dst_offset, self.b_addr[src_block] + src_offset, size)
+        if (self.n_rows == 0 and not self.device_moves and self.block_address[src_block] != NULL
+                and self.block_address[dst_block] != NULL):
+            if self.slot_ticket[slot] > self.done_ticket:
+                self.settle(self.slot_ticket[slot])     # a transfer in flight still writes them
+            self.slot_ticket[slot] = 0
+            self.cpu_copy(self.block_address[dst_block] + dst_offset, self.block_address[src_block] + src_offset, size)
             return 0
-        if self.s_wave[slot] == self.wave:
+        if self.slot_wave[slot] == self.wave:
             self.new_wave()          # read-after-write: the entry was written in this wave
         # Rows run after every earlier submit (vkcopy.h's first barrier): no wait for a ticket.
-        self.add_row(self.b_id[src_block], src_offset, self.b_id[dst_block], dst_offset, size)
+        self.add_row(self.block_id[src_block], src_offset, self.block_id[dst_block], dst_offset, size)
         self.segs[src_seg].touched_wave = self.wave
         self.segs[dst_seg].touched_wave = self.wave
-        self.s_wave[slot] = self.wave
-        self.s_ticket[slot] = self.op_ticket
+        self.slot_wave[slot] = self.wave
+        self.slot_ticket[slot] = self.op_ticket
         if self.op_ticket:
             self.stamp(src_seg, src_offset, size)
             self.stamp(dst_seg, dst_offset, size)
@@ -1078,9 +1079,9 @@ cdef class Storage:
                         int32_t seg) except -1:
         """Write user bytes into a block: memcpy when mapped, else through staging rows."""
         cdef uint64_t done = 0, chunk
-        if self.n_rows == 0 and self.b_addr[block] != NULL and not self.device_moves:
+        if self.n_rows == 0 and self.block_address[block] != NULL and not self.device_moves:
             self.finish_run()
-            self.host_copy(self.b_addr[block] + offset, data, size)
+            self.host_copy(self.block_address[block] + offset, data, size)
             return 0
         self.finish_run()
         if self.staging_ticket > self.done_ticket:
@@ -1090,7 +1091,7 @@ cdef class Storage:
                 self.flush()
             chunk = min(size - done, self.staging_size - self.staging_used)
             memcpy(self.staging_addr + self.staging_used, data + done, chunk)
-            self.add_row(self.staging.id, self.staging_used, self.b_id[block], offset + done, chunk)
+            self.add_row(self.staging.id, self.staging_used, self.block_id[block], offset + done, chunk)
             self.staging_used += chunk
             done += chunk
         self.segs[seg].touched_wave = self.wave
@@ -1101,14 +1102,14 @@ cdef class Storage:
     cdef int read_data(self, int32_t block, uint64_t offset, char* out, uint64_t size) except -1:
         """Copy bytes of a block into host memory (outside of an operation's batch)."""
         cdef uint64_t done = 0, chunk
-        if self.b_addr[block] != NULL:
-            self.host_copy(out, self.b_addr[block] + offset, size)
+        if self.block_address[block] != NULL:
+            self.host_copy(out, self.block_address[block] + offset, size)
             return 0
         if self.staging_ticket > self.done_ticket:
             self.settle(self.staging_ticket)
         while done < size:
             chunk = min(size - done, self.staging_size)
-            self.add_row(self.b_id[block], offset + done, self.staging.id, 0, chunk)
+            self.add_row(self.block_id[block], offset + done, self.staging.id, 0, chunk)
             self.flush()
             memcpy(out + done, self.staging_addr, chunk)
             done += chunk
@@ -1540,19 +1541,19 @@ cdef class Storage:
                     self.leave()
             else:
                 status = self.engine.op_insert(k, buffer.len)
-                if status < -1 and status != ST_DECLINED:
+                if status < -1 and status != STATUS_DECLINED:
                     self.abort(status, k, buffer.len, -1)
                 try:
                     self.data = <const char*>buffer.buf
                     self.replay_checked()       # a declined key's events: what its arrival displaced
-                    if status != ST_DECLINED:
+                    if status != STATUS_DECLINED:
                         self.puts_bytes += buffer.len
                         if not write_back and self.remote is not None:
                             self.remote_fetched[k] = LOCAL_ONLY
                 finally:
                     self.data = NULL
                     self.leave()
-            if status == ST_DECLINED:
+            if status == STATUS_DECLINED:
                 return False
             if self.write_through and self.remote is not None and write_back:
                 self.remote.write_many([k], [data])
@@ -1588,8 +1589,8 @@ cdef class Storage:
             size = <cnp.npy_intp>self.engine.slots[slot].size
             out = cnp.PyArray_EMPTY(1, &size, cnp.NPY_UINT8, 0)
             if size:
-                self.settle(self.s_ticket[slot])
-                self.read_data(self.segs[self.s_seg[slot]].block, self.s_offset[slot],
+                self.settle(self.slot_ticket[slot])
+                self.read_data(self.segs[self.slot_segment[slot]].block, self.slot_offset[slot],
                                <char*>cnp.PyArray_DATA(out), size)
             return out
         finally:
@@ -1619,8 +1620,8 @@ cdef class Storage:
                                      "Fix: pass a buffer of exactly %d bytes (cache.get(key).size)."
                                      % (k, size, buffer.len, size))
                 if size:
-                    self.settle(self.s_ticket[slot])
-                    self.read_data(self.segs[self.s_seg[slot]].block, self.s_offset[slot],
+                    self.settle(self.slot_ticket[slot])
+                    self.read_data(self.segs[self.slot_segment[slot]].block, self.slot_offset[slot],
                                    <char*>buffer.buf, size)
             finally:
                 self.leave_read()
@@ -1716,7 +1717,7 @@ cdef class Storage:
         self.enter()
         slot = self.engine.slot_of(k)
         if slot < 0:
-            return self.abort(ST_NOT_FOUND, k, 0, -1)
+            return self.abort(STATUS_NOT_FOUND, k, 0, -1)
         status = self.engine.op_promote(<uint32_t>slot, True) if up else self.engine.op_demote(<uint32_t>slot)
         if status < -1:
             self.engine.n_events = 0
@@ -1799,7 +1800,7 @@ cdef class Storage:
         self.enter()
         slot = self.engine.slot_of(k)
         if slot < 0:
-            return self.abort(ST_NOT_FOUND, k, 0, -1)
+            return self.abort(STATUS_NOT_FOUND, k, 0, -1)
         if self.engine.slots[slot].pins:
             self.busy = 0
             self.engine.op_end()
@@ -2014,18 +2015,18 @@ cdef class Storage:
         cdef int32_t g, k, n
         cdef char* base
         if (not self.replace_in_place or slot < 0 or size == 0 or self.n_rows or self.device_moves
-                or self.s_state[slot] != SLOT_PLACED):
+                or self.slot_state[slot] != SLOT_PLACED):
             return False
-        g = self.s_seg[slot]
+        g = self.slot_segment[slot]
         if g < 0 or self.charge(self.engine.slots[slot].size) != self.charge(size):
             return False
-        base = self.b_addr[self.segs[g].block]
+        base = self.block_address[self.segs[g].block]
         if base == NULL:
             return False
         # Bytes a transfer in flight still writes here, or a transfer still reading the range:
         # wait for them, as the reuse of a segment does.
-        if self.s_ticket[slot] > self.done_ticket:
-            self.settle(self.s_ticket[slot])
+        if self.slot_ticket[slot] > self.done_ticket:
+            self.settle(self.slot_ticket[slot])
         n = self.run_length(self.charge(size), self.segs[g].tier) if self.segs[g].state == SEG_RUN else 1
         for k in range(n):
             if self.seg_ticket[g + k] > self.done_ticket:
@@ -2033,9 +2034,9 @@ cdef class Storage:
         if self.engine.op_replace(<uint32_t>slot, size) < 0:
             return False
         self.finish_run()       # a pending run may still write this range (a move of this entry)
-        self.host_copy(base + self.s_offset[slot], data, size)
-        self.s_wave[slot] = 0
-        self.s_ticket[slot] = 0
+        self.host_copy(base + self.slot_offset[slot], data, size)
+        self.slot_wave[slot] = 0
+        self.slot_ticket[slot] = 0
         if self.remote_fetched:
             self.remote_fetched.pop(key, None)      # changed: no longer clean
         self.puts_bytes += size
@@ -2044,11 +2045,11 @@ cdef class Storage:
     cdef bint put_row(self, uint64_t key, Rows rows, Py_ssize_t i) except -1:
         """Insert row i of a checked batch under `key`; False when the policy declined it."""
         cdef int status = self.engine.op_insert(key, rows.length[i])
-        if status < -1 and status != ST_DECLINED:
+        if status < -1 and status != STATUS_DECLINED:
             self.engine.raise_status(status, key, rows.length[i], i)
         self.data = <const char*><size_t>rows.address[i]
         self.replay_checked()
-        if status == ST_DECLINED:
+        if status == STATUS_DECLINED:
             return False
         self.puts_bytes += rows.length[i]
         return True
@@ -2091,8 +2092,8 @@ cdef class Storage:
                 mask[i] = 1
                 size = self.engine.slots[slot].size
                 if size:
-                    self.settle(self.s_ticket[slot])
-                    self.read_data(self.segs[self.s_seg[slot]].block, self.s_offset[slot],
+                    self.settle(self.slot_ticket[slot])
+                    self.read_data(self.segs[self.slot_segment[slot]].block, self.slot_offset[slot],
                                    base + i * row, size)
         finally:
             self.leave_read()
@@ -2134,7 +2135,7 @@ cdef class Storage:
                 self.segs[v].state = SEG_CLAIMED
                 slot = self.segs[v].first
                 while slot != VC_NIL:
-                    following = self.s_next[slot]
+                    following = self.slot_next[slot]
                     c = self.charge(self.engine.slots[slot].size)
                     self.move_range(slot, dest, self.segs[dest].offset + self.segs[dest].fill, c)
                     self.segs[dest].fill += c
@@ -2145,8 +2146,8 @@ cdef class Storage:
                 self.relist(v)
             if dest >= 0:
                 self.open_head(tier, dest)
-            self.counters[tier * SC_N + SC_COMPACTIONS] += 1
-            self.counters[tier * SC_N + SC_COMPACTION_BYTES] += moved
+            self.counters[tier * STORAGE_COUNTER_N + STORAGE_COUNTER_COMPACTIONS] += 1
+            self.counters[tier * STORAGE_COUNTER_N + STORAGE_COUNTER_COMPACTION_BYTES] += moved
         finally:
             self.leave()
         return moves, moved, complete
@@ -2161,9 +2162,9 @@ cdef class Storage:
         try:
             slot = self.find(k)
             tier = self.engine.slots[slot].tier
-            if self.s_seg[slot] < 0:
+            if self.slot_segment[slot] < 0:
                 return tier, None, 0, self.engine.slots[slot].size
-            return (tier, self.blocks[self.segs[self.s_seg[slot]].block], self.s_offset[slot],
+            return (tier, self.blocks[self.segs[self.slot_segment[slot]].block], self.slot_offset[slot],
                     self.engine.slots[slot].size)
         finally:
             self.leave_read()
@@ -2193,11 +2194,11 @@ cdef class Storage:
                 "max_entry": log.max_entry}
 
     def _counters_of(self, int tier):
-        return {name: self.counters[tier * SC_N + index]
+        return {name: self.counters[tier * STORAGE_COUNTER_N + index]
                 for index, name in enumerate(STORAGE_COUNTER_NAMES)}
 
     def _reset_storage_counters(self):
-        memset(self.counters, 0, max(self.n_tiers, 1) * SC_N * sizeof(uint64_t))
+        memset(self.counters, 0, max(self.n_tiers, 1) * STORAGE_COUNTER_N * sizeof(uint64_t))
         self.misses = 0
         self.puts_bytes = 0
 
@@ -2211,18 +2212,18 @@ cdef class Storage:
         if self.remote_fetched and self.remote_fetched.get(k) is not LOCAL_ONLY:
             self.remote_fetched.pop(k, None)     # its bytes may be written in place: no longer clean
         slot = self.engine.slot_of(k)
-        if self.s_ticket[slot] > self.done_ticket:
+        if self.slot_ticket[slot] > self.done_ticket:
             try:
                 self.enter_read()
                 try:
-                    self.settle(self.s_ticket[slot])    # a view must see the bytes in flight
+                    self.settle(self.slot_ticket[slot])    # a view must see the bytes in flight
                 finally:
                     self.leave_read()
             except BaseException:
                 self.pin_key(k, -1)
                 raise
-        if self.s_seg[slot] >= 0 and self.b_addr[self.segs[self.s_seg[slot]].block] != NULL:
-            address = self.b_addr[self.segs[self.s_seg[slot]].block] + self.s_offset[slot]
+        if self.slot_segment[slot] >= 0 and self.block_address[self.segs[self.slot_segment[slot]].block] != NULL:
+            address = self.block_address[self.segs[self.slot_segment[slot]].block] + self.slot_offset[slot]
         return _new_lease(self, key, writable, address, <Py_ssize_t>self.engine.slots[slot].size)
 
     def _close_storage(self):
@@ -2306,18 +2307,18 @@ cdef class Storage:
                         if s in seen:
                             raise CacheError(f"slot {s} is listed twice")
                         seen.add(s)
-                        if self.s_seg[s] != g or self.engine.slots[s].tier != tier:
+                        if self.slot_segment[s] != g or self.engine.slots[s].tier != tier:
                             raise CacheError(f"slot {s} is listed in segment {g} of tier {tier} "
-                                             f"but is in segment {self.s_seg[s]} of tier "
+                                             f"but is in segment {self.slot_segment[s]} of tier "
                                              f"{self.engine.slots[s].tier}")
                         c = self.charge(self.engine.slots[s].size)
-                        start = self.s_offset[s] - seg.offset
-                        if self.s_offset[s] % self.alignment or start + c > seg.fill:
+                        start = self.slot_offset[s] - seg.offset
+                        if self.slot_offset[s] % self.alignment or start + c > seg.fill:
                             raise CacheError(f"slot {s}'s range leaves segment {g}'s filled part")
                         spans.append((start, c, s))
                         total += c
-                        pins += self.s_pinned[s]
-                        s = self.s_next[s]
+                        pins += self.slot_pinned[s]
+                        s = self.slot_next[s]
                     spans.sort()
                     for (a, la, sa), (b2, lb, sb) in zip(spans, spans[1:]):
                         if a + la > b2:
@@ -2329,7 +2330,7 @@ cdef class Storage:
                     live_sum += total
                 for g in range(log.first_segment, log.first_segment + log.n_segments):
                     seg = &self.segs[g]
-                    if seg.state == SEG_RUN and seg.first != VC_NIL and self.s_seg[seg.first] == g:
+                    if seg.state == SEG_RUN and seg.first != VC_NIL and self.slot_segment[seg.first] == g:
                         s = seg.first
                         c = self.charge(self.engine.slots[s].size)
                         k = self.run_length(c, tier)
@@ -2338,26 +2339,26 @@ cdef class Storage:
                                 raise CacheError(f"run of slot {s} at segment {g} is broken at {j}")
                         seen.add(s)
                         live_sum += c
-                        if self.s_seg[s] != g or self.engine.slots[s].tier != tier:
+                        if self.slot_segment[s] != g or self.engine.slots[s].tier != tier:
                             raise CacheError(f"run entry in slot {s} is misfiled")
                 if live_sum != log.live:
                     raise CacheError(f"tier {tier}: entries hold {live_sum} bytes, live says {log.live}")
                 if pinned_segments != log.n_pinned:
                     raise CacheError(f"tier {tier}: {pinned_segments} pinned segments, counted {log.n_pinned}")
             for slot in range(self.cap_slots):
-                state = self.s_state[slot]
+                state = self.slot_state[slot]
                 if state == SLOT_NONE:
                     continue
                 if state != SLOT_PLACED:
                     raise CacheError("slot %d is left in state %d between operations" % (slot, state))
                 if self.engine.slots[slot].tier < 0:
                     raise CacheError("slot %d holds bytes but the engine has no entry there" % slot)
-                if self.s_seg[slot] < 0:
+                if self.slot_segment[slot] < 0:
                     if self.engine.slots[slot].size:
                         raise CacheError("slot %d has %d bytes but no segment" % (slot, self.engine.slots[slot].size))
                 elif slot not in seen:
                     raise CacheError("slot %d is in no segment's list" % slot)
-                if bool(self.s_pinned[slot]) != bool(self.engine.slots[slot].pins):
+                if bool(self.slot_pinned[slot]) != bool(self.engine.slots[slot].pins):
                     raise CacheError("slot %d's pin state disagrees with the engine" % slot)
         finally:
             self.leave_read()
