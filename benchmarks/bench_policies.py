@@ -31,7 +31,7 @@ from vyrecache.traces import read_trace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_core import TIER0, TIER1, cpu_model, zipf_trace  # noqa: E402
-from harness import CLOCKS, add_clock_argument, interleaved_best  # noqa: E402
+from harness import CLOCKS, add_clock_argument, add_json_argument, interleaved_best, write_json  # noqa: E402
 
 POLICIES = [vc.LruPolicy, vc.FifoPolicy, vc.ClockPolicy, vc.SievePolicy, vc.S3FifoPolicy,
             vc.ArcPolicy, vc.WTinyLfuPolicy]
@@ -73,6 +73,7 @@ def policy_costs(trace, repeat, clock):
     print(f"{'policy':10} {'access() ns':>12} {'/ LRU':>7} {'access_many ns/key':>19} {'/ LRU':>7}"
           f" {'hit ratio':>10}")
     worst = [0.0, 0.0]
+    rows = []
     for index, policy in enumerate(POLICIES):
         call, batch = seconds[2 * index] / n * 1e9, seconds[2 * index + 1] / n * 1e9
         cache = new_cache(policy())
@@ -80,8 +81,12 @@ def policy_costs(trace, repeat, clock):
         worst = [max(worst[0], call / lru_call), max(worst[1], batch / lru_batch)]
         print(f"{policy.name:10} {call:12.1f} {call / lru_call:6.2f}x {batch:19.1f} "
               f"{batch / lru_batch:6.2f}x {ratio:10.3f}")
+        rows.append([policy.name, f"{call:.1f}", f"{call / lru_call:.2f}x", f"{batch:.1f}",
+                     f"{batch / lru_batch:.2f}x", f"{ratio:.3f}"])
     print(f"worst: access() {worst[0]:.2f}x LRU (floor 1.3x), access_many {worst[1]:.2f}x LRU "
           f"(floor 1.5x)\n")
+    return {"policies-cost": {"columns": ["policy", "`access()` ns", "/ LRU", "`access_many()` ns/key",
+                                          "/ LRU", "hit ratio"], "rows": rows}}
 
 
 def load_engine(directory: Path):
@@ -118,7 +123,7 @@ def replay_speed(traces_dir: Path, repeat: int, clock):
         import libcachesim as lcs
     except ImportError:
         print("replay against libCacheSim: skipped (pip install libcachesim)\n")
-        return
+        return {}
     trace = read_trace(traces_dir / "cloudphysics_io.oracleGeneral.bin")
     records = np.zeros(len(trace), dtype=_ORACLE)
     records["key"], records["size"] = trace.keys, 1
@@ -127,6 +132,7 @@ def replay_speed(traces_dir: Path, repeat: int, clock):
     print(f"replay speed: cloudphysics keys with unit sizes ({len(trace):,} requests, cache of "
           f"{size:,}), end to end from the same oracleGeneral file, best of {repeat}")
     print(f"{'policy':10} {'vyrecache ms':>13} {'libCacheSim ms':>15} {'speed-up':>9}")
+    rows = []
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "unit.oracleGeneral.bin"
         records.tofile(path)
@@ -143,7 +149,11 @@ def replay_speed(traces_dir: Path, repeat: int, clock):
             ours_s, theirs_s = interleaved_best([ours, libcachesim], repeat, clock)
             print(f"{name:10} {ours_s * 1e3:13.1f} {theirs_s * 1e3:15.1f} "
                   f"{theirs_s / ours_s:8.1f}x")
+            rows.append([name, f"{ours_s * 1e3:.1f} ms", f"{theirs_s * 1e3:.1f} ms",
+                         f"{theirs_s / ours_s:.1f}x"])
     print("floor: at least 5x faster\n")
+    return {"policies-replay": {"columns": ["policy", "vyrecache", "libCacheSim", "speed-up"],
+                                "rows": rows}}
 
 
 def hit_ratio_table(traces_dir: Path):
@@ -152,6 +162,7 @@ def hit_ratio_table(traces_dir: Path):
           "W-TinyLFU minus the best other policy, in points")
     print(f"{'trace':36} {'size':>9} " + " ".join(f"{n:>8}" for n in names)
           + f" {'OPT':>7} {'gap':>6}")
+    rows = []
     for name in TRACES:
         path = traces_dir / name
         if not path.is_file():
@@ -166,7 +177,11 @@ def hit_ratio_table(traces_dir: Path):
             print(f"{name[:36]:36} {size:>6} {fraction * 100:2.0f}% "
                   + " ".join(f"{ratio:8.2f}" for ratio in ratios)
                   + f" {opt:7.2f} {ratios[-1] - best_other:+6.2f}")
+            rows.append([name, f"{size:,} ({fraction * 100:.0f}%)"] + [f"{ratio:.2f}" for ratio in ratios]
+                        + [f"{opt:.2f}", f"{ratios[-1] - best_other:+.2f}"])
     print()
+    return {"policies-hit-ratios": {"columns": ["trace", "size"] + names + ["OPT", "W-TinyLFU - best other"],
+                                    "rows": rows}}
 
 
 def main() -> None:
@@ -178,6 +193,7 @@ def main() -> None:
     parser.add_argument("--lru-baseline", type=Path, default=None, metavar="DIR")
     parser.add_argument("--only", choices=["cost", "baseline", "replay", "table"], default=None)
     add_clock_argument(parser, default="cpu")
+    add_json_argument(parser)
     args = parser.parse_args()
     clock = CLOCKS[args.clock]
     accesses = 100_000 if args.quick else 1_000_000
@@ -185,14 +201,16 @@ def main() -> None:
     trace = zipf_trace(100_000, accesses, 0.99, seed=7)
     print(f"machine: {cpu_model()}; workload of bench_core: Zipf(0.99), {accesses:,} accesses, "
           f"tiers {TIER0:,} + {TIER1:,} entries; timed by {args.clock} time\n")
+    tables: dict = {}
     if args.only in (None, "cost"):
-        policy_costs(trace, repeat, clock)
+        tables.update(policy_costs(trace, repeat, clock))
     if args.lru_baseline is not None and args.only in (None, "baseline"):
         lru_against_baseline(trace, repeat, args.lru_baseline, clock)
     if args.only in (None, "replay"):
-        replay_speed(args.traces, repeat, clock)
+        tables.update(replay_speed(args.traces, repeat, clock))
     if args.only in (None, "table"):
-        hit_ratio_table(args.traces)
+        tables.update(hit_ratio_table(args.traces))
+    write_json(args.json, "bench_policies", {"clock": args.clock, "repeat": repeat, "tables": tables})
 
 
 if __name__ == "__main__":
