@@ -172,6 +172,20 @@ def test_an_entry_put_with_write_back_false_never_reaches_the_remote_tier(make_c
     cache.check()
 
 
+@pytest.mark.parametrize("call", ["put", "put_many"])
+@pytest.mark.parametrize("flag", ["no", 0, None])
+def test_a_write_back_that_is_not_a_bool_is_refused_and_changes_nothing(call, flag):
+    with vc.BufferCache([vc.CacheTier("host", 64 << 10, "host")], backend="host") as cache:
+        cache.put(1, payload(1))
+        with pytest.raises(TypeError, match=rf"{call}\(write_back=...\) takes True or False, got {flag!r}"):
+            if call == "put":
+                cache.put(2, payload(2), write_back=flag)
+            else:
+                cache.put_many(np.array([2], dtype=np.uint64), [payload(2)], write_back=flag)
+        assert sorted(cache) == [1] and cache.read(1).tobytes() == payload(1)
+        cache.check()
+
+
 def test_with_a_ttl_or_after_a_failed_round_trip_every_victim_is_written_back(redis_servers):
     server = redis_servers.start()
     raw = server.client()

@@ -48,6 +48,8 @@ from vyrecache.errors import (AllPinnedError, CacheClosedError, CacheError, Entr
 
 #: remote_fetched's mark of an entry put with write_back=False: never written to the remote tier.
 cdef object LOCAL_ONLY = object()
+cdef str _WRITE_BACK_FIX = ("pass write_back=False to keep the entry out of the remote tier, or "
+                            "leave it out")
 
 
 cdef void* _grown(void* p, size_t nbytes) except NULL:
@@ -1514,45 +1516,35 @@ cdef class Storage:
         """
         cdef Py_buffer buffer
         cdef uint64_t k = parse_u64(key, "key")
-        cdef int status
+        cdef int status = 0
         cdef bint placed
+        write_back = _check_flag(write_back, "put", "write_back", _WRITE_BACK_FIX)
         self.get_buffer(data, &buffer)
         try:
             self.enter()
             try:
                 self.check_put(k, buffer.len, -1)
                 self.ensure_slots(self.engine.slot_high_water + 2)
-            except BaseException:
-                self.busy = 0
-                self.engine.op_end()
-                raise
-            try:
                 placed = self.put_in_place(k, <const char*>buffer.buf, buffer.len)
             except BaseException:
                 self.busy = 0
                 self.engine.op_end()
                 raise
-            if placed:
-                status = 0
-                try:
-                    if not write_back and self.remote is not None:
-                        self.remote_fetched[k] = LOCAL_ONLY
-                finally:
-                    self.leave()
-            else:
+            if not placed:
                 status = self.engine.op_insert(k, buffer.len)
                 if status < -1 and status != STATUS_DECLINED:
                     self.abort(status, k, buffer.len, -1)
-                try:
+            try:
+                if not placed:
                     self.data = <const char*>buffer.buf
                     self.replay_checked()       # a declined key's events: what its arrival displaced
                     if status != STATUS_DECLINED:
                         self.puts_bytes += buffer.len
-                        if not write_back and self.remote is not None:
-                            self.remote_fetched[k] = LOCAL_ONLY
-                finally:
-                    self.data = NULL
-                    self.leave()
+                if status != STATUS_DECLINED and not write_back and self.remote is not None:
+                    self.remote_fetched[k] = LOCAL_ONLY
+            finally:
+                self.data = NULL
+                self.leave()
             if status == STATUS_DECLINED:
                 return False
             if self.write_through and self.remote is not None and write_back:
@@ -1931,6 +1923,7 @@ cdef class Storage:
         (every candidate pinned) raises with ``stored``, the number of keys stored before it.
         ``write_back=False``: as for put(), for every key of the batch.
         """
+        write_back = _check_flag(write_back, "put_many", "write_back", _WRITE_BACK_FIX)
         return self.store_many(keys, data, sizes, None if write_back or self.remote is None else LOCAL_ONLY)
 
     cdef object store_many(self, keys, data, sizes, object fetched_epoch):
@@ -2707,11 +2700,16 @@ cdef Lease _new_lease(Storage storage, object key, bint writable, char* address,
 # --------------------------------------------------------------------------------------------
 # Transfers: promote_many / demote_many with wait=False
 
+cdef bint _check_flag(object value, str call, str name, str fix) except -1:
+    """A keyword that takes True or False (numpy's bools too); TypeError naming it otherwise."""
+    if value is True or value is False or isinstance(value, np.bool_):
+        return bool(value)
+    raise TypeError(f"{call}({name}=...) takes True or False, got {value!r}. Fix: {fix}.")
+
+
 cdef bint _check_wait(object wait, str call) except -1:
-    if wait is True or wait is False or isinstance(wait, np.bool_):
-        return bool(wait)
-    raise TypeError(f"{call}(wait=...) takes True or False, got {wait!r}. Fix: pass wait=False for a "
-                    f"Transfer, or leave it out to wait for the bytes.")
+    return _check_flag(wait, call, "wait", "pass wait=False for a Transfer, or leave it out to "
+                       "wait for the bytes")
 
 
 cdef uint64_t _timeout_ns(object timeout) except? 0:
