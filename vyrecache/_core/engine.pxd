@@ -71,7 +71,11 @@ cdef enum:
 
 
 ctypedef struct Slot:
-    # One entry.  A free slot has tier == -1 and is chained through `next`.
+    # One entry.  A free slot has tier == -1 and is chained through `next`.  A ghost (a key a
+    # tier's policy remembers after it left: S3-FIFO's ghost FIFO, ARC's B1 and B2) has tier ==
+    # GHOST_TIER, lies on a ghost list through prev/next and is filed in the map like an entry;
+    # its `pins` names the tier that remembers it and its segment bits the list
+    # (engine_policies.pxi).
     uint64_t key
     uint64_t size           # the real size; the tier is charged round_up(size, granularity)
     uint64_t last_access    # tick of the last recorded access (0: never accessed)
@@ -98,6 +102,11 @@ ctypedef struct TierState:
 
 
 # Policy kinds (engine_policies.pxi).  PK_LRU keeps the original code path.
+cdef enum:
+    FREE_TIER = -1
+    GHOST_TIER = -2
+
+
 cdef enum:
     PK_LRU = 0
     PK_FIFO = 1
@@ -126,24 +135,14 @@ ctypedef struct PolicyState:
     uint64_t incoming       # charge of the entry the tier is making room for (ARC's case A)
     int arriving            # set between an arrival's ghost check and its placement: 1 or 2 =
                             # the ghost list the key was found in (0: none)
+    uint32_t remembered     # the victim just chosen, when it is to become a ghost of list
+    int remember_list       # remember_list as it leaves (VC_NIL: none); between operations NIL
     bint has_evicted        # S3-FIFO: the tier has chosen a victim once
     # W-TinyLFU's hill climber
     uint64_t sample_hits
     uint64_t sample_count
     double previous_hit_rate
     double step
-
-
-ctypedef struct Ghost:
-    # A key that left a tier recently (S3-FIFO's ghost queue, ARC's B1/B2).  A free node has
-    # tier == -1 and is chained through `next`.
-    uint64_t key
-    uint64_t charge
-    uint32_t prev
-    uint32_t next
-    uint32_t tag            # the top half of its (key, tier) hash, also filed in its bucket
-    int8_t tier
-    uint8_t list
 
 
 ctypedef struct Event:
@@ -199,13 +198,7 @@ cdef class Engine:
     cdef uint32_t move_threshold
     cdef double window_ratio            # W-TinyLFU
     cdef bint adaptive
-    cdef Ghost* ghosts                  # node pool of every tier's ghost lists
-    cdef uint32_t ghost_capacity
-    cdef uint32_t ghost_high_water
-    cdef uint32_t ghost_free
-    cdef uint64_t* ghost_buckets        # (key, tier) -> tag << 32 | node, linear probing
-    cdef uint64_t ghost_bucket_mask
-    cdef uint64_t n_ghosts
+    cdef uint64_t n_ghosts              # slots in the GHOST_TIER state
     cdef uint64_t* sketch               # W-TinyLFU: count-min sketch, 16 4-bit counters a word
     cdef uint64_t sketch_words
     cdef uint64_t* doorkeeper           # W-TinyLFU: a Bloom filter in front of the sketch

@@ -243,14 +243,44 @@ cdef void _displace_until_fits(Engine e, int tier, uint64_t charge) noexcept nog
 
 
 cdef inline void _displace(Engine e, uint32_t victim) noexcept nogil:
-    """A victim leaves its tier: spilled one tier down when allowed and possible, else evicted."""
+    """A victim leaves its tier: spilled one tier down when allowed and possible, else evicted.
+    A victim its policy remembers becomes a ghost of the tier it left either way."""
     cdef Slot* s = &e.slots[victim]
-    cdef int tier = s.tier
-    cdef uint64_t charge = _charge(e, s.size)
+    cdef int tier = s.tier, which
+    cdef uint64_t charge = _charge(e, s.size), key, size
     if e.spill_victims and tier > 0 and _can_host(e, tier - 1, charge):
+        which = _remembering(e, victim, tier)
+        key = s.key
+        size = s.size
         _move(e, victim, tier - 1, COUNTER_SPILLS)
+        if which >= 0:
+            _ghost_push(e, tier, which, key, size)
         return
-    _remove(e, victim, EV_EVICT)
+    _evict(e, victim)
+
+
+cdef inline int _remembering(Engine e, uint32_t slot, int tier) noexcept nogil:
+    """The ghost list of `tier` that leaving `slot` is to join, -1 for none; the policy's wish
+    (_remember) is then spent."""
+    cdef PolicyState* ps
+    if e.pstate == NULL or e.pstate[tier].remembered != slot:
+        return -1
+    ps = &e.pstate[tier]
+    ps.remembered = VC_NIL
+    return ps.remember_list
+
+
+cdef void _evict(Engine e, uint32_t slot) noexcept nogil:
+    """Evict an entry.  The victim its policy chose to remember becomes a ghost where it lies,
+    keeping its slot, its key and its bucket."""
+    cdef int tier = e.slots[slot].tier
+    cdef int which = _remembering(e, slot, tier)
+    _retire(e, slot, EV_EVICT)
+    if which < 0:
+        _free_slot(e, slot)
+        return
+    e.n_live -= 1
+    _ghost_link(e, slot, tier, which)
 
 
 cdef void _move(Engine e, uint32_t slot, int dst, int counter) noexcept nogil:
@@ -292,6 +322,13 @@ cdef int _first_tier_for(Engine e, uint64_t charge, uint32_t replaced) noexcept 
 
 
 cdef inline void _remove(Engine e, uint32_t slot, uint8_t kind) noexcept nogil:
+    _retire(e, slot, kind)
+    _free_slot(e, slot)
+
+
+cdef inline void _retire(Engine e, uint32_t slot, uint8_t kind) noexcept nogil:
+    """An entry leaves the cache: its event, its pins, its list, the counters.  The slot is the
+    caller's to free or to keep as a ghost."""
     cdef Slot* s = &e.slots[slot]
     cdef int tier = s.tier
     _emit(e, kind, slot, tier, -1)
@@ -302,7 +339,6 @@ cdef inline void _remove(Engine e, uint32_t slot, uint8_t kind) noexcept nogil:
     e.tier_state[tier].counters[COUNTER_BYTES_OUT] += s.size
     if kind == EV_EVICT:
         e.tier_state[tier].counters[COUNTER_EVICTIONS] += 1
-    _free_slot(e, slot)
 
 
 cdef int _insert(Engine e, uint64_t key, uint64_t size, uint32_t old) noexcept nogil:
@@ -516,18 +552,27 @@ cdef int _policy_replace(Engine e, uint64_t key, uint64_t size, uint64_t h,
     path makes the rest)."""
     cdef TierState* t = &e.tier_state[0]
     cdef uint64_t charge = _charge(e, size), victim_charge
-    cdef uint32_t victim, predicted
+    cdef uint32_t victim, predicted, ghost = VC_NIL
     cdef Slot* s
     if (e.policy_kind == PK_WTINYLFU or e.logging or t.pinned != 0 or t.count == 0
             or e.growth_left == 0 or charge > t.capacity or t.used <= t.capacity - charge):
         return STATUS_TOO_LARGE
-    if e.policy_kind > PK_SIEVE:        # FIFO, CLOCK and SIEVE keep no ghosts
-        _policy_arrival(e, 0, key, charge, True)
+    if e.policy_kind > PK_SIEVE:        # S3-FIFO and ARC: the ghost check
+        # A victim that becomes a ghost keeps its slot, so the new entry may need another:
+        # one free before anything changes (growing moves the array: nothing points into it yet).
+        if not _has_free_slots(e, 1) and _grow_slots(e) != 0:
+            return STATUS_TOO_LARGE
+        e.pstate[0].arriving = 0
+        e.pstate[0].incoming = charge
+        ghost = _ghost_arrival(e, 0, key, h)
     victim = _policy_victim(e, 0)
     s = &e.slots[victim]
     victim_charge = _charge(e, s.size)
     if t.used - victim_charge > t.capacity - charge:
-        _remove(e, victim, EV_EVICT)
+        if ghost != VC_NIL:
+            _map_erase(e, ghost)
+            _recycle_slot(e, ghost)
+        _displace(e, victim)
         if _reserve_one(e) != 0:
             e.pstate[0].arriving = 0
             return STATUS_NO_MEMORY
@@ -537,11 +582,49 @@ cdef int _policy_replace(Engine e, uint64_t key, uint64_t size, uint64_t h,
     if e.policy_kind <= PK_SIEVE:
         _replace_single_segment(e, victim, key, size, h, gap, charge - victim_charge)
     else:
-        _seg_unlink(e, victim)
-        _take_over(e, victim, key, size, h, gap)
-        _policy_place(e, victim, 0)
+        _replace_remembering(e, victim, ghost, key, size, h, gap)
     _prefetch_victim(e, predicted)
     return 0
+
+
+cdef inline void _replace_remembering(Engine e, uint32_t victim, uint32_t ghost, uint64_t key,
+                                      uint64_t size, uint64_t h, uint64_t gap) noexcept nogil:
+    """_policy_replace()'s eviction and placement for S3-FIFO and ARC.  A victim its policy
+    remembers becomes a ghost where it lies; a new key returning from a ghost takes the ghost's
+    slot and bucket (filed under that key already); otherwise the new entry takes over the
+    victim's slot, or a free one."""
+    cdef TierState* t = &e.tier_state[0]
+    cdef int which = _remembering(e, victim, 0)
+    cdef uint32_t slot
+    cdef Slot* s
+    _seg_unlink(e, victim)
+    if which < 0 and ghost == VC_NIL:
+        _take_over(e, victim, key, size, h, gap)
+        _policy_place(e, victim, 0)
+        return
+    s = &e.slots[victim]
+    t.counters[COUNTER_BYTES_OUT] += s.size
+    t.counters[COUNTER_EVICTIONS] += 1
+    if which >= 0:
+        _ghost_link(e, victim, 0, which)
+    else:
+        _map_erase(e, victim)
+        _recycle_slot(e, victim)
+    if ghost != VC_NIL:
+        slot = ghost
+    else:
+        slot = _take_slot(e)            # _policy_replace made sure of one
+        _map_place(e, gap, slot, h)
+    s = &e.slots[slot]
+    s.key = key
+    s.size = size
+    s.last_access = 0
+    s.frequency = 0
+    s.pins = 0
+    s.flags = 0
+    t.counters[COUNTER_INSERTS] += 1
+    t.counters[COUNTER_BYTES_IN] += size
+    _policy_place(e, slot, 0)
 
 
 cdef inline void _replace_single_segment(Engine e, uint32_t victim, uint64_t key, uint64_t size,
@@ -901,7 +984,7 @@ cdef int _verify(Engine e) except -1:
                 _broken(f"bucket {i} is free (control byte {byte:#x}) but names slot {e.buckets[i]}")
             continue
         slot = e.buckets[i]
-        if byte > 0x7F or slot >= e.slot_high_water or e.slots[slot].tier < 0:
+        if byte > 0x7F or slot >= e.slot_high_water or e.slots[slot].tier == FREE_TIER:
             _broken(f"bucket {i} (control byte {byte:#x}) names free slot {slot}")
         h = _hash(e.slots[slot].key)
         if byte != _h2(e, h):
@@ -913,8 +996,8 @@ cdef int _verify(Engine e) except -1:
                         f"which has an empty bucket")
             group = (group + 1) & e.group_mask
         in_map += 1
-    if in_map != total:
-        _broken(f"the map holds {in_map} keys, the lists {total}")
+    if in_map != total + e.n_ghosts:
+        _broken(f"the map holds {in_map} keys, the lists {total} and {e.n_ghosts} ghosts")
     if in_map + deleted + e.growth_left != _max_used(e.bucket_mask + 1):
         _broken(f"{in_map} full and {deleted} deleted buckets with {e.growth_left} to grow "
                 f"do not add up to the map's allowance of {_max_used(e.bucket_mask + 1)}")
@@ -923,12 +1006,13 @@ cdef int _verify(Engine e) except -1:
         while slot != VC_NIL:
             if free_count > e.slot_high_water:
                 _broken("the free list has a cycle")
-            if e.slots[slot].tier != -1:
+            if e.slots[slot].tier != FREE_TIER:
                 _broken(f"free slot {slot} says tier {e.slots[slot].tier}")
             free_count += 1
             slot = e.slots[slot].next
-    if free_count + total != e.slot_high_water:
-        _broken(f"{free_count} free + {total} live slots != {e.slot_high_water} handed out")
+    if free_count + total + e.n_ghosts != e.slot_high_water:
+        _broken(f"{free_count} free + {total} live + {e.n_ghosts} ghost slots != "
+                f"{e.slot_high_water} handed out")
     if e.pstate != NULL:
         _verify_policy(e)
     return 0
@@ -957,9 +1041,6 @@ cdef class Engine:
         self.lru_native = True
         self.policy_kind = PK_LRU
         self.pstate = NULL
-        self.ghosts = NULL
-        self.ghost_buckets = NULL
-        self.ghost_free = VC_NIL
         self.sketch = NULL
         self.doorkeeper = NULL
         self.promote_threshold = 3
@@ -1166,7 +1247,7 @@ cdef class Engine:
         return _pick_victim(self, tier)
 
     cdef void op_evict(self, uint32_t slot) noexcept nogil:
-        _remove(self, slot, EV_EVICT)
+        _evict(self, slot)
 
     cdef int op_pin(self, uint32_t slot, int delta) noexcept nogil:
         """pin() (delta 1) or unpin() (-1) of a present entry; -1, changing nothing, when the
@@ -1365,7 +1446,7 @@ cdef class Engine:
         key = None
         if victim != VC_NIL:
             key = self.slots[victim].key
-            _remove(self, victim, EV_EVICT)
+            _evict(self, victim)
         _leave(self, 0, 0, 0, -1)
         return key
 

@@ -124,9 +124,19 @@ cdef inline int _reserve_one(Engine e) noexcept nogil:
         status = _grow_slots(e)
         if status != 0:
             return status
-    if _reserve_bucket(e) != 0:
+    if _reserve_buckets(e, 1) != 0:
         return -1
     return 0
+
+
+cdef inline bint _has_free_slots(Engine e, uint32_t wanted) noexcept nogil:
+    """Whether `wanted` slots can be taken without growing the array."""
+    cdef uint64_t free = e.slot_capacity - e.slot_high_water
+    cdef uint32_t slot = e.free_head
+    while free < wanted and slot != VC_NIL:
+        free += 1
+        slot = e.slots[slot].next
+    return free >= wanted
 
 
 cdef inline uint32_t _take_slot(Engine e) noexcept nogil:
@@ -143,9 +153,14 @@ cdef inline uint32_t _take_slot(Engine e) noexcept nogil:
 cdef inline void _free_slot(Engine e, uint32_t slot) noexcept nogil:
     """Forget an entry that is already off its list."""
     _map_erase(e, slot)
-    e.slots[slot].tier = -1
-    e.slots[slot].next = VC_NIL
     e.n_live -= 1
+    _recycle_slot(e, slot)
+
+
+cdef inline void _recycle_slot(Engine e, uint32_t slot) noexcept nogil:
+    """Hand back a slot that is off every list and out of the map."""
+    e.slots[slot].tier = FREE_TIER
+    e.slots[slot].next = VC_NIL
     if e.logging:
         if e.limbo_head == VC_NIL:
             e.limbo_head = slot

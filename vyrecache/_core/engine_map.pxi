@@ -12,10 +12,11 @@
 # EMPTY byte; only a full group sends it on to the next.  So a lookup costs one compare per
 # group instead of one per bucket, and a miss reads no slot at all in the common case.
 #
-# Invariant: every live slot (tier >= 0) is in exactly one full bucket, whose byte is its key's
-# h2, in its home group or in a later one reachable without passing a group that holds an EMPTY
-# byte.  A delete in a group that holds an EMPTY byte makes the bucket EMPTY: no key can have
-# probed past that group.  In a full group it leaves DELETED (a tombstone): keys may lie beyond.
+# Invariant: every live slot (tier >= 0) and every ghost (engine_policies.pxi) is in exactly one
+# full bucket, whose byte is its key's h2, in its home group or in a later one reachable without
+# passing a group that holds an EMPTY byte.  A delete in a group that holds an EMPTY byte makes
+# the bucket EMPTY: no key can have probed past that group.  In a full group it leaves DELETED
+# (a tombstone): keys may lie beyond.
 # At most 9/16 of the buckets are full or deleted (`growth_left` counts what is left); a group
 # is then rarely full and tombstones are rare.  When they use up the room, the map is rebuilt
 # at the same size (or twice the size, if live keys fill most of it), so every operation stays
@@ -113,7 +114,7 @@ cdef inline uint32_t _lookup(Engine e, uint64_t key, uint64_t h, uint64_t* gap) 
     matches = vc_group_match(word, _h2(e, h))
     if matches != 0:
         slot = e.buckets[(group << GROUP_BITS) + vc_group_lane(matches)]
-        if vc_likely(e.slots[slot].key == key):
+        if vc_likely(e.slots[slot].key == key and e.slots[slot].tier >= 0):
             return slot
     elif vc_likely(vc_group_empty(word) != 0):
         gap[0] = (group << GROUP_BITS) + vc_group_lane(vc_group_free(word))
@@ -132,7 +133,7 @@ cdef uint32_t _lookup_probing(Engine e, uint64_t key, uint64_t h, uint64_t* gap)
         matches = vc_group_match(word, h2)
         while matches != 0:
             slot = e.buckets[(group << GROUP_BITS) + vc_group_lane(matches)]
-            if e.slots[slot].key == key:
+            if e.slots[slot].key == key and e.slots[slot].tier >= 0:
                 return slot
             matches &= matches - 1
         free = vc_group_free(word)
@@ -162,8 +163,15 @@ cdef inline void _map_place(Engine e, uint64_t bucket, uint32_t slot, uint64_t h
     e.buckets[bucket] = slot
 
 
+cdef inline void _prefetch_buckets(Engine e, uint64_t key) noexcept nogil:
+    """Start the reads of the control bytes and slot indices of `key`'s home group."""
+    cdef uint64_t group = _home_group(e, _hash(key))
+    vc_prefetch_write(&e.ctrl[group << GROUP_BITS])
+    vc_prefetch_write(&e.buckets[group << GROUP_BITS])
+
+
 cdef inline void _map_insert(Engine e, uint32_t slot) noexcept nogil:
-    # The caller made room (_reserve_one) and knows the key is absent.
+    # The caller made room (_reserve_one) and knows the key is absent (but for its ghosts).
     cdef uint64_t h = _hash(e.slots[slot].key)
     _map_place(e, _free_bucket(e, h), slot, h)
 
@@ -276,7 +284,7 @@ cdef inline uint64_t _prefetch_keys(Engine e, Prefetcher* ring, const uint64_t[:
 
 
 cdef int _resize_buckets(Engine e, int bits) noexcept nogil:
-    """Allocate 2**bits buckets and re-file every live slot (also what clears tombstones); -1
+    """Allocate 2**bits buckets and re-file every entry and ghost (also what clears tombstones); -1
     when out of memory, the map then as it was."""
     cdef uint64_t n = (<uint64_t>1) << bits
     cdef uint32_t* fresh = <uint32_t*>PyMem_RawMalloc(n * sizeof(uint32_t))
@@ -299,20 +307,20 @@ cdef int _resize_buckets(Engine e, int bits) noexcept nogil:
     e.h2_shift = e.group_shift - 7
     e.growth_left = _max_used(n)
     for slot in range(e.slot_high_water):
-        if e.slots[slot].tier >= 0:
+        if e.slots[slot].tier >= 0 or e.slots[slot].tier == GHOST_TIER:
             _map_insert(e, slot)
     return 0
 
 
-cdef inline int _reserve_bucket(Engine e) noexcept nogil:
-    """Make sure one more key can be filed; -1 when out of memory."""
+cdef inline int _reserve_buckets(Engine e, uint64_t wanted) noexcept nogil:
+    """Make sure `wanted` more keys can be filed; -1 when out of memory."""
     cdef int bits = 64 - e.group_shift + GROUP_BITS
-    if vc_likely(e.growth_left != 0):
+    if vc_likely(e.growth_left >= wanted):
         return 0
     # Live keys fill over 15/16 of the allowance: grow.  Otherwise tombstones took the room:
     # rebuild at the same size, which frees at least 1/16 of it (amortized O(1) either way).
     # Growing only past 15/16 keeps the map under 19 bytes per entry after any doubling, and
     # the engine under 64.
-    if <uint64_t>(e.n_live + 1) * 16 > _max_used(e.bucket_mask + 1) * 15:
+    if (<uint64_t>e.n_live + e.n_ghosts + wanted) * 16 > _max_used(e.bucket_mask + 1) * 15:
         bits += 1
     return _resize_buckets(e, bits)

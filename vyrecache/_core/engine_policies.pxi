@@ -138,172 +138,112 @@ cdef inline uint32_t _seg_oldest_unpinned(Engine e, int tier, int k) noexcept no
 
 # ---- ghosts -----------------------------------------------------------------------------------
 
-cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
-    # The map's multiplicative hash mixes only upwards (its low bits depend on the key's low
-    # bits alone), so tables indexed by low bits take a full avalanche: MurmurHash3's finalizer.
-    x ^= x >> 33
-    x *= 0xFF51AFD7ED558CCDULL
-    x ^= x >> 33
-    x *= 0xC4CEB9FE1A85EC53ULL
-    x ^= x >> 33
-    return x
+# A ghost is a slot of the engine's own array (engine.pxd, Slot), filed in the key map as an
+# entry is.  So a miss's lookup has read the key's group already and the ghost check that follows
+# costs no memory read of its own, and an evicted entry becomes a ghost where it lies, keeping its
+# slot and its bucket: the common miss of a full tier files and drops one key, as LRU's does.
+# The map may hold a key more than once: an entry spilled into a lower tier is also a ghost of
+# the tier it left.  Every lookup but _ghost_find passes over ghosts.
 
-
-cdef inline uint32_t _ghost_tag(uint64_t key, int tier) noexcept nogil:
-    return <uint32_t>(_mix(key ^ (<uint64_t>(tier + 1) * 0x9E3779B97F4A7C15ULL)) >> 32)
-
-
-# A ghost bucket holds its node's tag in the top half and the node in the bottom one (VC_NIL:
-# empty), and a node's home bucket is its tag's low bits.  So a probe reads a node only when
-# the tags match, and deleting and rehashing, which need every bucket's home, read no node.
-cdef extern from *:
-    """
-    #define VC_GHOST_EMPTY 0xFFFFFFFFFFFFFFFFull
-    """
-    const uint64_t GHOST_EMPTY "VC_GHOST_EMPTY"
-
-
-cdef inline uint32_t _bucket_node(uint64_t bucket) noexcept nogil:
-    return <uint32_t>bucket
-
-
-cdef inline uint64_t _bucket_home(Engine e, uint64_t bucket) noexcept nogil:
-    return (bucket >> 32) & e.ghost_bucket_mask
-
-
-cdef uint32_t _ghost_find(Engine e, uint64_t key, int tier) noexcept nogil:
-    cdef uint64_t i, bucket
-    cdef uint32_t g, tag
+cdef uint32_t _ghost_find(Engine e, uint64_t key, uint64_t h, int tier) noexcept nogil:
+    """The ghost of `key` (hash `h`) that `tier` remembers, or VC_NIL."""
+    cdef uint64_t group, h2, matches
+    cdef vc_group_t word
+    cdef uint32_t slot
+    cdef Slot* s
     if e.n_ghosts == 0:
         return VC_NIL
-    tag = _ghost_tag(key, tier)
-    i = tag & e.ghost_bucket_mask
+    group = _home_group(e, h)
+    h2 = _h2(e, h)
     while True:
-        bucket = e.ghost_buckets[i]
-        g = _bucket_node(bucket)
-        if g == VC_NIL:
+        word = vc_group_load(e.ctrl, group)
+        matches = vc_group_match(word, h2)
+        while matches != 0:
+            slot = e.buckets[(group << GROUP_BITS) + vc_group_lane(matches)]
+            s = &e.slots[slot]
+            if s.key == key and s.tier == GHOST_TIER and s.pins == tier:
+                return slot
+            matches &= matches - 1
+        if vc_group_empty(word) != 0:
             return VC_NIL
-        if <uint32_t>(bucket >> 32) == tag and e.ghosts[g].key == key and e.ghosts[g].tier == tier:
-            return g
-        i = (i + 1) & e.ghost_bucket_mask
+        group = (group + 1) & e.group_mask
 
 
-cdef inline void _ghost_file(Engine e, uint64_t bucket) noexcept nogil:
-    cdef uint64_t i = _bucket_home(e, bucket)
-    while e.ghost_buckets[i] != GHOST_EMPTY:
-        i = (i + 1) & e.ghost_bucket_mask
-    e.ghost_buckets[i] = bucket
-
-
-cdef int _ghost_reserve(Engine e) noexcept nogil:
-    """Room for one more ghost in the pool and the map; -1 when out of memory."""
-    cdef uint64_t wanted, n_buckets, i
-    cdef Ghost* nodes
-    cdef uint64_t* fresh
-    cdef uint64_t* old
-    cdef uint64_t old_count
-    if e.ghost_free == VC_NIL and e.ghost_high_water == e.ghost_capacity:
-        wanted = <uint64_t>e.ghost_capacity * 2 if e.ghost_capacity else 64
-        if wanted > MAX_SLOTS:
-            return -1
-        nodes = <Ghost*>PyMem_RawRealloc(e.ghosts, wanted * sizeof(Ghost))
-        if nodes == NULL:
-            return -1
-        e.ghosts = nodes
-        e.ghost_capacity = <uint32_t>wanted
-    # Linear probing at most half full keeps a probe to about 1.5 buckets.
-    if e.ghost_buckets == NULL or (e.n_ghosts + 1) * 2 > e.ghost_bucket_mask + 1:
-        n_buckets = (e.ghost_bucket_mask + 1) * 2 if e.ghost_buckets != NULL else (
-            1 << MIN_GHOST_BUCKET_BITS)
-        fresh = <uint64_t*>PyMem_RawMalloc(n_buckets * sizeof(uint64_t))
-        if fresh == NULL:
-            return -1
-        memset(fresh, 0xFF, n_buckets * sizeof(uint64_t))
-        old = e.ghost_buckets
-        old_count = e.ghost_bucket_mask + 1 if old != NULL else 0
-        e.ghost_buckets = fresh
-        e.ghost_bucket_mask = n_buckets - 1
-        for i in range(old_count):
-            if old[i] != GHOST_EMPTY:
-                _ghost_file(e, old[i])
-        PyMem_RawFree(old)
-    return 0
-
-
-cdef void _ghost_push(Engine e, int tier, int which, uint64_t key, uint64_t charge) noexcept nogil:
-    """Record `key` at the most recent end of ghost list `which` of `tier`."""
+cdef void _ghost_link(Engine e, uint32_t slot, int tier, int which) noexcept nogil:
+    """Make `slot` (off every list, filed in the map under its key, its size kept) the most
+    recent ghost of list `which` of `tier`.  S3-FIFO's ghost FIFO then forgets its oldest keys
+    until it fits its capacity."""
+    cdef Slot* s = &e.slots[slot]
     cdef PolicyState* ps = &e.pstate[tier]
-    cdef uint32_t g
-    # Out of memory: the key is simply not remembered, which costs at most a later ghost hit.
-    if _ghost_reserve(e) != 0:
-        return
-    if e.ghost_free != VC_NIL:
-        g = e.ghost_free
-        e.ghost_free = e.ghosts[g].next
+    s.tier = GHOST_TIER
+    s.pins = <uint16_t>tier
+    s.flags = <uint8_t>(which << SEG_SHIFT)
+    s.prev = VC_NIL
+    s.next = ps.ghost_head[which]
+    if s.next != VC_NIL:
+        e.slots[s.next].prev = slot
     else:
-        g = e.ghost_high_water
-        e.ghost_high_water += 1
-    e.ghosts[g].key = key
-    e.ghosts[g].charge = charge
-    e.ghosts[g].tag = _ghost_tag(key, tier)
-    e.ghosts[g].tier = <int8_t>tier
-    e.ghosts[g].list = <uint8_t>which
-    e.ghosts[g].prev = VC_NIL
-    e.ghosts[g].next = ps.ghost_head[which]
-    if ps.ghost_head[which] != VC_NIL:
-        e.ghosts[ps.ghost_head[which]].prev = g
-    else:
-        ps.ghost_tail[which] = g
-    ps.ghost_head[which] = g
-    ps.ghost_used[which] += charge
+        ps.ghost_tail[which] = slot
+    ps.ghost_head[which] = slot
+    ps.ghost_used[which] += _charge(e, s.size)
     ps.ghost_count[which] += 1
     e.n_ghosts += 1
-    _ghost_file(e, (<uint64_t>e.ghosts[g].tag << 32) | g)
+    if e.policy_kind == PK_S3FIFO:
+        while ps.ghost_used[0] > ps.ghost_cap:
+            _ghost_remove(e, ps.ghost_tail[0])
+
+
+cdef void _ghost_push(Engine e, int tier, int which, uint64_t key, uint64_t size) noexcept nogil:
+    """Remember in list `which` of `tier` a key that lives on in another tier: a ghost of its
+    own.  It takes a slot and a bucket besides the one an operation in progress may have
+    reserved.  Out of memory, the key is simply not remembered, which costs at most a later
+    ghost hit."""
+    cdef uint32_t slot
+    if not _has_free_slots(e, 2) and _grow_slots(e) != 0:
+        return
+    if _reserve_buckets(e, 2) != 0:
+        return
+    slot = _take_slot(e)
+    e.slots[slot].key = key
+    e.slots[slot].size = size
+    e.slots[slot].last_access = 0
+    e.slots[slot].frequency = 0
+    _map_insert(e, slot)
+    _ghost_link(e, slot, tier, which)
+
+
+cdef void _ghost_unlink(Engine e, uint32_t g) noexcept nogil:
+    """Take ghost `g` off its list; it stays filed in the map, in the GHOST_TIER state."""
+    cdef Slot* s = &e.slots[g]
+    cdef PolicyState* ps = &e.pstate[s.pins]
+    cdef int which = _seg(s)
+    cdef uint32_t older
+    if s.prev != VC_NIL:
+        e.slots[s.prev].next = s.next
+    else:
+        ps.ghost_head[which] = s.next
+    if s.next != VC_NIL:
+        e.slots[s.next].prev = s.prev
+    else:
+        ps.ghost_tail[which] = s.prev
+        # Ghosts mostly leave from the old end, long after they were filed: start the reads the
+        # next one will stall on, its buckets (its slot was fetched here last time) and the slot
+        # after it.
+        older = s.prev
+        if older != VC_NIL:
+            _prefetch_buckets(e, e.slots[older].key)
+            if e.slots[older].prev != VC_NIL:
+                vc_prefetch_write(&e.slots[e.slots[older].prev])
+    ps.ghost_used[which] -= _charge(e, s.size)
+    ps.ghost_count[which] -= 1
+    e.n_ghosts -= 1
 
 
 cdef void _ghost_remove(Engine e, uint32_t g) noexcept nogil:
-    cdef Ghost* node = &e.ghosts[g]
-    cdef PolicyState* ps = &e.pstate[node.tier]
-    cdef int which = node.list
-    cdef uint64_t i, j, home, moving
-    if node.prev != VC_NIL:
-        e.ghosts[node.prev].next = node.next
-    else:
-        ps.ghost_head[which] = node.next
-    if node.next != VC_NIL:
-        e.ghosts[node.next].prev = node.prev
-    else:
-        ps.ghost_tail[which] = node.prev
-        # Ghosts mostly leave from the old end, long after they were filed: start the reads the
-        # next one will stall on, its bucket (its node was fetched here last time) and the node
-        # after it.
-        if node.prev != VC_NIL:
-            vc_prefetch_write(&e.ghost_buckets[e.ghosts[node.prev].tag & e.ghost_bucket_mask])
-            if e.ghosts[node.prev].prev != VC_NIL:
-                vc_prefetch_write(&e.ghosts[e.ghosts[node.prev].prev])
-    ps.ghost_used[which] -= node.charge
-    ps.ghost_count[which] -= 1
-    # Backward-shift deletion: no tombstones, so a probe stops at the first empty bucket.
-    i = node.tag & e.ghost_bucket_mask
-    while _bucket_node(e.ghost_buckets[i]) != g:
-        i = (i + 1) & e.ghost_bucket_mask
-    j = i
-    while True:
-        j = (j + 1) & e.ghost_bucket_mask
-        moving = e.ghost_buckets[j]
-        if moving == GHOST_EMPTY:
-            break
-        home = _bucket_home(e, moving)
-        # `moving` may fill the hole at i unless its home lies cyclically in (i, j].
-        if (i <= j and i < home <= j) or (i > j and (home > i or home <= j)):
-            continue
-        e.ghost_buckets[i] = moving
-        i = j
-    e.ghost_buckets[i] = GHOST_EMPTY
-    node.tier = -1
-    node.next = e.ghost_free
-    e.ghost_free = g
-    e.n_ghosts -= 1
+    """Forget ghost `g`: off its list and the map, its slot free."""
+    _ghost_unlink(e, g)
+    _map_erase(e, g)
+    _recycle_slot(e, g)
 
 
 # ---- W-TinyLFU's frequency sketch ---------------------------------------------------------------
@@ -319,6 +259,17 @@ cdef void _ghost_remove(Engine e, uint32_t g) noexcept nogil:
 # sample), so N stays near 10 * sketch_words and the error stays below one count in most
 # estimates.  A Bloom filter (the doorkeeper) takes a key's first access, so keys seen once never
 # reach the counters; its two bits for a key lie in one word.
+
+cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
+    # The map's multiplicative hash mixes only upwards (its low bits depend on the key's low
+    # bits alone), so tables indexed by low bits take a full avalanche: MurmurHash3's finalizer.
+    x ^= x >> 33
+    x *= 0xFF51AFD7ED558CCDULL
+    x ^= x >> 33
+    x *= 0xC4CEB9FE1A85EC53ULL
+    x ^= x >> 33
+    return x
+
 
 cdef extern from "stdlib.h":
     int posix_memalign(void** memptr, size_t alignment, size_t size) nogil
@@ -412,27 +363,22 @@ cdef uint64_t _sketch_frequency(Engine e, uint64_t key) noexcept nogil:
 
 
 # The batch loop starts, a few keys ahead, the read of what each key's access will need besides
-# the map: its ghost bucket (a miss looks its key up there) or its sketch block and doorkeeper
-# word (W-TinyLFU counts every access).  A replacement starts the reads of the map's buckets of
-# the entry likely to go next: the one before the victim, whose slot the unlink just wrote.
-# Only hints: a wrong guess fetches a useless line.
+# the map (which holds the ghosts too): W-TinyLFU's sketch block and doorkeeper word, since it
+# counts every access.  A replacement starts the reads of the map's buckets of the entry likely
+# to go next: the one before the victim, whose slot the unlink just wrote.  Only hints: a wrong
+# guess fetches a useless line.
 
 cdef inline void _prefetch_policy(Engine e, uint64_t key) noexcept nogil:
     cdef uint64_t bits
-    if e.n_ghosts != 0:
-        vc_prefetch_read(&e.ghost_buckets[_ghost_tag(key, 0) & e.ghost_bucket_mask])
-    elif e.sketch != NULL:
+    if e.sketch != NULL:
         vc_prefetch_write(_sketch_block(e, _mix(key)))
         vc_prefetch_write(_door_word(e, key, &bits))
 
 
 cdef inline void _prefetch_victim(Engine e, uint32_t slot) noexcept nogil:
-    cdef uint64_t group
     if slot == VC_NIL:
         return
-    group = _home_group(e, _hash(e.slots[slot].key))
-    vc_prefetch_write(&e.ctrl[group << GROUP_BITS])
-    vc_prefetch_write(&e.buckets[group << GROUP_BITS])
+    _prefetch_buckets(e, e.slots[slot].key)
     if e.slots[slot].prev != VC_NIL:
         vc_prefetch_write(&e.slots[e.slots[slot].prev])
 
@@ -473,8 +419,8 @@ cdef int _policy_setup(Engine e) except -1:
             ps.ghost_head[k] = VC_NIL
             ps.ghost_tail[k] = VC_NIL
         ps.hand = VC_NIL
+        ps.remembered = VC_NIL
         _policy_set_caps(e, tier)
-    e.ghost_free = VC_NIL
     if e.policy_kind == PK_WTINYLFU and _sketch_resize(e, MIN_SKETCH_WORDS) != 0:
         raise MemoryError("Could not allocate the frequency sketch. Fix: free memory.")
     return 0
@@ -614,40 +560,51 @@ cdef uint32_t _wtlfu_main_victim(Engine e, int tier, uint32_t besides) noexcept 
     return VC_NIL if slot == besides else slot
 
 
+cdef uint32_t _ghost_arrival(Engine e, int tier, uint64_t key, uint64_t h) noexcept nogil:
+    """S3-FIFO's and ARC's ghost check of a key (hash `h`) arriving in `tier`.  When the tier
+    remembers it, the policy learns from that (ARC adapts its target; both mark the arrival
+    for _policy_place) and the ghost leaves its list.  Its slot, still filed under the key, is
+    returned for the caller to reuse or recycle; VC_NIL when there is no ghost."""
+    cdef PolicyState* ps = &e.pstate[tier]
+    cdef uint32_t g = _ghost_find(e, key, h, tier)
+    cdef double delta
+    if g == VC_NIL:
+        return VC_NIL
+    if e.policy_kind == PK_S3FIFO:
+        ps.arriving = 1
+    elif _seg(&e.slots[g]) == 0:
+        # Adapt T1's target: a hit in B1 says T1 was too small, one in B2 that T2 was.  The
+        # step is |other ghost| / |this ghost|, at least 1 (also when entries of size 0 leave
+        # this ghost list at 0 bytes).
+        delta = 1.0
+        if ps.ghost_used[0] and <double>ps.ghost_used[1] / <double>ps.ghost_used[0] > 1.0:
+            delta = <double>ps.ghost_used[1] / <double>ps.ghost_used[0]
+        ps.p = ps.p + delta
+        if ps.p > <double>e.tier_state[tier].capacity:
+            ps.p = <double>e.tier_state[tier].capacity
+        ps.arriving = 1
+    else:
+        delta = 1.0
+        if ps.ghost_used[1] and <double>ps.ghost_used[0] / <double>ps.ghost_used[1] > 1.0:
+            delta = <double>ps.ghost_used[0] / <double>ps.ghost_used[1]
+        ps.p = ps.p - delta if ps.p > delta else 0.0
+        ps.arriving = 2
+    _ghost_unlink(e, g)
+    return g
+
+
 cdef int _policy_arrival(Engine e, int tier, uint64_t key, uint64_t charge, bint fresh) noexcept nogil:
     """Before room is made for an arriving entry: the ghost check (S3-FIFO, ARC) and W-TinyLFU's
     admission of an entry too large for the window.  0, or STATUS_DECLINED."""
     cdef PolicyState* ps = &e.pstate[tier]
     cdef uint32_t g, victim
-    cdef double delta
     ps.arriving = 0
     ps.incoming = charge
-    if e.policy_kind == PK_S3FIFO:
-        g = _ghost_find(e, key, tier)
+    if e.policy_kind == PK_S3FIFO or e.policy_kind == PK_ARC:
+        g = _ghost_arrival(e, tier, key, _hash(key))
         if g != VC_NIL:
-            _ghost_remove(e, g)
-            ps.arriving = 1
-    elif e.policy_kind == PK_ARC:
-        g = _ghost_find(e, key, tier)
-        if g != VC_NIL:
-            # Adapt T1's target: a hit in B1 says T1 was too small, one in B2 that T2 was.
-            # The step is |other ghost| / |this ghost|, at least 1 (also when entries of size 0
-            # leave this ghost list at 0 bytes).
-            if e.ghosts[g].list == 0:
-                delta = 1.0
-                if ps.ghost_used[0] and <double>ps.ghost_used[1] / <double>ps.ghost_used[0] > 1.0:
-                    delta = <double>ps.ghost_used[1] / <double>ps.ghost_used[0]
-                ps.p = ps.p + delta
-                if ps.p > <double>e.tier_state[tier].capacity:
-                    ps.p = <double>e.tier_state[tier].capacity
-                ps.arriving = 1
-            else:
-                delta = 1.0
-                if ps.ghost_used[1] and <double>ps.ghost_used[0] / <double>ps.ghost_used[1] > 1.0:
-                    delta = <double>ps.ghost_used[0] / <double>ps.ghost_used[1]
-                ps.p = ps.p - delta if ps.p > delta else 0.0
-                ps.arriving = 2
-            _ghost_remove(e, g)
+            _map_erase(e, g)
+            _recycle_slot(e, g)
     elif e.policy_kind == PK_WTINYLFU and charge > ps.seg_cap[0]:
         # Too large for the window: the entry goes straight to probation, and a new key must
         # win the admission contest against each main victim it would displace.
@@ -705,6 +662,13 @@ cdef void _wtlfu_make_window_room(Engine e, int tier, uint64_t charge) noexcept 
         candidate = older
 
 
+cdef inline void _remember(Engine e, int tier, uint32_t victim, int which) noexcept nogil:
+    """The victim just chosen is to become a ghost of list `which` as it leaves (_evict,
+    _displace): its key is remembered once it is gone, as the algorithms record it."""
+    e.pstate[tier].remembered = victim
+    e.pstate[tier].remember_list = which
+
+
 cdef uint32_t _s3_small_victim(Engine e, int tier, bint force) noexcept nogil:
     """S3-FIFO's small queue: its oldest entry leaves (into the ghost) unless it was accessed
     move_threshold times, which sends it to main; with `force`, the oldest leaves regardless."""
@@ -722,9 +686,7 @@ cdef uint32_t _s3_small_victim(Engine e, int tier, bint force) noexcept nogil:
             slot = prev
             continue
         if e.pstate[tier].ghost_cap >= _charge(e, s.size):
-            _ghost_push(e, tier, 0, s.key, _charge(e, s.size))
-            while e.pstate[tier].ghost_used[0] > e.pstate[tier].ghost_cap:
-                _ghost_remove(e, e.pstate[tier].ghost_tail[0])
+            _remember(e, tier, slot, 0)
         return slot
     return VC_NIL
 
@@ -766,7 +728,7 @@ cdef uint32_t _arc_replace(Engine e, int tier) noexcept nogil:
         which = 1 - which
         victim = _seg_oldest_unpinned(e, tier, which)
     if victim != VC_NIL:
-        _ghost_push(e, tier, which, e.slots[victim].key, _charge(e, e.slots[victim].size))
+        _remember(e, tier, victim, which)
     return victim
 
 
@@ -902,24 +864,27 @@ cdef int _verify_policy(Engine e) except -1:
             _broken(f"tier {tier}'s SIEVE hand names slot {ps.hand}, not an entry of the tier")
         if ps.arriving:
             _broken(f"tier {tier} still marks an arrival from its ghost list {ps.arriving}")
+        if ps.remembered != VC_NIL:
+            _broken(f"tier {tier} still means to remember victim {ps.remembered}")
         for which in range(2):
             n = bytes_ = 0
             prev = VC_NIL
             g = ps.ghost_head[which]
             while g != VC_NIL:
-                if n > e.n_ghosts:
-                    _broken(f"tier {tier}'s ghost list {which} has a cycle")
-                if e.ghosts[g].tier != tier or e.ghosts[g].list != which:
-                    _broken(f"ghost {g} on tier {tier}'s list {which} says tier "
-                            f"{e.ghosts[g].tier}, list {e.ghosts[g].list}")
-                if e.ghosts[g].prev != prev:
-                    _broken(f"ghost {g}'s prev link is {e.ghosts[g].prev}, expected {prev}")
-                if _ghost_find(e, e.ghosts[g].key, tier) != g:
-                    _broken(f"ghost key {e.ghosts[g].key} of tier {tier} is not in the ghost map")
+                if n > e.n_ghosts or g >= e.slot_high_water:
+                    _broken(f"tier {tier}'s ghost list {which} has a cycle or leaves the array")
+                s = &e.slots[g]
+                if s.tier != GHOST_TIER or s.pins != tier or _seg(s) != which:
+                    _broken(f"slot {g} on tier {tier}'s ghost list {which} says tier {s.tier}, "
+                            f"remembered by {s.pins}, list {_seg(s)}")
+                if s.prev != prev:
+                    _broken(f"ghost {g}'s prev link is {s.prev}, expected {prev}")
+                if _ghost_find(e, s.key, _hash(s.key), tier) != g:
+                    _broken(f"ghost key {s.key} of tier {tier} is not found in the map")
                 n += 1
-                bytes_ += e.ghosts[g].charge
+                bytes_ += _charge(e, s.size)
                 prev = g
-                g = e.ghosts[g].next
+                g = s.next
             if ps.ghost_tail[which] != prev:
                 _broken(f"tier {tier}'s ghost list {which} ends at {prev}, its tail says "
                         f"{ps.ghost_tail[which]}")
@@ -937,18 +902,12 @@ cdef int _verify_policy(Engine e) except -1:
             _broken(f"tier {tier}'s W-TinyLFU shares (window {ps.seg_cap[0]}, main "
                     f"{ps.seg_cap[1]}, protected {ps.seg_cap[2]}) do not fit its capacity")
     if ghost_total != e.n_ghosts:
-        _broken(f"the ghost lists hold {ghost_total} keys, the ghost map counts {e.n_ghosts}")
+        _broken(f"the ghost lists hold {ghost_total} keys, the engine counts {e.n_ghosts}")
     n = 0
-    if e.ghost_buckets != NULL:
-        for bytes_ in range(e.ghost_bucket_mask + 1):
-            if e.ghost_buckets[bytes_] != GHOST_EMPTY:
-                n += 1
-                g = _bucket_node(e.ghost_buckets[bytes_])
-                if g >= e.ghost_high_water or e.ghosts[g].tier < 0 or (
-                        e.ghosts[g].tag != <uint32_t>(e.ghost_buckets[bytes_] >> 32)):
-                    _broken(f"ghost bucket {bytes_} names node {g} under a tag that is not its own")
+    for slot in range(e.slot_high_water):
+        n += e.slots[slot].tier == GHOST_TIER
     if n != e.n_ghosts:
-        _broken(f"the ghost map files {n} keys, the ghost lists hold {e.n_ghosts}")
+        _broken(f"{n} slots are ghosts, the ghost lists hold {e.n_ghosts}")
     return 0
 
 
@@ -957,9 +916,6 @@ cdef uint64_t _policy_bytes(Engine e) noexcept nogil:
     cdef uint64_t total = 0
     if e.pstate != NULL:
         total += e.n_tiers * sizeof(PolicyState)
-    total += <uint64_t>e.ghost_capacity * sizeof(Ghost)
-    if e.ghost_buckets != NULL:
-        total += (e.ghost_bucket_mask + 1) * sizeof(uint64_t)
     total += 2 * e.sketch_words * sizeof(uint64_t)
     return total
 
@@ -967,10 +923,6 @@ cdef uint64_t _policy_bytes(Engine e) noexcept nogil:
 cdef void _policy_free(Engine e) noexcept nogil:
     PyMem_RawFree(e.pstate)
     e.pstate = NULL
-    PyMem_RawFree(e.ghosts)
-    e.ghosts = NULL
-    PyMem_RawFree(e.ghost_buckets)
-    e.ghost_buckets = NULL
     free(e.sketch)
     e.sketch = NULL
     free(e.doorkeeper)
