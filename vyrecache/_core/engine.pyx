@@ -542,8 +542,8 @@ cdef inline int _policy_hit(Engine e, uint32_t slot) noexcept nogil:
     return _count_hit(e, slot)
 
 
-cdef int _policy_replace(Engine e, uint64_t key, uint64_t size, uint64_t h,
-                         uint64_t gap) noexcept nogil:
+cdef int _policy_replace(Engine e, uint64_t key, uint64_t size, uint64_t h, uint64_t gap,
+                         uint32_t ghost) noexcept nogil:
     """_replace_coldest() for the policies: the common miss of a full tier 0 evicts the
     policy's victim and takes over its slot and the free bucket the miss's lookup found.
     STATUS_TOO_LARGE, having changed nothing, unless the conditions of the LRU version hold (no
@@ -552,7 +552,7 @@ cdef int _policy_replace(Engine e, uint64_t key, uint64_t size, uint64_t h,
     path makes the rest)."""
     cdef TierState* t = &e.tier_state[0]
     cdef uint64_t charge = _charge(e, size), victim_charge
-    cdef uint32_t victim, predicted, ghost = VC_NIL
+    cdef uint32_t victim, predicted
     cdef Slot* s
     if (e.policy_kind == PK_WTINYLFU or e.logging or t.pinned != 0 or t.count == 0
             or e.growth_left == 0 or charge > t.capacity or t.used <= t.capacity - charge):
@@ -564,7 +564,8 @@ cdef int _policy_replace(Engine e, uint64_t key, uint64_t size, uint64_t h,
             return STATUS_TOO_LARGE
         e.pstate[0].arriving = 0
         e.pstate[0].incoming = charge
-        ghost = _ghost_arrival(e, 0, key, h)
+        if ghost != VC_NIL:
+            _ghost_recall(e, 0, ghost)
     victim = _policy_victim(e, 0)
     s = &e.slots[victim]
     victim_charge = _charge(e, s.size)
@@ -658,12 +659,13 @@ cdef inline int _policy_access(Engine e, uint64_t key, uint64_t size, uint64_t h
     """_access() for the policies, given the key's hash."""
     cdef int tier
     cdef uint64_t gap
-    cdef uint32_t slot = _lookup(e, key, h, &gap)
+    cdef uint32_t ghost
+    cdef uint32_t slot = _lookup_with_ghost(e, key, h, &gap, &ghost)
     if e.policy_kind == PK_WTINYLFU and slot == VC_NIL:
         _sketch_increment(e, key)       # a hit counts in _policy_touch
     if slot != VC_NIL:
         return _policy_hit(e, slot)
-    tier = _policy_replace(e, key, size, h, gap)
+    tier = _policy_replace(e, key, size, h, gap, ghost)
     if tier == STATUS_TOO_LARGE:
         tier = _insert(e, key, size, VC_NIL)
     if tier == STATUS_DECLINED:

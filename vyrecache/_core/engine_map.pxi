@@ -102,6 +102,13 @@ cdef inline uint32_t _lookup(Engine e, uint64_t key, uint64_t h, uint64_t* gap) 
     """_find_from() that also reports, for an absent key, the bucket an insert of it would take
     now (what a miss then does, without probing again): the first EMPTY or DELETED bucket of
     its probe path."""
+    return _lookup_with_ghost(e, key, h, gap, NULL)
+
+
+cdef inline uint32_t _lookup_with_ghost(Engine e, uint64_t key, uint64_t h, uint64_t* gap,
+                                        uint32_t* ghost) noexcept nogil:
+    """_lookup() that also reports, through `ghost` (unless NULL), tier 0's ghost of an absent
+    key, or VC_NIL: the same probe finds both (engine_policies.pxi, ghosts)."""
     # The common cases inline: the key is the home group's only h2 match, or the home group has
     # no match and an EMPTY byte.  Anything else (a false match, a full group) probes on.
     cdef uint64_t group = _home_group(e, h), matches
@@ -110,6 +117,8 @@ cdef inline uint32_t _lookup(Engine e, uint64_t key, uint64_t h, uint64_t* gap) 
     # The group's slot indices are a known address: start that read with the control bytes',
     # or a large map pays two cache misses in a row before it can even read the slot.
     vc_prefetch_read(&e.buckets[group << GROUP_BITS])
+    if ghost != NULL:
+        ghost[0] = VC_NIL
     word = vc_group_load(e.ctrl, group)
     matches = vc_group_match(word, _h2(e, h))
     if matches != 0:
@@ -119,22 +128,29 @@ cdef inline uint32_t _lookup(Engine e, uint64_t key, uint64_t h, uint64_t* gap) 
     elif vc_likely(vc_group_empty(word) != 0):
         gap[0] = (group << GROUP_BITS) + vc_group_lane(vc_group_free(word))
         return VC_NIL
-    return _lookup_probing(e, key, h, gap)
+    return _lookup_probing(e, key, h, gap, ghost)
 
 
-cdef uint32_t _lookup_probing(Engine e, uint64_t key, uint64_t h, uint64_t* gap) noexcept nogil:
-    """_lookup() for every case: all the h2 matches of every group on the probe path."""
+cdef uint32_t _lookup_probing(Engine e, uint64_t key, uint64_t h, uint64_t* gap,
+                              uint32_t* ghost) noexcept nogil:
+    """_lookup_with_ghost() for every case: all the h2 matches of every group on the probe
+    path."""
     cdef uint64_t group = _home_group(e, h), h2 = _h2(e, h), matches, free
     cdef uint64_t first_free = UINT64_MAX
     cdef vc_group_t word
     cdef uint32_t slot
+    cdef Slot* s
     while True:
         word = vc_group_load(e.ctrl, group)
         matches = vc_group_match(word, h2)
         while matches != 0:
             slot = e.buckets[(group << GROUP_BITS) + vc_group_lane(matches)]
-            if e.slots[slot].key == key and e.slots[slot].tier >= 0:
-                return slot
+            s = &e.slots[slot]
+            if s.key == key:
+                if s.tier >= 0:
+                    return slot
+                if ghost != NULL and s.pins == 0:       # a ghost: of tier 0?
+                    ghost[0] = slot
             matches &= matches - 1
         free = vc_group_free(word)
         if first_free == UINT64_MAX and free != 0:

@@ -65,7 +65,7 @@ cdef inline uint32_t _seg_oldest(Engine e, int tier, int k) noexcept nogil:
     return e.tier_state[tier].tail if following == VC_NIL else e.slots[following].prev
 
 
-cdef void _seg_link(Engine e, uint32_t slot, int tier, int k) noexcept nogil:
+cdef inline void _seg_link(Engine e, uint32_t slot, int tier, int k) noexcept nogil:
     """Link `slot` at the most recent end of segment k of `tier`."""
     cdef Slot* s = &e.slots[slot]
     cdef TierState* t = &e.tier_state[tier]
@@ -98,17 +98,29 @@ cdef void _seg_link(Engine e, uint32_t slot, int tier, int k) noexcept nogil:
     ps.seg_count[k] += 1
 
 
-cdef void _seg_unlink(Engine e, uint32_t slot) noexcept nogil:
+cdef inline void _seg_unlink(Engine e, uint32_t slot) noexcept nogil:
     cdef Slot* s = &e.slots[slot]
     cdef PolicyState* ps = &e.pstate[s.tier]
+    cdef TierState* t = &e.tier_state[s.tier]
     cdef int k = _seg(s)
+    cdef uint64_t charge = _charge(e, s.size)
+    cdef uint32_t prev = s.prev, following = s.next
     if ps.seg_head[k] == slot:
-        ps.seg_head[k] = s.next if s.next != VC_NIL and _seg(&e.slots[s.next]) == k else VC_NIL
+        ps.seg_head[k] = following if following != VC_NIL and _seg(&e.slots[following]) == k else VC_NIL
     if ps.hand == slot:
-        ps.hand = s.prev
-    ps.seg_used[k] -= _charge(e, s.size)
+        ps.hand = prev
+    ps.seg_used[k] -= charge
     ps.seg_count[k] -= 1
-    _unlink(e, slot)
+    if prev != VC_NIL:
+        e.slots[prev].next = following
+    else:
+        t.head = following
+    if following != VC_NIL:
+        e.slots[following].prev = prev
+    else:
+        t.tail = prev
+    t.count -= 1
+    t.used -= charge
 
 
 cdef inline void _seg_move(Engine e, uint32_t slot, int k) noexcept nogil:
@@ -560,16 +572,13 @@ cdef uint32_t _wtlfu_main_victim(Engine e, int tier, uint32_t besides) noexcept 
     return VC_NIL if slot == besides else slot
 
 
-cdef uint32_t _ghost_arrival(Engine e, int tier, uint64_t key, uint64_t h) noexcept nogil:
-    """S3-FIFO's and ARC's ghost check of a key (hash `h`) arriving in `tier`.  When the tier
-    remembers it, the policy learns from that (ARC adapts its target; both mark the arrival
-    for _policy_place) and the ghost leaves its list.  Its slot, still filed under the key, is
-    returned for the caller to reuse or recycle; VC_NIL when there is no ghost."""
+cdef void _ghost_recall(Engine e, int tier, uint32_t g) noexcept nogil:
+    """S3-FIFO's and ARC's ghost hit: the key of ghost `g` arrives in `tier`, which remembers
+    it.  The policy learns from that (ARC adapts its target; both mark the arrival for
+    _policy_place) and the ghost leaves its list; its slot, still filed under the key, is the
+    caller's to reuse or recycle."""
     cdef PolicyState* ps = &e.pstate[tier]
-    cdef uint32_t g = _ghost_find(e, key, h, tier)
     cdef double delta
-    if g == VC_NIL:
-        return VC_NIL
     if e.policy_kind == PK_S3FIFO:
         ps.arriving = 1
     elif _seg(&e.slots[g]) == 0:
@@ -590,7 +599,6 @@ cdef uint32_t _ghost_arrival(Engine e, int tier, uint64_t key, uint64_t h) noexc
         ps.p = ps.p - delta if ps.p > delta else 0.0
         ps.arriving = 2
     _ghost_unlink(e, g)
-    return g
 
 
 cdef int _policy_arrival(Engine e, int tier, uint64_t key, uint64_t charge, bint fresh) noexcept nogil:
@@ -601,8 +609,9 @@ cdef int _policy_arrival(Engine e, int tier, uint64_t key, uint64_t charge, bint
     ps.arriving = 0
     ps.incoming = charge
     if e.policy_kind == PK_S3FIFO or e.policy_kind == PK_ARC:
-        g = _ghost_arrival(e, tier, key, _hash(key))
+        g = _ghost_find(e, key, _hash(key), tier)
         if g != VC_NIL:
+            _ghost_recall(e, tier, g)
             _map_erase(e, g)
             _recycle_slot(e, g)
     elif e.policy_kind == PK_WTINYLFU and charge > ps.seg_cap[0]:
