@@ -26,6 +26,12 @@ def test_a_table_renders_with_numbers_aligned_right():
                     "| lru | 20.5 | 1.00x |\n| fifo | 23.8 | 1.16x |\n")
 
 
+def test_blank_cells_and_bold_numbers_keep_a_column_aligned_right():
+    text = tables.render_table({"columns": ["round", "slowdown", "note"],
+                                "rows": [["1", "1.30x", "-"], ["median", "**1.33x**", "quiet"], ["2", "", ""]]})
+    assert text.splitlines()[1] == "|---|---:|---|"
+
+
 def test_a_row_of_the_wrong_width_is_refused_by_its_index():
     with pytest.raises(ValueError, match="row 1 of a table has 1 cells for 2 columns"):
         tables.render_table({"columns": ["a", "b"], "rows": [["1", "2"], ["3"]]})
