@@ -7,14 +7,14 @@
   ``access_many`` + ``put_many``, against the memcpy bound of the bytes it moves and against the
   per-call loop.
 
-Rounds are interleaved; each figure is the best round.  Run:
-``python benchmarks/bench_batches.py [--backend host|vulkan] [--rounds N]``.
+Rounds are interleaved; each figure is the best round.  ``--json PATH`` also writes the figures,
+with BENCHMARKS.md's table ``batches-BACKEND``.  Run:
+``python benchmarks/bench_batches.py [--backend host|vulkan] [--rounds N] [--json PATH]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
@@ -105,42 +105,49 @@ def workload(backend: str, rounds: int) -> dict[str, float]:
     tiers = [vc.CacheTier("host", 48 << 20, "host"), vc.CacheTier("device", 8 << 20, "device")]
     accesses = sum(len(keys) for keys, _ in requests)
 
-    def batched() -> tuple[float, int]:
-        with vc.BufferCache(tiers, backend=backend) as cache:
-            blocks = [[source[:size] for size in sizes.tolist()] for _, sizes in requests]
-            started = time.perf_counter()
-            for (keys, _), datas in zip(requests, blocks):
-                missing = np.flatnonzero(cache.access_many(keys) < 0)
-                if missing.size:
-                    cache.put_many(keys[missing], [datas[index] for index in missing.tolist()])
-            return time.perf_counter() - started, cache.puts_bytes
+    # Each run serves the requests on a fresh cache, made (with its list of rows) untimed before
+    # it; the one before is closed then, untimed too, and the bytes the batched run put kept.
+    live: list = []
+    put_bytes: dict[str, int] = {}
 
-    def filled() -> float:
-        with vc.BufferCache(tiers, backend=backend) as cache:
-            blocks = [[source[:size] for size in sizes.tolist()] for _, sizes in requests]
-            fill = cache.fill_many
-            started = time.perf_counter()
-            for (keys, _), datas in zip(requests, blocks):
-                fill(keys, datas)
-            return time.perf_counter() - started
+    def close_live() -> None:
+        while live:
+            done, cache, _ = live.pop()
+            put_bytes[done] = cache.puts_bytes
+            cache.close()
 
-    def per_call() -> float:
-        with vc.BufferCache(tiers, backend=backend) as cache:
-            blocks = [[source[:size] for size in sizes.tolist()] for _, sizes in requests]
-            started = time.perf_counter()
-            for (keys, _), datas in zip(requests, blocks):
-                for key, data in zip(keys.tolist(), datas):
-                    if cache.access(key) < 0:
-                        cache.put(key, data)
-            return time.perf_counter() - started
+    def fresh_for(name: str):
+        def fresh() -> None:
+            close_live()
+            cache = vc.BufferCache(tiers, backend=backend)
+            live.append((name, cache, [[source[:size] for size in sizes.tolist()] for _, sizes in requests]))
+        return fresh
 
-    batch_best = call_best = fill_best = float("inf")
-    moved = 0
-    for _ in range(rounds):
-        seconds, moved = batched()
-        batch_best = min(batch_best, seconds)
-        call_best = min(call_best, per_call())
-        fill_best = min(fill_best, filled())
+    def batched() -> None:
+        _, cache, blocks = live[0]
+        for (keys, _), datas in zip(requests, blocks):
+            missing = np.flatnonzero(cache.access_many(keys) < 0)
+            if missing.size:
+                cache.put_many(keys[missing], [datas[index] for index in missing.tolist()])
+
+    def filled() -> None:
+        _, cache, blocks = live[0]
+        fill = cache.fill_many
+        for (keys, _), datas in zip(requests, blocks):
+            fill(keys, datas)
+
+    def per_call() -> None:
+        _, cache, blocks = live[0]
+        for (keys, _), datas in zip(requests, blocks):
+            for key, data in zip(keys.tolist(), datas):
+                if cache.access(key) < 0:
+                    cache.put(key, data)
+
+    names = ("batched", "per_call", "filled")
+    batch_best, call_best, fill_best = interleaved_best([batched, per_call, filled], rounds,
+                                                        before=[fresh_for(name) for name in names])
+    close_live()
+    moved = put_bytes["batched"]
     arena = np.ones(moved, dtype=np.uint8)
     pieces = [source[: min(block, moved - offset)] for offset in range(0, moved, block)]
 
@@ -159,7 +166,45 @@ def workload(backend: str, rounds: int) -> dict[str, float]:
               f"memcpy bound {bound / seconds:4.0%}  {call_best / seconds:.2f}x per key")
     return {"fill_many_accesses_per_s": accesses / fill_best, "batched_accesses_per_s": accesses / batch_best,
             "per_call_accesses_per_s": accesses / call_best, "memcpy_bound_s": bound, "fill_many_s": fill_best,
-            "batched_s": batch_best}
+            "batched_s": batch_best, "per_call_s": call_best, "moved_bytes": moved}
+
+
+def floor(met: bool, text: str) -> str:
+    return f"{text}: {'met' if met else '**not met**'}"
+
+
+def table(results: dict) -> dict:
+    """BENCHMARKS.md's table of a run, with the floors each figure is held to."""
+    bulk_, leases_, work = results["bulk"], results["leases"], results["workload"]
+    put_ratio = bulk_["copyto_in_s"] / bulk_["put_many_16k_s"]
+    read_ratio = bulk_["copyto_out_s"] / bulk_["read_many_16k_s"]
+    bound = work["memcpy_bound_s"]
+    rows = [
+        ["`put_many` of 1,000 x 16 KiB (replacing them)", f"{bulk_['put_many_16k_s'] * 1e3:.2f} ms",
+         f"`np.copyto` into an arena {bulk_['copyto_in_s'] * 1e3:.2f} ms", f"{put_ratio:.2f}x",
+         floor(put_ratio >= 0.8, ">= 0.8x")],
+        ["`read_many` of 1,000 x 16 KiB", f"{bulk_['read_many_16k_s'] * 1e3:.2f} ms",
+         f"`np.copyto` out of an arena {bulk_['copyto_out_s'] * 1e3:.2f} ms", f"{read_ratio:.2f}x",
+         floor(read_ratio >= 0.8, ">= 0.8x")],
+        ["`put_many` of 64-byte entries (replacing them), per key", f"{bulk_['put_many_64_ns_per_key']:.0f} ns",
+         f"`put()` per call {bulk_['put_64_ns_per_call']:.0f} ns", "",
+         floor(bulk_["put_many_64_ns_per_key"] <= 150, "<= 150 ns")],
+        ["`read_many` of 64-byte entries, per key", f"{bulk_['read_many_64_ns_per_key']:.0f} ns", "", "", ""],
+        ["lease enter + exit", f"{leases_['lease_ns']:.0f} ns", f"`pin` + `unpin` {leases_['pin_unpin_ns']:.0f} ns",
+         "", floor(leases_["lease_ns"] <= 1000, "<= 1 us")],
+        ["demo workload, one `fill_many` per request",
+         f"{work['fill_many_accesses_per_s']:,.0f} accesses/s, {work['fill_many_s'] * 1e3:.1f} ms",
+         f"memcpy of the {work['moved_bytes'] / 2**20:,.0f} MiB put: {bound * 1e3:.1f} ms",
+         f"{bound / work['fill_many_s']:.0%} of the bound", floor(bound / work["fill_many_s"] >= 0.6, ">= 60%")],
+        ["demo workload, `access_many` + `put_many` of the misses",
+         f"{work['batched_accesses_per_s']:,.0f} accesses/s, {work['batched_s'] * 1e3:.1f} ms", "",
+         f"{bound / work['batched_s']:.0%} of the bound", ""],
+        ["demo workload, `access` + `put` per key",
+         f"{work['per_call_accesses_per_s']:,.0f} accesses/s, {work['per_call_s'] * 1e3:.1f} ms", "",
+         f"{bound / work['per_call_s']:.0%} of the bound", ""],
+    ]
+    return {f"batches-{results['backend']}": {"columns": ["measure", "BufferCache", "peer in the same run", "ratio",
+                                                          "floor"], "rows": rows}}
 
 
 def main() -> None:
@@ -171,6 +216,7 @@ def main() -> None:
     results = {"backend": args.backend, "bulk": bulk(args.backend, args.rounds),
                "leases": leases(args.backend, args.rounds),
                "workload": workload(args.backend, max(1, args.rounds // 2))}
+    results["tables"] = table(results)
     write_json(args.json, "bench_batches", results)
 
 

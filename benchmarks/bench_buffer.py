@@ -6,7 +6,9 @@
 * promote_many bandwidth (1,000 x 64 KiB and 16,000 x 4 KiB) against one
   ``vkCmdCopyBuffer`` of the same total bytes between the same memory types.
 
-Run: ``python benchmarks/bench_buffer.py [--backend auto|vulkan|host] [--json]``.
+``--json PATH`` also writes the figures, with BENCHMARKS.md's tables ``buffer-put-read``,
+``buffer-small-calls`` and ``buffer-promote-many``.
+Run: ``python benchmarks/bench_buffer.py [--backend auto|vulkan|host] [--quick] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -91,13 +93,8 @@ def bench_promote_many(backend: str, entry_size: int, count: int) -> dict:
         while time.perf_counter() < warm_until:
             cache.promote_many(keys)
             cache.demote_many(keys)
-        times = []
-        for _ in range(5):
-            started = time.perf_counter()
-            cache.promote_many(keys)
-            times.append(time.perf_counter() - started)
-            cache.demote_many(keys)
-        t_promote = min(times)
+        # Every timed promotion starts from the entries demoted, untimed.
+        t_promote = best_of(lambda: cache.promote_many(keys), 5, before=lambda: cache.demote_many(keys))
         peer = None
         if cache.backend_name == "vulkan":
             device = cache._backend.vulkan_device
@@ -130,17 +127,47 @@ def copy_bandwidth(device, size: int, src_memory_type_index: int, dst_memory_typ
         for block in (source, destination):
             for offset in range(0, size, pattern.size):
                 device.upload(block, offset, pattern[:min(pattern.size, size - offset)])
-        best = float("inf")
-        for attempt in range(repeat + 1):
-            started = time.perf_counter()
+        def copy() -> None:
             with device.record() as recorder:
                 recorder.copy_region(source, 0, destination, 0, size)
-            if attempt:                       # the first run warms up page tables and caches
-                best = min(best, time.perf_counter() - started)
-        return size / best
+        # The first run, untimed, warms up page tables and caches.
+        return size / best_of(copy, repeat, warmup=True)
     finally:
         device.free_block(destination)
         device.free_block(source)
+
+
+def size_name(size: int) -> str:
+    return f"{size >> 20} MiB" if size >= 1 << 20 else f"{size >> 10} KiB"
+
+
+#: The floors BENCHMARKS.md holds the figures to: promote_many against one copy, by entry size;
+#: a 64-byte put or read, in microseconds.
+PROMOTE_FLOORS = {65536: 0.8, 4096: 0.6}
+SMALL_CALL_FLOOR_US = 2.0
+
+
+def tables(results: dict) -> dict:
+    def met(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+    small = results["small_calls"]
+    return {
+        "buffer-put-read": {
+            "columns": ["entry", "put GiB/s", "copyto in", "ratio", "read GiB/s", "copyto out", "ratio"],
+            "rows": [[size_name(row["entry"]), f"{row['put_GiBps']:.2f}", f"{row['copyto_in_GiBps']:.2f}",
+                      f"{row['put_ratio']:.2f}", f"{row['read_GiBps']:.2f}", f"{row['copyto_out_GiBps']:.2f}",
+                      f"{row['read_ratio']:.2f}"] for row in results["put_read"]]},
+        "buffer-small-calls": {
+            "columns": ["64-byte entries", "us per call", f"floor: <= {SMALL_CALL_FLOOR_US:g} us"],
+            "rows": [[name, f"{small[key]:.2f}", met(small[key] <= SMALL_CALL_FLOOR_US)]
+                     for name, key in (("`put`", "put_us"), ("`read`", "read_us"))]},
+        "buffer-promote-many": {
+            "columns": ["entry", "count", "GiB/s", "one copy GiB/s", "ratio", "floor"],
+            "rows": [[size_name(row["entry"]), f"{row['count']:,}", f"{row['promote_GiBps']:.2f}",
+                      f"{row['single_copy_GiBps']:.2f}", f"{row['ratio']:.2f}",
+                      f"{PROMOTE_FLOORS[row['entry']]:.2f}: {met(row['ratio'] >= PROMOTE_FLOORS[row['entry']])}"]
+                     for row in results["promote_many"]]},
+    }
 
 
 def main(argv=None) -> int:
@@ -159,6 +186,7 @@ def main(argv=None) -> int:
     }
     with vc.BufferCache([vc.CacheTier("t", 1 << 20)], backend=args.backend) as probe:
         results["device"] = str(getattr(probe.device, "name", probe.device))
+    results["tables"] = tables(results)
     write_json(args.json, "bench_buffer", results)
     if str(args.json) == "-":
         return 0

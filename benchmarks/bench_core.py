@@ -6,7 +6,9 @@ vyrecache access is ``access(key, size)``; each peer access is a get, plus a set
 
 Prints ns/op (best of --repeat runs), hit ratio and every peer's time relative to vyrecache's
 per-call ``access``; then an evicting insert, the cost at 10,000 vs 1,000,000 live entries, and
-the engine's memory per entry.  Run: ``python benchmarks/bench_core.py [--quick]``.
+the engine's memory per entry.  ``--json PATH`` also writes them, with the tables of BENCHMARKS.md
+(``core-contestants``, ``core-costs``, ``core-memory``).
+Run: ``python benchmarks/bench_core.py [--quick] [--repeat N] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import functools
 import platform
 import subprocess
 import tempfile
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import numpy as np
 
 import vyrecache as vc
 
-from harness import interleaved_best
+from harness import add_json_argument, best_of, cpu_model, interleaved_best, write_json
 
 TIER0, TIER1 = 10_000, 2_000
 CAPACITY = TIER0 + TIER1
@@ -123,17 +124,6 @@ def peers() -> list[tuple[str, object]]:
     ]
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
-
-
 def all_hit_workload(live: int, accesses: int, seed: int) -> tuple[vc.TieredCache, np.ndarray]:
     """A cache holding `live` entries and a Zipf(0.99) trace of hits over a random order."""
     rng = np.random.default_rng(seed)
@@ -180,17 +170,21 @@ def memory_latency(sizes_mib: tuple[int, ...]) -> dict[int, float] | None:
 
 
 def evicting_insert_cost(inserts: int, repeat: int) -> float:
+    """ns per insert() of a new key into a full tier (each one evicts), best of `repeat`, each
+    on a fresh full cache made untimed."""
     fresh = np.arange(TIER0, TIER0 + inserts, dtype=np.uint64).tolist()
+    full: list[vc.TieredCache] = []
 
-    def run():
+    def fill() -> None:
         cache = vc.TieredCache([vc.CacheTier("host", TIER0)])
         cache.insert_many(np.arange(TIER0, dtype=np.uint64), 1)
-        insert = cache.insert
-        start = time.perf_counter()
+        full[:] = [cache]
+
+    def run() -> None:
+        insert = full[0].insert
         for key in fresh:
             insert(key, 1)
-        return time.perf_counter() - start
-    return min(run() for _ in range(repeat)) / inserts * 1e9
+    return best_of(run, repeat, before=fill) / inserts * 1e9
 
 
 def memory_per_entry(count: int) -> tuple[float, float]:
@@ -205,10 +199,16 @@ def memory_per_entry(count: int) -> tuple[float, float]:
     return cache.sizeof() / count, traced / count
 
 
+def markdown_name(name: str) -> str:
+    """A contestant's name as BENCHMARKS.md writes it (method names as code)."""
+    return name.strip().replace("access_many()", "`access_many()`").replace(" access()", " `access()`")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100,000 accesses, one repeat")
     parser.add_argument("--repeat", type=int, default=5)
+    add_json_argument(parser)
     args = parser.parse_args()
     accesses = 100_000 if args.quick else 1_000_000
     repeat = 1 if args.quick else args.repeat
@@ -232,6 +232,10 @@ def main() -> None:
     print(f"{'contestant':34} {'ns/op':>8} {'hit ratio':>10} {'time / vyrecache access()':>26}")
     for name, ns, ratio in rows:
         print(f"{name:34} {ns:8.1f} {ratio:10.3f} {ns / per_call:25.2f}x")
+    tables = {"core-contestants": {
+        "columns": ["contestant", "ns/op", "hit ratio", "time / vyrecache `access()`"],
+        "rows": [[markdown_name(name), f"{ns:.1f}", f"{ratio:.3f}", f"{ns / per_call:.2f}x"]
+                 for name, ns, ratio in rows]}}
 
     insert_ns = evicting_insert_cost(accesses, repeat)
     print(f"\nevicting insert() per call: {insert_ns:.1f} ns")
@@ -243,6 +247,13 @@ def main() -> None:
     print(f"all-hit access() at 1,000,000 live entries: {large_call:.1f} ns/call "
           f"({large_call / small_call:.2f}x), {large_batch:.1f} ns/key batched "
           f"({large_batch / small_batch:.2f}x)")
+    costs = [["evicting `insert()`, ns per call", f"{insert_ns:.1f}", ""],
+             ["all hits at 10,000 live entries, `access()` ns per call", f"{small_call:.1f}", ""],
+             ["all hits at 10,000 live entries, `access_many()` ns per key", f"{small_batch:.1f}", ""],
+             ["all hits at 1,000,000 live entries, `access()` ns per call", f"{large_call:.1f}",
+              f"{large_call / small_call:.2f}x"],
+             ["all hits at 1,000,000 live entries, `access_many()` ns per key", f"{large_batch:.1f}",
+              f"{large_batch / small_batch:.2f}x"]]
     latency = memory_latency((1, 8, 64))
     if latency is None:
         print("dependent-load latency: skipped (no C compiler to build pointer_chase.c)")
@@ -251,13 +262,32 @@ def main() -> None:
               + ", ".join(f"{mib} MiB {ns:.0f} ns" for mib, ns in latency.items()))
         # At 1,000,000 entries the map (8 MiB) and the slots (45 MiB) are past the L2 cache: a
         # call's bucket read and then its slot read are two such loads, one after the other.
+        bound = small_call + latency[8] + latency[64]
         print(f"  a call at 1,000,000 entries: the 10,000-entry cost + about two 8-64 MiB "
-              f"loads = {small_call + latency[8] + latency[64]:.0f} ns if none were cached")
+              f"loads = {bound:.0f} ns if none were cached")
+        costs += [[f"dependent-load latency over {mib} MiB (pointer_chase.c), ns", f"{ns:.0f}", ""]
+                  for mib, ns in latency.items()]
+        costs.append(["a call at 1,000,000 entries if no load were cached (the 10,000-entry call + an "
+                      "8 MiB and a 64 MiB load), ns", f"{bound:.0f}", ""])
+    tables["core-costs"] = {"columns": ["measure", "value", "/ 10,000 live entries"], "rows": costs}
 
     print("\nengine memory per entry (sizeof() / tracemalloc):")
+    memory = []
     for count in (10_000, 100_000, 1_000_000):
         by_sizeof, by_trace = memory_per_entry(count)
         print(f"  {count:>9,} entries: {by_sizeof:6.1f} B / {by_trace:6.1f} B")
+        memory.append({"entries": count, "sizeof_bytes": by_sizeof, "tracemalloc_bytes": by_trace})
+    tables["core-memory"] = {"columns": ["entries", "`sizeof()` B per entry", "tracemalloc B per entry"],
+                             "rows": [[f"{row['entries']:,}", f"{row['sizeof_bytes']:.1f}",
+                                       f"{row['tracemalloc_bytes']:.1f}"] for row in memory]}
+    write_json(args.json, "bench_core", {
+        "accesses": accesses, "repeat": repeat,
+        "contestants": [{"name": name.strip(), "ns_per_op": ns, "hit_ratio": ratio} for name, ns, ratio in rows],
+        "evicting_insert_ns": insert_ns,
+        "all_hits_ns": {"10000": {"per_call": small_call, "per_key_batched": small_batch},
+                        "1000000": {"per_call": large_call, "per_key_batched": large_batch}},
+        "latency_ns": None if latency is None else {str(mib): ns for mib, ns in latency.items()},
+        "memory": memory, "tables": tables})
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@ Starts a redis-server of its own on a free loopback port (no persistence), then,
 The tier does more than the peer for each entry (a header, a checksum on write and on read, key
 checks, counters), and the floor is 0.8x of the peer's throughput.  When hiredis is installed the
 script runs once with it and once without (in a child process that hides it), since redis-py
-picks its reply parser at import.
+picks its reply parser at import.  ``--json PATH`` also writes the figures, with BENCHMARKS.md's
+table ``remote`` (the child run without hiredis reports to its parent through ``--json -``).
 
-Run: ``python benchmarks/bench_remote.py [--entries N] [--size BYTES] [--batch N] [--repeat N] [--json]``.
+Run: ``python benchmarks/bench_remote.py [--entries N] [--size BYTES] [--batch N] [--repeat N] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import time
 
 import numpy as np
 
-from harness import best_of
+from harness import add_json_argument, interleaved_best, write_json
 
 FLOOR = 0.8
 
@@ -93,27 +94,26 @@ def run(entries: int, size: int, batch: int, repeat: int) -> dict:
 
         flush_db = raw.flushdb
         results = {}
-        # Alternate the two sides so that a noisy neighbour hits both alike.
-        tier_write_s = peer_write_s = float("inf")
-        for _ in range(repeat):
-            tier_write_s = min(tier_write_s, best_of(tier_write, 1, before=flush_db))
-            peer_write_s = min(peer_write_s, best_of(peer_write, 1, before=flush_db))
+        # Alternate the two sides so that a noisy neighbour hits both alike; each write starts
+        # on an emptied server.
+        tier_write_s, peer_write_s = interleaved_best([tier_write, peer_write], repeat,
+                                                      before=[flush_db, flush_db])
         tier_write()
         peer_write()
-        # Fetches alternate batch by batch, and each side's time is the sum over batches of each
-        # batch's best: a burst of load from elsewhere spoils one batch of one run, not a whole pass.
+        # Fetches alternate batch by batch (which side goes first alternates too), and each side's
+        # time is the sum over batches of each batch's best: a burst of load from elsewhere spoils
+        # one batch of one run, not a whole pass.
         tier_best = [float("inf")] * len(batches)
         peer_best = [float("inf")] * len(batches)
-        clock = time.perf_counter
         for run_index in range(repeat):
             for index, (batch_keys, batch_names) in enumerate(batches):
-                sides = [(tier.fetch_many, batch_keys, tier_best), (raw.mget, batch_names, peer_best)]
-                if not (run_index + index) % 2:
-                    sides.reverse()
-                for fetch, names_or_keys, best in sides:
-                    started = clock()
-                    fetch(names_or_keys)
-                    best[index] = min(best[index], clock() - started)
+                sides = [lambda batch_keys=batch_keys: tier.fetch_many(batch_keys),
+                         lambda batch_names=batch_names: raw.mget(batch_names)]
+                peer_first = not (run_index + index) % 2
+                seconds = interleaved_best(sides[::-1] if peer_first else sides, 1)
+                tier_s, peer_s = seconds[::-1] if peer_first else seconds
+                tier_best[index] = min(tier_best[index], tier_s)
+                peer_best[index] = min(peer_best[index], peer_s)
         tier_fetch_s, peer_fetch_s = sum(tier_best), sum(peer_best)
         assert tier.fetch_many(keys[:10]) == values[:10], "the tier returned other bytes"
         counts = tier.counters()
@@ -141,13 +141,24 @@ def hiredis_in_use() -> bool:
     return bool(HIREDIS_AVAILABLE)
 
 
+def table(runs: dict, batch: int) -> dict:
+    rows = []
+    for parser_name, results in runs.items():
+        for op in ("write", "fetch"):
+            row = results[op]
+            rows.append([parser_name, op, "-" if op == "write" else f"{batch:,}", f"{row['tier_mb_s']:,.0f}",
+                         f"{row['peer_mb_s']:,.0f}", f"{row['ratio']:.2f}"])
+    return {"remote": {"columns": ["parser", "op", "batch", "RedisTier MB/s", "redis-py MB/s", "ratio"],
+                       "rows": rows}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=10_000)
     parser.add_argument("--size", type=int, default=16 << 10)
     parser.add_argument("--batch", type=int, default=256, help="keys per fetch_many / MGET (default 256)")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--json", action="store_true")
+    add_json_argument(parser)
     parser.add_argument("--without-hiredis", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.without_hiredis:
@@ -157,15 +168,18 @@ def main() -> int:
         return 1
     runs = {("hiredis" if hiredis_in_use() else "python parser"): run(args.entries, args.size, args.batch, args.repeat)}
     if hiredis_in_use() and not args.without_hiredis:
-        child = subprocess.run([sys.executable, __file__, "--json", "--without-hiredis", "--entries", str(args.entries),
+        # The same run in a child process that hides hiredis; it reports on its standard output.
+        child = subprocess.run([sys.executable, __file__, "--json", "-", "--without-hiredis", "--entries", str(args.entries),
                                 "--size", str(args.size), "--batch", str(args.batch), "--repeat", str(args.repeat)],
                                capture_output=True, text=True, env=os.environ)
         if not child.stdout.strip():
             raise SystemExit(f"the run without hiredis failed: {child.stderr[-2000:]}")
-        runs.update(json.loads(child.stdout))
-    if args.json:
-        print(json.dumps(runs))
-    else:
+        runs.update(json.loads(child.stdout)["results"]["runs"])
+    to_stdout = str(args.json) == "-"
+    write_json(args.json, "bench_remote", {"entries": args.entries, "size": args.size, "batch": args.batch,
+                                           "repeat": args.repeat, "floor": FLOOR, "runs": runs,
+                                           "tables": table(runs, args.batch)})
+    if not to_stdout:
         print(f"{args.entries:,} entries of {args.size:,} B, fetch batches of {args.batch}, best of {args.repeat}")
         print(f"{'parser':<14} {'op':<6} {'RedisTier MB/s':>15} {'redis-py MB/s':>14} {'ratio':>6}")
         for parser_name, results in runs.items():
@@ -175,7 +189,7 @@ def main() -> int:
                       f"{row['ratio']:>6.2f}")
     worst = min(results[op]["ratio"] for results in runs.values() for op in ("write", "fetch"))
     if worst < FLOOR:
-        if not args.json:
+        if not to_stdout:
             print(f"below the {FLOOR}x floor: {worst:.2f}x")
         return 1
     return 0

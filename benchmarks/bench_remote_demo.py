@@ -9,9 +9,10 @@ blocks, used once, written to Redis too, as every victim was before ``put(..., w
 Prints each round and the median ratio; the floor is a remote demo within 2x of the demo without it.
 
 ``--other PATH`` adds, to every round, the remote demo of another built source tree (an earlier
-commit, for a before/after in the same run).
+commit, for a before/after in the same run).  ``--json PATH`` also writes every round, with
+BENCHMARKS.md's table ``remote-demo``.
 
-Run: ``python benchmarks/bench_remote_demo.py [--rounds N] [--duration SECONDS] [--other PATH] [--json]``.
+Run: ``python benchmarks/bench_remote_demo.py [--rounds N] [--duration SECONDS] [--other PATH] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import sys
 import tempfile
 
 from bench_remote import start_server
+from harness import add_json_argument, write_json
 
 FLOOR = 2.0
 HOST_SIZE = "15MiB"         # a quarter of the default workload's 61 MiB working set
@@ -54,13 +56,39 @@ def demo(duration: float, host_size: str, remote: str | None, tree: str | None =
     return row
 
 
+def table(rounds: list[dict], other: str | None) -> dict:
+    """BENCHMARKS.md's table: a row per round, then the medians of the slowdowns."""
+    columns = ["round", "no remote req/s", "hits", "+ Redis req/s", "hits", "remote hits", "slowdown",
+               "decode blocks written back: req/s", "slowdown"]
+    if other is not None:
+        columns += ["`--other` build: req/s", "hits", "slowdown"]
+    columns.append("ceiling hits")
+    rows = []
+    for index, row in enumerate(rounds, 1):
+        cells = [str(index), f"{row['local']['requests_per_second']:,.0f}", f"{row['local']['hit_ratio']:.3f}",
+                 f"{row['remote']['requests_per_second']:,.0f}", f"{row['remote']['hit_ratio']:.3f}",
+                 f"{row['remote']['remote_hits']:,}", f"{row['slowdown']:.2f}x",
+                 f"{row['decode_written']['requests_per_second']:,.0f}", f"{row['decode_written_slowdown']:.2f}x"]
+        if other is not None:
+            cells += [f"{row['other']['requests_per_second']:,.0f}", f"{row['other']['hit_ratio']:.3f}",
+                      f"{row['other_slowdown']:.2f}x"]
+        rows.append(cells + [f"{row['ceiling']['hit_ratio']:.3f}"])
+    medians = {key: f"**{statistics.median(row[key] for row in rounds):.2f}x**"
+               for key in ("slowdown", "decode_written_slowdown", "other_slowdown") if key in rounds[0]}
+    median = ["median", "", "", "", "", "", medians["slowdown"], "", medians["decode_written_slowdown"]]
+    if other is not None:
+        median += ["", "", medians["other_slowdown"]]
+    rows.append(median + [""])
+    return {"remote-demo": {"columns": columns, "rows": rows}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=6.0)
     parser.add_argument("--other", default=None, metavar="PATH",
                         help="also run the remote demo of this built source tree in every round")
-    parser.add_argument("--json", action="store_true")
+    add_json_argument(parser)
     args = parser.parse_args()
     if shutil.which("redis-server") is None:
         print("redis-server not found. Fix: apt-get install redis-server", file=sys.stderr)
@@ -97,9 +125,11 @@ def main() -> int:
         server.wait(10)
         shutil.rmtree(directory, ignore_errors=True)
     slowdown = statistics.median(row["slowdown"] for row in rounds)
-    if args.json:
-        print(json.dumps({"rounds": rounds, "median_slowdown": slowdown}))
-    else:
+    to_stdout = str(args.json) == "-"
+    write_json(args.json, "bench_remote_demo", {
+        "rounds": rounds, "median_slowdown": slowdown, "duration": args.duration, "host_size": HOST_SIZE,
+        "ceiling_size": CEILING_SIZE, "other": args.other, "floor": FLOOR, "tables": table(rounds, args.other)})
+    if not to_stdout:
         print(f"demo --backend host, host tier {HOST_SIZE}, {args.duration:g} s per run, {args.rounds} interleaved rounds")
         print(f"{'round':>5} {'no remote req/s':>16} {'hits':>6} {'+ Redis req/s':>14} {'hits':>6} "
               f"{'remote hits':>11} {'slowdown':>8} {'ceiling hits':>12}")

@@ -14,19 +14,22 @@ its payloads made before timing:
 
 It prints accesses/s, hit ratio, bytes put, bytes copied to make room and the write
 amplification, and the memcpy bound: the time ``np.copyto`` takes for the bytes put, in the same
-sizes.  Run: ``python benchmarks/bench_workload.py [--requests N] [--rounds R] [--headroom S ...]``.
+sizes.  ``--json PATH`` also writes the figures, with BENCHMARKS.md's tables ``workload`` (and
+``workload-scaling`` with ``--scaling``).
+Run: ``python benchmarks/bench_workload.py [--requests N] [--rounds R] [--headroom S ...] [--json PATH]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from collections import OrderedDict
 
 import numpy as np
 
 import vyrecache as vc
 from vyrecache.cli.workload import KvWorkload
+
+from harness import add_json_argument, best_of, interleaved_best, write_json
 
 HOST, DEVICE, BLOCK, THRESHOLD = 48 << 20, 8 << 20, 16 << 10, 3
 
@@ -74,39 +77,77 @@ class OrderedDictPeer:
         self.frequency[key] = 0
 
 
-def serve(cache, keys: list[int], blocks: list[np.ndarray]) -> tuple[float, list[bool]]:
-    """Seconds to serve every access, and which ones hit (recorded after the timed loop)."""
+def serve(cache, keys: list[int], blocks: list[np.ndarray]) -> list[int]:
+    """Serve every access (the timed part): the tier each access found, -1 for a miss."""
     tiers = []
-    started = time.perf_counter()
     for key, block in zip(keys, blocks):
         tier = cache.access(key)
         if tier < 0:
             cache.put(key, block)
         tiers.append(tier)
-    seconds = time.perf_counter() - started
-    return seconds, [tier >= 0 for tier in tiers]
+    return tiers
 
 
-def serve_requests(cache, requests: list[tuple[np.ndarray, list[np.ndarray]]]) -> tuple[float, list[bool]]:
-    """serve() with one fill_many per request."""
+def serve_requests(cache, requests: list[tuple[np.ndarray, list[np.ndarray]]]) -> list[np.ndarray]:
+    """serve() with one fill_many per request: each request's tiers found."""
     found = []
     fill = cache.fill_many
-    started = time.perf_counter()
     for keys, blocks in requests:
         found.append(fill(keys, blocks))
-    seconds = time.perf_counter() - started
-    return seconds, (np.concatenate(found) >= 0).tolist()
+    return found
 
 
 def memcpy_bound(blocks: list[np.ndarray]) -> float:
     """Seconds np.copyto takes to copy every block once into an arena (its pages touched first)."""
     arena = np.ones(sum(block.nbytes for block in blocks), dtype=np.uint8)
-    started = time.perf_counter()
-    offset = 0
-    for block in blocks:
-        np.copyto(arena[offset:offset + block.nbytes], block)
-        offset += block.nbytes
-    return time.perf_counter() - started
+
+    def copy_all() -> None:
+        offset = 0
+        for block in blocks:
+            np.copyto(arena[offset:offset + block.nbytes], block)
+            offset += block.nbytes
+    return best_of(copy_all, 1)
+
+
+def race(contestants: dict, headroom: float, keys: list[int], blocks: list[np.ndarray],
+         requests: list[tuple[np.ndarray, list[np.ndarray]]], rounds: int) -> tuple[dict, dict, list]:
+    """Every contestant's best time over `rounds` interleaved rounds, each run on a fresh cache made
+    untimed; the facts of each (hit ratio, bytes put and copied) and the blocks the last one missed."""
+    facts: dict[str, dict] = {}
+    missed: list[np.ndarray] = []
+    timed: list[tuple] = []           # the run just timed: (name, cache, what it found)
+
+    def settle() -> None:
+        """The facts of the run just timed, and its cache closed: untimed, before the next run."""
+        while timed:
+            name, cache, found = timed.pop()
+            hit_mask = ((np.concatenate(found) >= 0).tolist() if name.endswith("fill_many")
+                        else [tier >= 0 for tier in found])
+            missed[:] = [block for block, hit in zip(blocks, hit_mask) if not hit]
+            facts[name] = {"hit_ratio": sum(hit_mask) / len(keys)}
+            if isinstance(cache, vc.BufferCache):
+                facts[name].update(put_bytes=cache.puts_bytes,
+                                   copied_bytes=sum(tier["cleaning_bytes"] for tier in cache.counters()),
+                                   write_amplification=cache.write_amplification())
+                cache.close()
+
+    def contestant(name: str, make):
+        made: list = []
+
+        def fresh() -> None:
+            settle()
+            made[:] = [make(headroom)]
+
+        def run() -> None:
+            cache = made.pop()
+            found = serve_requests(cache, requests) if name.endswith("fill_many") else serve(cache, keys, blocks)
+            timed.append((name, cache, found))
+        return fresh, run
+
+    pairs = [contestant(name, make) for name, make in contestants.items()]
+    seconds = interleaved_best([run for _, run in pairs], rounds, before=[fresh for fresh, _ in pairs])
+    settle()
+    return dict(zip(contestants, seconds)), facts, missed
 
 
 def main() -> None:
@@ -116,6 +157,7 @@ def main() -> None:
     parser.add_argument("--headroom", type=float, nargs="*", default=[vc.buffer_cache.DEFAULT_HEADROOM])
     parser.add_argument("--no-vulkan", action="store_true")
     parser.add_argument("--scaling", action="store_true", help="also time access() at 4,096 and 1,000,000 entries")
+    add_json_argument(parser)
     args = parser.parse_args()
     workload = KvWorkload(4096, BLOCK, seed=0)
     drawn = [workload.batch(1) for _ in range(args.requests)]
@@ -135,62 +177,66 @@ def main() -> None:
         contestants[f"BufferCache {backend} fill_many"] = contestants[f"BufferCache {backend}"]
     print(f"workload: {len(requests):,} requests, {len(keys):,} accesses, blocks of {BLOCK >> 10} KiB, host {HOST >> 20} MiB + "
           f"device {DEVICE >> 20} MiB")
+    results: dict = {"requests": len(requests), "accesses": len(keys), "rounds": args.rounds, "headroom": {}}
+    table_rows = []
     for headroom in args.headroom:
-        best: dict[str, float] = {}
-        facts: dict[str, str] = {}
-        put_bytes = 0
-        for _ in range(args.rounds):
-            for name, make in contestants.items():
-                cache = make(headroom)
-                if name.endswith("fill_many"):
-                    seconds, hit_mask = serve_requests(cache, requests)
-                else:
-                    seconds, hit_mask = serve(cache, keys, blocks)
-                hits = sum(hit_mask)
-                missed = [block for block, hit in zip(blocks, hit_mask) if not hit]
-                best[name] = min(best.get(name, float("inf")), seconds)
-                if isinstance(cache, vc.BufferCache):
-                    put_bytes = cache.puts_bytes
-                    copied = sum(tier["cleaning_bytes"] for tier in cache.counters())
-                    facts[name] = (f"hit {hits / len(keys):.3f}, put {put_bytes / 2**20:,.0f} MiB, "
-                                   f"copied {copied / 2**20:,.0f} MiB, WA {cache.write_amplification():.3f}")
-                    cache.close()
-                else:
-                    facts[name] = f"hit {hits / len(keys):.3f}"
+        best, facts, missed = race(contestants, headroom, keys, blocks, requests, args.rounds)
         bound = memcpy_bound(missed)
         peer = best["OrderedDict"]
         print(f"\nheadroom {headroom}:")
-        for name, seconds in best.items():
-            print(f"  {name:<30} {len(keys) / seconds:>12,.0f} accesses/s  {peer / seconds:5.2f}x peer  "
-                  f"{bound / seconds:4.0%} of memcpy   {facts[name]}")
+        for name, seconds_ in best.items():
+            fact = facts[name]
+            line = f"hit {fact['hit_ratio']:.3f}"
+            if "put_bytes" in fact:
+                line += (f", put {fact['put_bytes'] / 2**20:,.0f} MiB, copied {fact['copied_bytes'] / 2**20:,.0f} MiB, "
+                         f"WA {fact['write_amplification']:.3f}")
+            print(f"  {name:<30} {len(keys) / seconds_:>12,.0f} accesses/s  {peer / seconds_:5.2f}x peer  "
+                  f"{bound / seconds_:4.0%} of memcpy   {line}")
+            row = [f"{headroom:.2f}", name.replace("fill_many", "`fill_many`"), f"{len(keys) / seconds_:,.0f}",
+                   f"{peer / seconds_:.2f}x", f"{bound / seconds_:.0%}", f"{fact['hit_ratio']:.3f}"]
+            if "put_bytes" in fact:
+                row += [f"{fact['put_bytes'] / 2**20:,.0f}", f"{fact['copied_bytes'] / 2**20:,.0f}",
+                        f"{fact['write_amplification']:.3f}"]
+            else:
+                row += ["", "", ""]
+            table_rows.append(row)
         print(f"  memcpy bound (np.copyto of the bytes put, in the same sizes): {bound * 1e3:.1f} ms, "
               f"{len(keys) / bound:,.0f} accesses/s")
+        table_rows.append([f"{headroom:.2f}", "memcpy bound: `np.copyto` of the bytes put", f"{len(keys) / bound:,.0f}",
+                           f"{peer / bound:.2f}x", "100%", "", "", "", ""])
+        results["headroom"][str(headroom)] = {"seconds": best, "facts": facts, "memcpy_bound_s": bound}
+    tables = {"workload": {"columns": ["headroom", "contestant", "accesses/s", "/ OrderedDict", "of the memcpy bound",
+                                       "hit ratio", "put MiB", "copied by cleaning MiB", "write amplification"],
+                           "rows": table_rows}}
     if args.scaling:
         print("\nscaling:")
-        scaling()
+        costs = scaling()
+        results["scaling_ns"] = {str(count): cost for count, cost in costs.items()}
+        base = next(iter(costs.values()))
+        tables["workload-scaling"] = {"columns": ["entries", "`access()` hit ns", "/ 4,096 entries"],
+                                      "rows": [[f"{count:,}", f"{cost:.1f}", f"{cost / base:.2f}x"]
+                                               for count, cost in costs.items()]}
+    results["tables"] = tables
+    write_json(args.json, "bench_workload", results)
 
 
-
-
-def scaling(counts=(4096, 1_000_000), accesses=200_000) -> None:
-    """Per-access cost of BufferCache.access() on hits against the number of 64-byte entries."""
+def scaling(counts=(4096, 1_000_000), accesses=200_000) -> dict[int, float]:
+    """ns per BufferCache.access() on hits against the number of 64-byte entries (best of 3)."""
     rng = np.random.default_rng(1)
     costs = {}
     for count in counts:
         with vc.BufferCache([vc.CacheTier("host", count * 64, "host")], backend="host") as cache:
             cache.put_many(np.arange(count, dtype=np.uint64), np.zeros((count, 64), dtype=np.uint8))
             keys = rng.integers(0, count, accesses).tolist()
-            best = float("inf")
-            for _ in range(3):
-                access = cache.access
-                started = time.perf_counter()
+
+            def hits(access=cache.access, keys=keys) -> None:
                 for key in keys:
                     access(key)
-                best = min(best, time.perf_counter() - started)
-            costs[count] = best / accesses * 1e9
+            costs[count] = best_of(hits, 3) / accesses * 1e9
     base = costs[counts[0]]
     for count, cost in costs.items():
         print(f"  access() hit, {count:>9,} entries: {cost:6.1f} ns ({cost / base:.2f}x)")
+    return costs
 
 
 if __name__ == "__main__":

@@ -30,22 +30,31 @@ _MARKED = re.compile(r"(<!-- table: (?P<id>[\w.-]+) -->\n)(?P<body>.*?)(<!-- end
 
 
 def render_table(table: Mapping[str, Any]) -> str:
-    """A Markdown table of `table`'s columns and rows (cells as given); numbers align right."""
+    """A Markdown table of `table`'s columns and rows (cells as given); a column of numbers aligns
+    right (blank cells, as in a summary row, do not count against it)."""
     columns = [str(column) for column in table["columns"]]
     rows = [[str(cell) for cell in row] for row in table["rows"]]
     for index, row in enumerate(rows):
         if len(row) != len(columns):
             raise ValueError(f"row {index} of a table has {len(row)} cells for {len(columns)} "
                              f"columns. Fix: give every row one cell per column.")
-    numeric = [all(_is_number(row[k]) for row in rows) and rows != [] for k in range(len(columns))]
+    numeric = []
+    for k in range(len(columns)):
+        filled = [row[k] for row in rows if not _is_blank(row[k])]
+        numeric.append(filled != [] and all(_is_number(cell) for cell in filled))
     lines = ["| " + " | ".join(columns) + " |",
              "|" + "|".join("---:" if right else "---" for right in numeric) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
+def _is_blank(cell: str) -> bool:
+    return cell.strip() in ("", "-")
+
+
 def _is_number(cell: str) -> bool:
-    text = cell.strip().rstrip("x%").replace(",", "").removesuffix(" ms").removesuffix(" ns")
+    text = cell.strip().removeprefix("**").removesuffix("**")
+    text = text.rstrip("x%").replace(",", "").removesuffix(" ms").removesuffix(" ns")
     try:
         float(text)
     except ValueError:
