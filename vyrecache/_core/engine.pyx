@@ -367,20 +367,23 @@ cdef inline int _insert_counted(Engine e, uint64_t key, uint64_t size, uint32_t 
     return _insert(e, key, size, old)
 
 
-cdef inline int _insert_arrived(Engine e, uint64_t key, uint64_t size, int tier,
-                                uint64_t charge) noexcept nogil:
-    """The rest of _insert once the tier is chosen, room reserved and the arrival announced."""
-    cdef uint32_t slot
-    cdef Slot* s
-    _make_room(e, tier, charge)
-    slot = _take_slot(e)
-    s = &e.slots[slot]
+cdef inline void _new_entry(Slot* s, uint64_t key, uint64_t size) noexcept nogil:
+    """A slot starts an entry: its key and size, no accesses, no pins, no policy bits."""
     s.key = key
     s.size = size
     s.last_access = 0
     s.frequency = 0
     s.pins = 0
     s.flags = 0
+
+
+cdef inline int _insert_arrived(Engine e, uint64_t key, uint64_t size, int tier,
+                                uint64_t charge) noexcept nogil:
+    """The rest of _insert once the tier is chosen, room reserved and the arrival announced."""
+    cdef uint32_t slot
+    _make_room(e, tier, charge)
+    slot = _take_slot(e)
+    _new_entry(&e.slots[slot], key, size)
     _map_insert(e, slot)
     e.n_live += 1
     _place(e, slot, tier)
@@ -464,11 +467,7 @@ cdef inline void _take_over(Engine e, uint32_t victim, uint64_t key, uint64_t si
     cdef uint64_t victim_hash = _hash(s.key)
     t.counters[COUNTER_BYTES_OUT] += s.size
     t.counters[COUNTER_EVICTIONS] += 1
-    s.key = key
-    s.size = size
-    s.last_access = 0
-    s.frequency = 0
-    s.flags = 0
+    _new_entry(s, key, size)
     # Drop the victim's bucket, then file the slot under the new key in the free bucket the
     # miss's lookup found.  In that order: both buckets name this slot, and the delete, which
     # finds its bucket by slot among the victim's h2 matches, could otherwise take the new one.
@@ -616,13 +615,7 @@ cdef inline void _replace_remembering(Engine e, uint32_t victim, uint32_t ghost,
     else:
         slot = _take_slot(e)            # _policy_replace made sure of one
         _map_place(e, gap, slot, h)
-    s = &e.slots[slot]
-    s.key = key
-    s.size = size
-    s.last_access = 0
-    s.frequency = 0
-    s.pins = 0
-    s.flags = 0
+    _new_entry(&e.slots[slot], key, size)
     t.counters[COUNTER_INSERTS] += 1
     t.counters[COUNTER_BYTES_IN] += size
     _policy_place(e, slot, 0)
