@@ -202,6 +202,7 @@ cdef class Engine:
     cdef uint64_t* sketch               # W-TinyLFU: count-min sketch, 16 4-bit counters a word
     cdef uint64_t sketch_words
     cdef uint64_t* doorkeeper           # W-TinyLFU: a Bloom filter in front of the sketch
+    cdef int door_shift                 # 64 - log2(sketch_words)
     cdef uint64_t sketch_additions
     cdef uint64_t sketch_sample
     cdef bint spill_victims

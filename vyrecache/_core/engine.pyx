@@ -553,9 +553,11 @@ cdef int _policy_replace(Engine e, uint64_t key, uint64_t size, uint64_t h, uint
     cdef uint64_t charge = _charge(e, size), victim_charge
     cdef uint32_t victim, predicted
     cdef Slot* s
-    if (e.policy_kind == PK_WTINYLFU or e.logging or t.pinned != 0 or t.count == 0
-            or e.growth_left == 0 or charge > t.capacity or t.used <= t.capacity - charge):
+    if (e.logging or t.pinned != 0 or t.count == 0 or e.growth_left == 0 or charge > t.capacity
+            or t.used <= t.capacity - charge):
         return STATUS_TOO_LARGE
+    if e.policy_kind == PK_WTINYLFU:
+        return _wtlfu_replace(e, key, size, h, gap, charge)
     if e.policy_kind > PK_SIEVE:        # S3-FIFO and ARC: the ghost check
         # A victim that becomes a ghost keeps its slot, so the new entry may need another:
         # one free before anything changes (growing moves the array: nothing points into it yet).
@@ -584,6 +586,52 @@ cdef int _policy_replace(Engine e, uint64_t key, uint64_t size, uint64_t h, uint
     else:
         _replace_remembering(e, victim, ghost, key, size, h, gap)
     _prefetch_victim(e, predicted)
+    return 0
+
+
+cdef int _wtlfu_replace(Engine e, uint64_t key, uint64_t size, uint64_t h, uint64_t gap,
+                        uint64_t charge) noexcept nogil:
+    """_policy_replace() for W-TinyLFU, when one contest makes the room (STATUS_TOO_LARGE,
+    having changed nothing, otherwise): the window's oldest entry, the candidate, joins
+    probation, where it lies next to probation's newest entry, so only its segment changes; it
+    competes with probation's oldest, and the new key takes over the loser's slot at the
+    window's newest end."""
+    cdef TierState* t = &e.tier_state[0]
+    cdef PolicyState* ps = &e.pstate[0]
+    cdef uint32_t candidate, victim, loser, older
+    cdef uint64_t candidate_charge, victim_charge
+    if ps.seg_used[0] + charge <= ps.seg_cap[0] or ps.seg_count[1] == 0 or ps.seg_head[0] == VC_NIL:
+        return STATUS_TOO_LARGE         # no contest, or one without an opponent
+    victim = _seg_oldest(e, 0, 1)
+    candidate = e.slots[ps.seg_head[1]].prev
+    candidate_charge = _charge(e, e.slots[candidate].size)
+    victim_charge = _charge(e, e.slots[victim].size)
+    if (ps.seg_used[0] - candidate_charge + charge > ps.seg_cap[0]
+            or t.used - candidate_charge > t.capacity - charge
+            or t.used - victim_charge > t.capacity - charge):
+        return STATUS_TOO_LARGE         # one move and one eviction would not do
+    older = e.slots[candidate].prev     # the next candidate
+    # The candidate joins probation (_seg_move without the relinking).
+    e.slots[candidate].flags = <uint8_t>((e.slots[candidate].flags & ~SEG_MASK) | (1 << SEG_SHIFT))
+    if ps.seg_head[0] == candidate:
+        ps.seg_head[0] = VC_NIL
+    ps.seg_head[1] = candidate
+    ps.seg_used[0] -= candidate_charge
+    ps.seg_count[0] -= 1
+    ps.seg_used[1] += candidate_charge
+    ps.seg_count[1] += 1
+    if _sketch_frequency(e, e.slots[candidate].key) > _sketch_frequency(e, e.slots[victim].key):
+        loser = victim
+        _prefetch_victim(e, victim)     # its slot's neighbour is the next victim
+    else:
+        loser = candidate
+    _seg_unlink(e, loser)
+    _take_over(e, loser, key, size, h, gap)
+    ps.arriving = 0
+    ps.incoming = 0
+    _seg_link(e, loser, 0, 0)
+    if older != VC_NIL:
+        vc_prefetch_read(&e.slots[older])
     return 0
 
 

@@ -308,30 +308,39 @@ cdef int _sketch_resize(Engine e, uint64_t words) noexcept nogil:
     e.sketch = table
     e.doorkeeper = door
     e.sketch_words = words
+    e.door_shift = 64
+    while words > 1:
+        words >>= 1
+        e.door_shift -= 1
     e.sketch_additions = 0
-    e.sketch_sample = 10 * words         # Caffeine's sample: 10 accesses per entry
+    e.sketch_sample = 10 * e.sketch_words    # Caffeine's sample: 10 accesses per entry
     return 0
 
 
+# One hash of a key serves the sketch and the doorkeeper: its low bits pick the sketch block, its
+# top 32 the counters in it; the doorkeeper's word and its two bits come from the top bits of the
+# hash times an odd constant, which depend on all of its bits.
+
+cdef inline uint64_t _sketch_hash(uint64_t key) noexcept nogil:
+    return _mix(key)
+
+
 cdef inline uint64_t* _sketch_block(Engine e, uint64_t h) noexcept nogil:
-    """The block of the key whose mixed hash is `h` (its low bits; the rows use the top 32)."""
     return &e.sketch[(h & ((e.sketch_words >> 3) - 1)) << 3]
 
 
-cdef inline uint64_t* _door_word(Engine e, uint64_t key, uint64_t* bits) noexcept nogil:
-    cdef uint64_t d = _mix(key * 0xD6E8FEB86659FD93ULL + 1)
-    bits[0] = ((<uint64_t>1) << ((d >> 52) & 63)) | ((<uint64_t>1) << ((d >> 58) & 63))
-    return &e.doorkeeper[d & (e.sketch_words - 1)]
-
-
-cdef inline bint _door_has(Engine e, uint64_t key) noexcept nogil:
-    cdef uint64_t bits
-    return (_door_word(e, key, &bits)[0] & bits) == bits
+cdef inline uint64_t* _door_word(Engine e, uint64_t h, uint64_t* bits) noexcept nogil:
+    cdef uint64_t d = h * 0x9E3779B97F4A7C15ULL
+    # The table has MIN_SKETCH_WORDS to 2**52 words: the word's bits are 6 to 52 at the top, and
+    # the 12 below them give the two bit numbers.
+    bits[0] = (((<uint64_t>1) << ((d >> (e.door_shift - 6)) & 63))
+               | ((<uint64_t>1) << ((d >> (e.door_shift - 12)) & 63)))
+    return &e.doorkeeper[d >> e.door_shift]
 
 
 cdef void _sketch_increment(Engine e, uint64_t key) noexcept nogil:
     cdef int row
-    cdef uint64_t h, pick, shift, words, bits
+    cdef uint64_t h = _sketch_hash(key), pick, shift, words, bits
     cdef uint64_t* block
     cdef uint64_t* door
     # The sketch follows the cache's size: about 16 counters per entry.  Growing starts the
@@ -341,11 +350,10 @@ cdef void _sketch_increment(Engine e, uint64_t key) noexcept nogil:
         while words < <uint64_t>e.n_live:
             words *= 2
         _sketch_resize(e, words)
-    door = _door_word(e, key, &bits)
+    door = _door_word(e, h, &bits)
     if (door[0] & bits) != bits:
         door[0] |= bits
     else:
-        h = _mix(key)
         block = _sketch_block(e, h)
         for row in range(SKETCH_DEPTH):
             pick = h >> (32 + 8 * row)
@@ -364,14 +372,14 @@ cdef void _sketch_increment(Engine e, uint64_t key) noexcept nogil:
 
 cdef uint64_t _sketch_frequency(Engine e, uint64_t key) noexcept nogil:
     cdef int row
-    cdef uint64_t h = _mix(key), pick, count, least = 15
+    cdef uint64_t h = _sketch_hash(key), pick, count, least = 15, bits
     cdef uint64_t* block = _sketch_block(e, h)
     for row in range(SKETCH_DEPTH):
         pick = h >> (32 + 8 * row)
         count = (block[2 * row + (pick & 1)] >> (((pick >> 1) & 15) << 2)) & 15
         if count < least:
             least = count
-    return least + (1 if _door_has(e, key) else 0)
+    return least + (1 if (_door_word(e, h, &bits)[0] & bits) == bits else 0)
 
 
 # The batch loop starts, a few keys ahead, the read of what each key's access will need besides
@@ -381,10 +389,11 @@ cdef uint64_t _sketch_frequency(Engine e, uint64_t key) noexcept nogil:
 # guess fetches a useless line.
 
 cdef inline void _prefetch_policy(Engine e, uint64_t key) noexcept nogil:
-    cdef uint64_t bits
+    cdef uint64_t bits, h
     if e.sketch != NULL:
-        vc_prefetch_write(_sketch_block(e, _mix(key)))
-        vc_prefetch_write(_door_word(e, key, &bits))
+        h = _sketch_hash(key)
+        vc_prefetch_write(_sketch_block(e, h))
+        vc_prefetch_write(_door_word(e, h, &bits))
 
 
 cdef inline void _prefetch_victim(Engine e, uint32_t slot) noexcept nogil:
