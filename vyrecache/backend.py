@@ -24,9 +24,9 @@ __all__ = ["COPY_DTYPE", "TierMemory", "StorageBlock", "StorageBackend", "Buffer
 
 @dataclass(frozen=True)
 class TierMemory:
-    """The memory a tier lives in: its kind, the Vulkan memory type, and whether the CPU can map it."""
+    """The memory a tier's kind resolved to: the Vulkan memory type (-1 on the host backend) and
+    whether the CPU can map it.  The kind itself stays with the tier (``CacheTier.memory``)."""
 
-    kind: str
     memory_type_index: int
     host_visible: bool
 

@@ -81,7 +81,7 @@ class HostBackend(StorageBackend):
                              f"on the host backend, got {capacity}. Fix: pass a capacity in "
                              f"bytes the machine can hold.")
         _require_memory(capacity, "a host tier")
-        return TierMemory(kind=kind, memory_type_index=-1, host_visible=True)
+        return TierMemory(memory_type_index=-1, host_visible=True)
 
     def allocate_block(self, memory: TierMemory, size: int) -> StorageBlock:
         # An anonymous mapping, made huge-page friendly before its first touch, then touched

@@ -145,7 +145,7 @@ class VulkanBackend(StorageBackend):
         if not flags & HOST_VISIBLE and self._executor is None:
             # Copies will run on the device: choose how now, before any operation.
             self._executor = executor_for(self._device, self.compaction)
-        return TierMemory(kind=kind, memory_type_index=index, host_visible=bool(flags & HOST_VISIBLE))
+        return TierMemory(memory_type_index=index, host_visible=bool(flags & HOST_VISIBLE))
 
     def allocate_block(self, memory: TierMemory, size: int) -> StorageBlock:
         native = self._device.allocate_block(memory.memory_type_index, size)
