@@ -248,13 +248,17 @@ cdef inline void _displace(Engine e, uint32_t victim) noexcept nogil:
     cdef Slot* s = &e.slots[victim]
     cdef int tier = s.tier, which
     cdef uint64_t charge = _charge(e, s.size), key, size
+    cdef uint32_t predicted
     if e.spill_victims and tier > 0 and _can_host(e, tier - 1, charge):
         which = _remembering(e, victim, tier)
         key = s.key
         size = s.size
+        predicted = s.prev              # the victim's neighbour: likely the tier's next one
         _move(e, victim, tier - 1, COUNTER_SPILLS)
         if which >= 0:
             _ghost_push(e, tier, which, key, size)
+        if vc_unlikely(e.policy_kind != PK_LRU):
+            _prefetch_victim(e, predicted)
         return
     _evict(e, victim)
 

@@ -126,8 +126,38 @@ cdef inline void _seg_unlink(Engine e, uint32_t slot) noexcept nogil:
 cdef inline void _seg_move(Engine e, uint32_t slot, int k) noexcept nogil:
     """Move an entry to the most recent end of segment k of its own tier."""
     cdef int tier = e.slots[slot].tier
+    if _seg(&e.slots[slot]) == k:
+        _seg_to_front(e, slot, tier, k)
+        return
     _seg_unlink(e, slot)
     _seg_link(e, slot, tier, k)
+
+
+cdef inline void _seg_to_front(Engine e, uint32_t slot, int tier, int k) noexcept nogil:
+    """_seg_move() within the entry's own segment k (a hit's move, a second chance): only the
+    links change, as in LRU's _touch, not the segment's totals."""
+    cdef Slot* s = &e.slots[slot]
+    cdef TierState* t = &e.tier_state[tier]
+    cdef PolicyState* ps = &e.pstate[tier]
+    cdef uint32_t head = ps.seg_head[k]
+    if head == slot:
+        return
+    if ps.hand == slot:
+        ps.hand = s.prev
+    # Not the segment's head, so prev is a slot.
+    e.slots[s.prev].next = s.next
+    if s.next != VC_NIL:
+        e.slots[s.next].prev = s.prev
+    else:
+        t.tail = s.prev
+    s.prev = e.slots[head].prev
+    s.next = head
+    if s.prev != VC_NIL:
+        e.slots[s.prev].next = slot
+    else:
+        t.head = slot
+    e.slots[head].prev = slot
+    ps.seg_head[k] = slot
 
 
 cdef inline uint32_t _seg_step(Engine e, int tier, int k, uint32_t prev) noexcept nogil:
