@@ -123,7 +123,8 @@ cdef inline uint32_t _lookup_with_ghost(Engine e, uint64_t key, uint64_t h, uint
     matches = vc_group_match(word, _h2(e, h))
     if matches != 0:
         slot = e.buckets[(group << GROUP_BITS) + vc_group_lane(matches)]
-        if vc_likely(e.slots[slot].key == key and e.slots[slot].tier >= 0):
+        # A ghost of the key is no hit; an engine without ghosts skips the test of the state.
+        if vc_likely(e.slots[slot].key == key and (e.n_ghosts == 0 or e.slots[slot].tier >= 0)):
             return slot
     elif vc_likely(vc_group_empty(word) != 0):
         gap[0] = (group << GROUP_BITS) + vc_group_lane(vc_group_free(word))
