@@ -548,11 +548,12 @@ cdef inline int _policy_hit(Engine e, uint32_t slot) noexcept nogil:
 cdef int _policy_replace(Engine e, uint64_t key, uint64_t size, uint64_t h, uint64_t gap,
                          uint32_t ghost) noexcept nogil:
     """_replace_coldest() for the policies: the common miss of a full tier 0 evicts the
-    policy's victim and takes over its slot and the free bucket the miss's lookup found.
-    STATUS_TOO_LARGE, having changed nothing, unless the conditions of the LRU version hold (no
-    log, no pins in tier 0, room in the map, an eviction needed); otherwise the miss's status,
-    having done what _insert would (a victim too small to make room is evicted and the general
-    path makes the rest)."""
+    policy's victim in place, and the new key, whose lookup found the free bucket `gap` and
+    tier 0's ghost of it (`ghost`, or VC_NIL), takes over the victim's slot, its ghost's or a
+    free one.  STATUS_TOO_LARGE, having changed nothing, unless the conditions of the LRU
+    version hold (no log, no pins in tier 0, room in the map, an eviction needed); otherwise the
+    miss's status, having done what _insert would (a victim too small to make room is evicted
+    and the general path makes the rest)."""
     cdef TierState* t = &e.tier_state[0]
     cdef uint64_t charge = _charge(e, size), victim_charge
     cdef uint32_t victim, predicted
