@@ -124,11 +124,17 @@ cdef inline void _seg_unlink(Engine e, uint32_t slot) noexcept nogil:
 
 
 cdef inline void _seg_move(Engine e, uint32_t slot, int k) noexcept nogil:
-    """Move an entry to the most recent end of segment k of its own tier."""
-    cdef int tier = e.slots[slot].tier
+    """Move an entry to the most recent end of segment k of its own tier.  The move within its
+    own segment (most hits) is small enough to inline where it is called; the move across
+    segments is not."""
     if _seg(&e.slots[slot]) == k:
-        _seg_to_front(e, slot, tier, k)
-        return
+        _seg_to_front(e, slot, e.slots[slot].tier, k)
+    else:
+        _seg_move_across(e, slot, k)
+
+
+cdef void _seg_move_across(Engine e, uint32_t slot, int k) noexcept nogil:
+    cdef int tier = e.slots[slot].tier
     _seg_unlink(e, slot)
     _seg_link(e, slot, tier, k)
 
@@ -481,7 +487,7 @@ cdef int _policy_setup(Engine e) except -1:
 
 cdef inline void _policy_touch(Engine e, uint32_t slot) noexcept nogil:
     """_touch() for the policies: the access statistics, then the policy's own bookkeeping (a
-    bit or a counter, inline; the list moves of ARC and W-TinyLFU, in _policy_touch_lists)."""
+    bit, a counter, ARC's move to T2, W-TinyLFU's count and moves)."""
     cdef Slot* s = &e.slots[slot]
     cdef int kind = e.policy_kind
     cdef uint8_t f
@@ -495,30 +501,33 @@ cdef inline void _policy_touch(Engine e, uint32_t slot) noexcept nogil:
         f = (s.flags & FREQ_MASK) >> FREQ_SHIFT
         if f < 3:
             s.flags = <uint8_t>((s.flags & ~FREQ_MASK) | ((f + 1) << FREQ_SHIFT))
-    elif kind == PK_ARC or kind == PK_WTINYLFU:
-        _policy_touch_lists(e, slot)
-
-
-cdef void _policy_touch_lists(Engine e, uint32_t slot) noexcept nogil:
-    cdef Slot* s = &e.slots[slot]
-    cdef int k, tier = s.tier
-    cdef uint32_t demoted
-    cdef PolicyState* ps = &e.pstate[tier]
-    if e.policy_kind == PK_ARC:
-        if ps.seg_head[1] != slot:              # T1 or T2 -> the most recent end of T2
+    elif kind == PK_ARC:
+        if e.pstate[s.tier].seg_head[1] != slot:    # T1 or T2 -> the most recent end of T2
             _seg_move(e, slot, 1)
-        return
+    elif kind == PK_WTINYLFU:
+        _wtlfu_hit(e, slot)
+
+
+cdef void _wtlfu_hit(Engine e, uint32_t slot) noexcept nogil:
+    """W-TinyLFU's hit: the sketch counts it; a window hit moves to the window's newest end, a
+    main one to protected's, and protected's oldest entries go back to probation while it holds
+    more than its share (which the hill climber may also have cut)."""
+    cdef Slot* s = &e.slots[slot]
+    cdef int tier = s.tier, k = _seg(s)
+    cdef PolicyState* ps = &e.pstate[tier]
     _sketch_increment(e, s.key)
-    k = _seg(s)
-    if k == 0:
-        if ps.seg_head[0] != slot:
-            _seg_move(e, slot, 0)
-        return
-    if ps.seg_head[2] != slot:
-        _seg_move(e, slot, 2)                   # probation or protected -> protected
+    if k == 1:
+        _seg_move_across(e, slot, 2)            # probation -> protected
+    elif ps.seg_head[k] != slot:
+        _seg_to_front(e, slot, tier, k)
+    if k != 0 and ps.seg_used[2] > ps.seg_cap[2] and ps.seg_count[2] > 1:
+        _wtlfu_demote(e, tier)
+
+
+cdef void _wtlfu_demote(Engine e, int tier) noexcept nogil:
+    cdef PolicyState* ps = &e.pstate[tier]
     while ps.seg_used[2] > ps.seg_cap[2] and ps.seg_count[2] > 1:
-        demoted = _seg_oldest(e, tier, 2)
-        _seg_move(e, demoted, 1)
+        _seg_move_across(e, _seg_oldest(e, tier, 2), 1)
 
 
 cdef void _climb(Engine e, int tier) noexcept nogil:
