@@ -135,8 +135,9 @@ ctypedef struct PolicyState:
     uint64_t incoming       # charge of the entry the tier is making room for (ARC's case A)
     int arriving            # set between an arrival's ghost check and its placement: 1 or 2 =
                             # the ghost list the key was found in (0: none)
-    uint32_t remembered     # the victim just chosen, when it is to become a ghost of list
-    int remember_list       # remember_list as it leaves (VC_NIL: none); between operations NIL
+    uint32_t remembered     # the victim just chosen, when it is to become a ghost as it leaves
+                            # (VC_NIL: none; always so between operations)
+    int remember_list       # the ghost list it is to join
     bint has_evicted        # S3-FIFO: the tier has chosen a victim once
     # W-TinyLFU's hill climber
     uint64_t sample_hits

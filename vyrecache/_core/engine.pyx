@@ -566,7 +566,7 @@ cdef int _policy_replace(Engine e, uint64_t key, uint64_t size, uint64_t h, uint
     if e.policy_kind > PK_SIEVE:        # S3-FIFO and ARC: the ghost check
         # A victim that becomes a ghost keeps its slot, so the new entry may need another:
         # one free before anything changes (growing moves the array: nothing points into it yet).
-        if not _has_free_slots(e, 1) and _grow_slots(e) != 0:
+        if _reserve(e, 1) != 0:
             return STATUS_TOO_LARGE
         e.pstate[0].arriving = 0
         e.pstate[0].incoming = charge
@@ -577,8 +577,7 @@ cdef int _policy_replace(Engine e, uint64_t key, uint64_t size, uint64_t h, uint
     victim_charge = _charge(e, s.size)
     if t.used - victim_charge > t.capacity - charge:
         if ghost != VC_NIL:
-            _map_erase(e, ghost)
-            _recycle_slot(e, ghost)
+            _release_slot(e, ghost)
         _displace(e, victim)
         if _reserve_one(e) != 0:
             e.pstate[0].arriving = 0
@@ -661,8 +660,7 @@ cdef inline void _replace_remembering(Engine e, uint32_t victim, uint32_t ghost,
     if which >= 0:
         _ghost_link(e, victim, 0, which)
     else:
-        _map_erase(e, victim)
-        _recycle_slot(e, victim)
+        _release_slot(e, victim)
     if ghost != VC_NIL:
         slot = ghost
     else:

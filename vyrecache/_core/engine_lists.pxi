@@ -35,6 +35,11 @@ cdef inline uint64_t _charge(Engine e, uint64_t size) noexcept nogil:
 
 
 cdef inline void _unlink(Engine e, uint32_t slot) noexcept nogil:
+    _unlink_charged(e, slot, _charge(e, e.slots[slot].size))
+
+
+cdef inline void _unlink_charged(Engine e, uint32_t slot, uint64_t charge) noexcept nogil:
+    """_unlink() of an entry whose charge the caller computed already."""
     cdef Slot* s = &e.slots[slot]
     cdef TierState* t = &e.tier_state[s.tier]
     if s.prev != VC_NIL:
@@ -46,7 +51,7 @@ cdef inline void _unlink(Engine e, uint32_t slot) noexcept nogil:
     else:
         t.tail = s.prev
     t.count -= 1
-    t.used -= _charge(e, s.size)
+    t.used -= charge
 
 
 cdef inline void _link_head(Engine e, uint32_t slot, int tier) noexcept nogil:
@@ -119,12 +124,20 @@ cdef int _grow_slots(Engine e) noexcept nogil:
 cdef inline int _reserve_one(Engine e) noexcept nogil:
     """Make sure one more entry fits in the slot array and the map; -1 when out of memory, -2
     when the cache holds MAX_SLOTS entries already."""
+    return _reserve(e, 1)
+
+
+cdef inline int _reserve(Engine e, uint32_t wanted) noexcept nogil:
+    """Make sure `wanted` more slots can be taken and filed without growing anything; -1 when
+    out of memory, -2 when the array cannot grow enough (MAX_SLOTS)."""
     cdef int status
-    if e.free_head == VC_NIL and e.slot_high_water == e.slot_capacity:
+    if not _has_free_slots(e, wanted):
         status = _grow_slots(e)
         if status != 0:
             return status
-    if _reserve_buckets(e, 1) != 0:
+        if not _has_free_slots(e, wanted):
+            return -2
+    if _reserve_buckets(e, wanted) != 0:
         return -1
     return 0
 
@@ -152,8 +165,14 @@ cdef inline uint32_t _take_slot(Engine e) noexcept nogil:
 
 cdef inline void _free_slot(Engine e, uint32_t slot) noexcept nogil:
     """Forget an entry that is already off its list."""
-    _map_erase(e, slot)
     e.n_live -= 1
+    _release_slot(e, slot)
+
+
+cdef inline void _release_slot(Engine e, uint32_t slot) noexcept nogil:
+    """Take a slot that is off every list (an entry's or a ghost's) out of the map and hand it
+    back."""
+    _map_erase(e, slot)
     _recycle_slot(e, slot)
 
 

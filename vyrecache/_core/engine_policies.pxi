@@ -101,26 +101,15 @@ cdef inline void _seg_link(Engine e, uint32_t slot, int tier, int k) noexcept no
 cdef inline void _seg_unlink(Engine e, uint32_t slot) noexcept nogil:
     cdef Slot* s = &e.slots[slot]
     cdef PolicyState* ps = &e.pstate[s.tier]
-    cdef TierState* t = &e.tier_state[s.tier]
     cdef int k = _seg(s)
     cdef uint64_t charge = _charge(e, s.size)
-    cdef uint32_t prev = s.prev, following = s.next
     if ps.seg_head[k] == slot:
-        ps.seg_head[k] = following if following != VC_NIL and _seg(&e.slots[following]) == k else VC_NIL
+        ps.seg_head[k] = s.next if s.next != VC_NIL and _seg(&e.slots[s.next]) == k else VC_NIL
     if ps.hand == slot:
-        ps.hand = prev
+        ps.hand = s.prev
     ps.seg_used[k] -= charge
     ps.seg_count[k] -= 1
-    if prev != VC_NIL:
-        e.slots[prev].next = following
-    else:
-        t.head = following
-    if following != VC_NIL:
-        e.slots[following].prev = prev
-    else:
-        t.tail = prev
-    t.count -= 1
-    t.used -= charge
+    _unlink_charged(e, slot, charge)
 
 
 cdef inline void _seg_move(Engine e, uint32_t slot, int k) noexcept nogil:
@@ -247,9 +236,7 @@ cdef void _ghost_push(Engine e, int tier, int which, uint64_t key, uint64_t size
     reserved.  Out of memory, the key is simply not remembered, which costs at most a later
     ghost hit."""
     cdef uint32_t slot
-    if not _has_free_slots(e, 2) and _grow_slots(e) != 0:
-        return
-    if _reserve_buckets(e, 2) != 0:
+    if _reserve(e, 2) != 0:
         return
     slot = _take_slot(e)
     e.slots[slot].key = key
@@ -290,8 +277,7 @@ cdef void _ghost_unlink(Engine e, uint32_t g) noexcept nogil:
 cdef void _ghost_remove(Engine e, uint32_t g) noexcept nogil:
     """Forget ghost `g`: off its list and the map, its slot free."""
     _ghost_unlink(e, g)
-    _map_erase(e, g)
-    _recycle_slot(e, g)
+    _release_slot(e, g)
 
 
 # ---- W-TinyLFU's frequency sketch ---------------------------------------------------------------
@@ -660,8 +646,7 @@ cdef int _policy_arrival(Engine e, int tier, uint64_t key, uint64_t charge, bint
         g = _ghost_find(e, key, _hash(key), tier)
         if g != VC_NIL:
             _ghost_recall(e, tier, g)
-            _map_erase(e, g)
-            _recycle_slot(e, g)
+            _release_slot(e, g)
     elif e.policy_kind == PK_WTINYLFU and charge > ps.seg_cap[0]:
         # Too large for the window: the entry goes straight to probation, and a new key must
         # win the admission contest against each main victim it would displace.
