@@ -186,6 +186,44 @@ def test_misses_replaced_in_place_decide_as_the_general_path(policy, seed, lengt
 
 
 @pytest.mark.parametrize("policy", NEW)
+def test_a_raising_on_evict_changes_no_decision_and_loses_no_victim(policy):
+    # The callback runs after each operation is complete: its error reaches the caller, and the
+    # cache holds what the same calls leave in a cache whose callback never raises.
+    trace = zipf_keys(3000, universe=300, seed=11)
+    sizes = (trace % 3 + 1).astype(np.uint64)
+    reported = {"raising": [], "quiet": []}
+
+    def raising(entry):
+        reported["raising"].append(entry)
+        if len(reported["raising"]) % 3 == 0:
+            raise RuntimeError(f"victim {entry.key}")
+
+    caches = {name: vc.TieredCache([vc.CacheTier("slow", 60), vc.CacheTier("fast", 12)],
+                                   policy=policy(promote_threshold=2), on_evict=on_evict)
+              for name, on_evict in (("raising", raising), ("quiet", reported["quiet"].append))}
+    errors = 0
+    for key, size in zip(trace.tolist(), sizes.tolist()):
+        results = {}
+        for name, cache in caches.items():
+            try:
+                results[name] = cache.access(key, size)
+            except RuntimeError:
+                errors += 1
+                results[name] = "raised"
+        assert results["quiet"] != "raised"
+        if results["raising"] != "raised":
+            assert results["raising"] == results["quiet"]
+        for cache in caches.values():
+            cache.check()
+    assert errors > 0
+    assert reported["raising"] == reported["quiet"]
+    for tier in range(2):
+        assert caches["raising"].tier_keys(tier) == caches["quiet"].tier_keys(tier)
+        assert caches["raising"].policy_info(tier) == caches["quiet"].policy_info(tier)
+    assert caches["raising"].counters() == caches["quiet"].counters()
+
+
+@pytest.mark.parametrize("policy", NEW)
 def test_a_spilled_entry_keeps_its_statistics(policy):
     cache = vc.TieredCache([vc.CacheTier("slow", 10), vc.CacheTier("fast", 2)],
                            policy=policy(promote_threshold=1))
