@@ -190,6 +190,13 @@ class Connection:
         except self.errors:
             self._discard_cluster_client()
             raise
+        except AttributeError as error:
+            # redis-py's cluster client reads a reply through a connection its own disconnect
+            # just emptied ('NoneType' object has no attribute 'readline') when a node dies in
+            # the middle of a connect: the node is gone, as for the ValueError above.  Only here,
+            # around redis-py's own calls, so that no other AttributeError passes for one.
+            self._discard_cluster_client()
+            raise self._redis_module.ConnectionError(f"a cluster node went away mid-read: {error}") from error
 
     def ping(self) -> None:
         if self.cluster:
