@@ -114,25 +114,33 @@ def test_a_shader_executor_completes_moves_within_the_call(vulkan_device):
 @pytest.mark.parametrize("vulkan_mode", ["vulkan", "vulkan-fence", "vulkan-device-copies"])
 def test_wait_false_returns_before_the_device_copied_the_bytes(request, vulkan_mode):
     size, count = 1 << 20, 96                   # 96 MiB: many milliseconds of copying
-    cache = _make(request, vulkan_mode, 128 << 20, 128 << 20)
-    try:
-        keys = np.arange(count, dtype=np.uint64)
-        _fill_low_tier(cache, keys, size)
-        transfer = cache.promote_many(keys, wait=False)
-        in_flight = not transfer.done()
-        # The metadata is already the new one, and the keys are pinned meanwhile.
-        assert transfer.tiers.tolist() == [1] * count
-        assert all(cache.get(key).tier == 1 for key in keys.tolist())
-        assert in_flight, "the transfer was complete when promote_many returned"
-        assert cache._engine.pins(0) == 1
-        assert transfer.wait()
-        assert transfer.done()
-        for key in keys.tolist():
-            assert raw_bytes(cache, key) == payload(key, size).tobytes()
-        assert cache._engine.pins(0) == 0 and cache._engine.pins(count - 1) == 0
-        cache.check()
-    finally:
-        cache.close()
+    seen_in_flight = []
+    # Up to three fresh tries: on a 2-core machine, lavapipe's copy threads may now and then
+    # run the whole copy before this thread is scheduled again.
+    for _ in range(3):
+        cache = _make(request, vulkan_mode, 128 << 20, 128 << 20)
+        try:
+            keys = np.arange(count, dtype=np.uint64)
+            _fill_low_tier(cache, keys, size)
+            transfer = cache.promote_many(keys, wait=False)
+            in_flight = not transfer.done()
+            # The metadata is already the new one, and the keys are pinned meanwhile.
+            assert transfer.tiers.tolist() == [1] * count
+            assert all(cache.get(key).tier == 1 for key in keys.tolist())
+            if in_flight:
+                assert cache._engine.pins(0) == 1
+            assert transfer.wait()
+            assert transfer.done()
+            for key in keys.tolist():
+                assert raw_bytes(cache, key) == payload(key, size).tobytes()
+            assert cache._engine.pins(0) == 0 and cache._engine.pins(count - 1) == 0
+            cache.check()
+        finally:
+            cache.close()
+        seen_in_flight.append(in_flight)
+        if in_flight:
+            break
+    assert any(seen_in_flight), "the transfer was complete every time promote_many returned"
 
 
 def test_the_default_keeps_the_synchronous_result(request, mode):
