@@ -161,8 +161,26 @@ def test_misses_replaced_in_place_decide_as_the_general_path(policy, seed, lengt
     # the keys themselves come skewed, as caches see them.)
     trace = zipf_keys(length, universe=universe, seed=seed)
     weights = np.ones_like(trace) if sizes == "unit" else trace % 3 + 1
+    assert_in_place_agrees(policy, trace, weights, pinned, (24, 6))
+
+
+@pytest.mark.parametrize("policy", ALL)
+@pytest.mark.parametrize("skew", [0.8, 1.2])
+@pytest.mark.parametrize("capacities", [(300,), (300, 60)])
+def test_misses_replaced_in_place_decide_as_the_general_path_on_larger_tiers(policy, skew,
+                                                                           capacities):
+    # Tiers large enough for every segment to hold many entries, and long enough traces for
+    # every ghost list to fill, and no pins (which send every miss down the general path).
+    # With one tier, no promotion takes S3-FIFO's small entries away before they meet the move
+    # threshold.
+    trace = zipf_keys(20_000, universe=3000, seed=3, skew=skew)
+    assert_in_place_agrees(policy, trace, np.ones_like(trace), [], capacities)
+
+
+def assert_in_place_agrees(policy, trace, weights, pinned, capacities):
     evicted = []
-    caches = [vc.TieredCache([vc.CacheTier("slow", 24), vc.CacheTier("fast", 6)],
+    caches = [vc.TieredCache([vc.CacheTier(f"tier{index}", capacity)
+                              for index, capacity in enumerate(capacities)],
                              policy=policy(promote_threshold=2), on_evict=on_evict)
               for on_evict in (None, evicted.append)]
     for cache in caches:
@@ -173,7 +191,7 @@ def test_misses_replaced_in_place_decide_as_the_general_path(policy, seed, lengt
     for part in (slice(0, half), slice(half, None)):
         results = [cache.access_many(trace[part], weights[part]).tolist() for cache in caches]
         assert results[0] == results[1]
-        for tier in range(2):
+        for tier in range(len(capacities)):
             assert caches[0].tier_keys(tier) == caches[1].tier_keys(tier)
             assert caches[0].policy_info(tier) == caches[1].policy_info(tier)
         assert caches[0].counters() == caches[1].counters()

@@ -210,6 +210,15 @@ cdef void _ghost_link(Engine e, uint32_t slot, int tier, int which) noexcept nog
     """Make `slot` (off every list, filed in the map under its key, its size kept) the most
     recent ghost of list `which` of `tier`.  S3-FIFO's ghost FIFO then forgets its oldest keys
     until it fits its capacity."""
+    cdef PolicyState* ps = &e.pstate[tier]
+    _ghost_attach(e, slot, tier, which)
+    if e.policy_kind == PK_S3FIFO:
+        while ps.ghost_used[0] > ps.ghost_cap:
+            _ghost_remove(e, ps.ghost_tail[0])
+
+
+cdef inline void _ghost_attach(Engine e, uint32_t slot, int tier, int which) noexcept nogil:
+    """_ghost_link() without S3-FIFO's trimming, for callers that made the room."""
     cdef Slot* s = &e.slots[slot]
     cdef PolicyState* ps = &e.pstate[tier]
     s.tier = GHOST_TIER
@@ -225,9 +234,6 @@ cdef void _ghost_link(Engine e, uint32_t slot, int tier, int which) noexcept nog
     ps.ghost_used[which] += _charge(e, s.size)
     ps.ghost_count[which] += 1
     e.n_ghosts += 1
-    if e.policy_kind == PK_S3FIFO:
-        while ps.ghost_used[0] > ps.ghost_cap:
-            _ghost_remove(e, ps.ghost_tail[0])
 
 
 cdef void _ghost_push(Engine e, int tier, int which, uint64_t key, uint64_t size) noexcept nogil:
