@@ -386,8 +386,9 @@ cdef void _sketch_increment(Engine e, uint64_t key) noexcept nogil:
         for row in range(SKETCH_DEPTH):
             pick = h >> (32 + 8 * row)
             shift = ((pick >> 1) & 15) << 2
-            if ((block[2 * row + (pick & 1)] >> shift) & 15) != 15:
-                block[2 * row + (pick & 1)] += (<uint64_t>1) << shift
+            # A saturating increment without a branch: which counters are full is random.
+            block[2 * row + (pick & 1)] += (<uint64_t>(
+                ((block[2 * row + (pick & 1)] >> shift) & 15) != 15)) << shift
     e.sketch_additions += 1
     if e.sketch_additions >= e.sketch_sample:
         # Ageing: halve every counter and forget the doorkeeper, so that the sketch follows
