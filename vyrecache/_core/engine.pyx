@@ -563,11 +563,11 @@ cdef int _policy_replace(Engine e, uint64_t key, uint64_t size, uint64_t h, uint
         return STATUS_TOO_LARGE
     if e.policy_kind == PK_WTINYLFU:
         return _wtlfu_replace(e, key, size, h, gap, charge)
-    if ghost == VC_NIL and (_s3fifo_replace(e, key, size, h, gap, charge)
-                            if e.policy_kind == PK_S3FIFO else
-                            _arc_replace_in_place(e, key, size, h, gap, charge)
-                            if e.policy_kind == PK_ARC else False):
-        return 0
+    if ghost == VC_NIL:
+        if e.policy_kind == PK_S3FIFO and _s3fifo_replace(e, key, size, h, gap, charge):
+            return 0
+        if e.policy_kind == PK_ARC and _arc_replace_in_place(e, key, size, h, gap, charge):
+            return 0
     if e.policy_kind > PK_SIEVE:        # S3-FIFO and ARC: the ghost check
         # A victim that becomes a ghost keeps its slot, so the new entry may need another:
         # one free before anything changes (growing moves the array: nothing points into it yet).
@@ -680,18 +680,16 @@ cdef inline void _replace_remembering(Engine e, uint32_t victim, uint32_t ghost,
 cdef bint _s3fifo_replace(Engine e, uint64_t key, uint64_t size, uint64_t h, uint64_t gap,
                           uint64_t charge) noexcept nogil:
     """_policy_replace() for S3-FIFO's common miss, of a key it does not remember; False,
-    having changed nothing, unless it is small's turn to evict (main within its share) and
-    small's oldest entry leaves without a second chance into a full ghost FIFO, which then
-    forgets exactly its oldest key, and the new entry goes to small.  The new key takes that
-    forgotten key's slot: the general path takes the same one, just handed back."""
+    having changed nothing, unless it is small's turn to evict and small's oldest entry leaves
+    without a second chance into a full ghost FIFO, which then forgets exactly its oldest key.
+    The new key takes that forgotten key's slot: the general path takes the same one, just
+    handed back."""
     cdef TierState* t = &e.tier_state[0]
     cdef PolicyState* ps = &e.pstate[0]
-    cdef uint32_t victim, dropped
+    cdef uint32_t victim, dropped = ps.ghost_tail[0]
     cdef uint64_t victim_charge
     cdef Slot* s
-    dropped = ps.ghost_tail[0]
-    if (not ps.has_evicted or ps.seg_used[1] > ps.seg_cap[1] or ps.seg_used[0] == 0
-            or charge >= ps.seg_cap[0] or dropped == VC_NIL):
+    if not ps.has_evicted or _s3_mains_turn(ps) or dropped == VC_NIL:
         return False
     victim = ps.seg_head[1]
     victim = t.tail if victim == VC_NIL else e.slots[victim].prev      # small's oldest
@@ -699,7 +697,7 @@ cdef bint _s3fifo_replace(Engine e, uint64_t key, uint64_t size, uint64_t h, uin
     victim_charge = _charge(e, s.size)
     if (((s.flags & FREQ_MASK) >> FREQ_SHIFT) >= e.move_threshold
             or t.used - victim_charge > t.capacity - charge
-            or ps.ghost_cap < victim_charge
+            or not _s3_remembers(e, 0, victim_charge)
             or ps.ghost_used[0] + victim_charge <= ps.ghost_cap
             or ps.ghost_used[0] + victim_charge - _charge(e, e.slots[dropped].size) > ps.ghost_cap):
         return False
@@ -711,32 +709,18 @@ cdef bint _s3fifo_replace(Engine e, uint64_t key, uint64_t size, uint64_t h, uin
 cdef bint _arc_replace_in_place(Engine e, uint64_t key, uint64_t size, uint64_t h, uint64_t gap,
                                 uint64_t charge) noexcept nogil:
     """_policy_replace() for ARC's common miss, a key in neither ghost list (case IV); False,
-    having changed nothing, unless its directory is full, so that B1's or B2's oldest key is
+    having changed nothing, unless the directory is full, so that B1's or B2's oldest key is
     forgotten, and REPLACE's victim alone makes the room.  The new key takes the forgotten
     key's slot, as in _s3fifo_replace."""
     cdef TierState* t = &e.tier_state[0]
-    cdef PolicyState* ps = &e.pstate[0]
-    cdef uint64_t capacity = t.capacity
+    cdef int which, forgets = _arc_forgets(e, 0, charge)
     cdef uint32_t victim, dropped
-    cdef int which = 1
-    if ps.seg_used[0] + ps.ghost_used[0] + charge > capacity:              # case A
-        if ps.ghost_used[0] == 0:
-            return False
-        dropped = ps.ghost_tail[0]
-    elif (ps.seg_used[0] + ps.seg_used[1] + ps.ghost_used[0] + ps.ghost_used[1] >= 2 * capacity
-            and ps.ghost_used[1] > 0):                                   # case B
-        dropped = ps.ghost_tail[1]
-    else:
+    if forgets < 0:
         return False
-    # REPLACE as _arc_replace does it for an arrival from no ghost list, in a tier without pins.
-    if ps.seg_used[0] > 0 and <double>ps.seg_used[0] > ps.p or ps.seg_used[1] == 0:
-        which = 0
-    victim = _seg_oldest(e, 0, which)
-    if victim == VC_NIL:
-        which = 1 - which
-        victim = _seg_oldest(e, 0, which)
-    if victim == VC_NIL or t.used - _charge(e, e.slots[victim].size) > capacity - charge:
+    victim = _arc_choice(e, 0, &which)
+    if victim == VC_NIL or t.used - _charge(e, e.slots[victim].size) > t.capacity - charge:
         return False
+    dropped = e.pstate[0].ghost_tail[forgets]
     _ghost_unlink(e, dropped)
     _replace_through_ghost(e, victim, which, dropped, key, size, h, gap)
     return True
@@ -748,7 +732,7 @@ cdef inline void _replace_through_ghost(Engine e, uint32_t victim, int which, ui
     """The in-place miss of S3-FIFO and ARC: `victim`, tier 0's entry whose leaving makes the
     room, becomes the newest ghost of list `which` where it lies, and the new key takes the
     slot of `dropped`, a ghost already off its list that the policy forgets, and the free
-    bucket `gap` (in the order _take_over explains), at the newest end of segment 0."""
+    bucket `gap` (in the order _take_over explains), where the policy places it."""
     cdef TierState* t = &e.tier_state[0]
     cdef Slot* s = &e.slots[victim]
     cdef uint32_t predicted = s.prev        # the segment's next-oldest entry: the likely next victim
@@ -759,7 +743,7 @@ cdef inline void _replace_through_ghost(Engine e, uint32_t victim, int which, ui
     _map_erase_from(e, dropped, _hash(e.slots[dropped].key))
     _map_place(e, gap, dropped, h)
     _new_entry(&e.slots[dropped], key, size)
-    _seg_link(e, dropped, 0, 0)
+    _policy_place(e, dropped, 0)
     t.counters[COUNTER_INSERTS] += 1
     t.counters[COUNTER_BYTES_IN] += size
     # The victim became a ghost where it lies: its buckets stay, and the next victim's slot

@@ -37,6 +37,7 @@ cdef enum:
     MIN_GHOST_BUCKET_BITS = 6
     SKETCH_DEPTH = 4
     MIN_SKETCH_WORDS = 64
+    ARC_T1_FULL = -2        # _arc_forgets(): T1 alone fills the directory's first half
 
 POLICY_NAMES = ("lru", "fifo", "clock", "sieve", "s3fifo", "arc", "wtinylfu")
 
@@ -718,6 +719,16 @@ cdef inline void _remember(Engine e, int tier, uint32_t victim, int which) noexc
     e.pstate[tier].remember_list = which
 
 
+cdef inline bint _s3_mains_turn(PolicyState* ps) noexcept nogil:
+    """Whether S3-FIFO evicts from main (over its share, or small empty) rather than small."""
+    return ps.seg_used[1] > ps.seg_cap[1] or ps.seg_used[0] == 0
+
+
+cdef inline bint _s3_remembers(Engine e, int tier, uint64_t charge) noexcept nogil:
+    """Whether small's victim of `charge` bytes joins the ghost FIFO (it must fit there)."""
+    return e.pstate[tier].ghost_cap >= charge
+
+
 cdef uint32_t _s3_small_victim(Engine e, int tier, bint force) noexcept nogil:
     """S3-FIFO's small queue: its oldest entry leaves (into the ghost) unless it was accessed
     move_threshold times, which sends it to main; with `force`, the oldest leaves regardless."""
@@ -734,7 +745,7 @@ cdef uint32_t _s3_small_victim(Engine e, int tier, bint force) noexcept nogil:
             _seg_move(e, slot, 1)
             slot = prev
             continue
-        if e.pstate[tier].ghost_cap >= _charge(e, s.size):
+        if _s3_remembers(e, tier, _charge(e, s.size)):
             _remember(e, tier, slot, 0)
         return slot
     return VC_NIL
@@ -763,43 +774,60 @@ cdef uint32_t _s3_main_victim(Engine e, int tier) noexcept nogil:
 
 
 cdef uint32_t _arc_replace(Engine e, int tier) noexcept nogil:
-    """ARC's REPLACE: T1's LRU entry goes to B1 when T1 exceeds its target p (or meets it and
-    the arrival is a B2 hit) or T2 is empty, else T2's LRU entry goes to B2."""
-    cdef PolicyState* ps = &e.pstate[tier]
-    cdef double t1 = <double>ps.seg_used[0]
-    cdef uint32_t victim
-    cdef int which = 1
-    if (ps.seg_used[0] > 0 and (t1 > ps.p or (t1 == ps.p and ps.arriving == 2))
-            or ps.seg_used[1] == 0):
-        which = 0
-    victim = _seg_oldest_unpinned(e, tier, which)
-    if victim == VC_NIL:
-        which = 1 - which
-        victim = _seg_oldest_unpinned(e, tier, which)
+    """ARC's REPLACE: the victim _arc_choice names, remembered in its ghost list."""
+    cdef int which
+    cdef uint32_t victim = _arc_choice(e, tier, &which)
     if victim != VC_NIL:
         _remember(e, tier, victim, which)
     return victim
 
 
-cdef uint32_t _arc_victim(Engine e, int tier) noexcept nogil:
+cdef inline uint32_t _arc_choice(Engine e, int tier, int* which) noexcept nogil:
+    """REPLACE's victim: T1's LRU entry, bound for B1, when T1 exceeds its target p (or meets it
+    and the arrival is a B2 hit) or T2 is empty, else T2's LRU entry, bound for B2 (`which`)."""
+    cdef PolicyState* ps = &e.pstate[tier]
+    cdef double t1 = <double>ps.seg_used[0]
+    cdef uint32_t victim
+    which[0] = 1
+    if (ps.seg_used[0] > 0 and (t1 > ps.p or (t1 == ps.p and ps.arriving == 2))
+            or ps.seg_used[1] == 0):
+        which[0] = 0
+    victim = _seg_oldest_unpinned(e, tier, which[0])
+    if victim == VC_NIL:
+        which[0] = 1 - which[0]
+        victim = _seg_oldest_unpinned(e, tier, which[0])
+    return victim
+
+
+cdef inline int _arc_forgets(Engine e, int tier, uint64_t incoming) noexcept nogil:
+    """The ghost list whose oldest key a miss in both (case IV) forgets to make room in the
+    directory for `incoming` bytes: 0 (B1, case A), 1 (B2, case B), -1 for none, ARC_T1_FULL when
+    T1 and B1 hold c pages with B1 empty (T1's oldest then leaves unremembered)."""
     cdef PolicyState* ps = &e.pstate[tier]
     cdef uint64_t capacity = e.tier_state[tier].capacity
-    cdef uint32_t victim
-    if ps.arriving:
-        return _arc_replace(e, tier)                    # a ghost hit: cases II and III
-    # Case IV, a miss everywhere.
-    if ps.seg_used[0] + ps.ghost_used[0] + ps.incoming > capacity:
+    if ps.seg_used[0] + ps.ghost_used[0] + incoming > capacity:
         # Case A: T1 and B1 hold c pages.  Testing B1 for emptiness rather than T1 < c also
         # holds for entries of different sizes (libCacheSim does the same).
-        if ps.ghost_used[0] > 0:
-            _ghost_remove(e, ps.ghost_tail[0])
-            return _arc_replace(e, tier)
-        victim = _seg_oldest_unpinned(e, tier, 0)       # T1 holds everything: it leaves unseen
-        return victim if victim != VC_NIL else _seg_oldest_unpinned(e, tier, 1)
+        return 0 if ps.ghost_used[0] > 0 else ARC_T1_FULL
     # Case B: the directory holds 2c pages, B2's oldest goes.
     if (ps.seg_used[0] + ps.seg_used[1] + ps.ghost_used[0] + ps.ghost_used[1] >= 2 * capacity
             and ps.ghost_used[1] > 0):
-        _ghost_remove(e, ps.ghost_tail[1])
+        return 1
+    return -1
+
+
+cdef uint32_t _arc_victim(Engine e, int tier) noexcept nogil:
+    cdef PolicyState* ps = &e.pstate[tier]
+    cdef uint32_t victim
+    cdef int forgets
+    if ps.arriving:
+        return _arc_replace(e, tier)                    # a ghost hit: cases II and III
+    forgets = _arc_forgets(e, tier, ps.incoming)        # case IV, a miss everywhere
+    if forgets == ARC_T1_FULL:
+        victim = _seg_oldest_unpinned(e, tier, 0)
+        return victim if victim != VC_NIL else _seg_oldest_unpinned(e, tier, 1)
+    if forgets >= 0:
+        _ghost_remove(e, ps.ghost_tail[forgets])
     return _arc_replace(e, tier)
 
 
@@ -853,7 +881,7 @@ cdef uint32_t _policy_victim(Engine e, int tier) noexcept nogil:
         return _sieve_victim(e, tier)
     if kind == PK_S3FIFO:
         ps.has_evicted = True
-        if ps.seg_used[1] > ps.seg_cap[1] or ps.seg_used[0] == 0:
+        if _s3_mains_turn(ps):
             victim = _s3_main_victim(e, tier)
             return victim if victim != VC_NIL else _s3_small_victim(e, tier, True)
         victim = _s3_small_victim(e, tier, False)
