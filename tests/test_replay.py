@@ -3,6 +3,8 @@
 import gzip
 import json
 import lzma
+import signal
+import threading
 
 import numpy as np
 import pytest
@@ -12,8 +14,9 @@ from hypothesis import strategies as st
 from traces_dir import trace_path
 from vyrecache._core.belady import belady_hits
 from vyrecache.cli import main
-from vyrecache.replay import opt_hits, prefix_usable_hits, replay
-from vyrecache.traces import read_trace
+from vyrecache.replay import (BATCH, POLICIES, opt_hits, parse_jobs, prefix_usable_hits, replay,
+                              replay_grid)
+from vyrecache.traces import Trace, read_trace
 
 
 def brute_force_opt(keys, capacity):
@@ -115,6 +118,7 @@ def test_mooncake_blocks_and_request_starts(tmp_path):
     (["--tiers", "50%,20%"], "add up to 70%"),
     (["--tiers", "80,20"], "invalid tier share '80'"),
     (["--format", "csv"], "not an integer"),
+    (["--jobs", "0"], "invalid jobs value 0"),
 ])
 def test_bad_arguments_name_the_value_and_the_fix(tmp_path, capsys, args, words):
     path = write(tmp_path / "t.txt", "1\n2\n1\n")
@@ -137,7 +141,7 @@ def test_help_lists_every_option(capsys):
     with pytest.raises(SystemExit):
         main(["replay", "--help"])
     out = capsys.readouterr().out
-    for option in ("--format", "--policy", "--size", "--tiers", "--plot", "--json"):
+    for option in ("--format", "--policy", "--size", "--tiers", "--plot", "--jobs", "--json"):
         assert option in out
 
 
@@ -184,3 +188,91 @@ def test_replay_matches_the_cache_it_drives():
     trace = read_trace(path)
     result = replay(trace, "sieve", 707)
     assert result.hits == 109234        # libCacheSim's Sieve on the same keys and size
+
+
+def zipf_trace(requests, seed=0, starts=False):
+    keys = (np.random.default_rng(seed).zipf(1.2, requests) % 20_000).astype(np.uint64)
+    request_starts = np.arange(0, requests, 7, dtype=np.int64) if starts else None
+    return Trace("zipf", "text", keys, request_starts=request_starts)
+
+
+def replay_threads():
+    return [thread for thread in threading.enumerate()
+            if thread.name.startswith("vyrecache-replay")]
+
+
+def test_a_grid_on_threads_gives_each_replay_s_own_results_in_order():
+    trace = zipf_trace(150_000, starts=True)
+    capacities = [50, 2_000, 9_000]
+    names = list(POLICIES)
+    alone = [[replay(trace, name, capacity, [0.7, 0.3]) for name in names]
+             for capacity in capacities]
+    for jobs in (1, 3):
+        grid = replay_grid(trace, names, capacities, tiers=[0.7, 0.3], jobs=jobs)
+        assert [point.capacity for point in grid] == capacities
+        for point, expected in zip(grid, alone):
+            assert (point.opt_hits, point.opt_exact) == opt_hits(trace, point.capacity)
+            assert point.opt_hit_ratio == point.opt_hits / len(trace)
+            assert [(r.policy, r.hits, r.tier_hits, r.prefix_hits) for r in point.results] == [
+                (r.policy, r.hits, r.tier_hits, r.prefix_hits) for r in expected]
+    assert not replay_threads()
+
+
+def test_a_failing_replay_stops_the_whole_grid_and_raises_its_error():
+    trace = zipf_trace(20 * BATCH)
+    calls = []
+
+    def progress(count):
+        calls.append(count)
+        if len(calls) == 3:
+            raise RuntimeError("progress sink failed")
+    with pytest.raises(RuntimeError, match="progress sink failed"):
+        replay_grid(trace, list(POLICIES), [100, 1_000], jobs=2, progress=progress)
+    assert not replay_threads()
+    # Every replay stopped at its next batch: far fewer than the grid's 14 * 20 batches ran.
+    assert len(calls) < 3 + 2 * 2
+
+
+def test_ctrl_c_during_a_grid_stops_every_replay_and_leaves_no_thread():
+    trace = zipf_trace(20 * BATCH)
+    calls = []
+    main_thread = threading.main_thread().ident
+
+    def progress(count):
+        calls.append(count)
+        if len(calls) == 2:     # a real SIGINT, at the thread that waits for the grid
+            signal.pthread_kill(main_thread, signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        replay_grid(trace, list(POLICIES), [100, 1_000], jobs=2, progress=progress)
+    assert not replay_threads()
+    assert sum(calls) < 14 * len(trace) // 2
+
+
+@pytest.mark.parametrize("jobs", [0, -2, 1.5, True, "2"])
+def test_bad_jobs_name_the_value_and_the_fix(jobs):
+    with pytest.raises(ValueError, match=rf"invalid jobs value {jobs!r}.*Fix:"):
+        parse_jobs(jobs)
+    with pytest.raises(ValueError, match="invalid jobs value"):
+        replay_grid(zipf_trace(100), ["lru"], [10], jobs=jobs)
+
+
+def test_the_command_gives_the_same_table_on_any_number_of_threads(tmp_path, capsys):
+    keys = np.random.default_rng(1).zipf(1.3, 30_000) % 3_000
+    path = write(tmp_path / "z.txt", "\n".join(map(str, keys)) + "\n")
+    outputs = []
+    for jobs in ("1", "2"):
+        assert main(["replay", str(path), "--jobs", jobs, "--json"]) == 0
+        [report] = json.loads(capsys.readouterr().out)
+        for size in report["sizes"]:
+            for result in size["policies"]:
+                del result["seconds"]
+        outputs.append(report)
+    assert outputs[0] == outputs[1]
+
+
+def test_opt_with_the_next_uses_of_other_keys_says_how_to_fix():
+    from vyrecache._core.belady import next_uses
+    keys = np.array([1, 2, 1, 3, 2], dtype=np.uint64)
+    assert belady_hits(keys, None, 2, next_uses(keys)).tolist() == belady_hits(keys, None, 2).tolist()
+    with pytest.raises(ValueError, match=r"uses holds next and previous uses of 4 .*Fix:"):
+        belady_hits(keys, None, 2, next_uses(keys[:-1]))

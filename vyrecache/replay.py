@@ -5,23 +5,30 @@ policy, in batched ``access_many`` calls, and returns a :class:`ReplayResult`: t
 each tier's share of the hits (with ``tiers``), and for Mooncake traces the prefix-usable hit
 ratio (a request can reuse its KV-cache blocks only up to its first missing one).
 ``opt_hits(trace, capacity)`` is Belady's MIN with bypass: exact with unit sizes, a lower
-bound on OPT with byte sizes.
+bound on OPT with byte sizes.  ``replay_grid(trace, policies, capacities, jobs=N)`` runs every
+policy at every capacity and OPT at each, on N threads: each replay drives a cache of its own
+and the engine's batch calls and OPT run without the GIL, so the replays of a grid run side by
+side on as many cores.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ._core.belady import belady_hits
+from ._core.belady import belady_hits, next_uses
 from .cache import POLICIES, CacheTier, TieredCache, TierPolicy
 from .traces import Trace
 
-__all__ = ["ReplayResult", "replay", "opt_hits", "prefix_usable_hits", "parse_cache_sizes",
-           "parse_tier_split", "make_policy", "policy_names", "BATCH"]
+__all__ = ["ReplayResult", "GridPoint", "replay", "replay_grid", "opt_hits", "prefix_usable_hits",
+           "parse_cache_sizes", "parse_tier_split", "parse_jobs", "available_cpus", "make_policy",
+           "policy_names", "BATCH"]
 
 #: Keys per access_many call: large enough that the call's cost vanishes, small enough for a
 #: progress bar to move.
@@ -166,8 +173,113 @@ def replay(trace: Trace, policy: str | TierPolicy, capacity: int,
     return ReplayResult(trace.path, name, capacity, n, hits, tier_hits, prefix, seconds)
 
 
-def opt_hits(trace: Trace, capacity: int, use_sizes: bool = False) -> tuple[int, bool]:
+def opt_hits(trace: Trace, capacity: int, use_sizes: bool = False,
+             uses: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[int, bool]:
     """Belady's MIN with bypass: (hits, exact).  Exact with unit sizes; with byte sizes the
-    schedule is feasible, so the hits are a lower bound on OPT's (exact is then False)."""
+    schedule is feasible, so the hits are a lower bound on OPT's (exact is then False).
+    `uses`: ``next_uses(trace.keys)``, when the caller computes OPT at several capacities."""
     sizes = trace.sizes if use_sizes and trace.sizes is not None else None
-    return int(belady_hits(trace.keys, sizes, capacity).sum()), sizes is None
+    return int(belady_hits(trace.keys, sizes, capacity, uses).sum()), sizes is None
+
+
+@dataclass
+class GridPoint:
+    """One capacity of a replay grid: OPT's hits there and each policy's replay."""
+
+    capacity: int
+    opt_hits: int
+    opt_exact: bool
+    results: list[ReplayResult]
+
+    @property
+    def opt_hit_ratio(self) -> float:
+        requests = self.results[0].requests if self.results else 0
+        return self.opt_hits / requests if requests else 0.0
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def parse_jobs(value: int | None) -> int:
+    """A thread count for replay_grid: None means every available CPU; ValueError below 1."""
+    if value is None:
+        return available_cpus()
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"invalid jobs value {value!r} (threads to replay on). Fix: give 1 or "
+                         f"more, or leave it out to use every CPU ({available_cpus()} here).")
+    return value
+
+
+class _Stopped(Exception):
+    """Raised inside a grid's replays once the grid is abandoned (an error elsewhere, Ctrl-C)."""
+
+
+def _abandon(stop: threading.Event, futures: list[Future]) -> None:
+    """Stop a grid: replays not started never start, running ones stop at their next batch."""
+    stop.set()
+    for future in futures:
+        future.cancel()
+
+
+def replay_grid(trace: Trace, policies: Sequence[str], capacities: Sequence[int],
+                tiers: list[float] | None = None, use_sizes: bool = False,
+                jobs: int | None = None,
+                progress: Callable[[int], Any] | None = None) -> list[GridPoint]:
+    """Replay `trace` with every policy at every capacity and compute OPT at each, on `jobs`
+    threads (default: every available CPU); the points in the order of `capacities`, each
+    with its results in the order of `policies`, the same for any number of threads.
+
+    `progress` is called with each batch's request count, from one thread at a time.  When a
+    replay raises or the caller is interrupted (KeyboardInterrupt), the other replays stop at
+    their next batch (an OPT computation already running finishes first) and the exception
+    propagates with no thread left running."""
+    jobs = parse_jobs(jobs)
+    names = list(policies)
+    sizes = list(capacities)
+    stop = threading.Event()
+    report_lock = threading.Lock()
+    uses = next_uses(trace.keys) if sizes else None
+
+    def report(count: int) -> None:
+        if stop.is_set():
+            raise _Stopped
+        if progress is not None:
+            with report_lock:
+                progress(count)
+
+    def run(task: tuple[str | None, int]) -> Any:
+        name, capacity = task
+        if stop.is_set():
+            raise _Stopped
+        if name is None:
+            return opt_hits(trace, capacity, use_sizes, uses)
+        return replay(trace, name, capacity, tiers, use_sizes, report)
+
+    # OPT first: it cannot stop half-way, and it takes about as long as a replay.
+    tasks: list[tuple[str | None, int]] = [(None, capacity) for capacity in sizes]
+    tasks += [(name, capacity) for capacity in sizes for name in names]
+    if jobs == 1 or len(tasks) <= 1:
+        outcomes = [run(task) for task in tasks]
+    else:
+        with ThreadPoolExecutor(max_workers=min(jobs, len(tasks)),
+                                thread_name_prefix="vyrecache-replay") as pool:
+            futures = [pool.submit(run, task) for task in tasks]
+            try:
+                wait(futures, return_when=FIRST_EXCEPTION)
+            except BaseException:           # Ctrl-C while waiting
+                _abandon(stop, futures)
+                raise
+            failed = [future for future in futures
+                      if future.done() and not future.cancelled() and future.exception()]
+            if failed:
+                _abandon(stop, futures)
+                raise failed[0].exception()     # type: ignore[misc]
+            outcomes = [future.result() for future in futures]
+    opts, replays = outcomes[:len(sizes)], outcomes[len(sizes):]
+    return [GridPoint(capacity, opts[index][0], opts[index][1],
+                      replays[index * len(names):(index + 1) * len(names)])
+            for index, capacity in enumerate(sizes)]

@@ -71,11 +71,17 @@ def next_uses(keys):
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def belady_hits(keys, sizes, uint64_t capacity):
+def belady_hits(keys, sizes, uint64_t capacity, uses=None):
     """Hits of Belady's MIN with bypass on `keys` (uint64), with `sizes` (an array, or None
-    for one unit each) and a cache of `capacity` units; returns a bool array, True per hit."""
-    following, previous = next_uses(keys)
+    for one unit each) and a cache of `capacity` units; returns a bool array, True per hit.
+    `uses` is next_uses(keys) when the caller has it already (it is the same for every
+    capacity, and the sort is most of the time of a short run)."""
+    following, previous = next_uses(keys) if uses is None else uses
     cdef Py_ssize_t n = following.shape[0], i, top
+    if previous.shape[0] != n or np.size(keys) != n:
+        raise ValueError(f"uses holds next and previous uses of {n} and {previous.shape[0]} "
+                         f"requests for {np.size(keys)} keys. Fix: pass next_uses(keys) of "
+                         f"these keys, or leave uses out.")
     size_array = (np.ones(n, dtype=np.uint64) if sizes is None
                   else np.ascontiguousarray(sizes, dtype=np.uint64))
     if size_array.shape[0] != n:

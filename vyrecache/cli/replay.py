@@ -5,7 +5,8 @@ through a live TieredCache per policy and cache size in batched calls.  The tabl
 ratio of each policy per size and OPT beside it (exact with unit sizes; with the byte sizes of
 a CSV size column, a lower bound on OPT, marked ``>=``); ``--tiers`` also shows each tier's
 share of the hits; Mooncake traces also show the prefix-usable hit ratio (the hits before each
-request's first missing block, the blocks an inference server can actually reuse).
+request's first missing block, the blocks an inference server can actually reuse).  The
+replays of a trace run on ``--jobs`` threads (default: every CPU), one cache each.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def register(commands: Any) -> None:
     parser.add_argument("--plot", type=Path, default=None, metavar="OUT.png",
                         help="draw hit ratio against cache size per policy, with OPT "
                              "(needs matplotlib: pip install vyrecache[plot])")
+    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help="replay on N threads, one cache each (default: every CPU)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.set_defaults(run=run)
 
@@ -64,12 +67,14 @@ def run(args: argparse.Namespace) -> int:
     """Run ``vyrecache replay``; returns the exit status."""
     from tqdm import tqdm
 
-    from ..replay import (opt_hits, parse_cache_sizes, parse_tier_split, policy_names, replay)
+    from ..replay import (parse_cache_sizes, parse_jobs, parse_tier_split, policy_names,
+                          replay_grid)
     from ..traces import read_trace
 
     try:
         names = policy_names(args.policy)
         tiers = parse_tier_split(args.tiers) if args.tiers else None
+        jobs = parse_jobs(args.jobs)
     except ValueError as exc:
         raise CommandError(str(exc), status=2) from None
     if args.plot is not None:
@@ -102,13 +107,10 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(total=total, unit="req", unit_scale=True, desc="replay", leave=False,
               disable=total < 2_000_000) as bar:
         for trace, use_sizes, sizes, whole in loaded:
-            runs = []
-            for capacity in sizes:
-                hits, exact = opt_hits(trace, capacity, use_sizes)
-                results = [replay(trace, name, capacity, tiers, use_sizes, bar.update)
-                           for name in names]
-                runs.append({"capacity": capacity, "opt_hits": hits, "opt_exact": exact,
-                             "opt_hit_ratio": hits / len(trace), "results": results})
+            grid = replay_grid(trace, names, sizes, tiers, use_sizes, jobs, bar.update)
+            runs = [{"capacity": point.capacity, "opt_hits": point.opt_hits,
+                     "opt_exact": point.opt_exact, "opt_hit_ratio": point.opt_hits / len(trace),
+                     "results": point.results} for point in grid]
             reports.append({"trace": trace, "use_sizes": use_sizes, "whole": whole,
                             "runs": runs})
 
