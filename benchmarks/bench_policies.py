@@ -7,6 +7,9 @@
    oracleGeneral file and policy, end to end from the file (floor: at least 5x faster).
 3. Hit ratios: every policy and Belady's OPT at 1%, 10% and 30% of the unique keys of every
    shared trace, and how close adaptive W-TinyLFU gets to the best other policy at each point.
+4. A replay grid (every policy and OPT at 1%, 10% and 30%, as ``vyrecache replay`` runs it) one
+   replay after another as the command used to, and with ``replay_grid`` on one thread and on
+   every CPU, in wall time.
 
 ``--lru-baseline DIR`` also times LRU on the engine extension found in DIR (a build of an
 earlier commit) against this one, interleaved, to show that the LRU path did not slow down.
@@ -26,12 +29,13 @@ import numpy as np
 
 import vyrecache as vc
 from vyrecache._core import engine as current_engine
-from vyrecache.replay import opt_hits, replay
+from vyrecache.replay import available_cpus, opt_hits, replay, replay_grid
 from vyrecache.traces import read_trace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_core import TIER0, TIER1, cpu_model, zipf_trace  # noqa: E402
-from harness import CLOCKS, add_clock_argument, add_json_argument, interleaved_best, write_json  # noqa: E402
+from harness import (CLOCKS, WALL_TIME, add_clock_argument, add_json_argument,  # noqa: E402
+                     interleaved_best, write_json)
 
 POLICIES = [vc.LruPolicy, vc.FifoPolicy, vc.ClockPolicy, vc.SievePolicy, vc.S3FifoPolicy,
             vc.ArcPolicy, vc.WTinyLfuPolicy]
@@ -156,6 +160,44 @@ def replay_speed(traces_dir: Path, repeat: int, clock):
                                 "rows": rows}}
 
 
+GRID_TRACES = ["scarab_recs.trace.xz", "mooncake_conversation_trace.jsonl"]
+
+
+def replay_grid_speed(traces_dir: Path, repeat: int):
+    names = [policy.name for policy in POLICIES]
+    cpus = available_cpus()
+    print(f"replay grid: {len(names)} policies and OPT at 1%, 10% and 30% of the unique keys, "
+          f"wall time, best of {repeat}, {cpus} CPUs")
+    print(f"{'trace':36} {'one by one':>11} {'grid, 1 thread':>15} {f'grid, {cpus} threads':>17}"
+          f" {'speed-up':>9}")
+    rows = []
+    for name in GRID_TRACES:
+        path = traces_dir / name
+        if not path.is_file():
+            print(f"{name:36} (absent)")
+            continue
+        trace = read_trace(path)
+        sizes = [max(1, int(trace.unique_keys * fraction)) for fraction in (0.01, 0.1, 0.3)]
+
+        def one_by_one(trace=trace, sizes=sizes):
+            for size in sizes:
+                opt_hits(trace, size)
+                for policy in names:
+                    replay(trace, policy, size)
+
+        def grid(jobs, trace=trace, sizes=sizes):
+            return lambda: replay_grid(trace, names, sizes, jobs=jobs)
+        sequential, single, threaded = interleaved_best([one_by_one, grid(1), grid(cpus)], repeat,
+                                                        WALL_TIME)
+        print(f"{name[:36]:36} {sequential * 1e3:8.0f} ms {single * 1e3:12.0f} ms "
+              f"{threaded * 1e3:14.0f} ms {sequential / threaded:8.2f}x")
+        rows.append([name, f"{len(trace):,}", f"{sequential * 1e3:.0f} ms", f"{single * 1e3:.0f} ms",
+                     f"{threaded * 1e3:.0f} ms", f"{sequential / threaded:.2f}x"])
+    print()
+    return {"policies-grid": {"columns": ["trace", "requests", "one by one", "grid, 1 thread",
+                                          f"grid, {cpus} threads", "speed-up"], "rows": rows}}
+
+
 def hit_ratio_table(traces_dir: Path):
     names = [policy.name for policy in POLICIES]
     print("hit ratio (%) per trace and cache size (% of unique keys), unit sizes; gap = "
@@ -191,7 +233,8 @@ def main() -> None:
     parser.add_argument("--traces", type=Path,
                         default=Path(__file__).resolve().parents[1].parent / "shared" / "traces")
     parser.add_argument("--lru-baseline", type=Path, default=None, metavar="DIR")
-    parser.add_argument("--only", choices=["cost", "baseline", "replay", "table"], default=None)
+    parser.add_argument("--only", choices=["cost", "baseline", "replay", "table", "grid"],
+                        default=None)
     add_clock_argument(parser, default="cpu")
     add_json_argument(parser)
     args = parser.parse_args()
@@ -210,6 +253,8 @@ def main() -> None:
         tables.update(replay_speed(args.traces, repeat, clock))
     if args.only in (None, "table"):
         tables.update(hit_ratio_table(args.traces))
+    if args.only in (None, "grid"):
+        tables.update(replay_grid_speed(args.traces, max(1, repeat // 2)))
     write_json(args.json, "bench_policies", {"clock": args.clock, "repeat": repeat, "tables": tables})
 
 
