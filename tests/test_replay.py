@@ -248,6 +248,14 @@ def test_ctrl_c_during_a_grid_stops_every_replay_and_leaves_no_thread():
     assert sum(calls) < 14 * len(trace) // 2
 
 
+def test_a_grid_of_no_policies_or_no_sizes_still_gives_opt_or_nothing():
+    trace = zipf_trace(5_000)
+    [point] = replay_grid(trace, [], [300], jobs=2)
+    assert (point.capacity, point.requests, point.results) == (300, 5_000, [])
+    assert point.opt_hit_ratio == opt_hits(trace, 300)[0] / 5_000
+    assert replay_grid(trace, list(POLICIES), [], jobs=2) == []
+
+
 @pytest.mark.parametrize("jobs", [0, -2, 1.5, True, "2"])
 def test_bad_jobs_name_the_value_and_the_fix(jobs):
     with pytest.raises(ValueError, match=rf"invalid jobs value {jobs!r}.*Fix:"):

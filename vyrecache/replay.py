@@ -187,14 +187,14 @@ class GridPoint:
     """One capacity of a replay grid: OPT's hits there and each policy's replay."""
 
     capacity: int
+    requests: int
     opt_hits: int
     opt_exact: bool
     results: list[ReplayResult]
 
     @property
     def opt_hit_ratio(self) -> float:
-        requests = self.results[0].requests if self.results else 0
-        return self.opt_hits / requests if requests else 0.0
+        return self.opt_hits / self.requests if self.requests else 0.0
 
 
 def available_cpus() -> int:
@@ -236,7 +236,9 @@ def replay_grid(trace: Trace, policies: Sequence[str], capacities: Sequence[int]
     `progress` is called with each batch's request count, from one thread at a time.  When a
     replay raises or the caller is interrupted (KeyboardInterrupt), the other replays stop at
     their next batch (an OPT computation already running finishes first) and the exception
-    propagates with no thread left running."""
+    propagates with no thread left running.  OPT's sizes are computed one after another on one
+    of the threads, beside the replays, so that the grid holds no more memory for OPT than a
+    single computation of it does."""
     jobs = parse_jobs(jobs)
     names = list(policies)
     sizes = list(capacities)
@@ -251,16 +253,26 @@ def replay_grid(trace: Trace, policies: Sequence[str], capacities: Sequence[int]
             with report_lock:
                 progress(count)
 
+    def optimal() -> list[tuple[int, bool]]:
+        # Every size's OPT in one task, so that one OPT's arrays (17 bytes a request) are held
+        # at a time, as in a replay one after another.
+        results = []
+        for capacity in sizes:
+            if stop.is_set():
+                raise _Stopped
+            results.append(opt_hits(trace, capacity, use_sizes, uses))
+        return results
+
     def run(task: tuple[str | None, int]) -> Any:
         name, capacity = task
         if stop.is_set():
             raise _Stopped
         if name is None:
-            return opt_hits(trace, capacity, use_sizes, uses)
+            return optimal()
         return replay(trace, name, capacity, tiers, use_sizes, report)
 
-    # OPT first: it cannot stop half-way, and it takes about as long as a replay.
-    tasks: list[tuple[str | None, int]] = [(None, capacity) for capacity in sizes]
+    # OPT first: it runs beside the replays, on one thread.
+    tasks: list[tuple[str | None, int]] = [(None, 0)] if sizes else []
     tasks += [(name, capacity) for capacity in sizes for name in names]
     if jobs == 1 or len(tasks) <= 1:
         outcomes = [run(task) for task in tasks]
@@ -279,7 +291,7 @@ def replay_grid(trace: Trace, policies: Sequence[str], capacities: Sequence[int]
                 _abandon(stop, futures)
                 raise failed[0].exception()     # type: ignore[misc]
             outcomes = [future.result() for future in futures]
-    opts, replays = outcomes[:len(sizes)], outcomes[len(sizes):]
-    return [GridPoint(capacity, opts[index][0], opts[index][1],
+    opts, replays = (outcomes[0], outcomes[1:]) if sizes else ([], [])
+    return [GridPoint(capacity, len(trace), opts[index][0], opts[index][1],
                       replays[index * len(names):(index + 1) * len(names)])
             for index, capacity in enumerate(sizes)]

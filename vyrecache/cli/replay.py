@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         for trace, use_sizes, sizes, whole in loaded:
             grid = replay_grid(trace, names, sizes, tiers, use_sizes, jobs, bar.update)
             runs = [{"capacity": point.capacity, "opt_hits": point.opt_hits,
-                     "opt_exact": point.opt_exact, "opt_hit_ratio": point.opt_hits / len(trace),
+                     "opt_exact": point.opt_exact, "opt_hit_ratio": point.opt_hit_ratio,
                      "results": point.results} for point in grid]
             reports.append({"trace": trace, "use_sizes": use_sizes, "whole": whole,
                             "runs": runs})
