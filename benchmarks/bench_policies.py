@@ -10,6 +10,8 @@
 4. A replay grid (every policy and OPT at 1%, 10% and 30%, as ``vyrecache replay`` runs it) one
    replay after another as the command used to, and with ``replay_grid`` on one thread and on
    every CPU, in wall time.
+5. Reading the text traces: the C parser of plain decimal lines against the line-by-line reader
+   it stands in front of, on the same decompressed bytes.
 
 ``--lru-baseline DIR`` also times LRU on the engine extension found in DIR (a build of an
 earlier commit) against this one, interleaved, to show that the LRU path did not slow down.
@@ -198,6 +200,39 @@ def replay_grid_speed(traces_dir: Path, repeat: int):
                                           f"grid, {cpus} threads", "speed-up"], "rows": rows}}
 
 
+TEXT_TRACES = ["lirs_loop.trace.gz", "lirs_sprite.trace.gz", "lirs_multi2.trace.gz"]
+
+
+def trace_reading_speed(traces_dir: Path, repeat: int, clock):
+    from vyrecache import traces
+    print(f"reading text traces, the same decompressed bytes, best of {repeat}")
+    print(f"{'trace':36} {'requests':>9} {'line by line':>13} {'plain decimal':>14} {'speed-up':>9}")
+    rows = []
+    for name in TEXT_TRACES:
+        path = traces_dir / name
+        if not path.is_file():
+            print(f"{name:36} (absent)")
+            continue
+        data = traces._open_bytes(path)
+        fast = traces._plain_decimal_keys(data, True)
+        if fast is None:
+            raise SystemExit(f"{name} is not plain decimal lines; the fast reader declined it")
+
+        def by_line(data=data, path=path):
+            traces._text_keys_by_line(path, data, True)
+
+        def plain(data=data):
+            traces._plain_decimal_keys(data, True)
+        slow_s, fast_s = interleaved_best([by_line, plain], repeat, clock)
+        print(f"{name:36} {fast.size:9,} {slow_s * 1e3:10.1f} ms {fast_s * 1e3:11.1f} ms "
+              f"{slow_s / fast_s:8.1f}x")
+        rows.append([name, f"{fast.size:,}", f"{slow_s * 1e3:.1f} ms", f"{fast_s * 1e3:.1f} ms",
+                     f"{slow_s / fast_s:.1f}x"])
+    print()
+    return {"policies-trace-reading": {"columns": ["trace", "requests", "line by line",
+                                                   "plain decimal", "speed-up"], "rows": rows}}
+
+
 def hit_ratio_table(traces_dir: Path):
     names = [policy.name for policy in POLICIES]
     print("hit ratio (%) per trace and cache size (% of unique keys), unit sizes; gap = "
@@ -233,7 +268,7 @@ def main() -> None:
     parser.add_argument("--traces", type=Path,
                         default=Path(__file__).resolve().parents[1].parent / "shared" / "traces")
     parser.add_argument("--lru-baseline", type=Path, default=None, metavar="DIR")
-    parser.add_argument("--only", choices=["cost", "baseline", "replay", "table", "grid"],
+    parser.add_argument("--only", choices=["cost", "baseline", "replay", "table", "grid", "read"],
                         default=None)
     add_clock_argument(parser, default="cpu")
     add_json_argument(parser)
@@ -255,6 +290,8 @@ def main() -> None:
         tables.update(hit_ratio_table(args.traces))
     if args.only in (None, "grid"):
         tables.update(replay_grid_speed(args.traces, max(1, repeat // 2)))
+    if args.only in (None, "read"):
+        tables.update(trace_reading_speed(args.traces, repeat, clock))
     write_json(args.json, "bench_policies", {"clock": args.clock, "repeat": repeat, "tables": tables})
 
 

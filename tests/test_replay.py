@@ -1,6 +1,7 @@
 """``vyrecache replay``, the trace readers and Belady's OPT."""
 
 import gzip
+from pathlib import Path
 import json
 import lzma
 import signal
@@ -284,3 +285,36 @@ def test_opt_with_the_next_uses_of_other_keys_says_how_to_fix():
     assert belady_hits(keys, None, 2, next_uses(keys)).tolist() == belady_hits(keys, None, 2).tolist()
     with pytest.raises(ValueError, match=r"uses holds next and previous uses of 4 .*Fix:"):
         belady_hits(keys, None, 2, next_uses(keys[:-1]))
+
+
+def text_keys_or_error(reader, data, skip_star):
+    try:
+        return reader(Path("t.txt"), data, skip_star).tolist()
+    except ValueError as error:
+        return str(error)
+
+
+line_text = st.one_of(
+    st.integers(0, 2**64 + 5).map(str), st.integers(-5, -1).map(str),
+    st.sampled_from(["*", " * ", "", "\r", "007", "12\r34", "1*2", "1 2", " 8", "a", "ä", "9\t"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(line_text, max_size=12), ending=st.sampled_from(["\n", "\r\n"]),
+       last=st.booleans(), skip_star=st.booleans())
+def test_the_fast_text_reader_reads_every_file_as_the_line_reader_does(lines, ending, last,
+                                                                       skip_star):
+    from vyrecache import traces
+    data = (ending.join(lines) + (ending if last else "")).encode()
+    assert (text_keys_or_error(traces._text_keys, data, skip_star)
+            == text_keys_or_error(traces._text_keys_by_line, data, skip_star))
+
+
+@pytest.mark.parametrize("text, fast", [
+    ("0\r\n1\r\n*\r\n2\r\n", True), ("5\n\n7\n", True), (f"{2**64 - 2}\n", True),
+    (f"{2**64 - 1}\n", False), (f"{2**64}\n", False), ("1 2\n", False), ("12\r34\n", False),
+    ("1*2\n", False), ("-3\n", False), ("", False), ("\r\n\n", False),
+])
+def test_which_files_the_fast_text_reader_takes(text, fast):
+    from vyrecache import traces
+    assert (traces._plain_decimal_keys(text.encode(), True) is not None) == fast

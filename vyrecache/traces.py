@@ -25,6 +25,7 @@ import io
 import json
 import lzma
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +48,9 @@ class Trace:
     sizes: np.ndarray | None = None
     request_starts: np.ndarray | None = None
 
-    @property
+    @cached_property
     def unique_keys(self) -> int:
+        # A sort of the whole trace (0.3 s for a million keys): counted once a trace.
         return int(np.unique(self.keys).size)
 
     def __len__(self) -> int:
@@ -109,7 +111,48 @@ def _key_of(text: str) -> int:
     return value
 
 
+_DIGITS_AND_LINE_ENDS = b"0123456789\r\n"
+_UINT64_MAX = (1 << 64) - 1
+
+
+def _stars_alone(data: bytes) -> bool:
+    """Whether every ``*`` of `data` is a line of its own (a LIRS checkpoint)."""
+    at = data.find(b"*")
+    while at >= 0:
+        before = data[at - 1:at] if at else b"\n"
+        after = data[at + 1:at + 2] or b"\n"
+        if before != b"\n" or after not in (b"\n", b"\r"):
+            return False
+        at = data.find(b"*", at + 1)
+    return True
+
+
+def _plain_decimal_keys(data: bytes, skip_star: bool) -> np.ndarray | None:
+    """The keys of a trace whose every line is blank or one plain decimal number (LIRS's ``*``
+    lines aside), parsed in C at about 20 ns a key; None for any other text, which
+    _text_keys_by_line reads.  The two agree on such a file: only digits, with ``\r`` only
+    before ``\n``, leaves no line whose value int() and the C parser could read differently,
+    and a number at 2**64 - 1 (where the C parser saturates) goes the slow way."""
+    if skip_star and b"*" in data:
+        if not _stars_alone(data):
+            return None
+        data = data.replace(b"*", b"")
+    if data.translate(None, _DIGITS_AND_LINE_ENDS) or not data.strip():
+        return None                 # not digits alone, or no key at all (NumPy would read a 0)
+    if data.count(b"\r") != data.count(b"\r\n") + data.endswith(b"\r"):
+        return None
+    keys = np.fromstring(data, dtype=np.uint64, sep=" ")
+    if keys.size == 0 or int(keys.max()) == _UINT64_MAX:
+        return None
+    return keys
+
+
 def _text_keys(path: Path, data: bytes, skip_star: bool) -> np.ndarray:
+    keys = _plain_decimal_keys(data, skip_star)
+    return keys if keys is not None else _text_keys_by_line(path, data, skip_star)
+
+
+def _text_keys_by_line(path: Path, data: bytes, skip_star: bool) -> np.ndarray:
     lines = data.decode("utf-8", errors="replace").split("\n")
     keys = []
     for line in lines:
