@@ -257,6 +257,18 @@ def test_a_grid_of_no_policies_or_no_sizes_still_gives_opt_or_nothing():
     assert replay_grid(trace, list(POLICIES), [], jobs=2) == []
 
 
+@pytest.mark.parametrize("policies, capacities, words", [
+    (["lru", "lfu"], [10], "unknown policy 'lfu'"), (["all"], [10], "unknown policy 'all'"),
+    ([3], [10], "unknown policy 3"), (["lru"], [10, 0], "invalid cache size 0"),
+    (["lru"], [2.5], "invalid cache size 2.5"),
+])
+def test_a_bad_grid_is_refused_before_any_replay_starts(policies, capacities, words):
+    calls = []
+    with pytest.raises(ValueError, match=rf"{words}.*Fix:"):
+        replay_grid(zipf_trace(1_000), policies, capacities, jobs=2, progress=calls.append)
+    assert calls == [] and not replay_threads()
+
+
 @pytest.mark.parametrize("jobs", [0, -2, 1.5, True, "2"])
 def test_bad_jobs_name_the_value_and_the_fix(jobs):
     with pytest.raises(ValueError, match=rf"invalid jobs value {jobs!r}.*Fix:"):

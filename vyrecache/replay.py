@@ -242,6 +242,16 @@ def replay_grid(trace: Trace, policies: Sequence[str], capacities: Sequence[int]
     jobs = parse_jobs(jobs)
     names = list(policies)
     sizes = list(capacities)
+    # Checked before any work starts.
+    unknown = [name for name in names if not isinstance(name, str) or name not in POLICIES]
+    if unknown:
+        raise ValueError(f"unknown policy {unknown[0]!r}. Fix: use policy names among "
+                         f"{', '.join(POLICIES)} (policy_names('all') gives them all).")
+    bad = [size for size in sizes if isinstance(size, bool) or not isinstance(size, int)
+           or size < 1]
+    if bad:
+        raise ValueError(f"invalid cache size {bad[0]!r}. Fix: give each size as a positive "
+                         f"number of entries (bytes with use_sizes).")
     stop = threading.Event()
     report_lock = threading.Lock()
     uses = next_uses(trace.keys) if sizes else None
