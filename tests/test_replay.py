@@ -142,7 +142,8 @@ def test_help_lists_every_option(capsys):
     with pytest.raises(SystemExit):
         main(["replay", "--help"])
     out = capsys.readouterr().out
-    for option in ("--format", "--policy", "--size", "--tiers", "--plot", "--jobs", "--json"):
+    for option in ("--format", "--policy", "--size", "--sizes", "--tiers", "--plot", "--jobs",
+                   "--json"):
         assert option in out
 
 
@@ -167,6 +168,33 @@ def test_csv_with_sizes_replays_bytes_and_labels_opt_a_bound(tmp_path, capsys):
     assert main(["replay", str(path), "--policy", "lru,sieve", "--size", "2000"]) == 0
     out = capsys.readouterr().out
     assert "byte sizes" in out and "OPT>=" in out
+
+
+def test_sizes_choose_bytes_or_units_and_say_when_a_trace_has_none(tmp_path, capsys):
+    records = np.zeros(3000, dtype=[("time", "<u4"), ("key", "<u8"), ("size", "<u4"),
+                                    ("next", "<i8")])
+    records["key"] = np.arange(3000) % 50
+    records["size"] = (records["key"] % 5 + 1) * 1000
+    path = tmp_path / "s.oracleGeneral.bin"
+    records.tofile(path)
+    reports = {}
+    for sizes in ("auto", "bytes", "unit"):
+        assert main(["replay", str(path), "--policy", "lru,s3fifo", "--size", "30%",
+                     "--sizes", sizes, "--json"]) == 0
+        [reports[sizes]] = json.loads(capsys.readouterr().out)
+    assert not reports["auto"]["byte_sizes"] and not reports["unit"]["byte_sizes"]
+    assert reports["bytes"]["byte_sizes"]
+    # 30% of the bytes the 50 keys hold (150,000), against 30% of the 50 keys.
+    assert [s["capacity"] for s in reports["bytes"]["sizes"]] == [45_000]
+    assert [s["capacity"] for s in reports["unit"]["sizes"]] == [15]
+    assert not reports["bytes"]["sizes"][0]["opt_exact"]
+    csv = write(tmp_path / "s.csv", "key,size\n" + "".join(f"{k % 9},{k % 4 + 1}\n" for k in range(90)))
+    assert main(["replay", str(csv), "--sizes", "unit", "--policy", "lru"]) == 0
+    assert "unit sizes" in capsys.readouterr().out
+    lirs = write(tmp_path / "t.txt", "1\n2\n1\n")
+    assert main(["replay", str(lirs), "--sizes", "bytes"]) == 2
+    err = capsys.readouterr().err
+    assert "has no sizes. Fix:" in err and "t.txt" in err
 
 
 def test_plot_draws_a_file(tmp_path, capsys):

@@ -2,8 +2,9 @@
 
 Each trace is read once (gzip, xz and, with ``zstandard``, zstd transparently), then replayed
 through a live TieredCache per policy and cache size in batched calls.  The table shows the hit
-ratio of each policy per size and OPT beside it (exact with unit sizes; with the byte sizes of
-a CSV size column, a lower bound on OPT, marked ``>=``); ``--tiers`` also shows each tier's
+ratio of each policy per size and OPT beside it (exact with unit sizes; with byte sizes, from a
+CSV size column or oracleGeneral's object sizes with ``--sizes bytes``, a lower bound on OPT,
+marked ``>=``); ``--tiers`` also shows each tier's
 share of the hits; Mooncake traces also show the prefix-usable hit ratio (the hits before each
 request's first missing block, the blocks an inference server can actually reuse).  The
 replays of a trace run on ``--jobs`` threads (default: every CPU), one cache each.
@@ -40,6 +41,10 @@ def register(commands: Any) -> None:
     parser.add_argument("--size", default="1%,10%,30%", metavar="N|P%[,...]",
                         help="cache sizes: entries (bytes with a CSV size column) or a "
                              "percentage of the trace's unique keys (default 1%%,10%%,30%%)")
+    parser.add_argument("--sizes", choices=("auto", "unit", "bytes"), default="auto",
+                        help="entry sizes: bytes from the trace's sizes (a CSV size column, "
+                             "oracleGeneral's object sizes), unit (one entry a key), or auto "
+                             "(default: bytes for a CSV with a size column, else unit)")
     parser.add_argument("--tiers", default=None, metavar="P%,P%",
                         help="split each cache into tiers, slowest first, e.g. 80%%,20%%, and "
                              "show each tier's hit ratio")
@@ -90,7 +95,12 @@ def run(args: argparse.Namespace) -> int:
             trace = read_trace(path, args.format)
         except (ValueError, FileNotFoundError) as exc:
             raise CommandError(str(exc)) from None
-        use_sizes = trace.sizes is not None and trace.format == "csv"
+        if args.sizes == "bytes" and trace.sizes is None:
+            raise CommandError(f"{path} ({trace.format}) has no sizes. Fix: leave out --sizes "
+                               f"bytes, or pass a CSV trace with a size column or an "
+                               f"oracleGeneral one.", status=2)
+        use_sizes = trace.sizes is not None and (
+            args.sizes == "bytes" or (args.sizes == "auto" and trace.format == "csv"))
         if trace.sizes is not None and use_sizes:
             last_size: dict[int, int] = dict(zip(trace.keys.tolist(), trace.sizes.tolist()))
             whole = sum(last_size.values())
