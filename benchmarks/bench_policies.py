@@ -124,6 +124,16 @@ def lru_against_baseline(trace, repeat, directory, clock):
     print()
 
 
+def present_traces(traces_dir: Path, names: list[str]):
+    """(name, path) of each named trace that traces_dir holds; an absent one is said so."""
+    for name in names:
+        path = traces_dir / name
+        if path.is_file():
+            yield name, path
+        else:
+            print(f"{name:36} (absent)")
+
+
 def replay_speed(traces_dir: Path, repeat: int, clock):
     try:
         import libcachesim as lcs
@@ -173,11 +183,7 @@ def replay_grid_speed(traces_dir: Path, repeat: int):
     print(f"{'trace':36} {'one by one':>11} {'grid, 1 thread':>15} {f'grid, {cpus} threads':>17}"
           f" {'speed-up':>9}")
     rows = []
-    for name in GRID_TRACES:
-        path = traces_dir / name
-        if not path.is_file():
-            print(f"{name:36} (absent)")
-            continue
+    for name, path in present_traces(traces_dir, GRID_TRACES):
         trace = read_trace(path)
         sizes = [max(1, int(trace.unique_keys * fraction)) for fraction in (0.01, 0.1, 0.3)]
 
@@ -208,11 +214,7 @@ def trace_reading_speed(traces_dir: Path, repeat: int, clock):
     print(f"reading text traces, the same decompressed bytes, best of {repeat}")
     print(f"{'trace':36} {'requests':>9} {'line by line':>13} {'plain decimal':>14} {'speed-up':>9}")
     rows = []
-    for name in TEXT_TRACES:
-        path = traces_dir / name
-        if not path.is_file():
-            print(f"{name:36} (absent)")
-            continue
+    for name, path in present_traces(traces_dir, TEXT_TRACES):
         data = traces._open_bytes(path)
         fast = traces._plain_decimal_keys(data, True)
         if fast is None:
@@ -240,11 +242,7 @@ def hit_ratio_table(traces_dir: Path):
     print(f"{'trace':36} {'size':>9} " + " ".join(f"{n:>8}" for n in names)
           + f" {'OPT':>7} {'gap':>6}")
     rows = []
-    for name in TRACES:
-        path = traces_dir / name
-        if not path.is_file():
-            print(f"{name:36} (absent)")
-            continue
+    for name, path in present_traces(traces_dir, TRACES):
         trace = read_trace(path)
         for fraction in (0.01, 0.1, 0.3):
             size = max(1, int(trace.unique_keys * fraction))

@@ -142,7 +142,7 @@ def _plain_decimal_keys(data: bytes, skip_star: bool) -> np.ndarray | None:
     if data.count(b"\r") != data.count(b"\r\n") + data.endswith(b"\r"):
         return None
     keys = np.fromstring(data, dtype=np.uint64, sep=" ")
-    if keys.size == 0 or int(keys.max()) == _UINT64_MAX:
+    if int(keys.max()) == _UINT64_MAX:
         return None
     return keys
 

@@ -117,10 +117,7 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(total=total, unit="req", unit_scale=True, desc="replay", leave=False,
               disable=total < 2_000_000) as bar:
         for trace, use_sizes, sizes, whole in loaded:
-            grid = replay_grid(trace, names, sizes, tiers, use_sizes, jobs, bar.update)
-            runs = [{"capacity": point.capacity, "opt_hits": point.opt_hits,
-                     "opt_exact": point.opt_exact, "opt_hit_ratio": point.opt_hit_ratio,
-                     "results": point.results} for point in grid]
+            runs = replay_grid(trace, names, sizes, tiers, use_sizes, jobs, bar.update)
             reports.append({"trace": trace, "use_sizes": use_sizes, "whole": whole,
                             "runs": runs})
 
@@ -129,10 +126,10 @@ def run(args: argparse.Namespace) -> int:
             "trace": report["trace"].path, "format": report["trace"].format,
             "requests": len(report["trace"]), "unique_keys": report["trace"].unique_keys,
             "byte_sizes": report["use_sizes"], "tiers": tiers,
-            "sizes": [{"capacity": run_["capacity"], "opt_hits": run_["opt_hits"],
-                       "opt_hit_ratio": run_["opt_hit_ratio"], "opt_exact": run_["opt_exact"],
-                       "policies": [result.as_dict() for result in run_["results"]]}
-                      for run_ in report["runs"]],
+            "sizes": [{"capacity": point.capacity, "opt_hits": point.opt_hits,
+                       "opt_hit_ratio": point.opt_hit_ratio, "opt_exact": point.opt_exact,
+                       "policies": [result.as_dict() for result in point.results]}
+                      for point in report["runs"]],
         } for report in reports], indent=2))
     else:
         for report in reports:
@@ -151,27 +148,27 @@ def _print_report(report: dict[str, Any], names: list[str], tiers: list[float] |
           f"unique keys, {'byte' if report['use_sizes'] else 'unit'} sizes")
     opt_label = "OPT" if not report["use_sizes"] else "OPT>="
     rows = [[f"size ({unit})"] + names + [opt_label]]
-    for run_ in report["runs"]:
-        share = run_["capacity"] / report["whole"] * 100
-        rows.append([f"{run_['capacity']:,} ({share:.3g}%)"]
-                    + [_percent(result.hit_ratio) for result in run_["results"]]
-                    + [_percent(run_["opt_hit_ratio"])])
+    for point in report["runs"]:
+        share = point.capacity / report["whole"] * 100
+        rows.append([f"{point.capacity:,} ({share:.3g}%)"]
+                    + [_percent(result.hit_ratio) for result in point.results]
+                    + [_percent(point.opt_hit_ratio)])
     print(_table(rows))
     if tiers:
         print("hit ratio per tier (slowest first):")
         rows = [["size", "policy"] + [f"tier{index} ({share * 100:g}%)"
                                       for index, share in enumerate(tiers)]]
-        for run_ in report["runs"]:
-            for result in run_["results"]:
-                rows.append([f"{run_['capacity']:,}", result.policy]
+        for point in report["runs"]:
+            for result in point.results:
+                rows.append([f"{point.capacity:,}", result.policy]
                             + [_percent(ratio) for ratio in result.tier_hit_ratios])
         print(_table(rows))
     if trace.request_starts is not None:
         print("prefix-usable hit ratio (hits before a request's first missing block):")
         rows = [["size"] + names]
-        for run_ in report["runs"]:
-            rows.append([f"{run_['capacity']:,}"]
-                        + [_percent(result.prefix_hit_ratio) for result in run_["results"]])
+        for point in report["runs"]:
+            rows.append([f"{point.capacity:,}"]
+                        + [_percent(result.prefix_hit_ratio) for result in point.results])
         print(_table(rows))
     print()
 
@@ -181,11 +178,11 @@ def _plot(reports: list[dict[str, Any]], names: list[str], out: Path) -> None:
 
     figure, axes = plt.subplots(1, len(reports), figsize=(5.5 * len(reports), 4), squeeze=False)
     for axis, report in zip(axes[0], reports):
-        capacities = [run_["capacity"] for run_ in report["runs"]]
+        capacities = [point.capacity for point in report["runs"]]
         for index, name in enumerate(names):
-            axis.plot(capacities, [run_["results"][index].hit_ratio for run_ in report["runs"]],
+            axis.plot(capacities, [point.results[index].hit_ratio for point in report["runs"]],
                       marker="o", label=name)
-        axis.plot(capacities, [run_["opt_hit_ratio"] for run_ in report["runs"]], "k--",
+        axis.plot(capacities, [point.opt_hit_ratio for point in report["runs"]], "k--",
                   marker="x", label="OPT" if not report["use_sizes"] else "OPT (lower bound)")
         axis.set_xscale("log")
         axis.set_xlabel("cache size (" + ("bytes" if report["use_sizes"] else "entries") + ")")
