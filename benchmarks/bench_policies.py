@@ -11,7 +11,8 @@
    replay after another as the command used to, and with ``replay_grid`` on one thread and on
    every CPU, in wall time.
 5. Reading the text traces: the C parser of plain decimal lines against the line-by-line reader
-   it stands in front of, on the same decompressed bytes.
+   it stands in front of, on the same decompressed bytes; and the binary traces, read a piece at
+   a time, against the whole file read and decompressed first (time and peak memory).
 
 ``--lru-baseline DIR`` also times LRU on the engine extension found in DIR (a build of an
 earlier commit) against this one, interleaved, to show that the LRU path did not slow down.
@@ -21,10 +22,12 @@ Run: ``python benchmarks/bench_policies.py [--quick] [--traces DIR]``.
 from __future__ import annotations
 
 import argparse
+import gzip
 import importlib.machinery
 import importlib.util
 import sys
 import tempfile
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +35,7 @@ import numpy as np
 import vyrecache as vc
 from vyrecache._core import engine as current_engine
 from vyrecache.replay import available_cpus, opt_hits, replay, replay_grid
-from vyrecache.traces import read_trace
+from vyrecache.traces import detect_format, read_trace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_core import TIER0, TIER1, cpu_model, zipf_trace  # noqa: E402
@@ -235,6 +238,69 @@ def trace_reading_speed(traces_dir: Path, repeat: int, clock):
                                                    "plain decimal", "speed-up"], "rows": rows}}
 
 
+def _whole_file_columns(path: Path, kind: str):
+    """The binary reader before piecewise reading, the peer: the whole file decompressed, then
+    its columns."""
+    from vyrecache import traces
+    data = traces._open_bytes(path)
+    if kind == "oracle-general":
+        records = np.frombuffer(data, dtype=traces._ORACLE_DTYPE)
+        return records["key"].copy(), records["size"].astype(np.uint64)
+    return np.frombuffer(data, dtype=">u8" if kind == "scarab" else ">u4").astype(np.uint64)
+
+
+def _peak_megabytes(run) -> float:
+    tracemalloc.start()
+    try:
+        run()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def binary_reading(traces_dir: Path, repeat: int, clock):
+    """read_trace on binary traces against reading the whole file, time and peak memory."""
+    rng = np.random.default_rng(3)
+    print(f"reading binary traces: read_trace (a piece at a time) against the whole file, best "
+          f"of {repeat}; peak memory by tracemalloc")
+    print(f"{'trace':40} {'requests':>10} {'whole ms':>9} {'pieces ms':>10} {'time':>6} "
+          f"{'whole MiB':>10} {'pieces MiB':>11}")
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        records = np.zeros(4_000_000, dtype=_ORACLE)
+        records["key"] = rng.zipf(1.2, records.size) % (1 << 40)
+        records["size"] = rng.integers(1, 1 << 20, records.size)
+        synthetic = Path(scratch) / "zipf.oracleGeneral.bin"
+        records.tofile(synthetic)
+        packed = synthetic.with_name(synthetic.name + ".gz")
+        packed.write_bytes(gzip.compress(synthetic.read_bytes(), 6))
+        del records
+        paths = [(name, path) for name, path in present_traces(traces_dir, [
+            "cloudphysics_io.oracleGeneral.bin", "scarab_recs.trace.xz"])]
+        paths += [("zipf.oracleGeneral.bin (4M, synthetic)", synthetic),
+                  ("zipf.oracleGeneral.bin.gz (4M, synthetic)", packed)]
+        for name, path in paths:
+            kind = detect_format(path)
+
+            def whole(path=path, kind=kind):
+                _whole_file_columns(path, kind)
+
+            def pieces(path=path):
+                read_trace(path)
+            whole_s, pieces_s = interleaved_best([whole, pieces], repeat, clock)
+            whole_mb, pieces_mb = _peak_megabytes(whole), _peak_megabytes(pieces)
+            n = len(read_trace(path))
+            print(f"{name:40} {n:10,} {whole_s * 1e3:9.1f} {pieces_s * 1e3:10.1f} "
+                  f"{pieces_s / whole_s:5.2f}x {whole_mb:10.1f} {pieces_mb:11.1f}")
+            rows.append([name, f"{n:,}", f"{whole_s * 1e3:.1f} ms", f"{pieces_s * 1e3:.1f} ms",
+                         f"{pieces_s / whole_s:.2f}x", f"{whole_mb:.1f} MiB",
+                         f"{pieces_mb:.1f} MiB"])
+    print()
+    return {"policies-binary-reading": {"columns": ["trace", "requests", "whole file", "pieces",
+                                                    "time", "whole file peak", "pieces peak"],
+                                        "rows": rows}}
+
+
 def hit_ratio_table(traces_dir: Path):
     names = [policy.name for policy in POLICIES]
     print("hit ratio (%) per trace and cache size (% of unique keys), unit sizes; gap = "
@@ -290,6 +356,7 @@ def main() -> None:
         tables.update(replay_grid_speed(args.traces, max(1, repeat // 2)))
     if args.only in (None, "read"):
         tables.update(trace_reading_speed(args.traces, repeat, clock))
+        tables.update(binary_reading(args.traces, repeat, clock))
     write_json(args.json, "bench_policies", {"clock": args.clock, "repeat": repeat, "tables": tables})
 
 

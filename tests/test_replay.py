@@ -1,15 +1,21 @@
 """``vyrecache replay``, the trace readers and Belady's OPT."""
 
+import bz2
 import gzip
+import os
 from pathlib import Path
 import json
 import lzma
 import signal
+import sys
+import tempfile
 import threading
+import tracemalloc
+from unittest import mock
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from traces_dir import trace_path
@@ -17,6 +23,7 @@ from vyrecache._core.belady import belady_hits
 from vyrecache.cli import main
 from vyrecache.replay import (BATCH, POLICIES, opt_hits, parse_jobs, prefix_usable_hits, replay,
                               replay_grid)
+from vyrecache import traces
 from vyrecache.traces import Trace, read_trace
 
 
@@ -104,6 +111,97 @@ def test_binary_formats(tmp_path):
     records.tofile(tmp_path / "c.oracleGeneral.bin")
     trace = read_trace(tmp_path / "c.oracleGeneral.bin")
     assert trace.format == "oracle-general" and trace.keys.tolist() == [4, 5]
+
+
+_COMPRESSORS = {None: lambda data: data, "gz": gzip.compress, "xz": lzma.compress,
+                "bz2": bz2.compress}
+_BINARY = {"oracle-general": (traces._ORACLE_DTYPE, "t.oracleGeneral.bin"),
+           "cache2k": (np.dtype(">u4"), "t.cache2k"), "scarab": (np.dtype(">u8"), "t.scarab")}
+
+
+@settings(max_examples=150, deadline=None)
+@given(kind=st.sampled_from(sorted(_BINARY)), compress=st.sampled_from(list(_COMPRESSORS)),
+       raw=st.binary(max_size=24 * 40), per_piece=st.integers(1, 9))
+def test_binary_traces_read_in_pieces_give_what_the_whole_file_holds(kind, compress, raw,
+                                                                     per_piece):
+    assume(compress is not None or traces._compression_of(raw[:10]) is None)
+    dtype, name = _BINARY[kind]
+    with tempfile.TemporaryDirectory() as scratch, \
+            mock.patch.object(traces, "_PIECE_RECORDS", per_piece), \
+            mock.patch.object(traces, "_COMPRESSED_PIECE_RECORDS", per_piece):
+        path = Path(scratch) / (name + (f".{compress}" if compress else ""))
+        path.write_bytes(_COMPRESSORS[compress](raw))
+        if len(raw) % dtype.itemsize:
+            with pytest.raises(ValueError, match=f"{len(raw)} bytes.*not a whole number of "
+                                                 f"{dtype.itemsize}-byte .*Fix:"):
+                read_trace(path)
+            return
+        trace = read_trace(path)
+    records = np.frombuffer(raw, dtype=dtype)
+    expected = records["key"] if kind == "oracle-general" else records
+    assert trace.format == kind and trace.keys.dtype == np.uint64
+    assert trace.keys.tolist() == expected.astype(np.uint64).tolist()
+    if kind == "oracle-general":
+        assert trace.sizes.tolist() == records["size"].astype(np.uint64).tolist()
+
+
+def test_a_plain_trace_whose_first_key_spells_part_of_a_header_is_read_plain(tmp_path):
+    # "BZh9" and 1f 8b are where bzip2 and gzip files start; a whole header is longer.
+    for first in (b"BZh9", b"\x1f\x8b\x00\x00"):
+        keys = np.frombuffer(first + b"\x00\x00\x00\x07", dtype=">u4")
+        (tmp_path / "k.cache2k").write_bytes(keys.tobytes())
+        assert read_trace(tmp_path / "k.cache2k").keys.tolist() == keys.tolist()
+
+
+def test_zstd_traces_read_with_zstandard_and_say_how_to_fix_without_it(tmp_path):
+    import zstandard
+    keys = np.array([5, 2**40, 5], dtype=">u8")
+    path = tmp_path / "k.scarab.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(keys.tobytes()))
+    assert read_trace(path).keys.tolist() == keys.tolist()
+    (tmp_path / "t.txt.zst").write_bytes(zstandard.ZstdCompressor().compress(b"7\n8\n7\n"))
+    assert read_trace(tmp_path / "t.txt.zst").keys.tolist() == [7, 8, 7]
+    with mock.patch.dict(sys.modules, {"zstandard": None}):
+        with pytest.raises(ValueError, match="zstandard package is not installed. Fix: pip "
+                                             "install zstandard"):
+            read_trace(path)
+
+
+def _peak_bytes_reading(path):
+    tracemalloc.start()
+    try:
+        read_trace(path)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_reading_a_binary_trace_holds_its_columns_and_a_piece_not_the_file(tmp_path):
+    n = 1_000_000
+    records = np.zeros(n, dtype=traces._ORACLE_DTYPE)
+    records["key"] = np.arange(n) % 5000
+    records["size"] = 4096
+    plain = tmp_path / "big.oracleGeneral.bin"
+    records.tofile(plain)
+    packed = tmp_path / "big.oracleGeneral.bin.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes(), 1))
+    columns = 16 * n                    # keys and sizes, 8 bytes each a record
+    # Reading whole files held 40 bytes a record and the compressed file.
+    assert _peak_bytes_reading(plain) < columns + 24 * traces._PIECE_RECORDS + 2**20
+    assert _peak_bytes_reading(packed) < 1.5 * columns + 2**22
+
+
+def test_a_binary_trace_that_changes_while_it_is_read_is_refused(tmp_path):
+    path = tmp_path / "c.oracleGeneral.bin"
+    np.zeros(3, dtype=traces._ORACLE_DTYPE).tofile(path)
+    real_fstat = os.fstat
+
+    def longer(fd):
+        result = real_fstat(fd)
+        return os.stat_result((*result[:6], result.st_size + 24, *result[7:]))
+    with mock.patch.object(traces.os, "fstat", longer):
+        with pytest.raises(ValueError, match="changed while it was read.*Fix:"):
+            read_trace(path)
 
 
 def test_mooncake_blocks_and_request_starts(tmp_path):

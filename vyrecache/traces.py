@@ -24,9 +24,13 @@ import hashlib
 import io
 import json
 import lzma
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -57,25 +61,136 @@ class Trace:
         return int(self.keys.size)
 
 
+# A compressed file is known by its first bytes: as many as each format fixes, so that a plain
+# binary trace is taken for a compressed one only if its first key spells a whole header.
+_MAGIC = (("gzip", b"\x1f\x8b\x08"), ("xz", b"\xfd7zXZ\x00"), ("zstd", b"\x28\xb5\x2f\xfd"),
+          ("bzip2", b"BZh"))
+_BZIP2_BLOCKS = (b"\x31\x41\x59\x26\x53\x59", b"\x17\x72\x45\x38\x50\x90")  # a block, the end
+
+
+def _compression_of(start: bytes) -> str | None:
+    """The compression a file's first 10 bytes say it has, or None for a plain file."""
+    for name, magic in _MAGIC:
+        if start.startswith(magic):
+            if name != "bzip2":
+                return name
+            level = start[3:4]
+            if level and level in b"123456789" and start[4:10] in _BZIP2_BLOCKS:
+                return name
+    return None
+
+
+@contextmanager
+def _decompressed(path: Path) -> Iterator[io.BufferedIOBase]:
+    """The file's bytes as a stream, decompressed as its first bytes say (gzip, xz, bzip2, and
+    zstd when the zstandard package is installed)."""
+    with open(path, "rb") as raw:
+        kind = _compression_of(raw.read(10))
+        raw.seek(0)
+        stream: io.BufferedIOBase
+        if kind == "gzip":
+            stream = gzip.GzipFile(fileobj=raw)
+        elif kind == "xz":
+            stream = lzma.LZMAFile(raw)
+        elif kind == "bzip2":
+            stream = bz2.BZ2File(raw)
+        elif kind == "zstd":
+            try:
+                import zstandard
+            except ImportError:
+                raise ValueError(f"{path} is zstd-compressed and the zstandard package is not "
+                                 f"installed. Fix: pip install zstandard, or decompress it with "
+                                 f"`zstd -d {path}`.") from None
+            # Not an io class, but it reads and reads into as one (all that is used here).
+            stream = cast(io.BufferedIOBase, zstandard.ZstdDecompressor().stream_reader(raw))
+        else:
+            yield raw
+            return
+        with stream:
+            yield stream
+
+
 def _open_bytes(path: Path) -> bytes:
-    with open(path, "rb") as handle:
-        data = handle.read()
-    if data[:2] == b"\x1f\x8b":
-        return gzip.decompress(data)
-    if data[:6] == b"\xfd7zXZ\x00":
-        return lzma.decompress(data)
-    if data[:3] == b"BZh":
-        return bz2.decompress(data)
-    if data[:4] == b"\x28\xb5\x2f\xfd":
-        try:
-            import zstandard
-        except ImportError:
-            raise ValueError(f"{path} is zstd-compressed and the zstandard package is not "
-                             f"installed. Fix: pip install zstandard, or decompress it with "
-                             f"`zstd -d {path}`.") from None
-        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
-            return reader.read()
-    return data
+    with _decompressed(path) as stream:
+        return stream.read()
+
+
+# Binary traces are read a piece at a time, so that reading N records holds the columns kept
+# and one piece of the file, where reading the file whole held the file, its decompressed copy
+# and the columns at once (for oracleGeneral, 40 bytes a request and the compressed file,
+# against 16).  A plain file's length says how many records it has, so its columns are made
+# whole at the start and filled in place; a compressed one's are kept as pieces and joined one
+# column at a time (24 bytes a request at the peak for oracleGeneral, 16 for one column).
+_PIECE_RECORDS = 1 << 18                # up to 6 MiB of oracleGeneral records from a plain file
+_COMPRESSED_PIECE_RECORDS = 1 << 16     # 1.5 MiB
+
+
+def _fill(stream: io.BufferedIOBase, view: memoryview) -> int:
+    """Read into `view` until it is full or the stream ends; the bytes read."""
+    filled = 0
+    while filled < len(view):
+        count = stream.readinto(view[filled:])
+        if not count:
+            break
+        filled += count
+    return filled
+
+
+def _record_pieces(stream: io.BufferedIOBase, record: np.dtype, per_piece: int, path: Path,
+                   what: str) -> Iterator[np.ndarray]:
+    """The stream's records (of a decompressed file), `per_piece` at a time, as views of one
+    buffer that the next piece overwrites."""
+    width = record.itemsize
+    piece = np.empty(width * per_piece, dtype=np.uint8)     # not zeroed: every byte is read
+    total = 0
+    while True:
+        filled = _fill(stream, piece.data)
+        total += filled
+        if filled >= width:
+            yield np.frombuffer(piece, dtype=record, count=filled // width)
+        if filled < piece.size:
+            break
+    if total % width:
+        raise ValueError(f"{path} is {total} bytes decompressed, not a whole number of "
+                         f"{width}-byte {what}. Fix: pass --format for this file's format.")
+
+
+def _binary_columns(path: Path, record: np.dtype, fields: tuple[str | None, ...],
+                    what: str) -> list[np.ndarray]:
+    """The uint64 columns `fields` of a file of `record`s (None: the record itself)."""
+    width = record.itemsize
+    with _decompressed(path) as stream:
+        if not isinstance(stream, io.BufferedReader):       # decompressed as it is read
+            pieces: list[list[np.ndarray]] = [[] for _ in fields]
+            for records in _record_pieces(stream, record, _COMPRESSED_PIECE_RECORDS, path, what):
+                for kept, field in zip(pieces, fields):
+                    kept.append((records if field is None else records[field]).astype(np.uint64))
+            return [_joined(kept) for kept in pieces]
+        length = os.fstat(stream.fileno()).st_size
+        if length % width:
+            raise ValueError(f"{path} is {length} bytes, not a whole number of {width}-byte "
+                             f"{what}. Fix: pass --format for this file's format.")
+        known = length // width
+        columns = [np.empty(known, dtype=np.uint64) for _ in fields]
+        count = 0
+        for records in _record_pieces(stream, record, max(1, min(known, _PIECE_RECORDS)),
+                                      path, what):
+            if count + records.size > known:
+                break
+            for column, field in zip(columns, fields):
+                column[count:count + records.size] = records if field is None else records[field]
+            count += records.size
+    if count != known:
+        raise ValueError(f"{path} changed while it was read ({length} bytes at the start). "
+                         f"Fix: read a trace that nothing is writing.")
+    return columns
+
+
+def _joined(pieces: list[np.ndarray]) -> np.ndarray:
+    """One column from its pieces, which are let go as it is made."""
+    column = np.concatenate(pieces) if pieces else np.empty(0, dtype=np.uint64)
+    pieces.clear()
+    return column
 
 
 def detect_format(path: str | Path, data: bytes | None = None) -> str:
@@ -228,22 +343,17 @@ def read_trace(path: str | Path, format: str = "auto") -> Trace:
     if not path.is_file():
         raise FileNotFoundError(f"Trace file {str(path)!r} does not exist. Fix: pass the path "
                                 f"of a trace file.")
-    data = _open_bytes(path)
-    kind = detect_format(path, data) if format == "auto" else format
+    kind = detect_format(path) if format == "auto" else format
     if kind == "oracle-general":
-        if len(data) % _ORACLE_DTYPE.itemsize:
-            raise ValueError(f"{path} is {len(data)} bytes, not a whole number of "
-                             f"{_ORACLE_DTYPE.itemsize}-byte oracleGeneral records. Fix: pass "
-                             f"--format for this file's format.")
-        records = np.frombuffer(data, dtype=_ORACLE_DTYPE)
-        return Trace(str(path), kind, records["key"].copy(), records["size"].astype(np.uint64))
+        columns = _binary_columns(path, _ORACLE_DTYPE, ("key", "size"), "oracleGeneral records")
+        return Trace(str(path), kind, columns[0], columns[1])
     if kind in ("cache2k", "scarab"):
         width = 4 if kind == "cache2k" else 8
-        if len(data) % width:
-            raise ValueError(f"{path} is {len(data)} bytes, not a whole number of {width}-byte "
-                             f"keys. Fix: pass --format for this file's format.")
-        keys = np.frombuffer(data, dtype=f">u{width}").astype(np.uint64)
-        return Trace(str(path), kind, keys)
+        columns = _binary_columns(path, np.dtype(f">u{width}"), (None,), "keys")
+        return Trace(str(path), kind, columns[0])
+    data = _open_bytes(path)
+    if format == "auto":
+        kind = detect_format(path, data)
     if kind == "mooncake":
         keys, starts = _mooncake(path, data)
         return Trace(str(path), kind, keys, request_starts=starts)
