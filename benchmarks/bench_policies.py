@@ -13,6 +13,8 @@
 5. Reading the text traces: the C parser of plain decimal lines against the line-by-line reader
    it stands in front of, on the same decompressed bytes; and the binary traces, read a piece at
    a time, against the whole file read and decompressed first (time and peak memory).
+6. What a replay computes once a trace: its distinct keys and OPT's next uses, by one pass with a
+   hash table against sorting the trace.
 
 ``--lru-baseline DIR`` also times LRU on the engine extension found in DIR (a build of an
 earlier commit) against this one, interleaved, to show that the LRU path did not slow down.
@@ -22,6 +24,7 @@ Run: ``python benchmarks/bench_policies.py [--quick] [--traces DIR]``.
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import importlib.machinery
 import importlib.util
@@ -34,6 +37,7 @@ import numpy as np
 
 import vyrecache as vc
 from vyrecache._core import engine as current_engine
+from vyrecache._core.key_uses import next_uses, unique_count
 from vyrecache.replay import available_cpus, opt_hits, replay, replay_grid
 from vyrecache.traces import detect_format, read_trace
 
@@ -301,6 +305,43 @@ def binary_reading(traces_dir: Path, repeat: int, clock):
                                         "rows": rows}}
 
 
+def _sorted_uses(keys: np.ndarray):
+    """The next and previous uses as vyrecache found them before, by a stable sort of the trace:
+    the peer of key_uses.next_uses."""
+    n = keys.size
+    order = np.argsort(keys, kind="stable")
+    same = keys[order][1:] == keys[order][:-1]
+    following, previous = np.full(n, n, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+    following[order[:-1][same]] = order[1:][same]
+    previous[order[1:][same]] = order[:-1][same]
+    return following, previous
+
+
+def key_uses_speed(traces_dir: Path, repeat: int, clock):
+    """What a replay computes once a trace before its replays: the distinct keys (for the cache
+    sizes) and OPT's next uses, by one pass with a hash table against sorting the trace."""
+    print(f"a trace's distinct keys and next uses: one pass with a table of the keys against a "
+          f"sort, best of {repeat}")
+    print(f"{'trace':36} {'requests':>10} {'np.unique':>10} {'table':>8} {'speed-up':>9} "
+          f"{'sort uses':>10} {'table':>8} {'speed-up':>9}")
+    rows = []
+    for name, path in present_traces(traces_dir, GRID_TRACES + ["cloudphysics_io.oracleGeneral.bin"]):
+        keys = read_trace(path).keys
+        runs = [functools.partial(run, keys) for run in (np.unique, unique_count, _sorted_uses,
+                                                          next_uses)]
+        seconds = interleaved_best(runs, repeat, clock)
+        ms = [value * 1e3 for value in seconds]
+        print(f"{name:36} {keys.size:10,} {ms[0]:10.1f} {ms[1]:8.1f} {ms[0] / ms[1]:8.1f}x "
+              f"{ms[2]:10.1f} {ms[3]:8.1f} {ms[2] / ms[3]:8.1f}x")
+        rows.append([name, f"{keys.size:,}", f"{ms[0]:.1f} ms", f"{ms[1]:.1f} ms",
+                     f"{ms[0] / ms[1]:.1f}x", f"{ms[2]:.1f} ms", f"{ms[3]:.1f} ms",
+                     f"{ms[2] / ms[3]:.1f}x"])
+    print()
+    return {"policies-key-uses": {"columns": ["trace", "requests", "distinct: np.unique",
+                                              "distinct: table", "speed-up", "next uses: sort",
+                                              "next uses: table", "speed-up"], "rows": rows}}
+
+
 def hit_ratio_table(traces_dir: Path):
     names = [policy.name for policy in POLICIES]
     print("hit ratio (%) per trace and cache size (% of unique keys), unit sizes; gap = "
@@ -332,7 +373,8 @@ def main() -> None:
     parser.add_argument("--traces", type=Path,
                         default=Path(__file__).resolve().parents[1].parent / "shared" / "traces")
     parser.add_argument("--lru-baseline", type=Path, default=None, metavar="DIR")
-    parser.add_argument("--only", choices=["cost", "baseline", "replay", "table", "grid", "read"],
+    parser.add_argument("--only", choices=["cost", "baseline", "replay", "table", "grid", "read",
+                                           "uses"],
                         default=None)
     add_clock_argument(parser, default="cpu")
     add_json_argument(parser)
@@ -357,6 +399,8 @@ def main() -> None:
     if args.only in (None, "read"):
         tables.update(trace_reading_speed(args.traces, repeat, clock))
         tables.update(binary_reading(args.traces, repeat, clock))
+    if args.only in (None, "uses"):
+        tables.update(key_uses_speed(args.traces, repeat, clock))
     write_json(args.json, "bench_policies", {"clock": args.clock, "repeat": repeat, "tables": tables})
 
 

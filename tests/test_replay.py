@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from traces_dir import trace_path
 from vyrecache._core.belady import belady_hits
+from vyrecache._core.key_uses import next_uses, unique_count
 from vyrecache.cli import main
 from vyrecache.replay import (BATCH, POLICIES, opt_hits, parse_jobs, prefix_usable_hits, replay,
                               replay_grid)
@@ -63,6 +64,31 @@ def test_no_policy_beats_opt(keys, capacity):
     assert exact
     for name in ("lru", "fifo", "clock", "sieve", "s3fifo", "arc", "wtinylfu"):
         assert replay(trace, name, capacity).hits <= best
+
+
+def sorted_uses(keys):
+    """next_uses by a stable sort, which groups each key's requests in order: the reference."""
+    n = keys.size
+    order = np.argsort(keys, kind="stable")
+    same = keys[order][1:] == keys[order][:-1]
+    following, previous = np.full(n, n, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+    following[order[:-1][same]] = order[1:][same]
+    previous[order[1:][same]] = order[:-1][same]
+    return following, previous
+
+
+@settings(max_examples=300, deadline=None)
+@given(keys=st.lists(st.one_of(st.integers(0, 40), st.integers(0, 2**64 - 1),
+                               st.integers(0, 2**20).map(lambda k: k << 44)), max_size=3000))
+def test_next_uses_and_the_key_count_are_what_sorting_the_trace_gives(keys):
+    # Up to 3,000 keys: the table (1,024 cells at first) grows while it is filled.  Keys with
+    # only their top bits set probe the hash's mixing.
+    array = np.array(keys, dtype=np.uint64)
+    following, previous = next_uses(array)
+    expected_following, expected_previous = sorted_uses(array)
+    assert following.tolist() == expected_following.tolist()
+    assert previous.tolist() == expected_previous.tolist()
+    assert unique_count(array) == len(set(keys))
 
 
 def test_opt_with_byte_sizes_never_overfills_and_counts_hits():
@@ -418,7 +444,6 @@ def test_the_command_gives_the_same_table_on_any_number_of_threads(tmp_path, cap
 
 
 def test_opt_with_the_next_uses_of_other_keys_says_how_to_fix():
-    from vyrecache._core.belady import next_uses
     keys = np.array([1, 2, 1, 3, 2], dtype=np.uint64)
     assert belady_hits(keys, None, 2, next_uses(keys)).tolist() == belady_hits(keys, None, 2).tolist()
     with pytest.raises(ValueError, match=r"uses holds next and previous uses of 4 .*Fix:"):

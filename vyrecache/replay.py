@@ -22,7 +22,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ._core.belady import belady_hits, next_uses
+from ._core.belady import belady_hits
+from ._core.key_uses import next_uses
 from .cache import POLICIES, CacheTier, TieredCache, TierPolicy
 from .traces import Trace
 

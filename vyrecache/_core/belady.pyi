@@ -1,6 +1,5 @@
 import numpy as np
 import numpy.typing as npt
 
-def next_uses(keys: npt.ArrayLike) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
 def belady_hits(keys: npt.ArrayLike, sizes: npt.ArrayLike | None, capacity: int,
                 uses: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = ...) -> npt.NDArray[np.bool_]: ...

@@ -20,6 +20,8 @@ from libc.string cimport memset
 
 import numpy as np
 
+from vyrecache._core.key_uses import next_uses
+
 
 ctypedef struct Node:
     int64_t next_use
@@ -52,21 +54,6 @@ cdef inline void _sift_down(Node* heap, Py_ssize_t n, Py_ssize_t i) noexcept nog
         heap[i] = heap[child]
         i = child
     heap[i] = node
-
-
-def next_uses(keys):
-    """(next_use, previous_use) of each request: the index of the same key's next (previous)
-    request, len(keys) (-1) when there is none."""
-    keys = np.ascontiguousarray(keys, dtype=np.uint64)
-    n = keys.size
-    order = np.argsort(keys, kind="stable")
-    ordered = keys[order]
-    same = ordered[1:] == ordered[:-1]
-    following = np.full(n, n, dtype=np.int64)
-    previous = np.full(n, -1, dtype=np.int64)
-    following[order[:-1][same]] = order[1:][same]
-    previous[order[1:][same]] = order[:-1][same]
-    return following, previous
 
 
 @cython.boundscheck(False)
