@@ -103,13 +103,12 @@ def test_prefix_usable_hits_stop_at_a_request_s_first_miss():
     assert prefix_usable_hits(results, starts) == 2 + 0 + 3
 
 
+_COMPRESSORS = {None: lambda data: data, "gz": gzip.compress, "xz": lzma.compress,
+                "bz2": bz2.compress}
+
+
 def write(path, text, compress=None):
-    data = text.encode()
-    if compress == "gz":
-        data = gzip.compress(data)
-    elif compress == "xz":
-        data = lzma.compress(data)
-    path.write_bytes(data)
+    path.write_bytes(_COMPRESSORS[compress](text.encode()))
     return path
 
 
@@ -137,8 +136,6 @@ def test_binary_formats(tmp_path):
     assert trace.format == "oracle-general" and trace.keys.tolist() == [4, 5]
 
 
-_COMPRESSORS = {None: lambda data: data, "gz": gzip.compress, "xz": lzma.compress,
-                "bz2": bz2.compress}
 _BINARY = {"oracle-general": (traces._ORACLE_DTYPE, "t.oracleGeneral.bin"),
            "cache2k": (np.dtype(">u4"), "t.cache2k"), "scarab": (np.dtype(">u8"), "t.scarab")}
 

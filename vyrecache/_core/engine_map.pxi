@@ -50,11 +50,7 @@ cdef extern from "groups.h":
     uint64_t vc_group_lane(uint64_t mask) nogil
 
 
-cdef extern from *:
-    """
-    #define vc_prefetch_read(p) __builtin_prefetch((const void *)(p), 0, 3)
-    #define vc_prefetch_write(p) __builtin_prefetch((const void *)(p), 1, 3)
-    """
+cdef extern from "prefetch.h":
     void vc_prefetch_read(const void* p) nogil
     void vc_prefetch_write(const void* p) nogil
 

@@ -301,15 +301,10 @@ cdef void _ghost_remove(Engine e, uint32_t g) noexcept nogil:
 # estimates.  A Bloom filter (the doorkeeper) takes a key's first access, so keys seen once never
 # reach the counters; its two bits for a key lie in one word.
 
-cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
-    # The map's multiplicative hash mixes only upwards (its low bits depend on the key's low
-    # bits alone), so tables indexed by low bits take a full avalanche: MurmurHash3's finalizer.
-    x ^= x >> 33
-    x *= 0xFF51AFD7ED558CCDULL
-    x ^= x >> 33
-    x *= 0xC4CEB9FE1A85EC53ULL
-    x ^= x >> 33
-    return x
+# The map's multiplicative hash mixes only upwards (its low bits depend on the key's low bits
+# alone), so the sketch, indexed by low bits, takes a full avalanche.
+cdef extern from "mix.h":
+    uint64_t vc_mix64(uint64_t x) nogil
 
 
 cdef extern from "stdlib.h":
@@ -351,7 +346,7 @@ cdef int _sketch_resize(Engine e, uint64_t words) noexcept nogil:
 # hash times an odd constant, which depend on all of its bits.
 
 cdef inline uint64_t _sketch_hash(uint64_t key) noexcept nogil:
-    return _mix(key)
+    return vc_mix64(key)
 
 
 cdef inline uint64_t* _sketch_block(Engine e, uint64_t h) noexcept nogil:

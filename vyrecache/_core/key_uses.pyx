@@ -18,11 +18,11 @@ from libc.string cimport memset
 import numpy as np
 
 
-cdef extern from *:
-    """
-    #define vc_uses_prefetch(p) __builtin_prefetch((const void *)(p), 1, 3)
-    """
-    void vc_uses_prefetch(const void* p) nogil
+cdef extern from "prefetch.h":
+    void vc_prefetch_write(const void* p) nogil
+
+cdef extern from "mix.h":
+    uint64_t vc_mix64(uint64_t x) nogil
 
 
 ctypedef struct Seen:
@@ -36,22 +36,12 @@ ctypedef struct SeenTable:
     Py_ssize_t count        # cells in use
 
 
-# Requests whose cells are fetched ahead of their turn: a table larger than the caches stalls on
-# every lookup otherwise, and the keys to come are known.
+# AHEAD: requests whose cells are fetched ahead of their turn (a table larger than the caches
+# stalls on every lookup otherwise, and the keys to come are known).  Trace keys are often
+# sequential or share their low bits, and the table is indexed by low bits: they are mixed first.
 cdef enum:
     AHEAD = 16
     FIRST_CELLS = 1024
-
-
-cdef inline uint64_t _spread(uint64_t key) noexcept nogil:
-    # Trace keys are often sequential or share their low bits (block numbers, object ids), and
-    # the table is indexed by low bits: MurmurHash3's finalizer mixes every bit into them.
-    key ^= key >> 33
-    key *= 0xFF51AFD7ED558CCDULL
-    key ^= key >> 33
-    key *= 0xC4CEB9FE1A85EC53ULL
-    key ^= key >> 33
-    return key
 
 
 cdef int _table_init(SeenTable* table, uint64_t cells) noexcept nogil:
@@ -72,7 +62,7 @@ cdef int _table_grow(SeenTable* table) noexcept nogil:
         return -1
     for i in range(table.mask + 1):
         if table.cells[i].last >= 0:
-            at = _spread(table.cells[i].key) & bigger.mask
+            at = vc_mix64(table.cells[i].key) & bigger.mask
             while bigger.cells[at].last >= 0:
                 at = (at + 1) & bigger.mask
             bigger.cells[at] = table.cells[i]
@@ -85,7 +75,7 @@ cdef int _table_grow(SeenTable* table) noexcept nogil:
 cdef inline Seen* _cell_of(SeenTable* table, uint64_t key) noexcept nogil:
     """The key's cell, an empty one (last == -1) with the key written in when it is new.  The
     caller keeps the table at most half full, so the probe ends."""
-    cdef uint64_t at = _spread(key) & table.mask
+    cdef uint64_t at = vc_mix64(key) & table.mask
     cdef Seen* cell
     while True:
         cell = &table.cells[at]
@@ -99,7 +89,7 @@ cdef inline Seen* _cell_of(SeenTable* table, uint64_t key) noexcept nogil:
 
 
 cdef inline void _prefetch_cell(SeenTable* table, uint64_t key) noexcept nogil:
-    vc_uses_prefetch(&table.cells[_spread(key) & table.mask])
+    vc_prefetch_write(&table.cells[vc_mix64(key) & table.mask])
 
 
 @cython.boundscheck(False)
